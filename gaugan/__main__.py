@@ -1,0 +1,5 @@
+"""``python -m gaugan`` = the ``gaugan`` command."""
+
+from gaugan.cli import main
+
+main()

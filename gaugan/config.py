@@ -1,0 +1,344 @@
+"""The one configuration schema of the project.
+
+Frozen dataclasses, one per section of ``params.yaml``, mirrored key for key. Loading
+(:func:`config_from_dict`) rejects unknown keys, missing keys and wrong types with a
+message that names the key, the value and what is allowed. Derived numbers (label
+channels, the start size of the generator) are computed from the config and the dataset
+spec, never written back into it.
+
+Defaults follow the official SPADE code (REFERENCE.md sections 1-2) except where the
+built-in dataset needs a CPU-sized run; those places say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DATASET_NAMES = ("landscapes", "ade20k", "ade20k_outdoor", "coco", "cityscapes", "facades", "custom")
+DatasetName = Literal["landscapes", "ade20k", "ade20k_outdoor", "coco", "cityscapes", "facades", "custom"]
+PreprocessMode = Literal["resize_and_crop", "scale_width_and_crop", "fixed", "none"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type or range."""
+
+
+# --------------------------------------------------------------------------------------
+# Sections.
+
+
+@dataclass(frozen=True)
+class BuiltinDataConfig:
+    """The procedurally generated landscape dataset (no download)."""
+
+    num_train: int = 1000
+    num_val: int = 100
+    size: int = 64  # square side of the stored images; CPU-sized on purpose
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CustomDataConfig:
+    """Any folder of ``images/``, ``labels/`` and optional ``instances/``."""
+
+    num_classes: int | None = None  # None: inferred from the training labels
+    dontcare_label: int | None = 255  # label value meaning "don't care", None: none
+    val_fraction: float = 0.1  # used only when the folder has no val/ split
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: DatasetName = "landscapes"
+    root: str = "data/raw"  # downloads and extracted archives, one folder per dataset
+    processed_dir: str = "data/processed"  # the training-ready store
+    # Sizes: None means the dataset's published value (gaugan.data.registry).
+    load_size: int | None = None
+    crop_size: int | None = None
+    aspect_ratio: float | None = None
+    preprocess_mode: PreprocessMode | None = None
+    use_instance: bool | None = None  # None: the dataset's own convention
+    flip: bool = True
+    num_workers: int = 2
+    outdoor_list: str | None = None  # ade20k_outdoor: a file of image stems instead of the built-in filter
+    builtin: BuiltinDataConfig = field(default_factory=BuiltinDataConfig)
+    custom: CustomDataConfig = field(default_factory=CustomDataConfig)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    # "spade": the paper's generator; "clade": class-adaptive normalization (Tan et al.
+    # 2020) in place of SPADE; "pix2pixhd": the baseline fed the label map only at its input.
+    arch: Literal["spade", "clade", "pix2pixhd"] = "spade"
+    ngf: int = 64
+    num_upsampling_layers: Literal["normal", "more", "most"] = "normal"
+    param_free_norm: Literal["instance", "batch", "syncbatch"] = "syncbatch"
+    spade_kernel_size: Literal[1, 3, 5] = 3
+    spade_hidden: int = 128
+    use_spectral_norm: bool = True
+    # pix2pixHD baseline only
+    pix2pixhd_num_downsample: int = 4
+    pix2pixhd_num_blocks: int = 9
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    ndf: int = 64
+    num_discriminators: int = 2  # num_D
+    num_layers: int = 4  # n_layers_D
+    use_spectral_norm: bool = True
+    norm: Literal["instance", "none"] = "instance"
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    use_vae: bool = False  # style encoder + KL loss; G then starts from z
+    nef: int = 64  # the official code uses ngf here
+    z_dim: int = 256
+    use_spectral_norm: bool = True
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    gan_mode: Literal["hinge", "ls", "original"] = "hinge"
+    use_feat_loss: bool = True
+    lambda_feat: float = 10.0
+    use_vgg_loss: bool = True
+    lambda_vgg: float = 10.0
+    vgg_weights: str | None = None  # path to vgg19-dcbb9e9d.pth; None: torch hub cache
+    lambda_kld: float = 0.05
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 2e-4
+    use_ttur: bool = True  # G lr/2, D lr*2, betas (0, 0.9)
+    beta1: float = 0.5  # used without TTUR
+    beta2: float = 0.999  # used without TTUR
+    num_epochs_constant: int = 100  # niter
+    num_epochs_decay: int = 100  # niter_decay
+    fused: bool = True  # fused Adam where the device supports it
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 8  # global batch size (split over DDP processes)
+    max_steps: int | None = None  # stop early (smoke runs, benchmarks); None: all epochs
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # autocast dtype on CUDA; CPU always fp32
+    channels_last: bool = True
+    compile: bool = False
+    cudnn_benchmark: bool = True
+    use_ema: bool = False
+    ema_decay: float = 0.999
+    log_every: int = 10
+    sample_every: int = 200
+    checkpoint_every: int = 500
+    checkpoint_dir: str = "checkpoints/train"
+    resume: bool = True
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """The segmenter the pipeline trains for datasets without a published one."""
+
+    width: int = 32
+    num_epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    checkpoint_dir: str = "checkpoints/segmenter"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = 16
+    seed: int = 0  # z for VAE models, from the prior
+    use_ema: bool = True  # use EMA weights when the checkpoint has them
+    output_dir: str = "outputs/generated"
+    fid_weights: str | None = None  # pt_inception-2015-12-05-6726825d.pth; None: torch hub cache
+    segmenter: Literal["auto", "published", "trained", "none"] = "auto"
+    segmenter_weights_dir: str = "data/weights"
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = True
+    experiment_name: str = "gaugan"
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite at the repo root
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# --------------------------------------------------------------------------------------
+# Loading and validation.
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` checked against the annotation ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"{key}: got {value!r}, expected {_describe(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif origin is Literal:
+        allowed = typing.get_args(tp)
+        # bool is an int in Python: never let True stand for 1.
+        if any(value == a and type(value) is type(a) for a in allowed):
+            return value
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _from_dict(tp, value, key)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a schema error, not a user error
+        raise TypeError(f"unsupported annotation {tp!r} for {key}")
+    raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected {_describe(tp)}")
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"section '{prefix}'" if prefix else "the top level"
+        raise ConfigError(
+            f"unknown key(s) {', '.join(repr(f'{prefix}.{k}' if prefix else k) for k in unknown)} "
+            f"in {where}; allowed keys: {', '.join(names)}"
+        )
+    missing = [n for n in names if n not in data]
+    if missing:
+        where = f"section '{prefix}'" if prefix else "the top level"
+        raise ConfigError(
+            f"missing key(s) {', '.join(repr(f'{prefix}.{k}' if prefix else k) for k in missing)} in {where}"
+        )
+    values = {n: _convert(data[n], hints[n], f"{prefix}.{n}" if prefix else n) for n in names}
+    obj = cls(**values)
+    _check_ranges(obj, prefix)
+    return obj
+
+
+def _check_ranges(obj: Any, prefix: str) -> None:
+    """Value checks that a type cannot express."""
+
+    def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+        if not ok:
+            raise ConfigError(f"{prefix}.{key}: got {value!r}, expected {allowed}")
+
+    positive_ints = {
+        BuiltinDataConfig: ("num_train", "num_val", "size"),
+        GeneratorConfig: ("ngf", "spade_hidden", "pix2pixhd_num_blocks"),
+        DiscriminatorConfig: ("ndf", "num_discriminators", "num_layers"),
+        EncoderConfig: ("nef", "z_dim"),
+        TrainConfig: ("batch_size", "log_every", "sample_every", "checkpoint_every"),
+        SegmenterConfig: ("width", "num_epochs", "batch_size"),
+        EvaluateConfig: ("batch_size",),
+    }.get(type(obj), ())
+    for name in positive_ints:
+        value = getattr(obj, name)
+        require(value >= 1, name, value, "an integer >= 1")
+    if isinstance(obj, DataConfig):
+        for name in ("load_size", "crop_size"):
+            value = getattr(obj, name)
+            require(value is None or value >= 8, name, value, "null or an integer >= 8")
+        require(obj.aspect_ratio is None or obj.aspect_ratio > 0, "aspect_ratio", obj.aspect_ratio, "null or > 0")
+        require(obj.num_workers >= 0, "num_workers", obj.num_workers, "an integer >= 0")
+    if isinstance(obj, CustomDataConfig):
+        require(0.0 <= obj.val_fraction < 1.0, "val_fraction", obj.val_fraction, "a number in [0, 1)")
+        require(obj.num_classes is None or obj.num_classes >= 1, "num_classes", obj.num_classes, "null or >= 1")
+    if isinstance(obj, OptimConfig):
+        require(obj.lr > 0, "lr", obj.lr, "a number > 0")
+        require(obj.num_epochs_constant >= 0, "num_epochs_constant", obj.num_epochs_constant, ">= 0")
+        require(obj.num_epochs_decay >= 0, "num_epochs_decay", obj.num_epochs_decay, ">= 0")
+        require(obj.num_epochs_constant + obj.num_epochs_decay >= 1, "num_epochs_constant",
+                obj.num_epochs_constant, "at least one epoch in total (with num_epochs_decay)")
+    if isinstance(obj, TrainConfig):
+        require(0.0 <= obj.ema_decay < 1.0, "ema_decay", obj.ema_decay, "a number in [0, 1)")
+        require(obj.max_steps is None or obj.max_steps >= 1, "max_steps", obj.max_steps, "null or >= 1")
+    if isinstance(obj, GeneratorConfig):
+        require(obj.pix2pixhd_num_downsample >= 0, "pix2pixhd_num_downsample", obj.pix2pixhd_num_downsample, ">= 0")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a validated :class:`Config` from a plain mapping (e.g. parsed params.yaml)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"the configuration must be a mapping of sections, got {type(data).__name__}")
+    return _from_dict(Config, data, "")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The plain nested mapping of a config (the inverse of :func:`config_from_dict`)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (MLflow params, diffs between configs)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def replace(cfg: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with some keys of some sections changed (tests, presets)."""
+    data = config_to_dict(cfg)
+    for section, values in sections.items():
+        if section not in data:
+            raise ConfigError(f"unknown section {section!r}; allowed: {', '.join(data)}")
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(data[section].get(key), dict):
+                data[section][key].update(value)
+            else:
+                data[section][key] = value
+    return config_from_dict(data)

@@ -1,0 +1,1 @@
+"""Datasets: the registry of label conventions, readers, the built-in dataset, preprocessing."""

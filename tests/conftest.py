@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny CPU configs. The suite never touches the network or a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gaugan.config import Config, replace
+from pipeline.params import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def params_config() -> Config:
+    """params.yaml as shipped."""
+    return load_config(ROOT / "params.yaml")
+
+
+@pytest.fixture
+def tiny_config(params_config: Config) -> Config:
+    """A few-second configuration: 32x32 landscapes, ngf/ndf 8, batch 2."""
+    return replace(
+        params_config,
+        data={"builtin": {"num_train": 8, "num_val": 4, "size": 32, "seed": 0}, "num_workers": 0},
+        generator={"ngf": 8, "spade_hidden": 16},
+        discriminator={"ndf": 8},
+        encoder={"nef": 8, "z_dim": 16},
+        train={"batch_size": 2, "max_steps": 2, "log_every": 1, "device": "cpu"},
+        tracking={"enabled": False},
+    )
