@@ -19,8 +19,13 @@ PARAMS_FILE = "params.yaml"
 
 
 def repo_root() -> Path:
-    """The real repository root: DVC_ROOT when DVC runs us (also inside queued runs), else cwd."""
-    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+    """The root that a stage's paths are relative to: the directory DVC runs it in.
+
+    Not DVC_ROOT: a queued experiment runs in a temporary copy under ``.dvc/tmp/exps/``
+    while DVC_ROOT names the real repository, and DVC collects the stage's outputs from
+    the copy. Only MLflow's store lives at DVC_ROOT (pipeline.tracking.tracking_root).
+    """
+    return Path.cwd().resolve()
 
 
 def read_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
