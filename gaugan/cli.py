@@ -22,6 +22,115 @@ app = typer.Typer(
 # ---- evaluation (issue 5) ----
 
 # ---- pipeline (issue 6): import-checkpoint, classes, ui, link-experiments ----
+# pipeline/ (MLflow, DVC, YAML) is imported inside the commands: the library itself never
+# imports it, and `gaugan --help` stays fast.
+
+
+def _pipeline_user_error(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+@app.command("classes")
+def classes_command(
+    dataset: str = typer.Option(..., "--dataset", help="landscapes, ade20k, ade20k_outdoor, coco, cityscapes, facades or custom"),
+    num_classes: int = typer.Option(None, "--num-classes", help="custom datasets: the number of classes"),
+) -> None:
+    """Print a dataset's class table: stored label index, colour in sample grids, name."""
+    from gaugan.config import Config, ConfigError, replace
+    from gaugan.data.classes import class_names, label_palette
+    from gaugan.data.registry import resolve_dataset
+
+    if dataset == "custom" and num_classes is None:
+        raise _pipeline_user_error("--dataset custom needs --num-classes N (the preprocess stage infers it from "
+                                   "the training labels and records it in <data.processed_dir>/manifest.json)")
+    try:
+        cfg = replace(Config(), data={"dataset": dataset, "custom": {"num_classes": num_classes}})
+        spec = resolve_dataset(cfg.data)
+    except ConfigError as err:
+        raise _pipeline_user_error(f"--dataset {dataset}: {err}") from None
+    names = class_names(spec)
+    palette = label_palette(len(names), spec.name)
+    typer.echo(f"{spec.name}: {spec.label_nc} classes"
+               + (f", index {spec.label_nc} = don't care" if spec.contain_dontcare else "")
+               + (", + 1 instance edge channel" if spec.use_instance else "")
+               + f" -> {spec.label_channels} label channels")
+    for index, (name, colour) in enumerate(zip(names, palette)):
+        typer.echo(f"{index:4d}  #{colour[0]:02x}{colour[1]:02x}{colour[2]:02x}  {name}")
+
+
+@app.command("ui")
+def ui_command(
+    params: str = typer.Option("params.yaml", "--params", help="the params file naming the tracking settings"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (127.0.0.1: this machine only)"),
+    port: int = typer.Option(5000, "--port"),
+) -> None:
+    """Open the MLflow UI on the project's tracking store (the same URI the stages log to)."""
+    import subprocess
+    import sys
+
+    from gaugan.config import ConfigError
+    from pipeline.params import load_config, repo_root
+    from pipeline.tracking import resolve_tracking_uri, tracking_root
+
+    try:
+        cfg = load_config(params)
+    except ConfigError as err:
+        raise _pipeline_user_error(str(err)) from None
+    uri = resolve_tracking_uri(cfg, repo_root())
+    artifacts = (tracking_root(repo_root()) / "mlartifacts").as_uri()
+    typer.echo(f"MLflow UI on {uri} at http://{host}:{port} (Ctrl-C stops it)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--default-artifact-root", artifacts, "--host", host, "--port", str(port)]
+    raise typer.Exit(subprocess.call(command))
+
+
+@app.command("preset")
+def preset_command(name: str = typer.Argument(..., help="a file in presets/ without .yaml (e.g. gpu-ade20k), or a path")) -> None:
+    """Print a preset as -S overrides: `dvc exp run $(gaugan preset gpu-ade20k)`."""
+    from pathlib import Path
+
+    from gaugan.config import ConfigError
+    from pipeline.presets import preset_config, preset_overrides, preset_path
+
+    try:
+        path = preset_path(name, Path.cwd())
+        preset_config(path)  # validate against params.yaml before anything runs
+    except ConfigError as err:
+        raise _pipeline_user_error(str(err)) from None
+    typer.echo(" ".join(f"-S {override}" for override in preset_overrides(path)))
+
+
+@app.command("link-experiments")
+def link_experiments_command(
+    params: str = typer.Option("params.yaml", "--params", help="the params file naming the tracking settings"),
+) -> None:
+    """After a sweep: tie MLflow runs to DVC experiments and list experiments without a run."""
+    from gaugan.config import ConfigError
+    from pipeline.dvc import DvcError
+    from pipeline.params import load_config, repo_root
+    from pipeline.runs import link_sweep
+
+    try:
+        cfg = load_config(params)
+        links = link_sweep(cfg, repo_root())
+    except (ConfigError, DvcError) as err:
+        raise _pipeline_user_error(str(err)) from None
+    typer.echo(f"{'experiment':24s} {'commit':8s} {'state':8s} {'status':9s} run")
+    for link in links:
+        experiment = link.experiment
+        run = link.source_run_id or (link.run_ids[0] if link.run_ids else "-")
+        note = f" (outputs of {link.source_name}'s run)" if link.source_name else ""
+        typer.echo(f"{experiment.name[:24]:24s} {experiment.rev[:7]:8s} {experiment.state or '-':8s} "
+                   f"{link.status:9s} {run}{note}")
+    restored = [link.experiment.name for link in links if link.status == "restored"]
+    missing = [link.experiment.name for link in links if link.status == "no-run"]
+    if restored:
+        typer.echo(f"\n{len(restored)} experiment(s) made no MLflow run of their own: DVC restored their "
+                   f"outputs from its run-cache or had nothing to run: {', '.join(restored)}")
+    if missing:
+        typer.echo(f"\n{len(missing)} experiment(s) have no MLflow run at all (tracking off, failed before "
+                   f"training, or no run.json in the DVC cache): {', '.join(missing)}")
 
 
 def main() -> None:
