@@ -1,0 +1,310 @@
+"""The comparison report: ablation tables, plots and one static HTML page, from DataFrames.
+
+The report compares runs the way the paper's ablation tables do (Park et al. 2019,
+Tables 1-4 and Section 4: FID, mIoU and pixel accuracy per variant), adding speed and
+training time. Runs arrive as a pandas DataFrame in the column layout of
+``mlflow.search_runs`` (``run_id``, ``params.<key>``, ``metrics.<key>``, ``tags.<key>``)
+and metric histories as a long DataFrame (``run_id``, ``key``, ``step``, ``value``); where
+they come from (MLflow, or local files when tracking is off) is ``pipeline/``'s business.
+
+Everything renders offline: plots are matplotlib PNGs (the Agg backend, no display), and
+the HTML page inlines them as data URIs so it opens from any folder without internet.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from gaugan.data.classes import label_palette
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A column of the ablation table and the metric keys it is read from (first found wins)."""
+
+    label: str
+    keys: tuple[str, ...]
+    higher_is_better: bool | None  # None: not a quality measure (speed, time)
+    digits: int
+
+
+HEADLINES = (
+    Headline("FID", ("fid/val",), False, 2),
+    Headline("mIoU", ("miou/val",), True, 2),
+    Headline("accuracy", ("accuracy/val",), True, 2),
+    Headline("images/s", ("perf/images_per_s",), None, 1),
+    Headline("train time (min)", ("time/train_minutes",), None, 1),
+)
+
+# Parameters that never distinguish experiments (where things are written, logging).
+IGNORED_PARAM_PREFIXES = ("tracking.", "train.log_every", "train.sample_every", "train.checkpoint_every")
+
+
+def _flag(series: pd.Series) -> pd.Series:
+    return series.astype(str).str.lower().isin({"1", "true"})
+
+
+def experiment_labels(runs: pd.DataFrame) -> pd.Series:
+    """A readable name per run: its DVC experiment, else its run name, else its id."""
+    label = pd.Series([None] * len(runs), index=runs.index, dtype=object)
+    for column in ("tags.dvc.exp_name", "tags.mlflow.runName", "run_name"):
+        if column in runs.columns:
+            label = label.fillna(runs[column])
+    return label.fillna(runs["run_id"].astype(str).str[:8])
+
+
+def differing_params(runs: pd.DataFrame, ignore: Sequence[str] = IGNORED_PARAM_PREFIXES) -> list[str]:
+    """The ``params.*`` keys (without the prefix) whose values differ between the runs."""
+    keys = []
+    for column in sorted(c for c in runs.columns if c.startswith("params.")):
+        key = column[len("params."):]
+        if any(key.startswith(prefix) for prefix in ignore):
+            continue
+        if runs[column].astype(str).nunique(dropna=False) > 1:
+            keys.append(key)
+    return keys
+
+
+def headline_values(runs: pd.DataFrame) -> pd.DataFrame:
+    """One column per :data:`HEADLINES` entry (NaN where a run did not log it)."""
+    columns = {}
+    for headline in HEADLINES:
+        values = pd.Series(np.nan, index=runs.index)
+        for key in headline.keys:
+            if f"metrics.{key}" in runs.columns:
+                values = values.fillna(pd.to_numeric(runs[f"metrics.{key}"], errors="coerce"))
+        columns[headline.label] = values
+    return pd.DataFrame(columns, index=runs.index)
+
+
+def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: experiment, commit, the parameters that differ, headline metrics.
+
+    Rows are ordered by start time (oldest first) so that a sweep reads in queue order.
+    """
+    if "start_time" in runs.columns:
+        runs = runs.sort_values("start_time", kind="stable")
+    table = pd.DataFrame({"experiment": experiment_labels(runs)}, index=runs.index)
+    commit = pd.Series([None] * len(runs), index=runs.index, dtype=object)
+    for column in ("tags.dvc.exp_rev", "tags.dvc.baseline_rev", "tags.git.commit"):
+        if column in runs.columns:
+            commit = commit.fillna(runs[column])
+    table["commit"] = commit.fillna("").astype(str).str[:7]
+    table["run"] = runs["run_id"].astype(str).str[:8]
+    for key in differing_params(runs):
+        table[key] = runs[f"params.{key}"]
+    table = pd.concat([table, headline_values(runs)], axis=1)
+    return table.reset_index(drop=True)
+
+
+def _cell(value: object, digits: int | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if digits is not None and isinstance(value, (int, float, np.floating, np.integer)):
+        return f"{float(value):.{digits}f}"
+    return str(value)
+
+
+def _formatted(table: pd.DataFrame) -> list[list[str]]:
+    digits = {headline.label: headline.digits for headline in HEADLINES}
+    return [[_cell(row[column], digits.get(column)) for column in table.columns] for _, row in table.iterrows()]
+
+
+def table_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (numbers right-aligned, missing values as '-')."""
+    header = [str(column) for column in table.columns]
+    numeric = [pd.api.types.is_numeric_dtype(table[column]) for column in table.columns]
+    rows = _formatted(table)
+    escape = lambda text: text.replace("|", "\\|")  # noqa: E731 - one-line helper
+    lines = ["| " + " | ".join(escape(h) for h in header) + " |",
+             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def table_html(table: pd.DataFrame, highlight_row: int | None = None) -> str:
+    """The table as an HTML ``<table>``, the best value of each quality metric in bold."""
+    best: dict[str, int] = {}
+    for headline in HEADLINES:
+        values = table.get(headline.label)
+        if headline.higher_is_better is None or values is None or values.notna().sum() < 2:
+            continue
+        best[headline.label] = int(values.idxmax() if headline.higher_is_better else values.idxmin())
+    rows = _formatted(table)
+    parts = ["<table>", "<thead><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+             + "</tr></thead>", "<tbody>"]
+    for index, row in enumerate(rows):
+        cells = []
+        for column, text in zip(table.columns, row):
+            text = html.escape(text)
+            cells.append(f"<td><b>{text}</b></td>" if best.get(column) == index else f"<td>{text}</td>")
+        css = ' class="current"' if index == highlight_row else ""
+        parts.append(f"<tr{css}>" + "".join(cells) + "</tr>")
+    parts.append("</tbody></table>")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------
+# Plots (matplotlib, offline).
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display, no internet: files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temp, dpi=100, bbox_inches="tight")
+    os.replace(temp, path)
+
+
+def plot_loss_curves(history: pd.DataFrame, labels: dict[str, str], path: Path, prefix: str = "loss/") -> bool:
+    """One panel per ``prefix*`` metric, one line per run; False (no file) when there is nothing to plot."""
+    history = history[history["key"].str.startswith(prefix)] if len(history) else history
+    if not len(history):
+        return False
+    plt = _pyplot()
+    keys = sorted(history["key"].unique())
+    columns = min(3, len(keys))
+    rows = math.ceil(len(keys) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.0 * rows), squeeze=False)
+    for axis, key in zip(axes.flat, keys):
+        for run_id, curve in history[history["key"] == key].groupby("run_id", sort=False):
+            curve = curve.sort_values("step")
+            axis.plot(curve["step"], curve["value"], linewidth=1.0, label=labels.get(run_id, str(run_id)[:8]))
+        axis.set_title(key, fontsize=10)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(keys):]:
+        axis.set_visible(False)
+    if history["run_id"].nunique() > 1:
+        axes.flat[0].legend(fontsize=7)
+    figure.tight_layout()
+    _save_figure(figure, path)
+    plt.close(figure)
+    return True
+
+
+def plot_headlines(table: pd.DataFrame, path: Path) -> bool:
+    """A bar chart per headline metric, one bar per experiment; False when no run has any."""
+    present = [h for h in HEADLINES if h.label in table.columns and table[h.label].notna().any()]
+    if not present:
+        return False
+    plt = _pyplot()
+    names = table["experiment"].astype(str) + " (" + table["run"].astype(str) + ")"
+    figure, axes = plt.subplots(1, len(present), figsize=(max(4.0, 0.5 * len(table) + 2.5) * len(present), 3.6),
+                                squeeze=False)
+    for axis, headline in zip(axes.flat, present):
+        values = table[headline.label]
+        axis.bar(range(len(values)), values.fillna(0.0), color="#4c72b0")
+        axis.set_xticks(range(len(values)), names, rotation=45, ha="right", fontsize=8)
+        direction = {True: " (higher is better)", False: " (lower is better)", None: ""}[headline.higher_is_better]
+        axis.set_title(headline.label + direction, fontsize=10)
+        axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    _save_figure(figure, path)
+    plt.close(figure)
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# Sample grids.
+
+
+def colorize_labels(label: np.ndarray, num_labels: int, dataset: str | None = None) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 colours of the dataset's palette; out of range: white."""
+    palette = np.concatenate([label_palette(num_labels, dataset), np.full((1, 3), 255, np.uint8)])
+    return palette[np.clip(label.astype(np.int64), 0, num_labels)]
+
+
+def sample_grid(rows: Sequence[Sequence[np.ndarray]], path: Path, cell_size: int = 128, margin: int = 2) -> None:
+    """Write a grid of (H, W, 3) uint8 images (one list per row) as a PNG, each cell resized nearest."""
+    if not rows or not rows[0]:
+        raise ValueError(f"{path}: a sample grid needs at least one image")
+    num_columns = max(len(row) for row in rows)
+    first = rows[0][0]
+    cell_height = round(cell_size * first.shape[0] / first.shape[1])
+    canvas = Image.new("RGB", (num_columns * (cell_size + margin) + margin,
+                               len(rows) * (cell_height + margin) + margin), "white")
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            tile = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).resize(
+                (cell_size, cell_height), Image.NEAREST)
+            canvas.paste(tile, (margin + c * (cell_size + margin), margin + r * (cell_height + margin)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as handle:
+        canvas.save(handle, format="PNG")
+    os.replace(handle.name, path)
+
+
+# --------------------------------------------------------------------------------------
+# The page.
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    body_html: str  # trusted HTML built by this module (tables, figures, escaped text)
+
+
+def figure_html(path: Path, caption: str) -> str:
+    """An ``<img>`` with the PNG inlined as a data URI (the page stays one self-contained file)."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def text_html(text: str) -> str:
+    return "".join(f"<p>{html.escape(paragraph)}</p>" for paragraph in text.split("\n\n") if paragraph.strip())
+
+
+def definition_list_html(items: dict[str, object]) -> str:
+    rows = "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(_cell(v, None))}</dd>" for k, v in items.items())
+    return f"<dl>{rows}</dl>"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; font-size: .85em; display: block; overflow-x: auto; }
+th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: right; white-space: nowrap; }
+th { background: #f3f3f3; } tr.current td { background: #fff8d6; }
+td:first-child, th:first-child { text-align: left; }
+figure { margin: 1em 0; } img { max-width: 100%; image-rendering: pixelated; }
+figcaption { font-size: .85em; color: #555; }
+dl { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; font-size: .9em; }
+dt { font-weight: 600; } dd { margin: 0; font-family: ui-monospace, monospace; }
+"""
+
+
+def render_page(title: str, sections: Sequence[Section]) -> str:
+    """A complete, self-contained HTML document (no scripts, no external resources)."""
+    body = "\n".join(f"<section><h2>{html.escape(s.title)}</h2>\n{s.body_html}\n</section>" for s in sections)
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+            f"<h1>{html.escape(title)}</h1>\n{body}\n</body>\n</html>\n")
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)

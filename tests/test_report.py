@@ -1,0 +1,118 @@
+"""The report: ablation table, offline plots, sample grids, the static page; runs read from MLflow."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from gaugan import report
+
+
+def fake_runs() -> pd.DataFrame:
+    return pd.DataFrame({
+        "run_id": ["aaaaaaaa1111", "bbbbbbbb2222", "cccccccc3333"],
+        "start_time": pd.to_datetime([30, 10, 20], unit="s", utc=True),
+        "tags.dvc.exp_name": ["norm-instance", None, "ngf-32"],
+        "tags.mlflow.runName": ["norm-instance", "train", "ngf-32"],
+        "tags.dvc.baseline_rev": ["1234567890", None, "1234567890"],
+        "tags.git.commit": ["1234567890", "abcdef0123", "1234567890"],
+        "params.generator.ngf": ["16", "16", "32"],
+        "params.generator.param_free_norm": ["instance", "syncbatch", "syncbatch"],
+        "params.data.dataset": ["landscapes"] * 3,
+        "params.tracking.experiment_name": ["a", "b", "c"],  # never an ablation
+        "metrics.fid/val": [80.123, 95.0, 70.5],
+        "metrics.miou/val": [0.41, 0.38, np.nan],
+        "metrics.perf/images_per_s": [12.0, 11.5, 7.25],
+    })
+
+
+def test_ablation_table_lists_differing_params_and_headlines() -> None:
+    table = report.ablation_table(fake_runs())
+    assert list(table["experiment"]) == ["train", "ngf-32", "norm-instance"]  # by start time
+    assert list(table.columns[:5]) == ["experiment", "commit", "run", "generator.ngf", "generator.param_free_norm"]
+    assert "data.dataset" not in table and "tracking.experiment_name" not in table
+    assert list(table["commit"]) == ["abcdef0", "1234567", "1234567"]
+    assert table["FID"].tolist() == [95.0, 70.5, 80.123]
+    assert table["train time (min)"].isna().all()
+
+    markdown = report.table_markdown(table).splitlines()
+    assert markdown[0].startswith("| experiment | commit | run | generator.ngf |")
+    assert "---:" in markdown[1]  # numeric columns right-aligned
+    assert markdown[3] == "| ngf-32 | 1234567 | cccccccc | 32 | syncbatch | 70.50 | - | - | 7.2 | - |"
+
+    page_table = report.table_html(table, highlight_row=2)
+    # best FID (lowest, ngf-32) and best mIoU (highest, norm-instance) are bold
+    assert "<b>70.50</b>" in page_table and "<b>0.41</b>" in page_table and "<b>95.00</b>" not in page_table
+    assert page_table.count('class="current"') == 1
+
+
+def test_plots_sample_grid_and_page_are_offline(tmp_path: Path) -> None:
+    runs = fake_runs()
+    table = report.ablation_table(runs)
+    history = pd.DataFrame([(run_id, key, step, 1.0 / (step + 1))
+                            for run_id in runs["run_id"] for key in ("loss/g_gan", "loss/d_real")
+                            for step in range(0, 50, 10)], columns=["run_id", "key", "step", "value"])
+    labels = dict(zip(runs["run_id"], report.experiment_labels(runs)))
+    assert report.plot_loss_curves(history, labels, tmp_path / "plots" / "losses.png")
+    assert report.plot_headlines(table, tmp_path / "plots" / "metrics.png")
+    assert not report.plot_loss_curves(history.iloc[:0], labels, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+
+    label = np.array([[0, 1], [9, 42]])
+    colours = report.colorize_labels(label, 10, "landscapes")
+    assert colours.shape == (2, 2, 3) and tuple(colours[1, 1]) == (255, 255, 255)  # out of range
+    fake = np.full((32, 64, 3), 128, np.uint8)
+    report.sample_grid([[fake, colours], [fake, colours]], tmp_path / "samples.png", cell_size=64)
+    with Image.open(tmp_path / "samples.png") as grid:
+        assert grid.size == (2 * 66 + 2, 2 * 34 + 2)  # 64-wide cells keep the 2:1 aspect of the first
+    with pytest.raises(ValueError, match="at least one image"):
+        report.sample_grid([], tmp_path / "empty.png")
+
+    page = report.render_page("Report <test>", [
+        report.Section("Ablations", report.table_html(table)),
+        report.Section("Losses", report.figure_html(tmp_path / "plots" / "losses.png", "loss curves")),
+        report.Section("Notes", report.text_html("a < b\n\nsecond")),
+    ])
+    assert "Report &lt;test&gt;" in page and "<p>a &lt; b</p>" in page
+    assert page.count("data:image/png;base64,") == 1
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing fetched from the network
+    report.write_text_atomic(page, tmp_path / "index.html")
+    assert (tmp_path / "index.html").read_text() == page
+
+
+def test_runs_and_histories_from_mlflow(tmp_path: Path) -> None:
+    """A temporary sqlite store with two runs, read back the way the report stage reads it."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.runs import download_artifact, fetch_histories, fetch_runs
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert fetch_runs(client, "gaugan").empty  # no experiment yet
+    experiment = client.create_experiment("gaugan", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    run_ids = []
+    for name, ngf in (("ngf-16", "16"), ("ngf-32", "32")):
+        run_id = client.create_run(experiment, run_name=name, tags={"dvc.exp_name": name}).info.run_id
+        client.log_param(run_id, "generator.ngf", ngf)
+        for step in (0, 10, 20):
+            client.log_metric(run_id, "loss/g_gan", 2.0 - step / 20, step=step)
+        client.log_metric(run_id, "fid/val", 50.0 + int(ngf))
+        client.set_terminated(run_id)
+        run_ids.append(run_id)
+    sample = tmp_path / "grid.png"
+    Image.new("RGB", (4, 4)).save(sample)
+    client.log_artifact(run_ids[0], str(sample), artifact_path="samples")
+
+    runs = fetch_runs(client, "gaugan")
+    assert sorted(runs["tags.dvc.exp_name"]) == ["ngf-16", "ngf-32"]
+    table = report.ablation_table(runs)
+    assert table[["experiment", "generator.ngf", "FID"]].values.tolist() == [["ngf-16", "16", 66.0], ["ngf-32", "32", 82.0]]
+    history = fetch_histories(client, run_ids, ["loss/g_gan"])
+    assert len(history) == 6 and history.groupby("run_id")["step"].max().tolist() == [20, 20]
+    copied = download_artifact(client, run_ids[0], "samples/grid.png", tmp_path / "download")
+    assert copied is not None and copied.read_bytes() == sample.read_bytes()
+    assert download_artifact(client, run_ids[1], "samples/grid.png", tmp_path / "download2") is None
