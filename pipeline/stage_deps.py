@@ -1,0 +1,79 @@
+"""The project files a stage's code consists of: the deps of its dvc.yaml entry.
+
+A stage must re-run when, and only when, code it runs changes. This follows the imports
+of ``stages/<name>.py`` (every ``import`` statement, also those inside functions) through
+``gaugan/`` and ``pipeline/`` and returns the files, package ``__init__.py`` files
+included. ``stages/__init__.py`` is left out: it only checks where the code is imported
+from (pipeline/dvc.py) and cannot change an output. tests/test_pipeline_dvc_yaml.py
+checks dvc.yaml against this; ``python -m pipeline.stage_deps`` prints the lists.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+PROJECT_PACKAGES = ("gaugan", "pipeline", "stages")
+
+
+def _module_file(name: str, root: Path) -> Path | None:
+    """``gaugan.data.io`` -> ``<root>/gaugan/data/io.py`` (or the package's __init__.py)."""
+    parts = name.split(".")
+    if parts[0] not in PROJECT_PACKAGES:
+        return None
+    base = root.joinpath(*parts)
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def _imported_names(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            # `from gaugan.data import builtin` imports a module, not a name.
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def code_closure(start: Path, root: Path) -> list[str]:
+    """Project files reachable by imports from ``start`` (root-relative POSIX paths, sorted)."""
+    root = root.resolve()
+    seen: set[Path] = set()
+    pending = [start.resolve()]
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imported_names(path):
+            parts = name.split(".")
+            # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
+            for depth in range(1, len(parts) + 1):
+                module = _module_file(".".join(parts[:depth]), root)
+                if module is not None and module not in seen:
+                    pending.append(module)
+    stages_init = root / "stages" / "__init__.py"
+    return sorted(p.relative_to(root).as_posix() for p in seen if p != stages_init)
+
+
+def stage_code_deps(stage: str, root: Path) -> list[str]:
+    """The code deps of ``stages/<stage>.py``."""
+    path = root / "stages" / f"{stage}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such stage module")
+    return code_closure(path, root)
+
+
+if __name__ == "__main__":
+    project = Path(__file__).resolve().parents[1]
+    for name in sys.argv[1:] or sorted(p.stem for p in (project / "stages").glob("[!_]*.py")):
+        print(f"{name}:")
+        for dep in stage_code_deps(name, project):
+            print(f"      - {dep}")
