@@ -1,0 +1,248 @@
+"""Validation of a dataset folder, shared by ``gaugan check-data`` and the preprocess stage.
+
+Every problem is collected before anything fails (a user fixing a dataset wants the whole
+list, not one error per run), and each names the file, the offending value and the
+setting to change: label values outside ``[0, label_nc)`` other than the don't-care value
+(REFERENCE.md section 3 for each dataset's convention), an image whose size differs from
+its label map, an instance map of another size, pairs with a missing half, and files that
+cannot be read (with the reason). Nothing is ever dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from gaugan.config import ConfigError, DataConfig
+from gaugan.data.classes import class_names
+from gaugan.data.io import DataError, read_image, read_index_map, map_labels
+from gaugan.data.registry import DatasetSpec, resolve_dataset
+from gaugan.data.sources import Listing, Pair, list_dataset
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class LoadedPair:
+    """A pair read from disk and checked: RGB photo, stored label indices, raw instance ids."""
+
+    image: Image.Image
+    label: np.ndarray  # (H, W) int64 in [0, spec.num_label_values)
+    instance: np.ndarray | None  # (H, W) int64 as read (only edges matter)
+
+
+def load_pair(pair: Pair, spec: DatasetSpec, setting: str | None = None) -> tuple[LoadedPair | None, list[str]]:
+    """Read and check one pair; return it (or None) and every problem found in it."""
+    problems: list[str] = []
+    label = image = instance = None
+    try:
+        label = map_labels(read_index_map(pair.label), spec, pair.label, setting)
+    except DataError as err:
+        problems.append(str(err))
+    try:
+        image = read_image(pair.image)
+    except DataError as err:
+        problems.append(str(err))
+    if spec.use_instance and pair.instance is not None:
+        try:
+            instance = read_index_map(pair.instance, what="instance map")
+        except DataError as err:
+            problems.append(str(err))
+    if label is not None:
+        height, width = label.shape
+        if image is not None and image.size != (width, height):
+            problems.append(
+                f"{pair.image}: image is {image.size[0]}x{image.size[1]} (WxH) but its label map {pair.label} is "
+                f"{width}x{height}; they must be the same size"
+            )
+        if instance is not None and instance.shape != label.shape:
+            problems.append(
+                f"{pair.instance}: instance map is {instance.shape[1]}x{instance.shape[0]} (WxH) but its label map "
+                f"{pair.label} is {width}x{height}; they must be the same size"
+            )
+    if problems:
+        return None, problems
+    return LoadedPair(image, label, instance), problems
+
+
+def parallel_map(function: Callable[[T], R], items: Iterable[T], num_workers: int, chunksize: int = 4) -> Iterator[R]:
+    """``map`` in worker processes (ordered), or in this process when num_workers == 0."""
+    if num_workers <= 0:
+        yield from map(function, items)
+        return
+    with get_context("spawn" if os.name == "nt" else "fork").Pool(num_workers) as pool:
+        yield from pool.imap(function, items, chunksize=chunksize)
+
+
+# --------------------------------------------------------------------------------------
+# Resolving the spec of a folder (custom datasets: instance maps and classes found there).
+
+
+def infer_num_classes(pairs: list[Pair], dontcare_value: int | None, num_workers: int = 0) -> tuple[int | None, list[str]]:
+    """max label value + 1 over the given label maps, the don't-care value excluded."""
+    problems: list[str] = []
+    highest = -1
+    for path, result in zip((p.label for p in pairs), parallel_map(_max_label, [(p.label, dontcare_value) for p in pairs], num_workers)):
+        if isinstance(result, str):
+            problems.append(result)
+        else:
+            highest = max(highest, result)
+    return (highest + 1 if highest >= 0 else None), problems
+
+
+def _max_label(args: tuple[Path, int | None]) -> int | str:
+    path, dontcare = args
+    try:
+        raw = read_index_map(path)
+    except DataError as err:
+        return str(err)
+    values = np.unique(raw)
+    if dontcare is not None:
+        values = values[values != dontcare]
+    return int(values.max()) if values.size else -1
+
+
+def resolve_folder(data: DataConfig, folder: Path, repo_root: Path | None = None,
+                   num_workers: int = 0) -> tuple[DatasetSpec, Listing]:
+    """The spec and the listing of ``data.dataset`` in ``folder``.
+
+    For custom datasets the instance edge channel is on when the folder has any instance
+    maps (unless data.use_instance says otherwise), and the class count is inferred from the
+    training labels when data.custom.num_classes is null.
+    """
+    if data.dataset == "custom":
+        use_instance = data.use_instance
+        if use_instance is None:
+            probe = list_dataset("custom", folder, data, use_instance=False, repo_root=repo_root)
+            # an instances/ folder anywhere means instance maps are meant to be used (and then
+            # a missing one is a problem, not a reason to silently train without edges)
+            use_instance = any(p.instance is not None for pairs in probe.splits.values() for p in pairs)
+        listing = list_dataset("custom", folder, data, use_instance=use_instance, repo_root=repo_root)
+        inferred = None
+        if data.custom.num_classes is None:
+            inferred, problems = infer_num_classes(listing.splits.get("train", []), data.custom.dontcare_label, num_workers)
+            listing.problems.extend(problems)
+            if inferred is None:
+                raise DataError(f"{folder}: cannot infer the number of classes (no readable training label maps); "
+                                f"set data.custom.num_classes")
+            listing.notes.append(f"classes inferred from the training labels: {inferred} "
+                                 f"(max label value + 1, don't-care {data.custom.dontcare_label} excluded)")
+        spec = resolve_dataset(dataclasses.replace(data, use_instance=use_instance), inferred_num_classes=inferred)
+        return spec, listing
+    spec = resolve_dataset(data)
+    return spec, list_dataset(data.dataset, folder, data, use_instance=spec.use_instance, repo_root=repo_root)
+
+
+# --------------------------------------------------------------------------------------
+# The check itself.
+
+
+@dataclass
+class CheckReport:
+    spec: DatasetSpec
+    listing: Listing
+    problems: list[str] = field(default_factory=list)
+    pairs: dict[str, int] = field(default_factory=dict)
+    image_sizes: dict[str, Counter] = field(default_factory=dict)  # split -> Counter of (width, height)
+    class_pixels: dict[str, np.ndarray] = field(default_factory=dict)  # split -> pixels per stored index
+    instance_maps: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _inspect(args: tuple[Pair, DatasetSpec]) -> tuple[list[str], tuple[int, int] | None, np.ndarray | None, bool]:
+    pair, spec = args
+    loaded, problems = load_pair(pair, spec)
+    if loaded is None:
+        return problems, None, None, False
+    counts = np.bincount(loaded.label.ravel(), minlength=spec.num_label_values)
+    return problems, loaded.image.size, counts, loaded.instance is not None
+
+
+def check_listing(listing: Listing, spec: DatasetSpec, num_workers: int = 0, progress: bool = False) -> CheckReport:
+    """Read every file of the listing and collect all problems and the summary statistics."""
+    report = CheckReport(spec, listing, problems=list(listing.problems))
+    for split, pairs in listing.splits.items():
+        report.pairs[split] = len(pairs)
+        report.image_sizes[split] = Counter()
+        report.class_pixels[split] = np.zeros(spec.num_label_values, dtype=np.int64)
+        report.instance_maps[split] = 0
+        if not pairs:
+            report.problems.append(f"{listing.root}: no pairs found for split {split!r}")
+            continue
+        results = parallel_map(_inspect, [(p, spec) for p in pairs], num_workers)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(pairs), desc=f"check {split}", unit="pair")
+        for problems, size, counts, has_instance in results:
+            report.problems.extend(problems)
+            if size is not None:
+                report.image_sizes[split][size] += 1
+                report.class_pixels[split] += counts
+                report.instance_maps[split] += int(has_instance)
+    return report
+
+
+def check_dataset(data: DataConfig, folder: str | os.PathLike, repo_root: Path | None = None, num_workers: int = 0,
+                  progress: bool = False) -> CheckReport:
+    """Resolve, list and check a dataset folder in its official layout (what check-data runs)."""
+    try:
+        spec, listing = resolve_folder(data, Path(folder), repo_root, num_workers)
+    except ConfigError as err:
+        raise DataError(str(err)) from err
+    return check_listing(listing, spec, num_workers, progress)
+
+
+def format_problems(problems: list[str], limit: int | None = None) -> str:
+    shown = problems if limit is None else problems[:limit]
+    lines = [f"{len(problems)} problem(s) found:"] + [f"  - {p}" for p in shown]
+    if limit is not None and len(problems) > limit:
+        lines.append(f"  ... and {len(problems) - limit} more")
+    return "\n".join(lines)
+
+
+def format_report(report: CheckReport, max_classes: int = 40) -> str:
+    """A human-readable summary: pairs, sizes, classes present with pixel shares, instance maps."""
+    spec = report.spec
+    lines = [
+        f"dataset {spec.name!r} at {report.listing.root}",
+        f"  label_nc={spec.label_nc} contain_dontcare={spec.contain_dontcare} dontcare_value={spec.dontcare_value} "
+        f"use_instance={spec.use_instance} -> {spec.label_channels} label channels",
+    ]
+    if not spec.comparable_to_paper:
+        lines.append("  note: results on this dataset are not comparable to the paper's numbers")
+    lines += [f"  note: {note}" for note in report.listing.notes]
+    names = class_names(spec)
+    for split in report.pairs:
+        sizes = report.image_sizes[split]
+        lines.append(f"{split}: {report.pairs[split]} pairs, {report.instance_maps[split]} instance maps")
+        if sizes:
+            common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(5))
+            more = f" and {len(sizes) - 5} more sizes" if len(sizes) > 5 else ""
+            lines.append(f"  image sizes (WxH): {common}{more}")
+        pixels = report.class_pixels[split]
+        total = int(pixels.sum())
+        if total:
+            present = [i for i in np.argsort(-pixels) if pixels[i] > 0]
+            lines.append(f"  classes present: {len(present)} of {spec.num_label_values}")
+            for i in present[:max_classes]:
+                lines.append(f"    {i:4d} {names[i]:<24s} {100 * pixels[i] / total:6.2f}%")
+            if len(present) > max_classes:
+                lines.append(f"    ... {len(present) - max_classes} more")
+    if report.problems:
+        lines.append(format_problems(report.problems))
+    else:
+        lines.append("no problems found")
+    return "\n".join(lines)

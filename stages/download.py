@@ -1,0 +1,86 @@
+"""Download stage: put the raw dataset named by ``data.dataset`` under ``<data.root>/<dataset>/``.
+
+- landscapes (the default): generated, not downloaded (gaugan.data.builtin), in the custom
+  layout, deterministically from ``data.builtin`` (seed, counts, size).
+- ade20k, ade20k_outdoor, coco, facades: the official archives of REFERENCE.md section 3,
+  resumable, md5-checked where a checksum is published, extracted; COCO-Stuff's instance
+  maps are then built from the COCO annotations (gaugan.data.coco_instances).
+- cityscapes: needs a login; the user puts gtFine_trainvaltest.zip and
+  leftImg8bit_trainvaltest.zip into ``<data.root>/cityscapes/``; the stage extracts them or
+  says exactly what is missing and where to get it.
+- custom: nothing to download; the stage checks that ``<data.root>/custom/`` holds the
+  custom layout and says what is missing.
+
+Every dataset ends with ``<data.root>/<dataset>/download.json`` (ADE20K-outdoor: in the
+ade20k folder), a small marker of what was downloaded, verified or generated, written
+last: a failed run leaves no marker.
+
+DVC:
+  params: data
+  deps: stages/download.py, gaugan/data/download.py, gaugan/data/builtin.py,
+        gaugan/data/coco_instances.py, gaugan/data/sources.py
+        (custom only: the user's folder ${data.root}/custom as a dep, so edits re-run the chain)
+  outs: ${data.root}/${data.dataset}/download.json  (small; cache: false)
+        Do NOT cache the raw paper datasets (tens of GB): declare only the marker, or the raw
+        folder with `cache: false` and `persist: true`. The generated landscapes folder is
+        small (a few MB) and may be cached: ${data.root}/landscapes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from gaugan.config import Config
+from gaugan.data.builtin import write_landscapes
+from gaugan.data.coco_instances import build_instance_maps
+from gaugan.data.download import Resource, download_dataset, locate_cityscapes, write_marker
+from gaugan.data.io import DataError
+from gaugan.data.sources import dataset_dir, list_custom
+from pipeline.params import load_config, repo_root
+
+
+def run(cfg: Config, root: Path, resources: dict[str, tuple[Resource, ...]] | None = None,
+        progress: bool = True) -> dict:
+    """Fetch, locate or generate the raw dataset; return the marker written.
+
+    ``resources`` replaces the table of official archives (mirrors, tests).
+    """
+    data = cfg.data
+    folder = dataset_dir(data, root)
+    if data.dataset == "landscapes":
+        b = data.builtin
+        info = write_landscapes(folder, b.num_train, b.num_val, b.size, b.seed, progress=progress,
+                                num_workers=data.num_workers)
+        timing = {key: info.pop(key) for key in ("seconds", "num_workers", "images_per_s_with_png_writing")}
+        marker = {"dataset": "landscapes", "generated": info}
+        write_marker(folder, marker)
+        print(f"landscapes: {timing['images_per_s_with_png_writing']} images/s written "
+              f"({timing['seconds']} s, {timing['num_workers']} workers)")
+    elif data.dataset == "custom":
+        listing = list_custom(folder, data.custom.val_fraction, data.custom.split_seed, require_instances=False)
+        if listing.problems:
+            raise DataError(f"{folder}: the custom dataset is incomplete:\n" + "\n".join(f"  - {p}" for p in listing.problems))
+        marker = {"dataset": "custom", "pairs": {s: len(p) for s, p in listing.splits.items()}, "notes": listing.notes}
+        write_marker(folder, marker)
+    elif data.dataset == "cityscapes":
+        marker = locate_cityscapes(folder, progress=progress)
+    else:
+        after = None
+        if data.dataset == "coco":
+            def after(coco_dir: Path) -> dict:
+                return build_instance_maps(coco_dir, num_workers=data.num_workers, progress=progress)
+        marker = download_dataset(data.dataset, folder, resources, progress=progress, after_extract=after)
+        if data.dataset == "ade20k_outdoor":
+            marker["note"] = "ADE20K-outdoor is a filter over this ADE20K download; not comparable to the paper"
+            write_marker(folder, marker)
+    print(f"{data.dataset}: ready in {folder}")
+    return marker
+
+
+if __name__ == "__main__":
+    try:
+        run(load_config(), repo_root())
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

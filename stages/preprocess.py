@@ -1,0 +1,46 @@
+"""Preprocess stage: raw dataset -> training-ready store, class histogram and sample grid.
+
+Reads ``<data.root>/<dataset>/`` in its official layout (gaugan.data.sources), checks
+every file (gaugan.data.check: all problems are collected and reported together, nothing
+is dropped), resizes as published (labels and instances NEAREST, photos BICUBIC) and
+writes the store to ``<data.processed_dir>/`` through a temporary folder renamed at the
+end (gaugan.data.store). The store's ``manifest.json`` holds the resolved dataset spec;
+for custom datasets with inferred classes it is the source of truth downstream.
+
+DVC:
+  params: data
+  deps: stages/preprocess.py, gaugan/data, ${data.root}/${data.dataset}/download.json
+        (ade20k_outdoor: data/raw/ade20k/download.json; landscapes may depend on the
+        generated folder ${data.root}/landscapes instead)
+  outs: ${data.processed_dir} (cache it for the built-in dataset; for the paper's
+        datasets it is several GB: `cache: false`), reports/data/class_histogram.csv,
+        reports/data/samples.png
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from gaugan.config import Config, ConfigError
+from gaugan.data.io import DataError
+from gaugan.data.store import preprocess
+from pipeline.params import load_config, repo_root
+
+REPORTS = Path("reports") / "data"
+
+
+def run(cfg: Config, root: Path) -> dict:
+    manifest = preprocess(cfg.data, root, reports_dir=root / REPORTS, progress=True)
+    counts = ", ".join(f"{split} {info['count']}" for split, info in manifest["splits"].items())
+    print(f"{manifest['dataset']}: {counts} pairs, {manifest['label_channels']} label channels "
+          f"-> {root / cfg.data.processed_dir}")
+    return manifest
+
+
+if __name__ == "__main__":
+    try:
+        run(load_config(), repo_root())
+    except (DataError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

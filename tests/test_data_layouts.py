@@ -1,0 +1,313 @@
+"""Every dataset layout, with tiny files shaped exactly like the real ones, through listing,
+validation (check-data's report) and the store; plus every validation error path.
+
+The builders here (one per official layout) are reused by the other test_data_* files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gaugan.config import Config, replace
+from gaugan.data.check import check_dataset, format_report
+from gaugan.data.io import DataError
+from gaugan.data.sources import stable_val_split
+from gaugan.data.store import StoreDataset, preprocess, read_manifest, spec_from_manifest
+
+W, H = 24, 16  # every photo/label below is W x H unless a test says otherwise
+
+
+def save_photo(path: Path, size: tuple[int, int] = (W, H), seed: int = 0, fmt: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, format=fmt)
+
+
+def save_index(path: Path, array: np.ndarray, mode: str | None = None) -> None:
+    """8-bit ("L"), 16-bit ("I;16") or palette ("P") PNG of index values."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "P":
+        img = Image.fromarray(array.astype(np.uint8), mode="L").convert("P")
+        img.putpalette(list(np.random.default_rng(1).integers(0, 255, 768)))
+        # convert("P") from L keeps the indices; make that explicit
+        img = Image.frombytes("P", img.size, array.astype(np.uint8).tobytes())
+        img.putpalette(list(np.random.default_rng(1).integers(0, 255, 768)))
+        img.save(path)
+    elif mode == "I;16" or array.max() > 255:
+        Image.fromarray(array.astype(np.uint16)).save(path)
+    else:
+        Image.fromarray(array.astype(np.uint8)).save(path)
+
+
+def label_map(values: list[int], seed: int = 0, shape: tuple[int, int] = (H, W)) -> np.ndarray:
+    """Blocks of the given values (every value present)."""
+    rng = np.random.default_rng(seed)
+    out = np.asarray(values)[np.arange(shape[0] * shape[1]) * len(values) // (shape[0] * shape[1])].reshape(shape)
+    return out[:, rng.permutation(shape[1])]
+
+
+# ---------------------------------------------------------------- official layouts
+
+
+def make_ade20k(root: Path, num_train: int = 3, num_val: int = 2, scenes: dict[str, str] | None = None) -> Path:
+    base = root / "ADEChallengeData2016"
+    lines = []
+    for split, folder, count in (("train", "training", num_train), ("val", "validation", num_val)):
+        for i in range(1, count + 1):
+            stem = f"ADE_{split}_{i:08d}"
+            save_photo(base / "images" / folder / f"{stem}.jpg", seed=i)
+            save_index(base / "annotations" / folder / f"{stem}.png", label_map([0, 3, 150, 17], seed=i))
+            lines.append(f"{stem} {(scenes or {}).get(stem, 'bathroom' if i % 2 else 'street')}")
+    (base / "sceneCategories.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_coco_spade(root: Path, num_train: int = 3, num_val: int = 2) -> Path:
+    for split, count in (("train", num_train), ("val", num_val)):
+        for i in range(count):
+            stem = f"{i + 9:012d}"
+            save_photo(root / f"{split}_img" / f"{stem}.jpg", seed=i)
+            label = label_map([0, 90, 181, 255], seed=i)
+            save_index(root / f"{split}_label" / f"{stem}.png", label)
+            instance = label.copy()
+            instance[2:6, 3:9] = 7  # an object
+            save_index(root / f"{split}_inst" / f"{stem}.png", instance)
+    return root
+
+
+def make_cityscapes(root: Path, cities: tuple[str, ...] = ("aachen", "bochum")) -> Path:
+    for split, city_list in (("train", cities), ("val", ("frankfurt",))):
+        for city in city_list:
+            for frame in (19, 20):
+                stem = f"{city}_000000_{frame:06d}"
+                save_photo(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", size=(32, 16), seed=frame)
+                label = label_map([7, 11, 23, 26, 33], seed=frame, shape=(16, 32))
+                save_index(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", label)
+                instance = label.astype(np.int64).copy()  # stuff: the labelId itself
+                instance[label == 26] = 26000  # car instance 0
+                instance[4:8, 0:6] = 26001  # car instance 1 (class*1000 + k)
+                instance[10:14, 20:26] = 24000  # a person
+                save_index(root / "gtFine" / split / city / f"{stem}_gtFine_instanceIds.png", instance, mode="I;16")
+                # the real archive also holds colour and polygon files, which must be ignored
+                save_photo(root / "gtFine" / split / city / f"{stem}_gtFine_color.png", size=(32, 16))
+                (root / "gtFine" / split / city / f"{stem}_gtFine_polygons.json").write_text("{}")
+    return root
+
+
+def make_facades(root: Path, count: int = 10) -> Path:
+    for i in range(1, count + 1):
+        save_photo(root / "base" / f"cmp_b{i:04d}.jpg", seed=i)
+        save_index(root / "base" / f"cmp_b{i:04d}.png", label_map(list(range(1, 13)), seed=i))
+        (root / "base" / f"cmp_b{i:04d}.xml").write_text("<annotation/>")
+    return root
+
+
+def make_custom(root: Path, num_train: int = 3, num_val: int = 2, values: list[int] | None = None,
+                instances: bool = True, label_mode: str | None = None) -> Path:
+    values = values or [0, 1, 2, 255]
+    for split, count in (("train", num_train), ("val", num_val)):
+        for i in range(count):
+            size = (W + 4 * i, H + 2 * i)  # photos of differing sizes
+            save_photo(root / split / "images" / f"img_{i}.jpg", size=size, seed=i)
+            label = label_map(values, seed=i, shape=(size[1], size[0]))
+            save_index(root / split / "labels" / f"img_{i}.png", label, mode=label_mode)
+            if instances:
+                save_index(root / split / "instances" / f"img_{i}.png", label.astype(np.int64) * 10 + (i % 2))
+    return root
+
+
+def config(dataset: str, **data) -> Config:
+    return replace(Config(), data={"dataset": dataset, "num_workers": 0, **data})
+
+
+# ---------------------------------------------------------------- happy paths
+
+
+def test_ade20k_layout(tmp_path):
+    root = make_ade20k(tmp_path / "ade20k")
+    report = check_dataset(config("ade20k").data, root)
+    assert report.ok, report.problems
+    assert report.pairs == {"train": 3, "val": 2}
+    assert report.spec.label_channels == 151 and report.instance_maps == {"train": 0, "val": 0}
+    assert set(np.flatnonzero(report.class_pixels["train"])) == {0, 3, 17, 150}
+    text = format_report(report)
+    assert "sky" in text and "other" in text and "no problems found" in text
+
+
+def test_ade20k_outdoor_filters_by_scene_and_by_list(tmp_path):
+    root = make_ade20k(tmp_path / "ade20k", num_train=4, num_val=2)
+    report = check_dataset(config("ade20k_outdoor").data, root)
+    # odd indices are "bathroom" (indoor), even ones "street" (outdoor)
+    assert [p.stem for p in report.listing.splits["train"]] == ["ADE_train_00000002", "ADE_train_00000004"]
+    assert any("NOT comparable" in note for note in report.listing.notes)
+    stems = tmp_path / "outdoor.txt"
+    stems.write_text("ADE_train_00000001\nADE_val_00000001\n")
+    report = check_dataset(config("ade20k_outdoor", outdoor_list=str(stems)).data, root)
+    assert [p.stem for s in ("train", "val") for p in report.listing.splits[s]] == ["ADE_train_00000001", "ADE_val_00000001"]
+
+
+def test_coco_spade_layout_with_dontcare_and_instances(tmp_path):
+    root = make_coco_spade(tmp_path / "coco")
+    report = check_dataset(config("coco").data, root)
+    assert report.ok, report.problems
+    assert report.instance_maps == {"train": 3, "val": 2}
+    assert report.class_pixels["train"][182] > 0  # 255 -> the don't-care index label_nc
+    assert report.spec.label_channels == 184
+
+
+def test_cityscapes_layout_16bit_instances(tmp_path):
+    root = make_cityscapes(tmp_path / "cityscapes")
+    report = check_dataset(config("cityscapes").data, root)
+    assert report.ok, report.problems
+    assert report.pairs == {"train": 4, "val": 2} and report.instance_maps == {"train": 4, "val": 2}
+    stems = [p.stem for p in report.listing.splits["train"]]
+    assert stems[0] == "aachen/aachen_000000_000019"
+    assert report.image_sizes["train"] == {(32, 16): 4}
+
+
+def test_facades_layout_and_stable_split(tmp_path):
+    root = make_facades(tmp_path / "facades", count=10)
+    report = check_dataset(config("facades").data, root)
+    assert report.ok, report.problems
+    assert report.pairs["train"] + report.pairs["val"] == 10 and report.pairs["val"] >= 1
+    assert report.class_pixels["train"][0] == 0 and (report.class_pixels["train"][1:] > 0).all()
+    # adding files never moves an existing file to the other split
+    stems = [f"cmp_b{i:04d}" for i in range(1, 201)]
+    before = stable_val_split(stems, 0.1, 0)
+    after = stable_val_split(stems + [f"cmp_x{i:04d}" for i in range(100)], 0.1, 0)
+    assert before == after & set(stems) and 5 <= len(before) <= 40
+
+
+def test_custom_layout_inferred_classes_and_sizes(tmp_path):
+    root = make_custom(tmp_path / "custom", values=[0, 1, 4, 255])
+    report = check_dataset(config("custom").data, root)
+    assert report.ok, report.problems
+    assert report.spec.label_nc == 5  # max value 4 + 1; 255 is don't care
+    assert report.spec.use_instance and report.spec.label_channels == 5 + 1 + 1
+    assert len(report.image_sizes["train"]) == 3  # three different photo sizes
+
+
+def test_custom_single_folder_split_and_palette_labels(tmp_path):
+    root = tmp_path / "custom"
+    for i in range(10):
+        save_photo(root / "images" / f"{i}.png", seed=i)
+        save_index(root / "labels" / f"{i}.png", label_map([0, 2, 3], seed=i), mode="P")
+    assert Image.open(root / "labels" / "0.png").mode == "P"
+    cfg = config("custom", custom={"val_fraction": 0.2, "split_seed": 3, "dontcare_label": None})
+    report = check_dataset(cfg.data, root)
+    assert report.ok, report.problems
+    assert report.pairs["train"] + report.pairs["val"] == 10 and report.pairs["val"] >= 1
+    again = check_dataset(cfg.data, root)
+    assert [p.stem for p in again.listing.splits["val"]] == [p.stem for p in report.listing.splits["val"]]
+    assert report.spec.label_nc == 4 and not report.spec.contain_dontcare and not report.spec.use_instance
+    assert set(np.flatnonzero(report.class_pixels["train"])) == {0, 2, 3}  # indices, not palette colours
+
+
+def test_custom_16bit_labels_store_as_uint16(tmp_path):
+    root = make_custom(tmp_path / "raw" / "custom", values=[0, 299, 1000], instances=False, label_mode="I;16")
+    cfg = config("custom", custom={"dontcare_label": 1000}, load_size=24, crop_size=16)
+    cfg = replace(cfg, data={"root": "raw", "processed_dir": "store"})
+    manifest = preprocess(cfg.data, tmp_path, progress=False)
+    assert manifest["label_dtype"] == "uint16" and manifest["num_label_values"] == 301
+    item = StoreDataset(tmp_path / "store", "val")[0]
+    assert item["label"].dtype.is_signed and int(item["label"].max()) == 300  # don't care -> label_nc
+    assert "instance" not in item
+
+
+# ---------------------------------------------------------------- error paths
+
+
+def test_out_of_range_value_names_file_value_and_setting(tmp_path):
+    root = make_ade20k(tmp_path / "ade20k")
+    bad = root / "ADEChallengeData2016" / "annotations" / "training" / "ADE_train_00000002.png"
+    save_index(bad, label_map([0, 151, 200]))
+    report = check_dataset(config("ade20k").data, root)
+    assert not report.ok
+    (problem,) = report.problems
+    assert str(bad) in problem and "151, 200" in problem and "data.dataset" in problem
+
+
+def test_custom_out_of_range_names_custom_settings(tmp_path):
+    root = make_custom(tmp_path / "custom", values=[0, 1, 7])
+    report = check_dataset(config("custom", custom={"num_classes": 3}).data, root)
+    assert report.problems and all("data.custom.num_classes" in p and "7" in p for p in report.problems)
+    assert len(report.problems) == 5  # every file is reported, not just the first
+
+
+def test_size_mismatch_missing_pairs_unreadable_and_lossy_all_reported(tmp_path):
+    root = make_custom(tmp_path / "custom", num_train=4, values=[0, 1])
+    save_photo(root / "train" / "images" / "img_0.jpg", size=(5, 5))  # size mismatch
+    (root / "train" / "labels" / "img_1.png").unlink()  # image without label
+    save_index(root / "val" / "labels" / "orphan.png", label_map([0]))  # label without image
+    (root / "train" / "images" / "img_2.jpg").write_bytes(b"not a jpeg")  # unreadable
+    save_photo(root / "train" / "labels" / "img_9.jpg")  # a lossy label file
+    (root / "train" / "instances" / "img_3.png").unlink()  # missing instance map
+    report = check_dataset(config("custom", custom={"num_classes": 2}).data, root)
+    text = "\n".join(report.problems)
+    assert "img_0.jpg: image is 5x5 (WxH)" in text and "must be the same size" in text
+    assert "img_1.jpg: image has no label map" in text
+    assert "orphan.png: label map has no image" in text
+    assert "img_2.jpg: unreadable image" in text
+    assert "img_9.jpg: a label map saved as lossy .jpg" in text
+    assert "img_3" in text and "data.use_instance=false" in text
+    assert len(report.problems) == 6
+
+
+def test_instance_map_size_mismatch(tmp_path):
+    root = make_cityscapes(tmp_path / "cityscapes", cities=("aachen",))
+    inst = root / "gtFine" / "train" / "aachen" / "aachen_000000_000019_gtFine_instanceIds.png"
+    save_index(inst, np.full((8, 8), 26001), mode="I;16")
+    report = check_dataset(config("cityscapes").data, root)
+    assert len(report.problems) == 1 and "instance map is 8x8" in report.problems[0]
+
+
+def test_missing_dataset_folder_and_wrong_layout(tmp_path):
+    with pytest.raises(DataError, match="dataset folder for 'ade20k' not found"):
+        check_dataset(config("ade20k").data, tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="gtFine and leftImg8bit/ missing.*cityscapes-dataset.com"):
+        check_dataset(config("cityscapes").data, tmp_path / "empty")
+    with pytest.raises(DataError, match="no COCO-Stuff folders"):
+        check_dataset(config("coco").data, tmp_path / "empty")
+
+
+def test_preprocess_reports_all_problems_and_writes_nothing(tmp_path):
+    raw = make_custom(tmp_path / "raw" / "custom", values=[0, 1, 9])
+    cfg = config("custom", root="raw", processed_dir="store", custom={"num_classes": 2})
+    with pytest.raises(DataError) as info:
+        preprocess(cfg.data, tmp_path, progress=False)
+    assert "5 problem(s)" in str(info.value) and "nothing was written" in str(info.value)
+    assert not (tmp_path / "store").exists() and not (tmp_path / ".store.tmp").exists()
+    assert raw.exists()
+
+
+# ---------------------------------------------------------------- through the store
+
+
+@pytest.mark.parametrize("dataset, make, expected_shape", [
+    ("ade20k", make_ade20k, (16, 16)),
+    ("coco", make_coco_spade, (16, 16)),
+    ("cityscapes", make_cityscapes, (8, 16)),
+    ("facades", make_facades, (16, 16)),
+])
+def test_store_from_each_layout(tmp_path, dataset, make, expected_shape):
+    make(tmp_path / "raw" / dataset)
+    sizes = {"cityscapes": {"load_size": 16, "crop_size": 16}}.get(dataset, {"load_size": 20, "crop_size": 16})
+    cfg = config(dataset, root="raw", processed_dir="store", **sizes)
+    manifest = preprocess(cfg.data, tmp_path, reports_dir=tmp_path / "reports", progress=False)
+    spec = spec_from_manifest(read_manifest(tmp_path / "store"))
+    assert spec.name == dataset and manifest["label_channels"] == spec.label_channels
+    for split in ("train", "val"):
+        item = StoreDataset(tmp_path / "store", split, train=split == "train")[0]
+        assert tuple(item["image"].shape) == (3, *expected_shape)
+        assert tuple(item["label"].shape) == expected_shape
+        assert ("instance" in item) == spec.use_instance
+        assert int(item["label"].max()) < spec.num_label_values
+    assert (tmp_path / "reports" / "samples.png").is_file()
+    assert (tmp_path / "reports" / "class_histogram.csv").read_text().count("\n") == spec.num_label_values + 1
+    assert len(json.loads((tmp_path / "store" / "train" / "stems.json").read_text())) == manifest["splits"]["train"]["count"]
