@@ -1,0 +1,58 @@
+"""`gaugan check-data` and `gaugan bench-loader`, called in-process."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from gaugan.cli import app
+from gaugan.data.bench import benchmark_loader, build_benchmark_store
+from tests.test_data_layouts import label_map, make_cityscapes, make_custom, save_index
+
+runner = CliRunner()
+
+
+def test_check_data_summary(tmp_path):
+    root = make_cityscapes(tmp_path / "cityscapes")
+    result = runner.invoke(app, ["check-data", "--dataset", "cityscapes", "--root", str(root), "--num-workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert "train: 4 pairs, 4 instance maps" in result.output and "32x16 (4)" in result.output
+    assert "sky" in result.output and "%" in result.output and "no problems found" in result.output
+
+
+def test_check_data_lists_every_problem_and_fails(tmp_path):
+    root = make_custom(tmp_path / "custom", values=[0, 1, 2])
+    save_index(root / "train" / "labels" / "img_1.png", label_map([0, 40]))
+    save_index(root / "val" / "labels" / "img_0.png", label_map([0, 41]))
+    result = runner.invoke(app, ["check-data", "--dataset", "custom", "--root", str(root), "--num-classes", "3",
+                                 "--num-workers", "0"])
+    assert result.exit_code == 1
+    assert "2 problem(s) found" in result.output
+    assert "img_1.png: label value(s) 40" in result.output and "img_0.png: label value(s) 41" in result.output
+    assert "data.custom.num_classes" in result.output
+
+
+def test_check_data_user_errors_exit_2(tmp_path):
+    result = runner.invoke(app, ["check-data", "--dataset", "kitti", "--root", str(tmp_path)])
+    assert result.exit_code == 2 and "expected one of" in result.output
+    result = runner.invoke(app, ["check-data", "--dataset", "ade20k", "--root", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "not found" in result.output and "Traceback" not in result.output
+
+
+def test_bench_loader_writes_report(tmp_path):
+    out = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench-loader", "--size", "32", "--num-images", "16", "--batch-size", "4",
+                                 "--num-workers", "0", "--num-batches", "6", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["images_per_s"] > 0 and report["images_timed"] == 24
+    assert report["config"]["image_shape_chw"] == [3, 32, 32] and report["config"]["stored_size"] == [36, 36]
+    assert len(report["uptime"]["loadavg_before"]) == 3
+
+
+def test_benchmark_store_reuse_with_workers(tmp_path):
+    store = build_benchmark_store(tmp_path, size=32, num_images=8)
+    result = benchmark_loader(store, batch_size=4, num_workers=1, num_batches=4, warmup_batches=1)
+    assert result["images_timed"] == 16 and np.isfinite(result["images_per_s"])
