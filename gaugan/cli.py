@@ -5,6 +5,10 @@ Each command is a thin wrapper: parse options, call the library, print the resul
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import NoReturn, Optional
+
 import typer
 
 app = typer.Typer(
@@ -14,6 +18,66 @@ app = typer.Typer(
 )
 
 # ---- networks and checkpoints (issue 2): synthesize, params ----
+# torch-heavy imports live inside these commands so that `gaugan --help` stays instant.
+
+
+@app.command("synthesize")
+def synthesize_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="one of our checkpoints or an official latest_net_G.pth"),
+    dataset: str = typer.Option(..., "--dataset", help="the dataset whose label conventions the label map follows"),
+    label: Path = typer.Option(..., "--label", help="label map PNG (class indices, any size)"),
+    output: Path = typer.Option(..., "--output", help="where to write the generated PNG"),
+    instance: Optional[Path] = typer.Option(None, "--instance", help="instance map PNG (datasets with instance edges)"),
+    style: Optional[Path] = typer.Option(None, "--style", help="style photo (VAE generators only)"),
+    seed: int = typer.Option(0, "--seed", help="seed of z (VAE generators)"),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto"),
+    use_ema: bool = typer.Option(True, "--ema/--no-ema", help="use the EMA weights when the checkpoint has them"),
+) -> None:
+    """Generate one image from one label map."""
+    from gaugan.config import DATASET_NAMES, ConfigError
+    from gaugan.data.io import DataError
+    from gaugan.models.official import CheckpointError
+    from gaugan.synthesize import SynthesisError, synthesize_file
+
+    if dataset not in DATASET_NAMES:
+        _fail(f"--dataset: got {dataset!r}, expected one of {', '.join(DATASET_NAMES)}")
+    try:
+        written = synthesize_file(checkpoint, dataset, label, output, instance, style, seed, device, use_ema)
+    except (DataError, CheckpointError, ConfigError, SynthesisError) as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"{err.filename or output}: cannot write the output ({err.strerror})")
+    typer.echo(f"wrote {written}")
+
+
+@app.command("params")
+def params_command(
+    dataset: str = typer.Option(..., "--dataset", help="a dataset with a published configuration"),
+    as_json: bool = typer.Option(False, "--json", help='print {"G": n, "D": n, "E": n}'),
+) -> None:
+    """Parameter counts of G, D and E at the published configuration for a dataset."""
+    from gaugan.config import ConfigError
+    from gaugan.data.registry import published_spec
+    from gaugan.models import published_parameter_counts
+
+    try:
+        spec = published_spec(dataset)
+    except ConfigError as err:
+        _fail(f"--dataset: {err}")
+    counts = published_parameter_counts(spec)
+    if as_json:
+        typer.echo(json.dumps(counts))
+        return
+    typer.echo(f"{dataset}: {spec.label_channels} label channels, {spec.image_size[0]}x{spec.image_size[1]} (HxW)")
+    for name, count in counts.items():
+        typer.echo(f"{name}  {count:>12,}  ({count / 1e6:.2f} M)")
+
+
+def _fail(message: str) -> NoReturn:
+    """A user error: the message on stderr, exit code 2, no traceback."""
+    typer.echo(message, err=True)
+    raise typer.Exit(2)
+
 
 # ---- datasets (issue 3): check-data ----
 

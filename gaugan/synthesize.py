@@ -1,0 +1,166 @@
+"""One image from one label map: the paper's test-time use (section 4; REFERENCE.md section 3).
+
+The label map is read as class indices, mapped with the dataset's conventions (don't-care
+value, valid range), resized with nearest neighbours to the generator's size (as the
+official test does), turned into the one-hot map with the instance edge channel where the
+dataset uses one, and fed to the generator in eval mode. A VAE generator draws z from the
+prior with the given seed, or encodes a style image.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from gaugan.data.io import atomic_save_png, check_same_size, map_labels, read_image, read_index_map
+from gaugan.data.registry import PUBLISHED, DatasetSpec
+from gaugan.data.semantic import semantic_input
+from gaugan.models.encoder import ConvEncoder, reparameterize
+from gaugan.models.loading import LoadedGenerator, load_encoder, load_generator
+
+
+class SynthesisError(ValueError):
+    """The inputs of a synthesis do not fit the model (instance map, style image, device)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise SynthesisError(f"--device: got {name!r}, expected cpu, cuda or auto")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SynthesisError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) integer map -> ``size`` (H, W) with PIL's nearest neighbour (the official test's resize)."""
+    height, width = size
+    if array.shape == (height, width):
+        return array
+    image = Image.fromarray(array.astype(np.int32))  # mode "I": 32-bit ids (Cityscapes instances)
+    return np.asarray(image.resize((width, height), Image.Resampling.NEAREST), dtype=np.int64)
+
+
+def read_label_input(
+    spec: DatasetSpec,
+    label_path: str | os.PathLike,
+    instance_path: str | os.PathLike | None = None,
+    setting: str | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Label indices (and instance ids) at the network size ``spec.image_size``.
+
+    Errors name the file, the value and ``setting`` (what to change): out-of-range labels,
+    a missing or unexpected instance map, label and instance maps of different sizes.
+    """
+    raw = read_index_map(label_path)
+    labels = map_labels(raw, spec, label_path, setting)
+    instance = None
+    if spec.use_instance:
+        if instance_path is None:
+            raise SynthesisError(
+                f"{label_path}: dataset {spec.name!r} uses instance edges (the model has an edge input channel); "
+                f"pass its instance map with --instance"
+            )
+        instance = read_index_map(instance_path, "instance map")
+        check_same_size(raw, instance, label_path, instance_path, "the instance map")
+        instance = resize_nearest(instance, spec.image_size)
+    elif instance_path is not None:
+        raise SynthesisError(
+            f"{instance_path}: dataset {spec.name!r} has no instance edge channel in this model; drop --instance"
+        )
+    return resize_nearest(labels, spec.image_size), instance
+
+
+def style_tensor(style_path: str | os.PathLike, size: tuple[int, int], device: torch.device) -> Tensor:
+    """A photo -> (1, 3, H, W) in [-1, 1] at the network size (bicubic, as training images)."""
+    height, width = size
+    image = read_image(style_path).resize((width, height), Image.Resampling.BICUBIC)
+    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return (array.float().div(127.5).sub(1.0)).unsqueeze(0).to(device)
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """(3, H, W) in [-1, 1] -> an RGB image."""
+    array = image.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
+
+
+@torch.no_grad()
+def synthesize_image(
+    loaded: LoadedGenerator,
+    labels: np.ndarray,
+    instance: np.ndarray | None = None,
+    seed: int = 0,
+    style: Tensor | None = None,
+    encoder: ConvEncoder | None = None,
+) -> Image.Image:
+    """One image from label indices (H, W) at the generator's size, with the generator in eval mode.
+
+    VAE generators: z from N(0, 1) seeded by ``seed``, or, with ``style`` (and its
+    ``encoder``), sampled from the encoder's posterior for that image (the same seed).
+    """
+    generator = loaded.generator.eval()
+    device = next(generator.parameters()).device
+    label_tensor = torch.from_numpy(labels).unsqueeze(0).to(device)
+    instance_tensor = torch.from_numpy(instance).unsqueeze(0).to(device) if instance is not None else None
+    seg = semantic_input(label_tensor, loaded.spec.num_label_values, instance_tensor)
+    z = None
+    if loaded.z_dim is not None:
+        random = torch.Generator(device=device).manual_seed(seed)
+        if style is not None:
+            if encoder is None:
+                raise SynthesisError("a style image needs the style encoder of the checkpoint")
+            mu, logvar = encoder.eval()(style.to(device))
+            z = reparameterize(mu, logvar, generator=random)
+        else:
+            z = torch.randn(1, loaded.z_dim, device=device, generator=random)
+    elif style is not None:
+        raise SynthesisError(f"{loaded.path}: --style needs a VAE generator (encoder.use_vae=true); this one is not")
+    return to_pil(generator(seg, z)[0])
+
+
+def synthesize_file(
+    checkpoint: str | os.PathLike,
+    dataset: str,
+    label_path: str | os.PathLike,
+    output: str | os.PathLike,
+    instance_path: str | os.PathLike | None = None,
+    style_path: str | os.PathLike | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    prefer_ema: bool = True,
+) -> Path:
+    """``gaugan synthesize``: read the inputs, generate, write ``output`` atomically (PNG)."""
+    torch_device = resolve_device(device)
+    loaded = load_generator(checkpoint, spec=PUBLISHED.get(dataset), prefer_ema=prefer_ema, device=torch_device)
+    spec = loaded.spec
+    if spec.name != dataset:
+        raise SynthesisError(
+            f"{checkpoint}: the checkpoint was trained on dataset {spec.name!r} but --dataset is {dataset!r}; "
+            f"use --dataset {spec.name} (its label conventions are the model's)"
+        )
+    setting = (
+        f"--dataset (is {dataset!r} the dataset of this label map? the model expects indices 0.."
+        f"{spec.num_label_values - 1})"
+    )
+    labels, instance = read_label_input(spec, label_path, instance_path, setting)
+    style = encoder = None
+    if style_path is not None:
+        if loaded.z_dim is None:
+            raise SynthesisError(
+                f"{checkpoint}: --style needs a VAE generator (trained with encoder.use_vae=true); this checkpoint "
+                f"has none, drop --style"
+            )
+        encoder = load_encoder(checkpoint, torch_device)
+        style = style_tensor(style_path, spec.image_size, torch_device)
+    image = synthesize_image(loaded, labels, instance, seed, style, encoder)
+    output = Path(output)
+    atomic_save_png(image, output)
+    return output

@@ -1,0 +1,184 @@
+"""``gaugan synthesize`` and ``gaugan params`` end to end, in-process, on tiny checkpoints made here."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from gaugan.cli import app
+from gaugan.config import Config, config_to_dict, replace
+from gaugan.data.registry import published_spec
+from gaugan.data.semantic import semantic_input
+from gaugan.models import build_encoder, build_generator, published_parameter_counts
+from gaugan.models.loading import CHECKPOINT_FORMAT
+
+SPEC = published_spec("landscapes")  # 10 classes + instance edges = 11 channels, 64x64
+runner = CliRunner()
+
+
+def tiny_config(use_vae: bool = False) -> Config:
+    return replace(Config(), generator={"ngf": 4, "spade_hidden": 8}, encoder={"nef": 4, "z_dim": 8, "use_vae": use_vae})
+
+
+def write_ours(path, use_vae: bool = False) -> dict:
+    cfg = tiny_config(use_vae)
+    z_dim = cfg.encoder.z_dim if use_vae else None
+    torch.manual_seed(0)
+    G = build_generator(cfg.generator, SPEC.label_channels, SPEC.image_size, z_dim)
+    with torch.no_grad():  # weights larger than the published init, so that z visibly changes the image
+        for param in G.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.1)
+    seg = semantic_input(torch.randint(0, 10, (2, 64, 64)), SPEC.num_label_values, torch.randint(0, 3, (2, 64, 64)))
+    G(seg, torch.randn(2, 8) if use_vae else None)  # move the running statistics off their init
+    models = {"G": G.state_dict(), "G_ema": G.state_dict()}
+    if use_vae:
+        models["E"] = build_encoder(cfg.encoder).state_dict()
+    payload = {"format": CHECKPOINT_FORMAT, "config": config_to_dict(cfg), "spec": dataclasses.asdict(SPEC),
+               "models": models}
+    torch.save(payload, path)
+    return payload
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    write_ours(root / "generator.pt")
+    write_ours(root / "vae.pt", use_vae=True)
+    # An official-style file: a plain state dict (here at a tiny width; the structure is read from the file).
+    official = tmp_path_factory.mktemp("official") / "latest_net_G.pth"
+    torch.save(torch.load(root / "generator.pt", weights_only=True)["models"]["G"], official)
+    wrong = tmp_path_factory.mktemp("wrong") / "latest_net_G.pth"
+    torch.manual_seed(1)
+    torch.save(build_generator(tiny_config().generator, 9, (64, 64)).state_dict(), wrong)
+    rng = np.random.default_rng(0)
+    label = np.zeros((48, 40), dtype=np.uint8)  # another size than the model's 64x64: resized (nearest)
+    label[:, 20:] = 7
+    label[30:, :] = 3
+    Image.fromarray(label).save(root / "label.png")
+    instance = (label > 0).astype(np.uint8) + (np.arange(40)[None, :] > 30).astype(np.uint8)
+    Image.fromarray(instance).save(root / "instance.png")
+    Image.fromarray(rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(root / "style.png")
+    bad_label = label.copy()
+    bad_label[0, 0] = 12  # landscapes has classes 0..9
+    Image.fromarray(bad_label).save(root / "bad_label.png")
+    Image.fromarray(np.zeros((20, 20), dtype=np.uint8)).save(root / "small_instance.png")
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    return {"root": root, "ours": root / "generator.pt", "vae": root / "vae.pt", "official": official,
+            "wrong": wrong, "label": root / "label.png", "instance": root / "instance.png",
+            "style": root / "style.png", "bad_label": root / "bad_label.png",
+            "small_instance": root / "small_instance.png", "broken": root / "broken.png"}
+
+
+def synthesize(files, output, *extra: str, checkpoint=None, dataset: str = "landscapes", label=None,
+               instance="default"):
+    args = ["synthesize", "--checkpoint", str(checkpoint or files["ours"]), "--dataset", dataset,
+            "--label", str(label or files["label"]), "--output", str(output), "--device", "cpu"]
+    if instance == "default":
+        instance = files["instance"]
+    if instance is not None:
+        args += ["--instance", str(instance)]
+    return runner.invoke(app, args + list(extra))
+
+
+def expected_image(files, checkpoint) -> np.ndarray:
+    """The same image computed step by step: PIL nearest resize, one-hot + edges, G_ema in eval mode."""
+    payload = torch.load(checkpoint, weights_only=True)
+    G = build_generator(tiny_config().generator, SPEC.label_channels, SPEC.image_size)
+    G.load_state_dict(payload["models"]["G_ema"])
+    G.eval()
+    label = np.asarray(Image.open(files["label"]).resize((64, 64), Image.Resampling.NEAREST), dtype=np.int64)
+    instance = np.asarray(Image.open(files["instance"]).resize((64, 64), Image.Resampling.NEAREST), dtype=np.int64)
+    seg = semantic_input(torch.from_numpy(label)[None], 10, torch.from_numpy(instance)[None])
+    with torch.no_grad():
+        fake = G(seg)[0]
+    return ((fake.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def test_synthesize_our_checkpoint(files, tmp_path):
+    output = tmp_path / "out" / "fake.png"
+    result = synthesize(files, output)
+    assert result.exit_code == 0, result.output
+    image = np.asarray(Image.open(output))
+    assert image.shape == (64, 64, 3)
+    np.testing.assert_array_equal(image, expected_image(files, files["ours"]))
+    assert [p.name for p in output.parent.iterdir()] == ["fake.png"]  # no temporary file left
+
+
+def test_synthesize_official_style_checkpoint(files, tmp_path):
+    output = tmp_path / "official.png"
+    result = synthesize(files, output, checkpoint=files["official"])
+    assert result.exit_code == 0, result.output
+    # Official files hold one set of weights: the same as our G (= G_ema here).
+    np.testing.assert_array_equal(np.asarray(Image.open(output)), expected_image(files, files["ours"]))
+
+
+def test_synthesize_vae_prior_and_style(files, tmp_path):
+    outputs = {}
+    for name, extra in {"seed0": ["--seed", "0"], "seed0_again": ["--seed", "0"], "seed1": ["--seed", "1"],
+                        "style": ["--style", str(files["style"])]}.items():
+        outputs[name] = tmp_path / f"{name}.png"
+        result = synthesize(files, outputs[name], *extra, checkpoint=files["vae"])
+        assert result.exit_code == 0, result.output
+    pixels = {name: np.asarray(Image.open(path)) for name, path in outputs.items()}
+    assert np.array_equal(pixels["seed0"], pixels["seed0_again"])
+    assert not np.array_equal(pixels["seed0"], pixels["seed1"])
+    assert not np.array_equal(pixels["seed0"], pixels["style"])
+
+
+@pytest.mark.parametrize(
+    ("case", "fragments"),
+    [
+        ("out_of_range", ["bad_label.png", "12", "outside the valid range 0..9", "--dataset"]),
+        ("size_mismatch", ["small_instance.png", "20x20", "40x48", "same size"]),
+        ("unreadable_label", ["broken.png", "unreadable image"]),
+        ("missing_label", ["nothing.png", "file not found"]),
+        ("wrong_channels", ["latest_net_G.pth", "trained on 9 label channels", "'landscapes' gives 11", "--dataset"]),
+        ("style_without_vae", ["generator.pt", "--style needs a VAE generator"]),
+        ("instance_missing", ["label.png", "uses instance edges", "--instance"]),
+        ("other_dataset", ["generator.pt", "trained on dataset 'landscapes'", "--dataset is 'facades'"]),
+        ("unknown_dataset", ["--dataset", "'mnist'", "ade20k"]),
+        ("missing_checkpoint", ["nope.pt", "checkpoint file not found"]),
+        ("official_custom", ["latest_net_G.pth", "name the dataset"]),
+    ],
+)
+def test_synthesize_errors_are_clear(files, tmp_path, case, fragments):
+    output = tmp_path / "fake.png"
+    kwargs = {
+        "out_of_range": {"label": files["bad_label"]},
+        "size_mismatch": {"instance": files["small_instance"]},
+        "unreadable_label": {"label": files["broken"]},
+        "missing_label": {"label": tmp_path / "nothing.png"},
+        "wrong_channels": {"checkpoint": files["wrong"]},
+        "instance_missing": {"instance": None},
+        "other_dataset": {"dataset": "facades", "instance": None},
+        "unknown_dataset": {"dataset": "mnist"},
+        "missing_checkpoint": {"checkpoint": tmp_path / "nope.pt"},
+        "official_custom": {"checkpoint": files["official"], "dataset": "custom"},
+    }.get(case, {})
+    extra = ["--style", str(files["style"])] if case == "style_without_vae" else []
+    result = synthesize(files, output, *extra, **kwargs)
+    assert result.exit_code == 2, result.output
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
+    assert "Traceback" not in result.output
+    assert not output.exists()
+
+
+def test_params_json_and_table():
+    result = runner.invoke(app, ["params", "--dataset", "ade20k", "--json"])
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.stdout)
+    assert counts == published_parameter_counts(published_spec("ade20k"))
+    assert round(counts["G"] / 1e6, 1) == 96.5 and round(counts["D"] / 1e6, 1) == 5.8
+    assert round(counts["E"] / 1e6, 1) == 10.5
+    table = runner.invoke(app, ["params", "--dataset", "coco"])
+    assert table.exit_code == 0 and "184 label channels" in table.stdout and "(97.48 M)" in table.stdout
+    unknown = runner.invoke(app, ["params", "--dataset", "custom"])
+    assert unknown.exit_code == 2 and "no published configuration" in unknown.stderr
