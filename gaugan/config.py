@@ -164,6 +164,7 @@ class EvaluateConfig:
     fid_weights: str | None = None  # pt_inception-2015-12-05-6726825d.pth; None: torch hub cache
     segmenter: Literal["auto", "published", "trained", "none"] = "auto"
     segmenter_weights_dir: str = "data/weights"
+    fid_stats_dir: str = "data/fid_stats"  # cached real-image FID statistics, <dataset>_<H>x<W>.npz
 
 
 @dataclass(frozen=True)
