@@ -31,12 +31,9 @@ def save_photo(path: Path, size: tuple[int, int] = (W, H), seed: int = 0, fmt: s
 def save_index(path: Path, array: np.ndarray, mode: str | None = None) -> None:
     """8-bit ("L"), 16-bit ("I;16") or palette ("P") PNG of index values."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if mode == "P":
-        img = Image.fromarray(array.astype(np.uint8), mode="L").convert("P")
-        img.putpalette(list(np.random.default_rng(1).integers(0, 255, 768)))
-        # convert("P") from L keeps the indices; make that explicit
-        img = Image.frombytes("P", img.size, array.astype(np.uint8).tobytes())
-        img.putpalette(list(np.random.default_rng(1).integers(0, 255, 768)))
+    if mode == "P":  # indices with a random colour palette, as annotation tools save them
+        img = Image.frombytes("P", (array.shape[1], array.shape[0]), array.astype(np.uint8).tobytes())
+        img.putpalette([int(v) for v in np.random.default_rng(1).integers(0, 255, 768)])
         img.save(path)
     elif mode == "I;16" or array.max() > 255:
         Image.fromarray(array.astype(np.uint16)).save(path)
@@ -45,7 +42,7 @@ def save_index(path: Path, array: np.ndarray, mode: str | None = None) -> None:
 
 
 def label_map(values: list[int], seed: int = 0, shape: tuple[int, int] = (H, W)) -> np.ndarray:
-    """Blocks of the given values (every value present)."""
+    """Vertical stripes of the given values in shuffled column order (every value present)."""
     rng = np.random.default_rng(seed)
     out = np.asarray(values)[np.arange(shape[0] * shape[1]) * len(values) // (shape[0] * shape[1])].reshape(shape)
     return out[:, rng.permutation(shape[1])]
@@ -209,7 +206,7 @@ def test_custom_single_folder_split_and_palette_labels(tmp_path):
 
 
 def test_custom_16bit_labels_store_as_uint16(tmp_path):
-    root = make_custom(tmp_path / "raw" / "custom", values=[0, 299, 1000], instances=False, label_mode="I;16")
+    make_custom(tmp_path / "raw" / "custom", values=[0, 299, 1000], instances=False, label_mode="I;16")
     cfg = config("custom", custom={"dontcare_label": 1000}, load_size=24, crop_size=16)
     cfg = replace(cfg, data={"root": "raw", "processed_dir": "store"})
     manifest = preprocess(cfg.data, tmp_path, progress=False)
