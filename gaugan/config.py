@@ -165,6 +165,8 @@ class EvaluateConfig:
     segmenter: Literal["auto", "published", "trained", "none"] = "auto"
     segmenter_weights_dir: str = "data/weights"
     fid_stats_dir: str = "data/fid_stats"  # cached real-image FID statistics, <dataset>_<H>x<W>.npz
+    checkpoint: str | None = None  # generator to evaluate (ours or an official latest_net_G.pth); None: train's generator.pt
+    style_image: str | None = None  # VAE only: sample every z from this photo's posterior instead of the prior
 
 
 @dataclass(frozen=True)
