@@ -81,6 +81,74 @@ def _fail(message: str) -> NoReturn:
 
 # ---- datasets (issue 3): check-data ----
 
+
+@app.command("check-data")
+def check_data_command(
+    dataset: str = typer.Option(..., "--dataset", help="landscapes, ade20k, ade20k_outdoor, coco, cityscapes, facades or custom"),
+    root: Path = typer.Option(..., "--root", help="the dataset folder in its official layout (or the custom layout)"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="custom: number of classes (default: inferred)"),
+    dontcare: Optional[int] = typer.Option(None, "--dontcare", help="custom: the label value meaning don't care (default 255)"),
+    no_dontcare: bool = typer.Option(False, "--no-dontcare", help="custom: no value means don't care"),
+    use_instance: Optional[bool] = typer.Option(None, "--instance/--no-instance",
+                                                help="check instance maps (default: the dataset's convention)"),
+    outdoor_list: Optional[Path] = typer.Option(None, "--outdoor-list", help="ade20k_outdoor: a file of image stems"),
+    num_workers: int = typer.Option(2, "--num-workers", help="processes reading files"),
+) -> None:
+    """Check a dataset folder as preprocessing would: summary, or every problem (exit 1)."""
+    from gaugan.config import DATASET_NAMES, Config, ConfigError, replace
+    from gaugan.data.check import check_dataset, format_report
+    from gaugan.data.io import DataError
+
+    if dataset not in DATASET_NAMES:
+        _fail(f"--dataset: got {dataset!r}, expected one of {', '.join(DATASET_NAMES)}")
+    custom = {"num_classes": num_classes}
+    if no_dontcare:
+        custom["dontcare_label"] = None
+    elif dontcare is not None:
+        custom["dontcare_label"] = dontcare
+    try:
+        cfg = replace(Config(), data={"dataset": dataset, "use_instance": use_instance, "custom": custom,
+                                      "outdoor_list": str(outdoor_list) if outdoor_list else None})
+        report = check_dataset(cfg.data, root, repo_root=Path.cwd(), num_workers=num_workers)
+    except (DataError, ConfigError) as err:
+        _fail(str(err))
+    typer.echo(format_report(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("bench-loader")
+def bench_loader_command(
+    size: int = typer.Option(256, "--size", help="crop size (the store is built at 286/256 of it, as published)"),
+    num_images: int = typer.Option(256, "--num-images", help="training images in the generated store"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    num_workers: int = typer.Option(2, "--num-workers"),
+    num_batches: int = typer.Option(100, "--num-batches", help="batches timed after the warm-up"),
+    store: Optional[Path] = typer.Option(None, "--store", help="benchmark an existing store instead of a generated one"),
+    output: Path = typer.Option(Path("reports/bench_loader.json"), "--output", help="where to write the result"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Measure the training loader's images/s (random crop + flip, workers) from a store."""
+    import os
+    import tempfile
+
+    from gaugan.data.bench import benchmark_loader, build_benchmark_store
+    from gaugan.data.io import DataError
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="gaugan-bench-") as work:
+            store_dir = store if store is not None else build_benchmark_store(work, size, num_images, seed, num_workers)
+            result = benchmark_loader(store_dir, batch_size, num_workers, num_batches, seed=seed)
+    except (DataError, ValueError) as err:
+        _fail(str(err))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, output)
+    typer.echo(f"{result['images_per_s']} images/s ({result['config']['image_shape_chw']}, batch {batch_size}, "
+               f"{num_workers} workers, load {result['uptime']['loadavg_before']}) -> {output}")
+
+
 # ---- training (issue 4): bench ----
 
 # ---- evaluation (issue 5) ----
