@@ -12,7 +12,6 @@ import re
 import socket
 import threading
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from gaugan.data.download import DownloadError, download_dataset, download_file,
 from gaugan.data.io import DataError
 from gaugan.data.semantic import instance_edges
 from stages import download as download_stage
-from tests.test_data_layouts import config, label_map, make_custom, save_index, save_photo
+from tests.test_data_layouts import config, label_map, make_custom
 
 
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
@@ -111,6 +110,14 @@ def test_resume_from_partial_file(server, tmp_path):
     download_file(f"{server.base_url}/a.bin", tmp_path / "a.bin", md5(payload), progress=False)
     assert (tmp_path / "a.bin").read_bytes() == payload
     assert server.requests == [("a.bin", "bytes=100000-")]
+
+
+def test_complete_partial_file_is_verified_not_refetched(server, tmp_path):
+    payload = b"y" * 3000
+    server.files["a.bin"] = payload
+    (tmp_path / "a.bin.partial").write_bytes(payload)  # interrupted after the last byte
+    download_file(f"{server.base_url}/a.bin", tmp_path / "a.bin", md5(payload), progress=False)
+    assert (tmp_path / "a.bin").read_bytes() == payload  # the server answered 416: nothing left to fetch
 
 
 def test_server_ignoring_range_restarts(server, tmp_path):
