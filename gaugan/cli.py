@@ -158,15 +158,36 @@ def bench_loader_command(
 # imports it, and `gaugan --help` stays fast.
 
 
-def _pipeline_user_error(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
+@app.command("import-checkpoint")
+def import_checkpoint_command(
+    source: Path = typer.Argument(..., help="the authors' latest_net_G.pth (latest_net_E.pth beside it for VAE models)"),
+    dataset: str = typer.Option(..., "--dataset", help="the dataset it was trained on: ade20k, coco, cityscapes, ..."),
+    output: Path = typer.Option(..., "--output", help="where to write our checkpoint, e.g. checkpoints/official/ade20k.pt"),
+) -> None:
+    """Convert an official pretrained generator into our checkpoint format (synthesize, evaluate)."""
+    from gaugan.config import ConfigError
+    from gaugan.data.registry import published_spec
+    from gaugan.importing import import_official_generator
+    from gaugan.models.official import CheckpointError
+
+    try:
+        summary = import_official_generator(source, output, published_spec(dataset))
+    except ConfigError as err:
+        _fail(f"--dataset: {err}")
+    except CheckpointError as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"{err.filename or output}: {err.strerror}")
+    generator = summary["generator"]
+    typer.echo(f"wrote {summary['destination']}: {dataset}, {generator['arch']} ngf {generator['ngf']}, "
+               f"{generator['num_upsampling_layers']} upsampling, {generator['param_free_norm']} norm, "
+               f"{'VAE' if summary['vae'] else 'no VAE'}, {summary['parameters']:,} parameters")
 
 
 @app.command("classes")
 def classes_command(
     dataset: str = typer.Option(..., "--dataset", help="landscapes, ade20k, ade20k_outdoor, coco, cityscapes, facades or custom"),
-    num_classes: int = typer.Option(None, "--num-classes", help="custom datasets: the number of classes"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="custom datasets: the number of classes"),
 ) -> None:
     """Print a dataset's class table: stored label index, colour in sample grids, name."""
     from gaugan.config import Config, ConfigError, replace
@@ -174,13 +195,13 @@ def classes_command(
     from gaugan.data.registry import resolve_dataset
 
     if dataset == "custom" and num_classes is None:
-        raise _pipeline_user_error("--dataset custom needs --num-classes N (the preprocess stage infers it from "
-                                   "the training labels and records it in <data.processed_dir>/manifest.json)")
+        _fail("--dataset custom needs --num-classes N (the preprocess stage infers it from "
+              "the training labels and records it in <data.processed_dir>/manifest.json)")
     try:
         cfg = replace(Config(), data={"dataset": dataset, "custom": {"num_classes": num_classes}})
         spec = resolve_dataset(cfg.data)
     except ConfigError as err:
-        raise _pipeline_user_error(f"--dataset {dataset}: {err}") from None
+        _fail(f"--dataset {dataset}: {err}")
     names = class_names(spec)
     palette = label_palette(len(names), spec.name)
     typer.echo(f"{spec.name}: {spec.label_nc} classes"
@@ -208,7 +229,7 @@ def ui_command(
     try:
         cfg = load_config(params)
     except ConfigError as err:
-        raise _pipeline_user_error(str(err)) from None
+        _fail(str(err))
     uri = resolve_tracking_uri(cfg, repo_root())
     artifacts = (tracking_root(repo_root()) / "mlartifacts").as_uri()
     typer.echo(f"MLflow UI on {uri} at http://{host}:{port} (Ctrl-C stops it)")
@@ -229,7 +250,7 @@ def preset_command(name: str = typer.Argument(..., help="a file in presets/ with
         path = preset_path(name, Path.cwd())
         preset_config(path)  # validate against params.yaml before anything runs
     except ConfigError as err:
-        raise _pipeline_user_error(str(err)) from None
+        _fail(str(err))
     typer.echo(" ".join(f"-S {override}" for override in preset_overrides(path)))
 
 
@@ -247,7 +268,7 @@ def link_experiments_command(
         cfg = load_config(params)
         links = link_sweep(cfg, repo_root())
     except (ConfigError, DvcError) as err:
-        raise _pipeline_user_error(str(err)) from None
+        _fail(str(err))
     typer.echo(f"{'experiment':24s} {'commit':8s} {'state':8s} {'status':9s} run")
     for link in links:
         experiment = link.experiment
