@@ -1,0 +1,2 @@
+"""Evaluation metrics of paper section 4: FID (:mod:`gaugan.metrics.fid`) and the
+segmentation scores mIoU / pixel accuracy (:mod:`gaugan.metrics.segmentation`)."""

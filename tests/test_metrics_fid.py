@@ -1,0 +1,146 @@
+"""FID: the Frechet distance against an independent eigen-decomposition computation, the
+statistics pipeline with a tiny stand-in feature extractor, the real-statistics cache, and
+the weights lookup that never downloads (the Inception file itself is not in this sandbox)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from gaugan.metrics import fid
+
+
+def independent_frechet(mu1, sigma1, mu2, sigma2):
+    """|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^1/2), the trace of the square root from
+    the eigenvalues of S1 S2 (real and >= 0 for covariance matrices), not scipy's sqrtm."""
+    eigenvalues = np.linalg.eigvals(sigma1 @ sigma2)
+    trace_sqrt = np.sqrt(np.clip(eigenvalues.real, 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+
+
+def random_stats(rng, n, d, scale=1.0, shift=0.0):
+    features = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * scale + shift
+    return fid.FeatureStatistics(features.mean(0), np.cov(features, rowvar=False), n)
+
+
+def test_frechet_distance_matches_an_independent_computation():
+    rng = np.random.default_rng(0)
+    a, b = random_stats(rng, 200, 12), random_stats(rng, 300, 12, scale=1.3, shift=0.5)
+    expected = independent_frechet(a.mu, a.sigma, b.mu, b.sigma)
+    assert fid.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert expected > 1.0
+
+
+def test_frechet_distance_special_cases():
+    rng = np.random.default_rng(1)
+    a = random_stats(rng, 100, 6)
+    assert fid.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shifted = fid.FeatureStatistics(a.mu + 2.0, a.sigma, a.num_images)  # same covariance, mean moved
+    assert fid.frechet_distance(a, shifted) == pytest.approx(4.0 * 6, rel=1e-6)
+    # two diagonal Gaussians: sum (sqrt(s1) - sqrt(s2))^2 on the diagonal
+    d1, d2 = np.diag([1.0, 4.0, 9.0]), np.diag([4.0, 4.0, 1.0])
+    zero = np.zeros(3)
+    value = fid.frechet_distance(fid.FeatureStatistics(zero, d1, 2), fid.FeatureStatistics(zero, d2, 2))
+    assert value == pytest.approx((1 - 2) ** 2 + 0 + (3 - 1) ** 2)
+
+
+def stand_in_extractor(images: torch.Tensor) -> torch.Tensor:
+    """Tests only: 4 features per image (channel means and a brightness contrast)."""
+    x = images.double() / 255
+    means = x.mean(dim=(2, 3))
+    return torch.cat([means, (x[:, :, :, :4].mean(dim=(1, 2, 3)) - x.mean(dim=(1, 2, 3)))[:, None]], dim=1)
+
+
+def test_activation_statistics_equal_numpy_on_the_stacked_features():
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=generator) for n in (3, 5, 2)]
+    stats = fid.activation_statistics(batches, stand_in_extractor)
+    features = torch.cat([stand_in_extractor(b) for b in batches]).numpy()
+    np.testing.assert_allclose(stats.mu, features.mean(0))
+    np.testing.assert_allclose(stats.sigma, np.cov(features, rowvar=False))
+    assert stats.num_images == 10
+    with pytest.raises(ValueError, match="at least 2"):
+        fid.activation_statistics([batches[0][:1]], stand_in_extractor)
+
+
+def test_real_statistics_are_cached_and_recomputed_when_the_images_change(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=generator)]
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return fid.activation_statistics(images, stand_in_extractor)
+
+    path = tmp_path / "fid_stats" / "landscapes_8x8.npz"
+    key = {"images_sha256": fid.fingerprint_images(images), "pytorch_fid_version": fid.pytorch_fid_version()}
+    first, cached = fid.load_or_compute_statistics(path, key, compute)
+    assert not cached and path.is_file() and len(calls) == 1
+    again, cached = fid.load_or_compute_statistics(path, key, compute)
+    assert cached and len(calls) == 1
+    np.testing.assert_array_equal(again.sigma, first.sigma)
+    changed = [images[0].clone()]
+    changed[0][0, 0, 0, 0] ^= 1  # one pixel differs: another fingerprint, recomputed
+    other_key = {**key, "images_sha256": fid.fingerprint_images(changed)}
+    assert other_key != key
+    _, cached = fid.load_or_compute_statistics(path, other_key, compute)
+    assert not cached and len(calls) == 2
+    path.write_bytes(b"not an npz")  # a damaged cache is recomputed, not trusted
+    _, cached = fid.load_or_compute_statistics(path, other_key, compute)
+    assert not cached and len(calls) == 3
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """Any attempt to download through torch hub fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a download was attempted: {args}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+def test_missing_weights_are_reported_with_how_to_provide_them(tmp_path, monkeypatch, no_download):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    lookup = fid.find_inception_weights(None)
+    assert not lookup.available and lookup.path is None
+    assert "torch hub cache" in lookup.reason and "not found" in lookup.reason
+    assert fid.FID_WEIGHTS_URL in lookup.reason and "evaluate.fid_weights" in lookup.reason
+    configured = fid.find_inception_weights(tmp_path / "nowhere.pth")
+    assert not configured.available and "nowhere.pth" in configured.reason
+
+
+def test_files_that_are_not_the_published_weights_are_rejected(tmp_path):
+    small = tmp_path / "small.pth"
+    small.write_bytes(b"x" * 100)
+    assert "100 bytes, expected 95,628,359" in fid.check_weights_file(small)
+    same_size = tmp_path / "same_size.pth"
+    with open(same_size, "wb") as handle:
+        handle.truncate(fid.FID_WEIGHTS_BYTES)  # right size, wrong content
+    assert "does not start with 6726825d" in fid.check_weights_file(same_size)
+    assert not fid.find_inception_weights(same_size).available
+    with pytest.raises(FileNotFoundError, match="6726825d"):
+        fid.inception_network(same_size)
+
+
+def test_pytorch_fid_finds_the_linked_file_in_the_temporary_hub_dir(tmp_path, monkeypatch, no_download):
+    """The mechanism that feeds pytorch-fid our file: load_state_dict_from_url(FID_WEIGHTS_URL)
+    inside the context reads the linked file, and the environment is restored afterwards."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    weights = tmp_path / "elsewhere" / "weights.pth"
+    weights.parent.mkdir()
+    torch.save({"marker": torch.tensor([7.0])}, weights)
+    with fid._hub_dir_holding(weights) as link:
+        assert link.name == fid.FID_WEIGHTS_FILE and os.path.realpath(link) == str(weights)
+        state = torch.hub.load_state_dict_from_url(fid.FID_WEIGHTS_URL, progress=False)
+        assert state["marker"].item() == 7.0
+        assert os.environ["TORCH_HOME"] != str(tmp_path / "home")
+    assert os.environ["TORCH_HOME"] == str(tmp_path / "home")
+    assert torch.hub.get_dir() == str(tmp_path / "home" / "hub")
+
+
+def test_version_is_recorded():
+    assert fid.pytorch_fid_version() == "0.3.0"
