@@ -244,6 +244,7 @@ def test_size_mismatch_missing_pairs_unreadable_and_lossy_all_reported(tmp_path)
     (root / "train" / "images" / "img_2.jpg").write_bytes(b"not a jpeg")  # unreadable
     save_photo(root / "train" / "labels" / "img_9.jpg")  # a lossy label file
     (root / "train" / "instances" / "img_3.png").unlink()  # missing instance map
+    save_index(root / "val" / "instances" / "typo_0.png", label_map([0]))  # instance map without a pair
     report = check_dataset(config("custom", custom={"num_classes": 2}).data, root)
     text = "\n".join(report.problems)
     assert "img_0.jpg: image is 5x5 (WxH)" in text and "must be the same size" in text
@@ -252,7 +253,9 @@ def test_size_mismatch_missing_pairs_unreadable_and_lossy_all_reported(tmp_path)
     assert "img_2.jpg: unreadable image" in text
     assert "img_9.jpg: a label map saved as lossy .jpg" in text
     assert "img_3" in text and "data.use_instance=false" in text
-    assert len(report.problems) == 6
+    assert "typo_0.png: instance map has no label map" in text
+    assert "instances/img_1.png: instance map has no label map" in text  # the other half of img_1
+    assert len(report.problems) == 8
 
 
 def test_instance_map_size_mismatch(tmp_path):

@@ -136,6 +136,9 @@ def _pair_up(images: dict[str, Path], labels: dict[str, Path], instances: dict[s
         problems.append(f"{images[stem]}: image has no label map (expected stem {stem!r} among the labels of {where})")
     for stem in sorted(set(labels) - set(images)):
         problems.append(f"{labels[stem]}: label map has no image (expected stem {stem!r} among the images of {where})")
+    for stem in sorted(set(instances or ()) - set(labels)):
+        problems.append(f"{instances[stem]}: instance map has no label map (expected stem {stem!r} among the labels "
+                        f"of {where})")
     for stem in sorted(set(images) & set(labels)):
         instance = None
         if instances is not None:

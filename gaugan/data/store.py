@@ -46,7 +46,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gaugan.config import DataConfig
-from gaugan.data.check import check_listing, format_problems, load_pair, parallel_map, resolve_folder
+from gaugan.data.check import format_problems, load_pair, parallel_map, resolve_folder
 from gaugan.data.classes import class_names, label_palette
 from gaugan.data.io import DataError, atomic_save_png
 from gaugan.data.registry import DatasetSpec
@@ -535,12 +535,18 @@ def make_loader(dataset: StoreDataset, batch_size: int, shuffle: bool, num_worke
 # Looking at it.
 
 
-def render_samples(store_dir: str | os.PathLike, split: str, path: str | os.PathLike, count: int = 24,
+def render_samples(store_dir: str | os.PathLike, split: str, path: str | os.PathLike, count: int | None = None,
                    columns: int = 6) -> Path:
-    """A grid PNG of photos, coloured label maps and instance edges (reports/data/samples.png)."""
+    """A grid PNG of photos, coloured label maps and instance edges (reports/data/samples.png).
+
+    ``count`` defaults to 24 items for small images and 12 from 256 pixels on, so the grid
+    stays a few MB at most.
+    """
     from gaugan.data.semantic import instance_edges
 
     dataset = StoreDataset(store_dir, split)
+    if count is None:
+        count = 24 if max(dataset.crop) < 256 else 12
     spec = dataset.spec
     palette = label_palette(spec.num_label_values, spec.name)
     cells = []
