@@ -311,3 +311,12 @@ def test_store_from_each_layout(tmp_path, dataset, make, expected_shape):
     assert (tmp_path / "reports" / "samples.png").is_file()
     assert (tmp_path / "reports" / "class_histogram.csv").read_text().count("\n") == spec.num_label_values + 1
     assert len(json.loads((tmp_path / "store" / "train" / "stems.json").read_text())) == manifest["splits"]["train"]["count"]
+
+
+def test_outdoor_scene_rule():
+    from gaugan.data.sources import _outdoor_scene
+
+    for outdoor in ("street", "field_cultivated", "church_outdoor", "mountain_snowy", "forest_path", "coast"):
+        assert _outdoor_scene(outdoor), outdoor
+    for indoor in ("bathroom", "airport_terminal", "church_indoor", "art_gallery", "streetcar_interior"):
+        assert not _outdoor_scene(indoor), indoor
