@@ -1,0 +1,196 @@
+"""The published segmenters of paper section 4, their weight files and how they load.
+
+REFERENCE.md section 4 names one segmenter per paper dataset. Each entry here says which
+network to build, which weight files it needs, where each file comes from (a URL, or the
+user for DRN-D-105), which submodule it loads into, and where it lives on disk:
+``<evaluate.segmenter_weights_dir>/<segmenter name>/<file>``.
+
+Loading is strict: every key and shape of the published file must match the module. The
+one tolerance is BatchNorm's ``num_batches_tracked`` counter, which PyTorch added in 0.4.1
+and files saved earlier lack; it has no effect in eval mode.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gaugan.segmenters.base import Segmenter
+from gaugan.segmenters.deeplab import WEIGHTS_URL as DEEPLAB_URL
+from gaugan.segmenters.deeplab import DeepLabV2COCOStuff
+from gaugan.segmenters.drn import DRND105Cityscapes
+from gaugan.segmenters.upernet import WEIGHTS_URL as UPERNET_URL
+from gaugan.segmenters.upernet import UperNet101
+
+
+class SegmenterWeightsError(FileNotFoundError):
+    """A segmenter's weight file is missing, unreadable or does not fit the network."""
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    name: str  # file name on disk
+    submodule: str  # attribute of the Segmenter the state dict loads into
+    url: str | None  # None: no public URL, the user supplies the file
+
+
+@dataclass(frozen=True)
+class PublishedSegmenter:
+    name: str
+    build: Callable[[], Segmenter]
+    files: tuple[WeightFile, ...]
+    where_to_get: str  # for the error message when a file is missing and cannot be downloaded
+
+
+PUBLISHED_SEGMENTERS: dict[str, PublishedSegmenter] = {
+    "upernet101_ade20k": PublishedSegmenter(
+        "upernet101_ade20k",
+        UperNet101,
+        (
+            WeightFile("encoder_epoch_50.pth", "encoder", UPERNET_URL.format(part="encoder")),
+            WeightFile("decoder_epoch_50.pth", "decoder", UPERNET_URL.format(part="decoder")),
+        ),
+        "the CSAIL scene parsing model zoo (ade20k-resnet101-upernet)",
+    ),
+    "deeplabv2_resnet101_msc_cocostuff164k": PublishedSegmenter(
+        "deeplabv2_resnet101_msc_cocostuff164k",
+        DeepLabV2COCOStuff,
+        (WeightFile("deeplabv2_resnet101_msc-cocostuff164k-100000.pth", "network", DEEPLAB_URL),),
+        "the kazuto1011/deeplab-pytorch v1.0 release",
+    ),
+    "drn_d_105_cityscapes": PublishedSegmenter(
+        "drn_d_105_cityscapes",
+        DRND105Cityscapes,
+        (WeightFile("drn_d_105_cityscapes.pth", "network", None),),
+        "the DRN-D-105 Cityscapes model of fyu/drn (http://go.yf.io/drn-cityscapes-models; no direct URL: "
+        "download it yourself and place it there)",
+    ),
+}
+
+# The segmenter each paper dataset is scored with (REFERENCE.md section 4).
+SEGMENTER_FOR_DATASET = {
+    "ade20k": "upernet101_ade20k",
+    "ade20k_outdoor": "upernet101_ade20k",
+    "coco": "deeplabv2_resnet101_msc_cocostuff164k",
+    "cityscapes": "drn_d_105_cityscapes",
+}
+
+
+def published_segmenter_for(dataset: str) -> PublishedSegmenter:
+    if dataset not in SEGMENTER_FOR_DATASET:
+        raise KeyError(
+            f"no published segmenter for dataset {dataset!r}; published ones exist for "
+            f"{', '.join(sorted(SEGMENTER_FOR_DATASET))}. Use evaluate.segmenter: trained (the pipeline's own) "
+            "or auto"
+        )
+    return PUBLISHED_SEGMENTERS[SEGMENTER_FOR_DATASET[dataset]]
+
+
+def weight_path(entry: PublishedSegmenter, file: WeightFile, weights_dir: str | os.PathLike) -> Path:
+    return Path(weights_dir) / entry.name / file.name
+
+
+Downloader = Callable[[str, Path], None]
+
+
+def download_weights(url: str, destination: Path) -> None:
+    """Resumable download with a progress bar (:func:`gaugan.data.download.download_file`);
+    any failure (offline, HTTP error, cut connection) becomes a clear error naming the file."""
+    from gaugan.data.download import DownloadError, download_file
+
+    try:
+        download_file(url, destination, md5=None, progress=True)
+    except DownloadError as err:
+        raise SegmenterWeightsError(
+            f"{err}; without internet, download {url} elsewhere and place it at {destination}"
+        ) from err
+
+
+def ensure_weights(
+    entry: PublishedSegmenter,
+    weights_dir: str | os.PathLike,
+    download: Downloader | None = download_weights,
+) -> dict[str, Path]:
+    """The local path of every weight file of ``entry``, downloading where a URL exists.
+
+    ``download=None`` never touches the network: a missing file is an error saying where
+    to put it.
+    """
+    paths = {}
+    for file in entry.files:
+        path = weight_path(entry, file, weights_dir)
+        if not path.is_file():
+            if file.url is None or download is None:
+                source = file.url or entry.where_to_get
+                raise SegmenterWeightsError(
+                    f"{path}: weight file of segmenter {entry.name!r} not found. Get it from {source} and place it "
+                    f"there (the folder is evaluate.segmenter_weights_dir = {str(weights_dir)!r}), or set "
+                    f"evaluate.segmenter to 'trained' or 'none'"
+                )
+            download(file.url, path)
+        paths[file.name] = path
+    return paths
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from a published file: unwraps ``{"state_dict": ...}``, strips ``module.``."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling raises many types; all mean "unreadable"
+        raise SegmenterWeightsError(f"{path}: cannot read the weight file ({err})") from err
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise SegmenterWeightsError(f"{path}: expected a state dict of tensors, got {type(payload).__name__}")
+    if payload and all(key.startswith("module.") for key in payload):  # saved from nn.DataParallel
+        payload = {key[len("module."):]: value for key, value in payload.items()}
+    return payload
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """``load_state_dict(strict=True)`` with a key-by-key report of any mismatch."""
+    expected = module.state_dict()
+    state = dict(state)
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = value  # absent from files saved before PyTorch 0.4.1; unused in eval
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(
+        f"{key} (file {tuple(state[key].shape)}, network {tuple(expected[key].shape)})"
+        for key in set(state) & set(expected)
+        if state[key].shape != expected[key].shape
+    )
+    if missing or unexpected or wrong_shape:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
+
+        problems = []
+        if missing:
+            problems.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys: {show(unexpected)}")
+        if wrong_shape:
+            problems.append(f"shape mismatches: {show(wrong_shape)}")
+        raise SegmenterWeightsError(f"{source}: does not fit the network ({'; '.join(problems)})")
+    module.load_state_dict(state, strict=True)
+
+
+def load_published_segmenter(
+    dataset: str,
+    weights_dir: str | os.PathLike,
+    device: torch.device,
+    download: Downloader | None = download_weights,
+) -> Segmenter:
+    """The published segmenter for ``dataset`` with its weights, in eval mode on ``device``."""
+    entry = published_segmenter_for(dataset)
+    paths = ensure_weights(entry, weights_dir, download)
+    segmenter = entry.build()
+    for file in entry.files:
+        load_strict(getattr(segmenter, file.submodule), read_state_dict(paths[file.name]), paths[file.name])
+    return segmenter.to(device).eval()

@@ -1,0 +1,365 @@
+"""Segmenters: the published networks' key layout (names, shapes, counts as read from
+CSAILVision/semantic-segmentation-pytorch, kazuto1011/deeplab-pytorch v1.0 and fyu/drn),
+forwards, preprocessing and class mappings; strict loading and weight files (download from
+a local server, offline errors, user-supplied files); the pipeline's own segmenter."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import http.server
+import math
+import threading
+
+import pytest
+import torch
+
+from gaugan.config import SegmenterConfig
+from gaugan.data.registry import PUBLISHED, DatasetSpec
+from gaugan.segmenters.base import IGNORE_INDEX
+from gaugan.segmenters.deeplab import DeepLabV2COCOStuff
+from gaugan.segmenters.drn import DRND105Cityscapes, bilinear_upsampling_kernel
+from gaugan.segmenters.published import (
+    PUBLISHED_SEGMENTERS,
+    SEGMENTER_FOR_DATASET,
+    PublishedSegmenter,
+    SegmenterWeightsError,
+    WeightFile,
+    download_weights,
+    ensure_weights,
+    load_published_segmenter,
+    load_strict,
+    read_state_dict,
+    weight_path,
+)
+from gaugan.segmenters.trained import (
+    SegmenterCheckpointError,
+    TrainedSegmenter,
+    balanced_class_weights,
+    load_trained_segmenter,
+    save_trained_segmenter,
+    train_segmenter,
+)
+from gaugan.segmenters.upernet import UperNet101
+
+SHALLOW = (1, 1, 1, 1)  # one block per stage: the same code, fast enough for every test
+
+
+def meta(cls):
+    with torch.device("meta"):
+        return cls()
+
+
+def shapes(module):
+    return {key: tuple(value.shape) for key, value in module.state_dict().items()}
+
+
+# ---- key layout of the full-size networks (built on the meta device: no memory, no init) ----
+
+
+def test_upernet101_key_layout():
+    model = meta(UperNet101)
+    encoder, decoder = shapes(model.encoder), shapes(model.decoder)
+    # deep stem: three 3x3 convs 3-64-64-128, the first with stride 2; layer1 starts at 128 channels
+    assert encoder["conv1.weight"] == (64, 3, 3, 3) and encoder["conv3.weight"] == (128, 64, 3, 3)
+    assert encoder["layer1.0.conv1.weight"] == (64, 128, 1, 1)
+    assert encoder["layer1.0.downsample.0.weight"] == (256, 128, 1, 1)
+    assert encoder["layer3.22.conv3.weight"] == (1024, 256, 1, 1) and "layer3.23.conv1.weight" not in encoder
+    assert encoder["layer4.2.bn3.running_var"] == (2048,)
+    convs = [k for k in encoder if k.endswith(".weight") and len(encoder[k]) == 4]
+    assert len(convs) == 3 + 3 * (3 + 4 + 23 + 3) + 4  # stem, three per bottleneck, one projection per stage
+    assert len(encoder) == 636
+    assert sum(p.numel() for p in model.encoder.parameters()) == 42_623_936
+    # UPerNet: PPM (4 scales, 512 each), FPN (fpn_dim 512), fusion, 150 classes
+    assert decoder["ppm_conv.3.0.weight"] == (512, 2048, 1, 1) and "ppm_conv.4.0.weight" not in decoder
+    assert decoder["ppm_last_conv.0.weight"] == (512, 2048 + 4 * 512, 3, 3)
+    assert [decoder[f"fpn_in.{i}.0.weight"] for i in range(3)] == [(512, c, 1, 1) for c in (256, 512, 1024)]
+    assert decoder["fpn_out.2.0.0.weight"] == (512, 512, 3, 3)
+    assert decoder["conv_last.0.0.weight"] == (512, 4 * 512, 3, 3)
+    assert decoder["conv_last.1.weight"] == (150, 512, 1, 1) and decoder["conv_last.1.bias"] == (150,)
+    assert len(decoder) == 74
+
+
+def test_deeplabv2_key_layout():
+    state = shapes(meta(DeepLabV2COCOStuff).network)
+    assert all(key.startswith("base.") for key in state)  # MSC wraps the network as "base"
+    assert state["base.layer1.conv1.conv.weight"] == (64, 3, 7, 7) and "base.layer1.conv1.bn.running_mean" in state
+    assert state["base.layer2.block1.reduce.conv.weight"] == (64, 64, 1, 1)
+    assert state["base.layer2.block1.shortcut.conv.weight"] == (256, 64, 1, 1)
+    assert "base.layer2.block2.shortcut.conv.weight" not in state  # projection only in the first block
+    assert state["base.layer4.block23.conv3x3.conv.weight"] == (256, 256, 3, 3) and "base.layer4.block24.reduce.conv.weight" not in state
+    assert state["base.layer5.block3.increase.bn.weight"] == (2048,)
+    assert [state[f"base.aspp.c{i}.weight"] for i in range(4)] == [(182, 2048, 3, 3)] * 4
+    assert state["base.aspp.c3.bias"] == (182,) and "base.aspp.c4.weight" not in state
+    assert len(state) == 632
+
+
+def test_drn_d_105_key_layout_and_published_parameter_count():
+    model = meta(DRND105Cityscapes)
+    state = shapes(model.network)
+    assert state["base.0.0.weight"] == (16, 3, 7, 7)
+    assert state["base.1.0.weight"] == (16, 16, 3, 3) and state["base.2.0.weight"] == (32, 16, 3, 3)
+    assert state["base.3.0.downsample.0.weight"] == (256, 32, 1, 1)
+    assert state["base.5.22.conv3.weight"] == (1024, 256, 1, 1) and "base.5.23.conv1.weight" not in state
+    assert state["base.6.0.conv2.weight"] == (512, 512, 3, 3)
+    assert state["base.7.0.weight"] == (512, 2048, 3, 3) and state["base.8.1.running_var"] == (512,)
+    assert "base.9.0.weight" not in state
+    assert state["seg.weight"] == (19, 512, 1, 1) and state["seg.bias"] == (19,) and state["up.weight"] == (19, 1, 16, 16)
+    assert "up.bias" not in state and len(state) == 651
+    # fyu/drn's README: DRN-D-105 has 54.8 M parameters with its 1000-way ImageNet classifier
+    trunk = sum(p.numel() for p in model.network.base.parameters())
+    assert trunk + 512 * 1000 + 1000 == pytest.approx(54.8e6, abs=0.05e6)
+    # dilations: stride 8 overall, dilation 2 in layer5, 4 in layer6, 2 then 1 in the plain tail
+    assert model.network.base[5][0].conv2.dilation == (2, 2) and model.network.base[6][2].conv2.dilation == (4, 4)
+    assert model.network.base[7][0].dilation == (2, 2) and model.network.base[8][0].dilation == (1, 1)
+
+
+def test_drn_upsampling_kernel_is_fyu_drn_bilinear_fill():
+    kernel = bilinear_upsampling_kernel(3, 16)
+    f = math.ceil(16 / 2)
+    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    for i in range(16):
+        for j in range(16):
+            assert kernel[2, 0, i, j].item() == pytest.approx((1 - abs(i / f - c)) * (1 - abs(j / f - c)))
+
+
+# ---- forwards ----
+
+
+@pytest.mark.parametrize("cls", [UperNet101, DeepLabV2COCOStuff, DRND105Cityscapes])
+def test_full_size_forward_on_a_tiny_input(cls):
+    torch.manual_seed(0)
+    model = cls().eval()
+    images = torch.randint(0, 256, (1, 3, 32, 48), dtype=torch.uint8)
+    prediction = model.predict(images)
+    assert prediction.shape == (1, 32, 48) and prediction.dtype == torch.int64
+    assert 0 <= int(prediction.min()) and int(prediction.max()) < model.num_classes
+
+
+def test_drn_upsamples_to_the_input_size_exactly():
+    model = DRND105Cityscapes(blocks=(1, 1, 1, 1, 1, 1, 1, 1)).eval()
+    with torch.no_grad():
+        scores = model.logits(model.preprocess(torch.zeros(2, 3, 40, 64, dtype=torch.uint8)))
+    assert scores.shape == (2, 19, 40, 64)  # output stride 8, x8 transposed conv
+
+
+def test_predict_rejects_non_uint8_images():
+    with pytest.raises(ValueError, match="uint8"):
+        UperNet101(SHALLOW).predict(torch.zeros(1, 3, 32, 32))
+
+
+# ---- preprocessing ----
+
+
+def solid(r, g, b, height=4, width=4):
+    return torch.tensor([r, g, b], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, height, width).contiguous()
+
+
+def test_upernet_preprocessing_imagenet_normalisation_and_multiple_of_32():
+    model = UperNet101(SHALLOW)
+    x = model.preprocess(solid(255, 0, 128, 32, 64))
+    expected = [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
+    assert x.shape == (1, 3, 32, 64) and torch.allclose(x[0, :, 0, 0], torch.tensor(expected), atol=1e-5)
+    assert model.preprocess(solid(1, 2, 3, 40, 70)).shape == (1, 3, 64, 96)  # rounded up to multiples of 32
+
+
+def test_deeplab_preprocessing_bgr_mean_subtracted_unscaled():
+    x = DeepLabV2COCOStuff(SHALLOW).preprocess(solid(10, 20, 30))
+    assert torch.allclose(x[0, :, 1, 1], torch.tensor([30 - 104.008, 20 - 116.669, 10 - 122.675]))
+
+
+def test_drn_preprocessing_cityscapes_mean_std():
+    x = DRND105Cityscapes(blocks=(1,) * 8).preprocess(solid(255, 0, 51))
+    expected = [(1 - 0.290101) / 0.182954, (0 - 0.328081) / 0.186566, (0.2 - 0.286964) / 0.184475]
+    assert torch.allclose(x[0, :, 0, 0], torch.tensor(expected), atol=1e-5)
+
+
+# ---- class mappings ----
+
+
+def test_ade20k_mapping_drops_other_and_shifts_by_one():
+    labels = torch.tensor([[0, 1, 2, 150]])
+    assert UperNet101(SHALLOW).map_target(labels).tolist() == [[IGNORE_INDEX, 0, 1, 149]]
+
+
+def test_cocostuff_mapping_keeps_classes_and_ignores_dontcare():
+    labels = torch.tensor([[0, 91, 181, 182]])
+    assert DeepLabV2COCOStuff(SHALLOW).map_target(labels).tolist() == [[0, 91, 181, IGNORE_INDEX]]
+
+
+def test_cityscapes_label_ids_to_train_ids():
+    model = DRND105Cityscapes(blocks=(1,) * 8)
+    label_ids = torch.tensor([[7, 8, 11, 24, 26, 33, 0, 1, 6, 9, 10, 14, 29, 30, 34]])
+    assert model.map_target(label_ids).tolist() == [[0, 1, 2, 11, 13, 18] + [IGNORE_INDEX] * 9]
+    table = model.target_table.tolist()
+    assert sorted(v for v in table if v != IGNORE_INDEX) == list(range(19))
+    assert model.class_names()[0] == "road" and model.class_names()[18] == "bicycle"
+
+
+def test_mapping_rejects_indices_outside_the_table():
+    with pytest.raises(ValueError, match="label indices span 0..183"):
+        DeepLabV2COCOStuff(SHALLOW).map_target(torch.tensor([0, 183]))
+
+
+def test_every_paper_dataset_has_a_segmenter_and_a_protocol():
+    assert set(SEGMENTER_FOR_DATASET) == {"ade20k", "ade20k_outdoor", "coco", "cityscapes"}
+    for name in SEGMENTER_FOR_DATASET.values():
+        protocol = meta(PUBLISHED_SEGMENTERS[name].build).protocol()
+        assert {"segmenter", "preprocessing", "class_mapping", "num_classes"} <= set(protocol)
+
+
+# ---- weight files and strict loading ----
+
+
+def shallow_entry(name: str, url: str | None = None) -> PublishedSegmenter:
+    return PublishedSegmenter(name, functools.partial(UperNet101, SHALLOW),
+                              (WeightFile("encoder.pth", "encoder", url and f"{url}/encoder.pth"),
+                               WeightFile("decoder.pth", "decoder", url and f"{url}/decoder.pth")),
+                              "the test's own files")
+
+
+def test_strict_loading_roundtrip_and_published_file_conventions(tmp_path):
+    torch.manual_seed(0)
+    source = UperNet101(SHALLOW)
+    encoder_state = source.encoder.state_dict()
+    # saved from DataParallel inside a training checkpoint, without num_batches_tracked (PyTorch < 0.4.1)
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in encoder_state.items() if "num_batches_tracked" not in k},
+               "epoch": 50}
+    torch.save(wrapped, tmp_path / "encoder.pth")
+    target = UperNet101(SHALLOW)
+    load_strict(target.encoder, read_state_dict(tmp_path / "encoder.pth"), tmp_path / "encoder.pth")
+    assert all(torch.equal(a, b) for a, b in zip(source.encoder.state_dict().values(), target.encoder.state_dict().values())
+               if a.dtype.is_floating_point)
+
+
+def test_strict_loading_reports_mismatches_key_by_key(tmp_path):
+    state = UperNet101(SHALLOW).decoder.state_dict()
+    state.pop("conv_last.1.bias")
+    state["extra.weight"] = torch.zeros(1)
+    state["conv_last.1.weight"] = torch.zeros(151, 512, 1, 1)
+    with pytest.raises(SegmenterWeightsError) as info:
+        load_strict(UperNet101(SHALLOW).decoder, state, tmp_path / "decoder.pth")
+    message = str(info.value)
+    assert "decoder.pth" in message and "missing keys: conv_last.1.bias" in message
+    assert "unexpected keys: extra.weight" in message and "conv_last.1.weight (file (151, 512, 1, 1)" in message
+
+
+def test_missing_user_supplied_weights_say_where_to_put_them(tmp_path):
+    with pytest.raises(SegmenterWeightsError) as info:
+        load_published_segmenter("cityscapes", tmp_path / "weights", torch.device("cpu"))
+    message = str(info.value)
+    assert str(tmp_path / "weights" / "drn_d_105_cityscapes" / "drn_d_105_cityscapes.pth") in message
+    assert "fyu/drn" in message and "evaluate.segmenter_weights_dir" in message
+    with pytest.raises(KeyError, match="no published segmenter for dataset 'landscapes'"):
+        load_published_segmenter("landscapes", tmp_path, torch.device("cpu"))
+
+
+def test_no_download_when_forbidden(tmp_path):
+    entry = PUBLISHED_SEGMENTERS["upernet101_ade20k"]
+    with pytest.raises(SegmenterWeightsError, match="encoder_epoch_50.pth.*sceneparsing.csail.mit.edu"):
+        ensure_weights(entry, tmp_path, download=None)
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """Serves tmp_path/served over HTTP on 127.0.0.1; stopped after the test."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+def test_weights_are_downloaded_where_a_url_exists(tmp_path, file_server):
+    served, url = file_server
+    torch.manual_seed(1)
+    source = UperNet101(SHALLOW)
+    torch.save(source.encoder.state_dict(), served / "encoder.pth")
+    torch.save(source.decoder.state_dict(), served / "decoder.pth")
+    entry = shallow_entry("test_upernet", url)
+    paths = ensure_weights(entry, tmp_path / "weights", download=download_weights)
+    assert paths["encoder.pth"] == weight_path(entry, entry.files[0], tmp_path / "weights") and paths["encoder.pth"].is_file()
+    segmenter = entry.build()
+    for file in entry.files:
+        load_strict(getattr(segmenter, file.submodule), read_state_dict(paths[file.name]), paths[file.name])
+    images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(segmenter.eval().predict(images), source.eval().predict(images))
+
+
+def test_offline_download_is_a_clear_error(tmp_path, file_server):
+    _, url = file_server
+    entry = shallow_entry("test_upernet", url + "/missing")
+    with pytest.raises(SegmenterWeightsError, match="HTTP 404.*place it at"):
+        ensure_weights(entry, tmp_path / "weights", download=download_weights)
+    closed = shallow_entry("test_upernet", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(SegmenterWeightsError, match="cannot connect"):
+        ensure_weights(closed, tmp_path / "weights2", download=download_weights)
+    assert not (tmp_path / "weights2" / "test_upernet" / "encoder.pth").exists()
+
+
+# ---- the pipeline's own segmenter ----
+
+
+def tiny_spec(contain_dontcare: bool = False) -> DatasetSpec:
+    return dataclasses.replace(PUBLISHED["landscapes"], label_nc=3, contain_dontcare=contain_dontcare,
+                               dontcare_value=255 if contain_dontcare else None, load_size=16, crop_size=16)
+
+
+def stripes(count: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """Images whose colour says the class: red/green/blue vertical bands, random widths."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(count):
+        label = torch.zeros(4, 16, 16, dtype=torch.uint8)
+        for b in range(4):
+            cut1, cut2 = sorted(torch.randint(2, 14, (2,), generator=generator).tolist())
+            label[b, :, cut1:] = 1
+            label[b, :, cut2:] = 2
+        colours = torch.tensor([[200, 30, 30], [30, 200, 30], [30, 30, 200]], dtype=torch.uint8)
+        image = colours[label.long()].permute(0, 3, 1, 2).contiguous()
+        noise = torch.randint(0, 20, image.shape, generator=generator, dtype=torch.uint8)
+        batches.append({"image": image + noise, "label": label})
+    return batches
+
+
+def test_trained_segmenter_learns_and_round_trips(tmp_path):
+    spec = tiny_spec()
+    reported = []
+    cfg = SegmenterConfig(width=8, num_epochs=6, batch_size=4, lr=1e-2, seed=0)
+    segmenter = train_segmenter(stripes(6, 0), spec, cfg, torch.device("cpu"), ["red", "green", "blue"],
+                                report=lambda metrics, step: reported.append((step, metrics)))
+    assert [step for step, _ in reported] == [6 * (e + 1) for e in range(6)]
+    assert reported[-1][1]["segmenter/loss"] < 0.5 * reported[0][1]["segmenter/loss"]
+    test = stripes(2, 99)
+    correct = sum(int((segmenter.predict(b["image"]) == b["label"].long()).sum()) for b in test)
+    assert correct / (2 * 4 * 16 * 16) > 0.9
+    path = tmp_path / "segmenter" / "segmenter.pt"
+    save_trained_segmenter(segmenter, path, {"report": {"real_miou": 1.0}})
+    loaded = load_trained_segmenter(path, spec, torch.device("cpu"))
+    assert loaded.class_names() == ["red", "green", "blue"]
+    assert torch.equal(loaded.predict(test[0]["image"]), segmenter.predict(test[0]["image"]))
+    with pytest.raises(SegmenterCheckpointError, match="label_nc=3.*label_nc=4.*rerun the segmenter stage"):
+        load_trained_segmenter(path, dataclasses.replace(spec, label_nc=4), torch.device("cpu"))
+    with pytest.raises(SegmenterCheckpointError, match="run the segmenter stage first"):
+        load_trained_segmenter(tmp_path / "none.pt", spec, torch.device("cpu"))
+
+
+def test_trained_segmenter_ignores_the_dontcare_index():
+    segmenter = TrainedSegmenter(tiny_spec(contain_dontcare=True), width=4)
+    assert segmenter.num_classes == 3
+    assert segmenter.map_target(torch.tensor([0, 2, 3])).tolist() == [0, 2, IGNORE_INDEX]
+
+
+def test_balanced_class_weights():
+    weights = balanced_class_weights(torch.tensor([900, 100, 100, 0]))
+    # median frequency of present classes = 0.1: the frequent class gets sqrt(1/9), absent ones 1
+    assert weights.tolist() == pytest.approx([1 / 3, 1.0, 1.0, 1.0])
+    assert balanced_class_weights(torch.tensor([10**6, 1, 1]))[0] == pytest.approx(0.1)  # clipped
+    with pytest.raises(ValueError, match="no labelled pixels"):
+        balanced_class_weights(torch.zeros(3))
