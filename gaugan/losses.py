@@ -66,7 +66,7 @@ def _gan_term(prediction: Tensor, mode: str, target_is_real: bool, for_discrimin
 
 def gan_loss(
     predictions: list[list[Tensor]] | list[Tensor],
-    mode: str = "hinge",
+    mode: GanMode = "hinge",
     target_is_real: bool = True,
     for_discriminator: bool = True,
 ) -> Tensor:

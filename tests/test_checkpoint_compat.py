@@ -12,7 +12,13 @@ from gaugan.config import Config, DiscriminatorConfig, EncoderConfig, GeneratorC
 from gaugan.data.registry import published_spec
 from gaugan.models import build_discriminator, build_encoder, build_generator, published_generator_config
 from gaugan.models.loading import CHECKPOINT_FORMAT, load_encoder, load_generator
-from gaugan.models.official import CheckpointError, load_official_generator, load_state_dict_exactly, official_structure
+from gaugan.models.official import (
+    CheckpointError,
+    load_official_generator,
+    load_state_dict_exactly,
+    official_structure,
+    strip_wrapper_prefixes,
+)
 
 
 # ---- the official layout, written out from REFERENCE.md section 1 -------------------------
@@ -169,6 +175,15 @@ def test_official_structure_is_read_from_the_file(tmp_path):
     assert (structure.ngf, structure.spade_hidden, structure.spade_kernel_size, channels, z_dim) == (4, 8, 3, 9, None)
     loaded = load_official_generator(path, 9, (64, 64))  # published defaults as the base, structure from the file
     assert loaded.fc.out_channels == 64
+
+
+def test_wrapper_prefixes_stripped_with_their_version_metadata():
+    G = build_generator(TINY, 9, (64, 64))
+    wrapped = torch.nn.DataParallel(G).state_dict()  # keys "module.head_0...." as DataParallel saves them
+    stripped = strip_wrapper_prefixes(wrapped)
+    assert list(stripped) == list(G.state_dict())
+    assert stripped._metadata["head_0.conv_0"] == G.state_dict()._metadata["head_0.conv_0"]  # spectral norm version
+    load_state_dict_exactly(build_generator(TINY, 9, (64, 64)), wrapped, "wrapped")
 
 
 def test_official_wrong_channel_count_names_file_and_both_counts(tmp_path):

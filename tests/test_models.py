@@ -86,6 +86,7 @@ def test_vae_generator_draws_z_on_seg_device_and_dtype_and_uses_given_z():
         torch.manual_seed(0)
         assert torch.equal(first, G(seg))
         assert not torch.equal(first, G(seg))  # a fresh z each call
+        assert G.double()(seg.double()).dtype == torch.float64  # z drawn in seg's dtype
 
 
 def test_generator_size_not_multiple_of_upsampling_is_a_clear_error():

@@ -20,6 +20,7 @@ import dataclasses
 import os
 import pickle
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -66,17 +67,28 @@ def read_torch_file(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from err
 
 
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
 def strip_wrapper_prefixes(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Keys without a leading ``module.`` (DataParallel / DDP) or ``_orig_mod.`` (torch.compile)."""
-    stripped = {}
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        stripped[key] = value
+    """Keys without a leading ``module.`` (DataParallel / DDP) or ``_orig_mod.`` (torch.compile).
+
+    The per-module version metadata that ``state_dict()`` attaches is kept (re-keyed too):
+    PyTorch's loading hooks use it to convert files written by older versions.
+    """
+    stripped = OrderedDict((_strip(key), value) for key, value in state_dict.items())
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        stripped._metadata = OrderedDict(  # type: ignore[attr-defined]
+            (_strip(name + ".")[:-1] if name else name, value) for name, value in metadata.items()
+        )
     return stripped
 
 

@@ -27,7 +27,7 @@ ParamFreeNorm = Literal["instance", "batch", "syncbatch"]
 PARAM_FREE_NORMS: tuple[str, ...] = ("instance", "batch", "syncbatch")
 
 
-def make_param_free_norm(kind: str, channels: int) -> nn.Module:
+def make_param_free_norm(kind: ParamFreeNorm, channels: int) -> nn.Module:
     """The normalisation without learned affine parameters that SPADE / CLADE modulate.
 
     ``syncbatch`` is torch's own ``nn.SyncBatchNorm`` (the published default): it
@@ -51,7 +51,7 @@ class SPADE(nn.Module):
         self,
         norm_channels: int,
         label_channels: int,
-        param_free_norm: str = "syncbatch",
+        param_free_norm: ParamFreeNorm = "syncbatch",
         kernel_size: int = 3,
         hidden_channels: int = 128,
     ) -> None:
@@ -96,7 +96,7 @@ class CLADE(nn.Module):
         self,
         norm_channels: int,
         label_channels: int,
-        param_free_norm: str = "syncbatch",
+        param_free_norm: ParamFreeNorm = "syncbatch",
     ) -> None:
         super().__init__()
         self.param_free_norm = make_param_free_norm(param_free_norm, norm_channels)
