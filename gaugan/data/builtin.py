@@ -333,8 +333,10 @@ def _render(rng: np.random.Generator, canvas: _Canvas, horizon: float, style_nam
     label = canvas.label
     style = _STYLES[style_name]
 
-    def jitter(colour, amount=0.04):
-        return np.clip(np.asarray(colour) + rng.normal(0, amount, 3), 0, 1.1)
+    def jitter(colour, amount=0.04, hue=True):
+        """Random colour shift; ``hue=False`` keeps it mostly in brightness (greys stay grey)."""
+        shift = rng.normal(0, amount, 3) if hue else rng.normal(0, amount) + rng.normal(0, amount / 4, 3)
+        return np.clip(np.asarray(colour) + shift, 0, 1.1)
 
     top, horizon_colour, light = jitter(style["top"]), jitter(style["horizon"]), jitter(style["light"], 0.03)
     grass_colour, tree_colour, bush_colour = (jitter(c, 0.05) for c in _SEASONS[season_name])
@@ -350,13 +352,13 @@ def _render(rng: np.random.Generator, canvas: _Canvas, horizon: float, style_nam
     depth = np.clip((yy - horizon) / max(height - horizon, 1), 0, 1)  # 0 at the horizon, 1 at the bottom
 
     colour = np.zeros((10, 3))
-    colour[CLOUD] = jitter(style["cloud"], 0.02)
-    colour[MOUNTAIN] = 0.72 * jitter((0.45, 0.41, 0.38), 0.05)
-    colour[SNOW] = jitter((0.94, 0.95, 1.0), 0.02)
+    colour[CLOUD] = jitter(style["cloud"], 0.03, hue=False)
+    colour[MOUNTAIN] = 0.72 * jitter((0.45, 0.41, 0.38), 0.05, hue=False)
+    colour[SNOW] = jitter((0.94, 0.95, 1.0), 0.02, hue=False)
     colour[WATER] = jitter((0.10, 0.30, 0.50), 0.04)
-    colour[SAND] = jitter((0.86, 0.76, 0.54), 0.04)
+    colour[SAND] = jitter((0.86, 0.76, 0.54), 0.04, hue=False)
     colour[GRASS], colour[TREE], colour[BUSH] = grass_colour, tree_colour, bush_colour
-    colour[ROCK] = jitter((0.50, 0.50, 0.50), 0.05)
+    colour[ROCK] = jitter((0.50, 0.49, 0.47), 0.06, hue=False)
     sky_mix_of_class = np.zeros(10)
     sky_mix_of_class[[SKY, CLOUD, MOUNTAIN]] = 1.0, 0.12, 0.28
 
@@ -398,7 +400,8 @@ def _render(rng: np.random.Generator, canvas: _Canvas, horizon: float, style_nam
 
     # Every instance a slightly different shade; light falls on everything but the sky;
     # the ground fades towards the horizon colour near the horizon (aerial perspective).
-    instance_jitter = 1 + rng.normal(0, 0.06, (canvas.next_id + 1, 3))
+    # (mostly brightness: a per-channel cast would turn grey rocks purple)
+    instance_jitter = 1 + rng.normal(0, 0.07, (canvas.next_id + 1, 1)) + rng.normal(0, 0.012, (canvas.next_id + 1, 3))
     factor = instance_jitter[canvas.instance] * np.where((label == SKY)[..., None], 1.0, light)
     haze = (0.3 * (1 - depth) ** 4 * (yy >= horizon))[..., None]
     image = image * factor * (1 - haze) + horizon_colour * haze
