@@ -1,0 +1,219 @@
+"""Synthesise every validation label map: the images that FID and mIoU are computed on.
+
+Paper section 4: the generator, in eval mode, turns each validation label map into a
+photo; those photos are scored against the real validation photos. This module writes
+them as PNGs named after the label maps' stems, plus a sample grid (label | generated |
+real), from any generator :func:`gaugan.models.loading.load_generator` reads (one of our
+checkpoints, EMA weights preferred, or an official ``latest_net_G.pth``).
+
+VAE generators (paper section 3.3) need a z per image. By default it comes from the prior
+N(0, I) with a fixed seed, and z for image ``i`` depends only on ``(seed, i)``, so the
+images do not change with the batch size or the device (REFERENCE.md section 4: never
+evaluate by encoding the ground-truth photo). With a style image, every z is sampled from
+the encoder's posterior for that one photo.
+
+Everything is written into a temporary folder that replaces the output folder at the
+end: an interrupted run leaves the previous complete set, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from gaugan.data.classes import label_palette
+from gaugan.data.io import DataError, atomic_save_png
+from gaugan.data.registry import DatasetSpec
+from gaugan.data.semantic import semantic_input
+from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
+from gaugan.models.encoder import ConvEncoder
+from gaugan.models.loading import LoadedGenerator
+
+GRID_ROWS = 8
+
+
+class GenerationError(ValueError):
+    """The generator and the store do not fit together, or the outputs cannot be written."""
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    output_dir: Path
+    num_images: int
+    seconds: float
+    weights: str  # which weights generated: "G_ema", "G", "latest_net_G"
+    latent: str  # how z was chosen (VAE), or "none"
+
+    @property
+    def images_per_s(self) -> float:
+        return self.num_images / max(self.seconds, 1e-9)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "output_dir": str(self.output_dir),
+            "num_images": self.num_images,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.images_per_s, 2),
+            "weights": self.weights,
+            "latent": self.latent,
+        }
+
+
+def split_stems(store_dir: str | os.PathLike, split: str = "val") -> list[str]:
+    """The file stems of a store split, in store order (generated PNGs are named after them)."""
+    path = Path(store_dir) / split / "stems.json"
+    try:
+        stems = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: the store has no stem list for split {split!r}; re-run the preprocess stage") from err
+    if len(set(stems)) != len(stems):
+        raise DataError(f"{path}: duplicate stems in split {split!r}; generated files would overwrite each other")
+    return stems
+
+
+def check_generator_fits_store(loaded: LoadedGenerator, store_spec: DatasetSpec, store_dir: Path) -> None:
+    """The generator must take the store's label channels and produce its image size."""
+    if loaded.spec.label_channels != store_spec.label_channels or loaded.spec.image_size != store_spec.image_size:
+        raise GenerationError(
+            f"{loaded.path}: the generator was built for {loaded.spec.label_channels} label channels at "
+            f"{loaded.spec.image_size[0]}x{loaded.spec.image_size[1]} (dataset {loaded.spec.name!r}), but the store "
+            f"{store_dir} holds {store_spec.label_channels} channels at {store_spec.image_size[0]}x"
+            f"{store_spec.image_size[1]} (dataset {store_spec.name!r}); check data.dataset and the data size settings"
+        )
+
+
+def latent_for(indices: Tensor, z_dim: int, seed: int) -> Tensor:
+    """(B, z_dim) N(0, 1) samples, row ``b`` a function of ``(seed, indices[b])`` only."""
+    rows = [
+        torch.randn(z_dim, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(index)))
+        for index in indices.tolist()
+    ]
+    return torch.stack(rows)
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """(B, 3, H, W) in [-1, 1] -> uint8 (B, 3, H, W) on the CPU, rounded as saved PNGs are."""
+    return images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()
+
+
+def sample_grid(labels: Tensor, generated: Tensor, real: Tensor, num_label_values: int, dataset: str) -> Image.Image:
+    """Rows of (coloured label map | generated | real) from uint8 images and label indices."""
+    palette = label_palette(num_label_values, dataset)
+    colour = palette[labels.long().numpy()]  # (B, H, W, 3)
+    rows = [
+        np.concatenate([c, g.permute(1, 2, 0).numpy(), r.permute(1, 2, 0).numpy()], axis=1)
+        for c, g, r in zip(colour, generated, real)
+    ]
+    return Image.fromarray(np.concatenate(rows, axis=0))
+
+
+@torch.no_grad()
+def generate_split(
+    loaded: LoadedGenerator,
+    store_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    device: torch.device,
+    batch_size: int,
+    seed: int = 0,
+    split: str = "val",
+    style: Tensor | None = None,
+    encoder: ConvEncoder | None = None,
+    grid_path: str | os.PathLike | None = None,
+    num_workers: int = 0,
+) -> GenerationResult:
+    """Generate one PNG per label map of ``split``; returns what was done.
+
+    ``style`` ((1, 3, H, W) in [-1, 1]) with its ``encoder``: z from the encoder's
+    posterior for that photo. Otherwise, VAE generators draw z from the prior (``seed``).
+    """
+    store_dir, output_dir = Path(store_dir), Path(output_dir)
+    store_spec = spec_from_manifest(read_manifest(store_dir))
+    check_generator_fits_store(loaded, store_spec, store_dir)
+    stems = split_stems(store_dir, split)
+    dataset = StoreDataset(store_dir, split, store_spec, train=False)
+    if len(stems) != len(dataset):
+        raise DataError(f"{store_dir / split}: {len(stems)} stems for {len(dataset)} items; re-run the preprocess stage")
+    if style is not None and loaded.z_dim is None:
+        raise GenerationError(f"{loaded.path}: a style image needs a VAE generator (encoder.use_vae=true); this one is not")
+    if style is not None and encoder is None:
+        raise GenerationError("a style image needs the style encoder of the checkpoint")
+
+    generator = loaded.generator.to(device).eval()
+    mu = logvar = None
+    if style is not None:
+        mu, logvar = encoder.to(device).eval()(style.to(device))
+    latent = "none (not a VAE generator)"
+    if loaded.z_dim is not None:
+        latent = (f"posterior of the style image (encoder mean/variance), seed {seed}" if style is not None
+                  else f"prior N(0, I), seed {seed}, z of image i from (seed, i)")
+
+    tmp_dir = output_dir.with_name(f".{output_dir.name}.tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    grid_rows: list[tuple[Tensor, Tensor, Tensor]] = []
+    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers)
+    start = time.perf_counter()
+    count = 0
+    for batch in loader:
+        label = batch["label"].to(device, non_blocking=True)
+        instance = batch.get("instance")
+        seg = semantic_input(label, store_spec.num_label_values,
+                             instance.to(device, non_blocking=True) if instance is not None else None)
+        z = None
+        if loaded.z_dim is not None:
+            if mu is None:
+                z = latent_for(batch["index"], loaded.z_dim, seed).to(device)
+            else:
+                # The encoder's reparameterisation, z = mu + eps * exp(logvar / 2), with the
+                # per-image noise of latent_for so the images do not depend on the batching.
+                z = mu + latent_for(batch["index"], loaded.z_dim, seed).to(device) * torch.exp(0.5 * logvar)
+        fake = to_uint8(generator(seg, z))
+        for image, index in zip(fake, batch["index"].tolist()):
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_dir / f"{stems[index]}.png", format="PNG")
+        count += fake.shape[0]
+        if grid_path is not None and sum(len(rows[0]) for rows in grid_rows) < GRID_ROWS:
+            grid_rows.append((batch["label"], fake, batch["image"]))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+
+    if output_dir.exists():
+        old = output_dir.with_name(f".{output_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(output_dir, old)
+        os.replace(tmp_dir, output_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp_dir, output_dir)
+
+    if grid_path is not None and grid_rows:
+        labels, fakes, reals = (torch.cat(parts)[:GRID_ROWS] for parts in zip(*grid_rows))
+        atomic_save_png(sample_grid(labels, fakes, reals, store_spec.num_label_values, store_spec.name), grid_path)
+    return GenerationResult(output_dir, count, seconds, loaded.weights, latent)
+
+
+def read_generated(output_dir: Path, stems: list[str], size: tuple[int, int]) -> Tensor:
+    """The generated PNGs for ``stems`` as uint8 (B, 3, H, W); a missing or wrong-size file is an error."""
+    images = []
+    for stem in stems:
+        path = output_dir / f"{stem}.png"
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        except FileNotFoundError as err:
+            raise DataError(f"{path}: generated image missing; run the generate stage (python -m stages.generate)") from err
+        if array.shape[:2] != tuple(size):
+            raise DataError(f"{path}: generated image is {array.shape[1]}x{array.shape[0]} (WxH), expected "
+                            f"{size[1]}x{size[0]}; re-run the generate stage")
+        images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
+    return torch.stack(images)

@@ -1,0 +1,105 @@
+"""Segmenter stage: train the pipeline's own segmenter where no published one exists.
+
+Paper section 4 scores generated images with a segmenter trained on real photos. For the
+built-in and custom datasets (``evaluate.segmenter`` 'trained', or 'auto' on a dataset
+without a published segmenter) this stage trains the compact U-Net of
+:mod:`gaugan.segmenters.trained` on the real training images of the store and measures
+it on the real validation images: that mIoU is the ceiling reported next to the
+generated one. Otherwise (the paper's datasets under 'auto', or 'published' / 'none') it
+trains nothing and says so in its report.
+
+DVC:
+  params: data.dataset, data.processed_dir, data.num_workers, data.flip, train.device,
+          segmenter, evaluate.segmenter, evaluate.batch_size, tracking
+  deps:   ${data.processed_dir}, gaugan code it imports
+  outs:   ${segmenter.checkpoint_dir} (folder: segmenter.pt when trained, segmenter.json always)
+  metrics: reports/segmenter.json (cache: false)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from gaugan.config import Config, flatten
+from gaugan.data.classes import class_names
+from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
+from gaugan.evaluate import choose_segmenter, percent, real_image_scores
+from gaugan.segmenters.trained import SEGMENTER_FILE, save_trained_segmenter, train_segmenter
+from gaugan.train.distributed import resolve_device
+from pipeline.params import load_config, repo_root
+from pipeline.tracking import open_run
+
+REPORT_PATH = "reports/segmenter.json"
+STATUS_FILE = "segmenter.json"
+
+
+def write_json(payload: dict[str, Any], *paths: Path) -> None:
+    text = json.dumps(payload, indent=2) + "\n"
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+def run(cfg: Config, root: Path) -> None:
+    store_dir = root / cfg.data.processed_dir
+    spec = spec_from_manifest(read_manifest(store_dir))
+    out_dir = root / cfg.segmenter.checkpoint_dir
+    checkpoint = out_dir / SEGMENTER_FILE
+    resolved = choose_segmenter(cfg.evaluate.segmenter, spec.name)
+    if resolved != "trained":
+        checkpoint.unlink(missing_ok=True)  # never leave a stale segmenter that evaluation could pick up
+        write_json(
+            {"trained": False, "dataset": spec.name,
+             "reason": f"evaluate.segmenter is {cfg.evaluate.segmenter!r}: dataset {spec.name!r} is scored with "
+                       f"the {resolved!r} segmenter, nothing to train"},
+            out_dir / STATUS_FILE, root / REPORT_PATH,
+        )
+        print(f"segmenter: nothing to train for {spec.name!r} (evaluate.segmenter={cfg.evaluate.segmenter!r})")
+        return
+
+    device = resolve_device(cfg.train.device)
+    names = class_names(spec)[: spec.label_nc]
+    train_set = StoreDataset(store_dir, "train", spec, train=True, seed=cfg.segmenter.seed, flip=cfg.data.flip)
+    loader = make_loader(train_set, cfg.segmenter.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
+                         seed=cfg.segmenter.seed, pin_memory=device.type == "cuda")
+    with open_run(cfg, root, "segmenter") as tracker:
+        tracker.log_params(flatten({"segmenter": dataclasses.asdict(cfg.segmenter)}))
+        start = time.perf_counter()
+        segmenter = train_segmenter(loader, spec, cfg.segmenter, device, names, report=tracker.log_metrics)
+        train_seconds = time.perf_counter() - start
+        ceiling = real_image_scores(segmenter, store_dir, spec, device, cfg.evaluate.batch_size)
+        summary = {
+            "trained": True,
+            "dataset": spec.name,
+            "real_miou": percent(ceiling.miou),
+            "real_accuracy": percent(ceiling.accuracy),
+            "per_class_iou": {
+                name: (None if iou is None else round(100 * iou, 2))
+                for name, iou in zip(segmenter.class_names(), ceiling.per_class_iou)
+            },
+            "num_train_images": len(train_set),
+            "num_val_images": len(StoreDataset(store_dir, "val", spec)),
+            "train_seconds": round(train_seconds, 1),
+            "device": str(device),
+            "protocol": segmenter.protocol(),
+            "config": dataclasses.asdict(cfg.segmenter),
+        }
+        save_trained_segmenter(segmenter, checkpoint, {"report": summary})
+        write_json(summary, out_dir / STATUS_FILE, root / REPORT_PATH)
+        numbers = {"segmenter/real_miou": summary["real_miou"], "segmenter/real_accuracy": summary["real_accuracy"],
+                   "time/segmenter_seconds": train_seconds}
+        tracker.log_metrics({key: value for key, value in numbers.items() if value is not None})
+        tracker.log_artifact(root / REPORT_PATH)
+    print(f"segmenter: real-image mIoU {summary['real_miou']}%, accuracy {summary['real_accuracy']}% "
+          f"({train_seconds:.0f} s on {device})")
+
+
+if __name__ == "__main__":
+    run(load_config(), repo_root())

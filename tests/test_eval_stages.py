@@ -1,0 +1,251 @@
+"""The segmenter, generate and evaluate stages end to end on a tiny built-in dataset, with a
+tiny generator checkpoint in the gaugan-checkpoint-v1 format; FID's unavailable path (an
+empty TORCH_HOME) and its computed path (a stand-in feature extractor, tests only); MLflow
+logging into the training run; VAE latents independent of the batching; error paths."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gaugan.config import Config, config_to_dict, replace
+from gaugan.data.io import DataError
+from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.evaluate import evaluate, fid_statistics_path
+from gaugan.generate import GenerationError, generate_split, split_stems
+from gaugan.metrics.fid import FID_WEIGHTS_URL, WeightsLookup
+from gaugan.models import build_encoder, build_generator
+from gaugan.models.loading import load_encoder, load_generator
+from stages import download as download_stage
+from stages import evaluate as evaluate_stage
+from stages import generate as generate_stage
+from stages import preprocess as preprocess_stage
+from stages import segmenter as segmenter_stage
+
+CPU = torch.device("cpu")
+
+
+def write_generator_checkpoint(cfg: Config, spec, path: Path, use_vae: bool = False, seed: int = 0) -> Path:
+    """A tiny untrained generator in the gaugan-checkpoint-v1 layout of docs/ARCHITECTURE.md."""
+    torch.manual_seed(seed)
+    if use_vae:
+        cfg = replace(cfg, encoder={"use_vae": True})
+    z_dim = cfg.encoder.z_dim if use_vae else None
+    generator = build_generator(cfg.generator, spec.label_channels, spec.image_size, z_dim)
+    ema = build_generator(cfg.generator, spec.label_channels, spec.image_size, z_dim)
+    models = {"G": generator.state_dict(), "G_ema": ema.state_dict()}
+    if use_vae:
+        models["E"] = build_encoder(cfg.encoder).state_dict()
+    payload = {"format": "gaugan-checkpoint-v1", "config": config_to_dict(cfg), "spec": dataclasses.asdict(spec),
+               "models": models, "progress": {"epoch": 1, "step": 2, "batch_in_epoch": 0}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Raw landscapes (10 train, 5 val, 32x32) and their store, made by the real stages."""
+    root = tmp_path_factory.mktemp("evalroot")
+    base = Config()
+    cfg = replace(
+        base,
+        data={"builtin": {"num_train": 10, "num_val": 5, "size": 32, "seed": 0}, "num_workers": 0,
+              "root": "data/raw", "processed_dir": "data/processed"},
+        generator={"ngf": 4, "spade_hidden": 8, "param_free_norm": "batch"},
+        encoder={"nef": 4, "z_dim": 8},
+        train={"device": "cpu", "checkpoint_dir": "checkpoints/train"},
+        segmenter={"width": 4, "num_epochs": 2, "batch_size": 5},
+        evaluate={"batch_size": 2, "output_dir": "outputs/generated"},
+        tracking={"enabled": False},
+    )
+    download_stage.run(cfg, root, progress=False)
+    preprocess_stage.run(cfg, root)
+    spec = spec_from_manifest(read_manifest(root / cfg.data.processed_dir))
+    write_generator_checkpoint(cfg, spec, root / cfg.train.checkpoint_dir / "generator.pt")
+    return root, cfg, spec
+
+
+def test_stages_end_to_end_with_fid_unavailable(workspace, tmp_path, monkeypatch):
+    root, cfg, spec = workspace
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    segmenter_stage.run(cfg, root)
+    segmenter_report = json.loads((root / "reports" / "segmenter.json").read_text())
+    assert segmenter_report["trained"] is True and segmenter_report["num_train_images"] == 10
+    assert 0 <= segmenter_report["real_miou"] <= 100 and (root / "checkpoints/segmenter/segmenter.pt").is_file()
+    assert set(segmenter_report["per_class_iou"]) == {"sky", "cloud", "mountain", "snow", "water", "sand", "grass",
+                                                      "tree", "rock", "bush"}
+
+    generate_stage.run(cfg, root)
+    stems = split_stems(root / cfg.data.processed_dir)
+    written = sorted(p.name for p in (root / cfg.evaluate.output_dir).iterdir())
+    assert written == sorted(f"{stem}.png" for stem in stems) and len(stems) == 5
+    assert Image.open(root / cfg.evaluate.output_dir / f"{stems[0]}.png").size == (32, 32)
+    grid = Image.open(root / "reports" / "generated_grid.png")
+    assert grid.size == (3 * 32, 5 * 32)  # label | generated | real, one row per image (5 < 8)
+    generation = json.loads((root / "reports" / "generation.json").read_text())
+    assert generation["weights"] == "G_ema" and generation["num_images"] == 5 and generation["checkpoint_source"] == "gaugan"
+
+    evaluate_stage.run(cfg, root)
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    assert metrics["fid"] is None and metrics["fid_status"] == "unavailable"
+    assert FID_WEIGHTS_URL in metrics["fid_reason"] and "evaluate.fid_weights" in metrics["fid_reason"]
+    assert 0 <= metrics["miou"] <= 100 and 0 <= metrics["accuracy"] <= 100
+    assert metrics["real_miou"] == segmenter_report["real_miou"]  # the same segmenter, the same real photos
+    assert metrics["segmentation_status"] == "ok"
+    protocol = metrics["protocol"]
+    assert protocol["num_images"] == 5 and protocol["resolution"].startswith("32x32")
+    assert protocol["segmenter"]["resolved"] == "trained" and "class_mapping" in protocol["segmenter"]
+    assert protocol["fid"]["pytorch_fid_version"] == "0.3.0" and protocol["comparable_to_paper"] is False
+    assert protocol["generation"]["weights"] == "G_ema" and protocol["units"]["miou"] == "percent"
+    with open(root / "reports" / "per_class_iou.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["class_name"] for row in rows][:3] == ["sky", "cloud", "mountain"] and len(rows) == 10
+    assert not (root / cfg.evaluate.fid_stats_dir).exists()  # nothing computed without the weights
+
+
+def test_evaluate_logs_into_the_training_run(workspace, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import open_run, write_run_file
+
+    root, cfg, _ = workspace
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    tracked = replace(cfg, tracking={"enabled": True}, segmenter={"checkpoint_dir": "checkpoints/segmenter_tracked"},
+                      evaluate={"segmenter": "none"})
+    with open_run(tracked, root, "train") as tracker:  # stands in for the train stage
+        write_run_file(tracker, root / tracked.train.checkpoint_dir / "run.json")
+        run_id = tracker.run_id
+    segmenter_stage.run(tracked, root)  # 'none': trains nothing, says so
+    status = json.loads((root / "checkpoints/segmenter_tracked/segmenter.json").read_text())
+    assert status["trained"] is False and "'none'" in status["reason"]
+    assert not (root / "checkpoints/segmenter_tracked/segmenter.pt").exists()
+    generate_stage.run(tracked, root)
+    evaluate_stage.run(tracked, root)
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    assert metrics["miou"] is None and metrics["segmentation_status"] == "disabled"
+    with open(root / "reports" / "per_class_iou.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 0
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
+    assert run.data.tags["evaluate.fid_status"] == "unavailable"
+    assert run.data.tags["evaluate.pytorch_fid_version"] == "0.3.0"
+    assert run.data.params["evaluate.segmenter"] == "none" and run.info.status == "FINISHED"
+    assert "fid/val" not in run.data.metrics  # unavailable is never logged as a number
+    (root / tracked.train.checkpoint_dir / "run.json").unlink()
+
+
+def stand_in_extractor(weights: Path, device: torch.device):
+    """Tests only: a fixed tiny feature map instead of Inception (never called FID outside tests)."""
+    projection = torch.randn(3 * 4 * 4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def extract(images):
+        pooled = torch.nn.functional.adaptive_avg_pool2d(images.double() / 255, 4)
+        return pooled.reshape(images.shape[0], -1) @ projection
+
+    return extract
+
+
+def test_fid_computed_and_real_statistics_cached(workspace, tmp_path):
+    root, cfg, spec = workspace
+    store, generated = root / cfg.data.processed_dir, tmp_path / "generated"
+    loaded = load_generator(root / cfg.train.checkpoint_dir / "generator.pt", spec, device=CPU)
+    generate_split(loaded, store, generated, CPU, batch_size=3)
+    weights = WeightsLookup(tmp_path / "stand_in.pth", "")
+    arguments = dict(spec=spec, store_dir=store, generated_dir=generated, device=CPU, batch_size=2,
+                     segmenter_choice="none", segmenter_weights_dir=tmp_path, trained_segmenter_path=tmp_path / "x.pt",
+                     fid_weights=weights, fid_stats_dir=tmp_path / "fid_stats", make_extractor=stand_in_extractor)
+    first = evaluate(**arguments)
+    assert first.metrics["fid_status"] == "ok" and first.metrics["fid"] > 0
+    assert fid_statistics_path(tmp_path / "fid_stats", spec).name == "landscapes_32x32.npz"
+    assert fid_statistics_path(tmp_path / "fid_stats", spec).is_file()
+    assert first.metrics["protocol"]["fid"]["real_statistics_cached"] is False
+    second = evaluate(**arguments)
+    assert second.metrics["protocol"]["fid"]["real_statistics_cached"] is True
+    assert second.metrics["fid"] == first.metrics["fid"]
+    assert second.tracking_metrics() == {"fid/val": second.metrics["fid"]}
+    # real photos scored as "generated": the distance to themselves is zero
+    real_as_generated = tmp_path / "real_as_generated"
+    real_as_generated.mkdir()
+    images = np.load(store / "val" / "images.npy")
+    for stem, image in zip(split_stems(store), images):
+        Image.fromarray(image).save(real_as_generated / f"{stem}.png")
+    same = evaluate(**{**arguments, "generated_dir": real_as_generated})
+    assert same.metrics["fid"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_vae_latents_do_not_depend_on_batching_and_style_images_work(workspace, tmp_path):
+    root, cfg, spec = workspace
+    store = root / cfg.data.processed_dir
+    path = write_generator_checkpoint(cfg, spec, tmp_path / "vae.pt", use_vae=True)
+    loaded = load_generator(path, spec, device=CPU)
+    assert loaded.z_dim == 8
+    one = generate_split(loaded, store, tmp_path / "one", CPU, batch_size=1, seed=3)
+    three = generate_split(loaded, store, tmp_path / "three", CPU, batch_size=3, seed=3)
+    other_seed = generate_split(loaded, store, tmp_path / "other", CPU, batch_size=3, seed=4)
+    assert "prior" in one.latent and one.num_images == 5
+    for stem in split_stems(store):
+        a, b = (np.asarray(Image.open(d / f"{stem}.png")) for d in (tmp_path / "one", tmp_path / "three"))
+        assert np.array_equal(a, b)
+    stem = split_stems(store)[0]
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "one" / f"{stem}.png")),
+                              np.asarray(Image.open(tmp_path / "other" / f"{stem}.png")))
+    style = torch.rand(1, 3, 32, 32) * 2 - 1
+    styled = generate_split(loaded, store, tmp_path / "styled", CPU, batch_size=2, style=style,
+                            encoder=load_encoder(path, CPU))
+    assert "posterior of the style image" in styled.latent
+    plain = load_generator(root / cfg.train.checkpoint_dir / "generator.pt", spec, device=CPU)
+    with pytest.raises(GenerationError, match="needs a VAE generator"):
+        generate_split(plain, store, tmp_path / "x", CPU, batch_size=2, style=style)
+
+
+def test_generation_replaces_the_previous_set_atomically(workspace, tmp_path):
+    root, cfg, spec = workspace
+    store, out = root / cfg.data.processed_dir, tmp_path / "generated"
+    out.mkdir()
+    (out / "stale.png").write_bytes(b"from an older run")
+    loaded = load_generator(root / cfg.train.checkpoint_dir / "generator.pt", spec, device=CPU)
+    generate_split(loaded, store, out, CPU, batch_size=4)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.png" for s in split_stems(store))
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_generator_for_another_dataset_is_a_clear_error(workspace, tmp_path):
+    root, cfg, spec = workspace
+    other = dataclasses.replace(spec, label_nc=5)
+    path = write_generator_checkpoint(cfg, other, tmp_path / "other.pt")
+    loaded = load_generator(path, spec, device=CPU)
+    with pytest.raises(GenerationError, match=r"6 label channels.*11 channels.*data.dataset"):
+        generate_split(loaded, root / cfg.data.processed_dir, tmp_path / "out", CPU, batch_size=2)
+
+
+def test_missing_generated_images_are_a_clear_error(workspace, tmp_path):
+    root, cfg, spec = workspace
+    with pytest.raises(DataError, match="generated image missing; run the generate stage"):
+        evaluate(spec, root / cfg.data.processed_dir, tmp_path / "nothing", CPU, 2, "none", tmp_path,
+                 tmp_path / "x.pt", WeightsLookup(tmp_path / "w.pth", ""), tmp_path / "stats",
+                 make_extractor=stand_in_extractor)
+
+
+def test_published_segmenter_missing_under_auto_is_recorded_not_fatal(workspace, tmp_path, monkeypatch):
+    """'auto' on a paper dataset without the weight file: mIoU unavailable with the reason;
+    'published' asked for explicitly: an error."""
+    from gaugan.evaluate import segmentation_outcome
+    from gaugan.segmenters.published import SegmenterWeightsError
+
+    root, cfg, spec = workspace
+    cityscapes_like = dataclasses.replace(spec, name="cityscapes")
+    outcome = segmentation_outcome("auto", cityscapes_like, root, tmp_path, CPU, 2, tmp_path / "weights",
+                                   tmp_path / "x.pt", download=None)
+    assert outcome.status == "unavailable" and "drn_d_105_cityscapes.pth" in outcome.reason
+    with pytest.raises(SegmenterWeightsError):
+        segmentation_outcome("published", cityscapes_like, root, tmp_path, CPU, 2, tmp_path / "weights",
+                             tmp_path / "x.pt", download=None)
