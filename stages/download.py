@@ -66,10 +66,10 @@ def run(cfg: Config, root: Path, resources: dict[str, tuple[Resource, ...]] | No
     elif data.dataset == "cityscapes":
         marker = locate_cityscapes(folder, progress=progress)
     else:
-        after = None
-        if data.dataset == "coco":
-            def after(coco_dir: Path) -> dict:
-                return build_instance_maps(coco_dir, num_workers=data.num_workers, progress=progress)
+        def build_coco_instances(coco_dir: Path) -> dict:
+            return build_instance_maps(coco_dir, num_workers=data.num_workers, progress=progress)
+
+        after = build_coco_instances if data.dataset == "coco" else None
         marker = download_dataset(data.dataset, folder, resources, progress=progress, after_extract=after)
         if data.dataset == "ade20k_outdoor":
             marker["note"] = "ADE20K-outdoor is a filter over this ADE20K download; not comparable to the paper"

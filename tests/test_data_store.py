@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from gaugan.config import replace
 from gaugan.data.builtin import write_landscapes
 from gaugan.data.io import DataError
 from gaugan.data.registry import DatasetSpec

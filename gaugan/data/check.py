@@ -91,7 +91,7 @@ def infer_num_classes(pairs: list[Pair], dontcare_value: int | None, num_workers
     """max label value + 1 over the given label maps, the don't-care value excluded."""
     problems: list[str] = []
     highest = -1
-    for path, result in zip((p.label for p in pairs), parallel_map(_max_label, [(p.label, dontcare_value) for p in pairs], num_workers)):
+    for result in parallel_map(_max_label, [(p.label, dontcare_value) for p in pairs], num_workers):
         if isinstance(result, str):
             problems.append(result)
         else:
