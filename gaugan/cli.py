@@ -153,6 +153,42 @@ def bench_loader_command(
 
 # ---- evaluation (issue 5) ----
 
+
+@app.command("evaluate")
+def evaluate_command(
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="generator to score: one of ours or an official latest_net_G.pth "
+                                   "(default: evaluate.checkpoint, else <train.checkpoint_dir>/generator.pt)"),
+    overrides: list[str] = typer.Option([], "-S", "--set", help="params override section.key=value (repeatable)"),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="the parameters file"),
+) -> None:
+    """Generate the validation set and score it (FID, mIoU, accuracy): the generate and evaluate
+    stages outside DVC, e.g. `gaugan evaluate --checkpoint latest_net_G.pth -S data.dataset=ade20k`
+    after `dvc repro preprocess`, to re-measure the paper's Table 1. Writes reports/metrics.json."""
+    from gaugan.config import ConfigError
+    from gaugan.data.io import DataError
+    from gaugan.generate import GenerationError
+    from gaugan.models.official import CheckpointError
+    from gaugan.segmenters.published import SegmenterWeightsError
+    from gaugan.segmenters.trained import SegmenterCheckpointError
+    from pipeline.params import load_config, repo_root
+    from stages import evaluate as evaluate_stage
+    from stages import generate as generate_stage
+
+    if checkpoint is not None:
+        overrides = [*overrides, f"evaluate.checkpoint={checkpoint.resolve()}"]
+    try:
+        cfg = load_config(params, overrides)
+        root = repo_root()
+        generate_stage.run(cfg, root)
+        evaluate_stage.run(cfg, root)
+    except (ConfigError, DataError, CheckpointError, GenerationError, SegmenterWeightsError,
+            SegmenterCheckpointError) as err:
+        _fail(str(err))
+    metrics = json.loads((root / evaluate_stage.METRICS_PATH).read_text())
+    typer.echo(json.dumps({key: metrics[key] for key in ("fid", "miou", "accuracy", "real_miou", "real_accuracy",
+                                                         "fid_status", "segmentation_status")}))
+
 # ---- pipeline (issue 6): import-checkpoint, classes, ui, link-experiments ----
 # pipeline/ (MLflow, DVC, YAML) is imported inside the commands: the library itself never
 # imports it, and `gaugan --help` stays fast.

@@ -249,3 +249,26 @@ def test_published_segmenter_missing_under_auto_is_recorded_not_fatal(workspace,
     with pytest.raises(SegmenterWeightsError):
         segmentation_outcome("published", cityscapes_like, root, tmp_path, CPU, 2, tmp_path / "weights",
                              tmp_path / "x.pt", download=None)
+
+
+def test_cli_evaluate_scores_any_checkpoint(workspace, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from gaugan.cli import app
+    from pipeline.params import dump_config
+
+    root, cfg, spec = workspace
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    (root / "params.yaml").write_text(dump_config(replace(cfg, evaluate={"segmenter": "none"})))
+    other = write_generator_checkpoint(cfg, spec, tmp_path / "elsewhere" / "generator.pt", seed=5)
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(other), "-S", "evaluate.batch_size=3"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output.strip().splitlines()[-1])
+    assert printed["fid_status"] == "unavailable" and printed["segmentation_status"] == "disabled"
+    generation = json.loads((root / "reports" / "generation.json").read_text())
+    assert generation["checkpoint"] == str(other)
+    missing = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "nope.pt")])
+    assert missing.exit_code == 2 and "nope.pt: checkpoint file not found" in missing.output
+    bad = CliRunner().invoke(app, ["evaluate", "-S", "evaluate.batch_size=0"])
+    assert bad.exit_code == 2 and "evaluate.batch_size" in bad.output
