@@ -157,15 +157,19 @@ def segmentation_outcome(
 
 
 def _published_class_names(segmenter: Segmenter, spec: DatasetSpec) -> list[str]:
-    """Names in the segmenter's class space, from the dataset's stored-index names."""
-    from gaugan.data.classes import class_names
+    """Names in the segmenter's class space, from the names of the stored indices that map to them.
 
+    The dataset's full name list is used (ADE20K index 150 is "flag": with ADE20K's
+    convention index 0 is "other" and there is no separate don't-care index).
+    """
+    from gaugan.data.classes import CLASS_NAMES, class_names
+
+    known = CLASS_NAMES.get(spec.name, ())
     stored = class_names(spec)
-    table = segmenter.target_table.cpu().tolist() if hasattr(segmenter, "target_table") else []
     names = segmenter.class_names()
-    for index, target in enumerate(table):
-        if target != IGNORE_INDEX and target < len(names) and index < len(stored):
-            names[target] = stored[index]
+    for index, target in enumerate(segmenter.target_table.cpu().tolist()):
+        if target != IGNORE_INDEX and target < len(names):
+            names[target] = known[index] if index < len(known) else stored[index]
     return names
 
 

@@ -272,3 +272,37 @@ def test_cli_evaluate_scores_any_checkpoint(workspace, tmp_path, monkeypatch):
     assert missing.exit_code == 2 and "nope.pt: checkpoint file not found" in missing.output
     bad = CliRunner().invoke(app, ["evaluate", "-S", "evaluate.batch_size=0"])
     assert bad.exit_code == 2 and "evaluate.batch_size" in bad.output
+
+
+def test_published_segmenter_path_with_user_supplied_weights(workspace, tmp_path, monkeypatch):
+    """The published route end to end: the file at the documented path, strict loading, the
+    labelId -> trainId mapping, names in the segmenter's class space (a one-block-per-stage DRN
+    stands in for the 54 M-parameter one to keep the file small)."""
+    import functools
+
+    from gaugan.evaluate import _published_class_names, segmentation_outcome
+    from gaugan.segmenters import published
+    from gaugan.segmenters.drn import DRND105Cityscapes
+    from gaugan.segmenters.upernet import UperNet101
+
+    root, cfg, spec = workspace
+    entry = published.PUBLISHED_SEGMENTERS["drn_d_105_cityscapes"]
+    small = dataclasses.replace(entry, build=functools.partial(DRND105Cityscapes, blocks=(1,) * 8))
+    monkeypatch.setitem(published.PUBLISHED_SEGMENTERS, "drn_d_105_cityscapes", small)
+    weights = tmp_path / "weights"
+    target = published.weight_path(small, small.files[0], weights)
+    target.parent.mkdir(parents=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in small.build().network.state_dict().items()}}, target)
+    store = root / cfg.data.processed_dir
+    generated = tmp_path / "generated"
+    generate_split(load_generator(root / cfg.train.checkpoint_dir / "generator.pt", spec, device=CPU), store,
+                   generated, CPU, batch_size=5)
+    # the landscapes store under Cityscapes' name: label ids 7 and 8 are the only scored ones
+    outcome = segmentation_outcome("auto", dataclasses.replace(spec, name="cityscapes"), store, generated, CPU, 5,
+                                   weights, tmp_path / "x.pt", download=None)
+    assert outcome.status == "ok" and outcome.protocol["resolved"] == "published"
+    assert outcome.class_names[:2] == ["road", "sidewalk"] and len(outcome.class_names) == 19
+    scored = [i for i, iou in enumerate(outcome.real.per_class_iou) if outcome.real.ground_truth_pixels[i] > 0]
+    assert set(scored) <= {0, 1}
+    ade_names = _published_class_names(UperNet101((1, 1, 1, 1)), dataclasses.replace(spec, name="ade20k"))
+    assert ade_names[0] == "wall" and ade_names[149] == "flag"  # CSAIL class k-1 = ADE20K class k
