@@ -12,7 +12,7 @@ DVC:
   params: data.processed_dir, train.checkpoint_dir, train.device, segmenter.checkpoint_dir,
           evaluate, tracking
   deps:   ${data.processed_dir}, ${evaluate.output_dir}, reports/generation.json,
-          ${segmenter.checkpoint_dir}, gaugan code it imports
+          ${segmenter.checkpoint_dir}, reports/segmenter.json, gaugan code it imports
   outs:   ${evaluate.fid_stats_dir} (persist: true, cache: false: the real-image statistics
           are reused across runs and checked against a fingerprint of the images),
           reports/per_class_iou.csv
@@ -41,6 +41,7 @@ METRICS_PATH = "reports/metrics.json"
 PER_CLASS_PATH = "reports/per_class_iou.csv"
 GENERATION_REPORT = "reports/generation.json"
 GRID_PATH = "reports/generated_grid.png"
+SEGMENTER_REPORT = "reports/segmenter.json"
 
 
 def run(cfg: Config, root: Path) -> None:
@@ -89,6 +90,8 @@ def run(cfg: Config, root: Path) -> None:
         tracker.log_artifact(root / PER_CLASS_PATH, "evaluation")
         if (root / GRID_PATH).is_file():
             tracker.log_image(root / GRID_PATH, key="evaluation")
+        if (root / SEGMENTER_REPORT).is_file():
+            tracker.log_artifact(root / SEGMENTER_REPORT, "evaluation")
     shown = {key: report.metrics[key] for key in ("fid", "miou", "accuracy", "real_miou", "real_accuracy")}
     print(f"evaluate: {shown}")
     if report.metrics["fid_status"] != "ok":

@@ -5,12 +5,14 @@ built-in and custom datasets (``evaluate.segmenter`` 'trained', or 'auto' on a d
 without a published segmenter) this stage trains the compact U-Net of
 :mod:`gaugan.segmenters.trained` on the real training images of the store and measures
 it on the real validation images: that mIoU is the ceiling reported next to the
-generated one. Otherwise (the paper's datasets under 'auto', or 'published' / 'none') it
-trains nothing and says so in its report.
+generated one. The evaluate stage logs it, and this report, into the training run's
+MLflow entry; this stage opens no run of its own (it would be a row without results in
+the ablation tables). Otherwise (the paper's datasets under 'auto', or 'published' /
+'none') it trains nothing and says so in its report.
 
 DVC:
   params: data.dataset, data.processed_dir, data.num_workers, data.flip, train.device,
-          segmenter, evaluate.segmenter, evaluate.batch_size, tracking
+          segmenter, evaluate.segmenter, evaluate.batch_size
   deps:   ${data.processed_dir}, gaugan code it imports
   outs:   ${segmenter.checkpoint_dir} (folder: segmenter.pt when trained, segmenter.json always)
   metrics: reports/segmenter.json (cache: false)
@@ -25,14 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gaugan.config import Config, flatten
+from gaugan.config import Config
 from gaugan.data.classes import class_names
 from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
 from gaugan.evaluate import choose_segmenter, percent, real_image_scores
 from gaugan.segmenters.trained import SEGMENTER_FILE, save_trained_segmenter, train_segmenter
 from gaugan.train.distributed import resolve_device
 from pipeline.params import load_config, repo_root
-from pipeline.tracking import open_run
 
 REPORT_PATH = "reports/segmenter.json"
 STATUS_FILE = "segmenter.json"
@@ -69,34 +70,31 @@ def run(cfg: Config, root: Path) -> None:
     train_set = StoreDataset(store_dir, "train", spec, train=True, seed=cfg.segmenter.seed, flip=cfg.data.flip)
     loader = make_loader(train_set, cfg.segmenter.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
                          seed=cfg.segmenter.seed, pin_memory=device.type == "cuda")
-    with open_run(cfg, root, "segmenter") as tracker:
-        tracker.log_params(flatten({"segmenter": dataclasses.asdict(cfg.segmenter)}))
-        start = time.perf_counter()
-        segmenter = train_segmenter(loader, spec, cfg.segmenter, device, names, report=tracker.log_metrics)
-        train_seconds = time.perf_counter() - start
-        ceiling = real_image_scores(segmenter, store_dir, spec, device, cfg.evaluate.batch_size)
-        summary = {
-            "trained": True,
-            "dataset": spec.name,
-            "real_miou": percent(ceiling.miou),
-            "real_accuracy": percent(ceiling.accuracy),
-            "per_class_iou": {
-                name: (None if iou is None else round(100 * iou, 2))
-                for name, iou in zip(segmenter.class_names(), ceiling.per_class_iou)
-            },
-            "num_train_images": len(train_set),
-            "num_val_images": len(StoreDataset(store_dir, "val", spec)),
-            "train_seconds": round(train_seconds, 1),
-            "device": str(device),
-            "protocol": segmenter.protocol(),
-            "config": dataclasses.asdict(cfg.segmenter),
-        }
-        save_trained_segmenter(segmenter, checkpoint, {"report": summary})
-        write_json(summary, out_dir / STATUS_FILE, root / REPORT_PATH)
-        numbers = {"segmenter/real_miou": summary["real_miou"], "segmenter/real_accuracy": summary["real_accuracy"],
-                   "time/segmenter_seconds": train_seconds}
-        tracker.log_metrics({key: value for key, value in numbers.items() if value is not None})
-        tracker.log_artifact(root / REPORT_PATH)
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    segmenter = train_segmenter(loader, spec, cfg.segmenter, device, names,
+                                report=lambda metrics, step: history.append({"step": step, **metrics}))
+    train_seconds = time.perf_counter() - start
+    ceiling = real_image_scores(segmenter, store_dir, spec, device, cfg.evaluate.batch_size)
+    summary = {
+        "trained": True,
+        "dataset": spec.name,
+        "real_miou": percent(ceiling.miou),
+        "real_accuracy": percent(ceiling.accuracy),
+        "per_class_iou": {
+            name: (None if iou is None else round(100 * iou, 2))
+            for name, iou in zip(segmenter.class_names(), ceiling.per_class_iou)
+        },
+        "num_train_images": len(train_set),
+        "num_val_images": len(StoreDataset(store_dir, "val", spec)),
+        "train_seconds": round(train_seconds, 1),
+        "device": str(device),
+        "history": history,
+        "protocol": segmenter.protocol(),
+        "config": dataclasses.asdict(cfg.segmenter),
+    }
+    save_trained_segmenter(segmenter, checkpoint, {"report": summary})
+    write_json(summary, out_dir / STATUS_FILE, root / REPORT_PATH)
     print(f"segmenter: real-image mIoU {summary['real_miou']}%, accuracy {summary['real_accuracy']}% "
           f"({train_seconds:.0f} s on {device})")
 

@@ -78,6 +78,7 @@ def test_stages_end_to_end_with_fid_unavailable(workspace, tmp_path, monkeypatch
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     segmenter_stage.run(cfg, root)
     segmenter_report = json.loads((root / "reports" / "segmenter.json").read_text())
+    assert len(segmenter_report["history"]) == 2 and segmenter_report["history"][-1]["step"] == 2 * 2
     assert segmenter_report["trained"] is True and segmenter_report["num_train_images"] == 10
     assert 0 <= segmenter_report["real_miou"] <= 100 and (root / "checkpoints/segmenter/segmenter.pt").is_file()
     assert set(segmenter_report["per_class_iou"]) == {"sky", "cloud", "mountain", "snow", "water", "sand", "grass",
@@ -140,6 +141,9 @@ def test_evaluate_logs_into_the_training_run(workspace, tmp_path, monkeypatch):
     assert run.data.tags["evaluate.pytorch_fid_version"] == "0.3.0"
     assert run.data.params["evaluate.segmenter"] == "none" and run.info.status == "FINISHED"
     assert "fid/val" not in run.data.metrics  # unavailable is never logged as a number
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logged = {Path(entry.path).name for entry in client.list_artifacts(run_id, "evaluation")}
+    assert logged == {"metrics.json", "per_class_iou.csv", "segmenter.json", "generated_grid.png"}
     (root / tracked.train.checkpoint_dir / "run.json").unlink()
 
 
