@@ -1,0 +1,174 @@
+"""One generator step and one discriminator step on the same batch (paper section 3, 4;
+REFERENCE.md section 2).
+
+G step: fake = G(seg[, z]); D sees fake and real in one concatenated batch; loss = GAN
+(hinge by default) + lambda_feat/num_D * feature matching + lambda_vgg * VGG (optional) +
+lambda_kld * KL (VAE). D step, as the official code: the fake is generated again, under
+no_grad, by the just-updated G; loss = hinge(real) + hinge(fake).
+
+Speed-ups that leave the maths unchanged: D's weights get no gradients during the G step
+(``requires_grad`` off; the official code computes and then discards them), graphs are
+built only where a backward follows, losses see fp32 tensors under bf16 autocast, and no
+value is copied to the host (the loop decides when to read losses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from gaugan import losses
+from gaugan.config import LossConfig
+from gaugan.data.semantic import semantic_input
+from gaugan.models import reparameterize, split_discriminator_output
+
+
+@dataclass
+class Networks:
+    """The callables used in the steps (possibly DDP-wrapped or compiled) and the bare D.
+
+    ``D_module`` is D without its DDP wrapper: the G step needs D's function only, not a
+    gradient all-reduce of D's weights, and DDP would expect one.
+    """
+
+    G: nn.Module
+    D: nn.Module
+    D_module: nn.Module
+    E: nn.Module | None = None
+
+
+@dataclass
+class Optimizers:
+    G: torch.optim.Optimizer
+    D: torch.optim.Optimizer
+    # Gradient scalers for fp16 autocast only (bf16 and fp32 need none).
+    scaler_G: torch.amp.GradScaler | None = None
+    scaler_D: torch.amp.GradScaler | None = None
+
+
+@dataclass
+class StepSettings:
+    loss: LossConfig
+    num_discriminators: int
+    autocast_dtype: torch.dtype | None = None  # None: full fp32
+    # The official schedule computes D's weight gradients in the G step too (and zeroes them
+    # before the D step); kept as an option so the benchmark can measure its cost.
+    skip_d_weight_grads_in_g_step: bool = True
+    vgg: nn.Module | None = field(default=None, repr=False)
+
+
+def prepare_batch(
+    batch: dict[str, Tensor], num_label_values: int, device: torch.device, channels_last: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Loader batch (uint8 on the host) -> (seg one-hot + edge, real in [-1, 1]) on ``device``.
+
+    Built on the device: the one-hot map is label_channels times larger than the indices.
+    """
+    label = batch["label"].to(device, non_blocking=True)
+    instance = batch.get("instance")
+    if instance is not None:
+        instance = instance.to(device, non_blocking=True)
+    seg = semantic_input(label, num_label_values, instance)
+    real = batch["image"].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+    if channels_last:
+        seg = seg.contiguous(memory_format=torch.channels_last)
+        real = real.contiguous(memory_format=torch.channels_last)
+    return seg, real
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to_fp32(outputs: list[list[Tensor]]) -> list[list[Tensor]]:
+    return [[t.float() for t in scale] for scale in outputs]
+
+
+def discriminate(D: nn.Module, seg: Tensor, fake: Tensor, real: Tensor) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
+    """D on [seg|fake ; seg|real] as one batch; per scale, features then the final map, for each half."""
+    fake_and_real = torch.cat([torch.cat([seg, fake.to(seg.dtype)], dim=1), torch.cat([seg, real], dim=1)], dim=0)
+    return split_discriminator_output(_to_fp32(D(fake_and_real)), fake.shape[0])
+
+
+def _encode(E: nn.Module, real: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    mu, logvar = E(real)
+    mu, logvar = mu.float(), logvar.float()
+    return reparameterize(mu, logvar), mu, logvar
+
+
+def generator_step(
+    networks: Networks, optimizers: Optimizers, seg: Tensor, real: Tensor, settings: StepSettings
+) -> dict[str, Tensor]:
+    """One Adam step of G (and E) on the batch; returns the detached loss terms (on device)."""
+    device = seg.device
+    loss_cfg = settings.loss
+    D_module = networks.D_module
+    if settings.skip_d_weight_grads_in_g_step:
+        D_module.requires_grad_(False)
+    optimizers.G.zero_grad(set_to_none=True)
+    terms: dict[str, Tensor] = {}
+    try:
+        with _autocast(device, settings.autocast_dtype):
+            z = None
+            if networks.E is not None:
+                z, mu, logvar = _encode(networks.E, real)
+                terms["loss/g_kld"] = losses.kld_loss(mu, logvar) * loss_cfg.lambda_kld
+            fake = networks.G(seg, z)
+            pred_fake, pred_real = discriminate(D_module, seg, fake, real)
+            pred_real = [[t.detach() for t in scale] for scale in pred_real]  # targets, not trained
+            terms["loss/g_gan"] = losses.gan_loss(pred_fake, loss_cfg.gan_mode, target_is_real=True, for_discriminator=False)
+            if loss_cfg.use_feat_loss:
+                terms["loss/g_feat"] = losses.feature_matching_loss(pred_fake, pred_real) * (
+                    loss_cfg.lambda_feat / settings.num_discriminators
+                )
+            if loss_cfg.use_vgg_loss:
+                if settings.vgg is None:
+                    raise ValueError("loss.use_vgg_loss is true but no VGG network was given to the step")
+                terms["loss/g_vgg"] = settings.vgg(fake.float(), real.float()) * loss_cfg.lambda_vgg
+        total = torch.stack(list(terms.values())).sum()
+        _backward_and_step(total, optimizers.G, optimizers.scaler_G)
+    finally:
+        if settings.skip_d_weight_grads_in_g_step:
+            D_module.requires_grad_(True)
+    terms = {name: value.detach() for name, value in terms.items()}
+    terms["loss/g_total"] = total.detach()
+    return terms
+
+
+@torch.no_grad()
+def generate_fake(networks: Networks, seg: Tensor, real: Tensor) -> Tensor:
+    """The D step's fake: G (and E) as they are now, no graph."""
+    z = _encode(networks.E, real)[0] if networks.E is not None else None
+    return networks.G(seg, z)
+
+
+def discriminator_step(
+    networks: Networks, optimizers: Optimizers, seg: Tensor, real: Tensor, settings: StepSettings
+) -> dict[str, Tensor]:
+    """One Adam step of D on the batch, with the fake regenerated by the current G."""
+    device = seg.device
+    optimizers.D.zero_grad(set_to_none=True)
+    with _autocast(device, settings.autocast_dtype):
+        fake = generate_fake(networks, seg, real)
+        pred_fake, pred_real = discriminate(networks.D, seg, fake, real)
+        gan_mode = settings.loss.gan_mode
+        d_fake = losses.gan_loss(pred_fake, gan_mode, target_is_real=False, for_discriminator=True)
+        d_real = losses.gan_loss(pred_real, gan_mode, target_is_real=True, for_discriminator=True)
+    total = d_fake + d_real
+    _backward_and_step(total, optimizers.D, optimizers.scaler_D)
+    return {"loss/d_fake": d_fake.detach(), "loss/d_real": d_real.detach(), "loss/d_total": total.detach()}
+
+
+def _backward_and_step(loss: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()

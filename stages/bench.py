@@ -1,0 +1,53 @@
+"""Bench stage: training speed of the configuration in params.yaml, ours against the official
+code's schedule measured on the same machine (issue 4's speed targets), written to
+``reports/bench.json``. Synthetic batches: no dataset needed. The same measurement from the
+command line: ``gaugan bench --compare -S section.key=value``.
+
+DVC:
+  params: data, generator, discriminator, encoder, loss, optim, train.batch_size, train.seed,
+          train.device, train.precision, train.channels_last, train.compile, train.cudnn_benchmark
+  deps:   gaugan/models, gaugan/losses.py, gaugan/train, stages/bench.py
+  outs:   reports/bench.json (metrics, cache: false; machine-dependent: always re-run it
+          rather than trusting a cached result from another machine)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from gaugan.config import Config, ConfigError
+from gaugan.data.registry import resolve_dataset
+from gaugan.train.bench import BenchSettings, compare_schedules
+from gaugan.train.distributed import resolve_device
+from pipeline.params import load_config, repo_root
+
+BENCH_PATH = "reports/bench.json"
+# Enough timed steps for a stable mean at the CPU-sized configuration; warm-up covers
+# cuDNN autotuning and allocator growth.
+NUM_STEPS = 20
+NUM_WARMUP = 3
+
+
+def run(cfg: Config, root: Path) -> None:
+    spec = resolve_dataset(cfg.data)
+    device = resolve_device(cfg.train.device)
+    result = compare_schedules(cfg, spec, device, BenchSettings(steps=NUM_STEPS, warmup=NUM_WARMUP))
+    result["params_file"] = "params.yaml"
+    path = root / BENCH_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(temp, path)
+    print(f"ours {result['ours']['images_per_s']:.2f} images/s, reference {result['reference']['images_per_s']:.2f} "
+          f"images/s ({result['speedup_images_per_s']:.2f}x) on {device} -> {path}")
+
+
+if __name__ == "__main__":
+    try:
+        run(load_config(), repo_root())
+    except ConfigError as err:
+        print(f"bench: {err}", file=sys.stderr)
+        sys.exit(1)

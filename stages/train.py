@@ -1,0 +1,70 @@
+"""Train stage: G, D (and E) on the preprocessed store (paper section 4; REFERENCE.md section 2).
+
+Thin: load the config, open (or continue) the MLflow run, call
+:func:`gaugan.train.loop.train`, log the final generator. ``<train.checkpoint_dir>/run.json``
+names the run so that the generate/evaluate stages log into it, and so that a resumed
+training continues the same run. Under ``torchrun`` every process runs this module; only
+rank 0 talks to MLflow and writes files:
+
+    torchrun --standalone --nproc_per_node=N -m stages.train
+
+DVC:
+  params: data, generator, discriminator, encoder, loss, optim, train, tracking
+  deps:   ${data.processed_dir}, gaugan/models, gaugan/losses.py, gaugan/train, stages/train.py
+  outs:   ${train.checkpoint_dir} (persist: true, so that an interrupted run resumes from
+          last.pt instead of DVC deleting it), reports/train.json (metrics, cache: false)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from gaugan.config import Config, ConfigError
+from gaugan.data.io import DataError
+from gaugan.losses import VGGWeightsError
+from gaugan.train.checkpoint import LAST_CHECKPOINT, CheckpointError
+from gaugan.train.loop import TrainingDiverged, train
+from pipeline.params import load_config, repo_root
+from pipeline.tracking import RUN_FILE, open_run, read_run_file, write_run_file
+
+SUMMARY_PATH = "reports/train.json"
+
+
+def run(cfg: Config, root: Path) -> None:
+    store_dir = root / cfg.data.processed_dir
+    out_dir = root / cfg.train.checkpoint_dir
+    if int(os.environ.get("RANK", "0")) != 0:
+        train(cfg, store_dir, out_dir, show_progress=False)
+        return
+
+    run_file = out_dir / RUN_FILE
+    resume_run_id = None
+    if cfg.train.resume and (out_dir / LAST_CHECKPOINT).is_file():
+        previous = read_run_file(run_file)
+        resume_run_id = previous["run_id"] if previous else None
+    if not cfg.tracking.enabled:
+        run_file.unlink(missing_ok=True)  # later stages must not log into an older run
+    with open_run(cfg, root, "train", resume_run_id=resume_run_id) as tracker:
+        write_run_file(tracker, run_file)
+        tracker.log_config(cfg)
+        result = train(cfg, store_dir, out_dir, report=tracker.log_metrics, report_image=tracker.log_image)
+        tracker.log_artifact(result.generator_checkpoint, "checkpoints")
+        summary = {"step": result.step, "epoch": result.epoch, "resumed_from_step": result.resumed_from_step,
+                   **result.metrics}
+        tracker.log_metrics({"final/step": result.step}, step=result.step)
+    summary_path = root / SUMMARY_PATH
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    temp = summary_path.with_name(f".{summary_path.name}.tmp")
+    temp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(temp, summary_path)
+
+
+if __name__ == "__main__":
+    try:
+        run(load_config(), repo_root())
+    except (ConfigError, DataError, CheckpointError, TrainingDiverged, VGGWeightsError) as err:
+        print(f"train: {err}", file=sys.stderr)
+        sys.exit(1)
