@@ -151,6 +151,55 @@ def bench_loader_command(
 
 # ---- training (issue 4): bench ----
 
+
+@app.command("bench")
+def bench_command(
+    overrides: list[str] = typer.Option([], "-S", "--set", help="params override section.key=value (repeatable)"),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="the parameters file"),
+    steps: int = typer.Option(20, "--steps", help="timed G+D steps"),
+    warmup: int = typer.Option(3, "--warmup", help="untimed steps first"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto"),
+    reference_schedule: bool = typer.Option(
+        False, "--reference-schedule",
+        help="run the official code's schedule instead (D weight grads in the G step, fp32, NCHW, per-parameter Adam)"),
+    compare: bool = typer.Option(False, "--compare", help="run both schedules, each in its own process, and the speed-up"),
+    count_flops: bool = typer.Option(True, "--flops/--no-flops", help="count model FLOPs of one step (MFU on GPU)"),
+    output: Optional[Path] = typer.Option(None, "--output", help="also write the JSON here"),
+) -> None:
+    """Training speed of G step + D step on synthetic batches: images/s, step time, peak memory, MFU.
+
+    E.g. the CPU target configuration: gaugan bench -S data.dataset=custom -S data.custom.num_classes=8
+    -S data.custom.dontcare_label=null -S data.load_size=64 -S data.crop_size=64 --compare"""
+    import os
+
+    from gaugan.config import ConfigError
+    from gaugan.data.registry import resolve_dataset
+    from gaugan.train.bench import BenchSettings, compare_schedules, run_benchmark
+    from gaugan.train.distributed import resolve_device
+    from pipeline.params import load_config
+
+    if steps < 1 or warmup < 0:
+        _fail(f"--steps must be >= 1 and --warmup >= 0, got --steps {steps} --warmup {warmup}")
+    try:
+        cfg = load_config(params, overrides)
+        spec = resolve_dataset(cfg.data)
+        torch_device = resolve_device(device)
+    except ConfigError as err:
+        _fail(str(err))
+    settings = BenchSettings(steps=steps, warmup=warmup, reference_schedule=reference_schedule, count_flops=count_flops)
+    if compare:
+        result = compare_schedules(cfg, spec, torch_device, settings)
+    else:
+        result = run_benchmark(cfg, spec, torch_device, settings)
+    result = {**result, "params_file": str(params), "config_overrides": list(overrides)}
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(f".{output.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, output)
+    typer.echo(json.dumps(result))
+
+
 # ---- evaluation (issue 5) ----
 
 
