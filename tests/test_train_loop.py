@@ -1,0 +1,276 @@
+"""The training loop on a tiny store: steps touch every parameter, losses move sanely, exact
+resume (also after kill -9), refusal of an incompatible checkpoint, the divergence guard,
+EMA, sample grids, and our fast schedule against the official one (same maths)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from gaugan import losses
+from gaugan.config import Config, replace
+from gaugan.data.registry import resolve_dataset
+from gaugan.data.store import StoreDataset, read_manifest, spec_from_manifest
+from gaugan.models.loading import load_generator
+from gaugan.train import checkpoint as ckpt
+from gaugan.train.bench import synthetic_batch
+from gaugan.train.loop import TrainingDiverged, build_training_models, make_optimizers, train
+from gaugan.train.steps import Networks, StepSettings, discriminator_step, generator_step, prepare_batch
+from pipeline.params import load_config
+from stages import download as download_stage
+from stages import preprocess as preprocess_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_train_config(**train: object) -> Config:
+    """32x32 landscapes (8 train images), ngf/ndf 8, global batch 2: 4 steps per epoch."""
+    return replace(
+        load_config(ROOT / "params.yaml"),
+        data={"builtin": {"num_train": 8, "num_val": 4, "size": 32, "seed": 0}, "num_workers": 0},
+        generator={"ngf": 8, "spade_hidden": 16},
+        discriminator={"ndf": 8},
+        encoder={"nef": 8, "z_dim": 16},
+        optim={"num_epochs_constant": 1, "num_epochs_decay": 2},
+        train={"batch_size": 2, "max_steps": 6, "log_every": 2, "sample_every": 100, "checkpoint_every": 100,
+               "device": "cpu", **train},
+        tracking={"enabled": False},
+    )
+
+
+def make_store(root: Path) -> Path:
+    cfg = tiny_train_config()
+    download_stage.run(cfg, root, progress=False)
+    preprocess_stage.run(cfg, root)
+    return root / cfg.data.processed_dir
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these tiny networks gain nothing from two, and on a shared,
+    loaded 2-core machine two spinning OpenMP threads made the tests several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return make_store(tmp_path_factory.mktemp("trainroot"))
+
+
+def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint's models and optimiser states, by a flat name."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    flat = {}
+    for model, state in payload["models"].items():
+        flat.update({f"{model}.{key}": value for key, value in state.items()})
+    for name, state in payload.get("optimizers", {}).items():
+        for index, param_state in state["state"].items():
+            flat.update({f"opt{name}.{index}.{key}": value for key, value in param_state.items()})
+    return flat
+
+
+def assert_identical(path_a: Path, path_b: Path) -> None:
+    a, b = checkpoint_tensors(path_a), checkpoint_tensors(path_b)
+    assert a.keys() == b.keys()
+    different = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def one_batch(store: Path, cfg: Config):
+    spec = spec_from_manifest(read_manifest(store))
+    dataset = StoreDataset(store, "train", spec, train=True, seed=0)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(cfg.train.batch_size)])
+    return spec, prepare_batch(batch, spec.num_label_values, torch.device("cpu"))
+
+
+def step_objects(cfg: Config, spec, skip_d_weight_grads: bool = True):
+    torch.manual_seed(0)
+    G, D, E = build_training_models(cfg, spec)
+    optimizers = make_optimizers(cfg, G, D, E, torch.device("cpu"), epoch=0)
+    settings = StepSettings(cfg.loss, cfg.discriminator.num_discriminators,
+                            skip_d_weight_grads_in_g_step=skip_d_weight_grads)
+    return Networks(G=G, D=D, D_module=D, E=E), optimizers, settings
+
+
+# A conv bias right before a parameter-free normalisation (BatchNorm / InstanceNorm
+# subtracts the per-channel mean) has a zero gradient by construction, in the official model
+# too: SPADEResBlock's conv_0 feeds norm_1, and conv_1's output feeds the next block's norm.
+# And the hinge loss gives D's final bias the gradient (fake in margin - real in margin) / N,
+# exactly 0 while every output lies in (-1, 1), as in the first steps. These must still
+# receive a gradient tensor (they are in the graph); only its value may be zero.
+ZERO_GRADIENT_BY_CONSTRUCTION = (".conv_0.bias", ".conv_1.bias", ".model4.0.bias")
+
+
+@pytest.mark.parametrize("use_vae", [False, True])
+def test_steps_touch_every_parameter_and_losses_move(use_vae):
+    # 64x64 (start 2x2): at 32x32 the generator starts at 1x1, where a batch of 2 makes
+    # BatchNorm's output constant and the first block's SPADE gets no gradient at all.
+    cfg = replace(tiny_train_config(), data={"builtin": {"size": 64}}, encoder={"use_vae": use_vae})
+    spec = resolve_dataset(cfg.data)
+    seg, real = prepare_batch(synthetic_batch(spec, batch_size=2), spec.num_label_values, torch.device("cpu"))
+    networks, optimizers, settings = step_objects(cfg, spec)
+
+    def untouched(named_parameters):
+        return [name for name, p in named_parameters
+                if p.grad is None or not (p.grad.abs().sum() > 0 or name.endswith(ZERO_GRADIENT_BY_CONSTRUCTION))]
+
+    g_losses = generator_step(networks, optimizers, seg, real, settings)
+    trained = list(networks.G.named_parameters()) + (list(networks.E.named_parameters()) if use_vae else [])
+    assert not untouched(trained), "G/E parameters without gradient"
+    # The fast path computes no weight gradients for D in the G step (and leaves D trainable).
+    assert all(p.grad is None and p.requires_grad for p in networks.D.parameters())
+    assert set(g_losses) == {"loss/g_gan", "loss/g_feat", "loss/g_total"} | ({"loss/g_kld"} if use_vae else set())
+
+    d_losses = discriminator_step(networks, optimizers, seg, real, settings)
+    # Hinge at initialisation: D outputs near 0, so each term is near 1.
+    assert d_losses["loss/d_real"].item() == pytest.approx(1.0, abs=0.1)
+    assert d_losses["loss/d_fake"].item() == pytest.approx(1.0, abs=0.1)
+
+    # A few more steps on the same batch: D learns to separate real from fake.
+    for _ in range(5):
+        generator_step(networks, optimizers, seg, real, settings)
+        last = discriminator_step(networks, optimizers, seg, real, settings)
+    assert torch.isfinite(torch.stack(list(last.values()))).all()
+    assert last["loss/d_total"].item() < d_losses["loss/d_total"].item() - 0.05
+    assert not untouched(networks.D.named_parameters()), "D parameters without gradient"
+
+
+def test_fast_g_step_has_the_official_maths(store):
+    """Skipping D's weight gradients in the G step changes no number (only the work done)."""
+    cfg = tiny_train_config()
+    spec, (seg, real) = one_batch(store, cfg)
+    results = []
+    for skip in (True, False):
+        networks, optimizers, settings = step_objects(cfg, spec, skip_d_weight_grads=skip)
+        for _ in range(2):
+            generator_step(networks, optimizers, seg, real, settings)
+            discriminator_step(networks, optimizers, seg, real, settings)
+        results.append({**networks.G.state_dict(), **{f"D.{k}": v for k, v in networks.D.state_dict().items()}})
+    for key, value in results[0].items():
+        torch.testing.assert_close(value, results[1][key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_resume_equals_an_uninterrupted_run_exactly(store, tmp_path):
+    cfg = tiny_train_config(use_ema=True, ema_decay=0.9, checkpoint_every=3)
+    full = train(cfg, store, tmp_path / "full", show_progress=False)
+    assert full.step == 6 and full.resumed_from_step == 0
+
+    first = train(replace(cfg, train={"max_steps": 3}), store, tmp_path / "split", show_progress=False)
+    assert first.step == 3
+    progress = ckpt.load_checkpoint(tmp_path / "split" / "last.pt")["progress"]
+    assert progress == {"epoch": 0, "step": 3, "batch_in_epoch": 3}
+    # Continue with different logging/checkpointing: allowed, and crosses an epoch boundary.
+    second = train(replace(cfg, train={"log_every": 1, "checkpoint_every": 5}), store, tmp_path / "split",
+                   show_progress=False)
+    assert second.resumed_from_step == 3 and second.step == 6
+    assert_identical(full.last_checkpoint, second.last_checkpoint)
+    assert ckpt.load_checkpoint(second.last_checkpoint)["progress"] == {"epoch": 1, "step": 6, "batch_in_epoch": 2}
+
+    # generator.pt: the same format, generation models only; the reader prefers the EMA.
+    final = ckpt.load_checkpoint(full.generator_checkpoint)
+    assert set(final["models"]) == {"G", "G_ema"} and "optimizers" not in final
+    loaded = load_generator(full.generator_checkpoint)
+    assert loaded.weights == "G_ema"
+    ema_state, g_state = final["models"]["G_ema"], final["models"]["G"]
+    assert any(not torch.equal(ema_state[k], g_state[k]) for k in g_state if g_state[k].is_floating_point())
+
+    # A rerun of a finished run changes nothing.
+    again = train(cfg, store, tmp_path / "full", show_progress=False)
+    assert again.step == 6 and again.resumed_from_step == 6
+    assert_identical(full.last_checkpoint, again.last_checkpoint)
+
+
+def test_resume_after_kill_9_equals_an_uninterrupted_run(store, tmp_path):
+    """A process killed with SIGKILL right after step 5 (checkpoints every 2 steps) resumes from step 4."""
+    cfg = tiny_train_config(checkpoint_every=2)
+    full = train(cfg, store, tmp_path / "full", show_progress=False)
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
+        from pathlib import Path
+        from tests.test_train_loop import tiny_train_config
+        from gaugan.config import replace
+        from gaugan.train.loop import train
+
+        def report(metrics, step):
+            if step == 5:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        cfg = replace(tiny_train_config(checkpoint_every=2), train={{"log_every": 1}})
+        train(cfg, Path({str(store)!r}), Path({str(tmp_path / "killed")!r}), report=report, show_progress=False)
+    """)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert ckpt.load_checkpoint(tmp_path / "killed" / "last.pt")["progress"]["step"] == 4
+    assert not (tmp_path / "killed" / "generator.pt").exists()
+    resumed = train(cfg, store, tmp_path / "killed", show_progress=False)
+    assert resumed.resumed_from_step == 4
+    assert_identical(full.last_checkpoint, resumed.last_checkpoint)
+
+
+def test_resume_refuses_a_checkpoint_from_another_training_config(store, tmp_path):
+    cfg = tiny_train_config(max_steps=2)
+    train(cfg, store, tmp_path, show_progress=False)
+    before = (tmp_path / "last.pt").read_bytes()
+    changed = replace(cfg, optim={"lr": 1e-3}, loss={"lambda_feat": 5.0}, train={"max_steps": 4})
+    with pytest.raises(ckpt.CheckpointError) as caught:
+        train(changed, store, tmp_path, show_progress=False)
+    message = str(caught.value)
+    assert "loss.lambda_feat: 10.0 -> 5.0" in message and "optim.lr: 0.0002 -> 0.001" in message
+    assert "train.max_steps" not in message and str(tmp_path / "last.pt") in message
+    assert (tmp_path / "last.pt").read_bytes() == before
+    # Starting afresh is explicit.
+    fresh = train(replace(changed, train={"resume": False}), store, tmp_path, show_progress=False)
+    assert fresh.resumed_from_step == 0 and fresh.step == 4
+
+
+def test_non_finite_loss_stops_naming_loss_and_step_and_keeps_the_good_checkpoint(store, tmp_path, monkeypatch):
+    cfg = tiny_train_config(checkpoint_every=2, log_every=4)
+    calls = {"count": 0}
+    real_feature_matching = losses.feature_matching_loss
+
+    def poisoned(pred_fake, pred_real):
+        calls["count"] += 1
+        value = real_feature_matching(pred_fake, pred_real)
+        return value * float("nan") if calls["count"] == 3 else value  # the G step of step 3
+
+    monkeypatch.setattr(losses, "feature_matching_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"loss/g_feat, loss/g_total, .*became non-finite at step 3;") as caught:
+        train(cfg, store, tmp_path, show_progress=False)
+    assert "last good checkpoint" in str(caught.value)
+    kept = ckpt.load_checkpoint(tmp_path / "last.pt")
+    assert kept["progress"]["step"] == 2
+    assert all(torch.isfinite(v).all() for v in kept["models"]["G"].values() if v.is_floating_point())
+    assert not (tmp_path / "generator.pt").exists()
+
+
+def test_metrics_and_sample_grids_are_reported(store, tmp_path):
+    cfg = tiny_train_config(max_steps=4, log_every=2, sample_every=2)
+    reported, images = [], []
+    result = train(cfg, store, tmp_path, report=lambda m, s: reported.append((s, m)),
+                   report_image=lambda p, s: images.append((s, p)))
+    assert [step for step, _ in reported] == [2, 4]
+    metrics = reported[-1][1]
+    for key in ("loss/g_gan", "loss/g_feat", "loss/d_real", "loss/d_fake", "lr/g", "lr/d",
+                "perf/images_per_s", "perf/peak_memory_bytes"):
+        assert key in metrics
+    assert metrics["lr/g"] == pytest.approx(1e-4) and metrics["lr/d"] == pytest.approx(4e-4)
+    assert [step for step, _ in images] == [2, 4]
+    from PIL import Image
+
+    with Image.open(images[-1][1]) as grid:  # 4 rows of label | generated | real, 32x32 each
+        assert grid.size == (3 * 32, 4 * 32)
+    assert result.metrics == metrics

@@ -1,0 +1,124 @@
+"""Training pieces without a training run: lr schedule, TTUR, global-batch sampler, EMA,
+checkpoint writing and the resume-compatibility rule, the sync-BN guard."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from gaugan.config import Config, ConfigError, OptimConfig, config_to_dict, replace
+from gaugan.train import checkpoint as ckpt
+from gaugan.train.distributed import (
+    DistributedContext,
+    GlobalBatchSampler,
+    check_sync_batchnorm,
+    local_batch_size,
+)
+from gaugan.train.ema import GeneratorEMA
+from gaugan.train.schedule import adam_betas, base_lr, learning_rates
+
+
+def test_lr_constant_then_linear_decay_per_epoch_as_the_official_code():
+    optim = OptimConfig(lr=2e-4, num_epochs_constant=3, num_epochs_decay=4)
+    # The official code decrements lr by lr/niter_decay at the end of each epoch > niter:
+    # epochs 0..3 (0-based) train at lr, then lr*(1 - k/4) for k = 1, 2, 3.
+    rates = [base_lr(optim, epoch) for epoch in range(7)]
+    assert rates == pytest.approx([2e-4, 2e-4, 2e-4, 2e-4, 1.5e-4, 1e-4, 0.5e-4])
+    assert base_lr(optim, 7) == pytest.approx(0.0)  # would be the rate after the last epoch
+    official, lr = [], 2e-4
+    for epoch in range(1, 8):  # replay the official update_learning_rate(epoch) at epoch ends
+        official.append(lr)
+        if epoch > optim.num_epochs_constant:
+            lr -= optim.lr / optim.num_epochs_decay
+    assert rates == pytest.approx(official)
+
+
+def test_ttur_split_is_reapplied_to_the_decayed_rate_and_betas():
+    ttur = OptimConfig(lr=2e-4, use_ttur=True, num_epochs_constant=1, num_epochs_decay=2)
+    assert learning_rates(ttur, 0) == pytest.approx((1e-4, 4e-4))
+    assert learning_rates(ttur, 2) == pytest.approx((0.5e-4, 2e-4))
+    assert adam_betas(ttur) == (0.0, 0.9)
+    plain = OptimConfig(lr=2e-4, use_ttur=False, beta1=0.5, beta2=0.999, num_epochs_constant=1, num_epochs_decay=2)
+    assert learning_rates(plain, 0) == pytest.approx((2e-4, 2e-4))
+    assert adam_betas(plain) == (0.5, 0.999)
+
+
+def test_global_batches_are_the_same_for_any_number_of_processes():
+    one = GlobalBatchSampler(num_samples=13, global_batch_size=4, rank=0, world_size=1, seed=3)
+    ranks = [GlobalBatchSampler(13, 4, rank, 2, seed=3) for rank in range(2)]
+    for epoch in (0, 1):
+        for sampler in [one, *ranks]:
+            sampler.set_epoch(epoch)
+        single = list(one)
+        assert len(single) == 12 and len(set(single)) == 12  # incomplete last batch dropped
+        split = [list(sampler) for sampler in ranks]
+        rebuilt = [index for batch in range(3) for part in split for index in part[batch * 2:batch * 2 + 2]]
+        assert rebuilt == single
+    one.set_epoch(0)
+    first = list(one)
+    one.set_epoch(1)
+    assert list(one) != first  # a new order every epoch, fixed by (seed, epoch)
+
+
+def test_global_batch_size_must_divide_over_processes():
+    assert local_batch_size(8, 4) == 2
+    with pytest.raises(ConfigError, match="train.batch_size.*not divisible by the 3 processes"):
+        local_batch_size(8, 3)
+
+
+def test_syncbatch_on_several_cpu_processes_is_a_clear_error():
+    cpu_pair = DistributedContext(rank=0, local_rank=0, world_size=2, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="generator.param_free_norm: 'syncbatch' needs CUDA"):
+        check_sync_batchnorm("syncbatch", cpu_pair)
+    check_sync_batchnorm("instance", cpu_pair)
+    check_sync_batchnorm("syncbatch", DistributedContext(0, 0, 1, torch.device("cpu")))
+
+
+def test_ema_averages_parameters_and_copies_buffers():
+    net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    ema = GeneratorEMA(net, decay=0.9)
+    start = [p.detach().clone() for p in net.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    net.train()(torch.randn(4, 3))  # moves the BatchNorm running statistics
+    ema.update(net)
+    for averaged, before, now in zip(ema.module.parameters(), start, net.parameters()):
+        torch.testing.assert_close(averaged, 0.9 * before + 0.1 * now)
+        assert not averaged.requires_grad
+    for averaged_buffer, buffer in zip(ema.module.buffers(), net.buffers()):
+        torch.testing.assert_close(averaged_buffer, buffer)
+    with pytest.raises(ValueError, match="ema_decay"):
+        GeneratorEMA(net, decay=1.0)
+
+
+def test_atomic_save_leaves_no_temporary_file_and_keeps_the_old_one_on_failure(tmp_path):
+    path = tmp_path / "last.pt"
+    ckpt.atomic_torch_save({"format": ckpt.CHECKPOINT_FORMAT, "value": 1}, path)
+    assert ckpt.load_checkpoint(path)["value"] == 1
+    with pytest.raises(Exception):
+        ckpt.atomic_torch_save({"format": ckpt.CHECKPOINT_FORMAT, "bad": lambda: None}, path)  # unpicklable
+    assert ckpt.load_checkpoint(path)["value"] == 1
+    assert os.listdir(tmp_path) == ["last.pt"]
+    (tmp_path / "other.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ckpt.CheckpointError, match="other.pt: cannot read"):
+        ckpt.load_checkpoint(tmp_path / "other.pt")
+
+
+def test_config_differences_that_change_training_are_listed_others_allowed():
+    base = Config()
+    saved = config_to_dict(base)
+    harmless = replace(base, train={"log_every": 1, "sample_every": 5, "checkpoint_every": 7, "max_steps": 3},
+                       data={"num_workers": 0}, tracking={"enabled": False}, evaluate={"batch_size": 2})
+    assert ckpt.training_config_differences(saved, config_to_dict(harmless)) == []
+    changed = replace(base, optim={"lr": 1e-3}, train={"batch_size": 4}, generator={"ngf": 8})
+    assert ckpt.training_config_differences(saved, config_to_dict(changed)) == [
+        "generator.ngf", "optim.lr", "train.batch_size"]
+    payload = {"config": saved, "spec": {"name": "x"}}
+    with pytest.raises(ckpt.CheckpointError, match=r"optim\.lr: 0\.0002 -> 0\.001.*train\.resume=false"):
+        ckpt.check_resumable(payload, config_to_dict(changed), {"name": "x"}, ckpt.Path("last.pt"))
+    with pytest.raises(ckpt.CheckpointError, match="dataset spec differs"):
+        ckpt.check_resumable(payload, saved, {"name": "y"}, ckpt.Path("last.pt"))
