@@ -30,11 +30,11 @@ from stages import preprocess as preprocess_stage
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_train_config(**train: object) -> Config:
+def tiny_train_config(size: int = 32, **train: object) -> Config:
     """32x32 landscapes (8 train images), ngf/ndf 8, global batch 2: 4 steps per epoch."""
     return replace(
         load_config(ROOT / "params.yaml"),
-        data={"builtin": {"num_train": 8, "num_val": 4, "size": 32, "seed": 0}, "num_workers": 0},
+        data={"builtin": {"num_train": 8, "num_val": 4, "size": size, "seed": 0}, "num_workers": 0},
         generator={"ngf": 8, "spade_hidden": 16},
         discriminator={"ndf": 8},
         encoder={"nef": 8, "z_dim": 16},
@@ -45,8 +45,8 @@ def tiny_train_config(**train: object) -> Config:
     )
 
 
-def make_store(root: Path) -> Path:
-    cfg = tiny_train_config()
+def make_store(root: Path, size: int = 32) -> Path:
+    cfg = tiny_train_config(size)
     download_stage.run(cfg, root, progress=False)
     preprocess_stage.run(cfg, root)
     return root / cfg.data.processed_dir
@@ -115,7 +115,7 @@ ZERO_GRADIENT_BY_CONSTRUCTION = (".conv_0.bias", ".conv_1.bias", ".model4.0.bias
 def test_steps_touch_every_parameter_and_losses_move(use_vae):
     # 64x64 (start 2x2): at 32x32 the generator starts at 1x1, where a batch of 2 makes
     # BatchNorm's output constant and the first block's SPADE gets no gradient at all.
-    cfg = replace(tiny_train_config(), data={"builtin": {"size": 64}}, encoder={"use_vae": use_vae})
+    cfg = replace(tiny_train_config(size=64), encoder={"use_vae": use_vae})
     spec = resolve_dataset(cfg.data)
     seg, real = prepare_batch(synthetic_batch(spec, batch_size=2), spec.num_label_values, torch.device("cpu"))
     networks, optimizers, settings = step_objects(cfg, spec)
