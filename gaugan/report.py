@@ -15,37 +15,34 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-
-from gaugan.data.classes import label_palette
 
 
 @dataclass(frozen=True)
 class Headline:
-    """A column of the ablation table and the metric keys it is read from (first found wins)."""
+    """A column of the ablation table: the MLflow metric it shows, scaled, and its JSON name."""
 
     label: str
-    keys: tuple[str, ...]
+    name: str  # key in reports/headline.json (what `dvc metrics show` / `dvc exp show` list)
+    key: str  # MLflow metric
+    scale: float  # applied to the logged value (seconds -> minutes)
     higher_is_better: bool | None  # None: not a quality measure (speed, time)
     digits: int
 
 
 HEADLINES = (
-    Headline("FID", ("fid/val",), False, 2),
-    Headline("mIoU", ("miou/val",), True, 2),
-    Headline("accuracy", ("accuracy/val",), True, 2),
-    Headline("images/s", ("perf/images_per_s",), None, 1),
-    Headline("train time (min)", ("time/train_minutes",), None, 1),
+    Headline("FID", "fid", "fid/val", 1.0, False, 2),
+    Headline("mIoU (%)", "miou", "miou/val", 1.0, True, 2),
+    Headline("accuracy (%)", "accuracy", "accuracy/val", 1.0, True, 2),
+    Headline("images/s", "images_per_s", "perf/images_per_s", 1.0, None, 1),
+    Headline("train time (min)", "train_minutes", "time/train_seconds", 1 / 60, None, 1),
 )
 
 # Parameters that never distinguish experiments (where things are written, logging).
@@ -57,9 +54,14 @@ def _flag(series: pd.Series) -> pd.Series:
 
 
 def experiment_labels(runs: pd.DataFrame) -> pd.Series:
-    """A readable name per run: its DVC experiment, else its run name, else its id."""
+    """A readable name per run: its DVC experiment; 'workspace' for a run made by plain
+    `dvc repro` (a stage tag but no experiment name); else its run name or id."""
     label = pd.Series([None] * len(runs), index=runs.index, dtype=object)
-    for column in ("tags.dvc.exp_name", "tags.mlflow.runName", "run_name"):
+    if "tags.dvc.exp_name" in runs.columns:
+        label = label.fillna(runs["tags.dvc.exp_name"])
+    if "tags.dvc.stage" in runs.columns:
+        label = label.mask(label.isna() & runs["tags.dvc.stage"].notna(), "workspace")
+    for column in ("tags.mlflow.runName", "run_name"):
         if column in runs.columns:
             label = label.fillna(runs[column])
     return label.fillna(runs["run_id"].astype(str).str[:8])
@@ -81,12 +83,20 @@ def headline_values(runs: pd.DataFrame) -> pd.DataFrame:
     """One column per :data:`HEADLINES` entry (NaN where a run did not log it)."""
     columns = {}
     for headline in HEADLINES:
-        values = pd.Series(np.nan, index=runs.index)
-        for key in headline.keys:
-            if f"metrics.{key}" in runs.columns:
-                values = values.fillna(pd.to_numeric(runs[f"metrics.{key}"], errors="coerce"))
-        columns[headline.label] = values
+        column = f"metrics.{headline.key}"
+        values = pd.to_numeric(runs[column], errors="coerce") if column in runs.columns else pd.Series(
+            np.nan, index=runs.index)
+        columns[headline.label] = values * headline.scale
     return pd.DataFrame(columns, index=runs.index)
+
+
+def headline_json(row: pd.Series) -> dict[str, float | None]:
+    """One table row's headline numbers by JSON name, rounded as displayed; missing -> None."""
+    values = {}
+    for headline in HEADLINES:
+        value = row.get(headline.label)
+        values[headline.name] = None if value is None or pd.isna(value) else round(float(value), headline.digits)
+    return values
 
 
 def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -176,10 +186,22 @@ def _save_figure(figure, path: Path) -> None:
     os.replace(temp, path)
 
 
+def _placeholder(path: Path, message: str) -> None:
+    """A small figure that says why there is no plot (the file always exists: DVC declares it)."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5, 1.2))
+    axis.axis("off")
+    axis.text(0.5, 0.5, message, ha="center", va="center", fontsize=10, wrap=True)
+    _save_figure(figure, path)
+    plt.close(figure)
+
+
 def plot_loss_curves(history: pd.DataFrame, labels: dict[str, str], path: Path, prefix: str = "loss/") -> bool:
-    """One panel per ``prefix*`` metric, one line per run; False (no file) when there is nothing to plot."""
+    """One panel per ``prefix*`` metric, one line per run. Returns False (and writes a
+    placeholder saying so) when no run logged such a metric."""
     history = history[history["key"].str.startswith(prefix)] if len(history) else history
     if not len(history):
+        _placeholder(path, f"no {prefix}* metrics were logged (tracking off, or no training run)")
         return False
     plt = _pyplot()
     keys = sorted(history["key"].unique())
@@ -204,9 +226,11 @@ def plot_loss_curves(history: pd.DataFrame, labels: dict[str, str], path: Path, 
 
 
 def plot_headlines(table: pd.DataFrame, path: Path) -> bool:
-    """A bar chart per headline metric, one bar per experiment; False when no run has any."""
+    """A bar chart per headline metric, one bar per experiment. Returns False (and writes a
+    placeholder saying so) when no run has any."""
     present = [h for h in HEADLINES if h.label in table.columns and table[h.label].notna().any()]
     if not present:
+        _placeholder(path, "no run has FID, mIoU, accuracy, speed or training time yet")
         return False
     plt = _pyplot()
     names = table["experiment"].astype(str) + " (" + table["run"].astype(str) + ")"
@@ -223,36 +247,6 @@ def plot_headlines(table: pd.DataFrame, path: Path) -> bool:
     _save_figure(figure, path)
     plt.close(figure)
     return True
-
-
-# --------------------------------------------------------------------------------------
-# Sample grids.
-
-
-def colorize_labels(label: np.ndarray, num_labels: int, dataset: str | None = None) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 colours of the dataset's palette; out of range: white."""
-    palette = np.concatenate([label_palette(num_labels, dataset), np.full((1, 3), 255, np.uint8)])
-    return palette[np.clip(label.astype(np.int64), 0, num_labels)]
-
-
-def sample_grid(rows: Sequence[Sequence[np.ndarray]], path: Path, cell_size: int = 128, margin: int = 2) -> None:
-    """Write a grid of (H, W, 3) uint8 images (one list per row) as a PNG, each cell resized nearest."""
-    if not rows or not rows[0]:
-        raise ValueError(f"{path}: a sample grid needs at least one image")
-    num_columns = max(len(row) for row in rows)
-    first = rows[0][0]
-    cell_height = round(cell_size * first.shape[0] / first.shape[1])
-    canvas = Image.new("RGB", (num_columns * (cell_size + margin) + margin,
-                               len(rows) * (cell_height + margin) + margin), "white")
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            tile = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).resize(
-                (cell_size, cell_height), Image.NEAREST)
-            canvas.paste(tile, (margin + c * (cell_size + margin), margin + r * (cell_height + margin)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as handle:
-        canvas.save(handle, format="PNG")
-    os.replace(handle.name, path)
 
 
 # --------------------------------------------------------------------------------------

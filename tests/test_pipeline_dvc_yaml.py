@@ -12,8 +12,9 @@ from pipeline.params import read_params
 from pipeline.stage_deps import code_closure, stage_code_deps
 
 ROOT = Path(__file__).resolve().parents[1]
-DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-STAGES = DVC_YAML["stages"]
+# The default pipeline and the benchmark's own (bench/dvc.yaml runs from the root: wdir ..).
+STAGES = {**yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"],
+          **yaml.safe_load((ROOT / "bench" / "dvc.yaml").read_text())["stages"]}
 PARAMS = read_params(ROOT / "params.yaml")
 
 
@@ -24,7 +25,7 @@ def _path(entry: str | dict) -> str:
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_runs_its_module_and_depends_on_exactly_its_code(name: str) -> None:
     stage = STAGES[name]
-    assert stage["cmd"] == f"python -m stages.{name}"
+    assert stage["cmd"] == f"python -m stages.{name}" and stage.get("wdir", "..") == ".."
     code = sorted(d for d in map(_path, stage["deps"]) if d.endswith(".py"))
     assert code == stage_code_deps(name, ROOT), (
         f"dvc.yaml stage {name!r}: code deps differ from its imports; `python -m pipeline.stage_deps {name}` "

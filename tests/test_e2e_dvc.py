@@ -1,0 +1,189 @@
+"""End to end: `dvc repro` on a tiny built-in configuration, then a queued sweep.
+
+The working tree (tracked and new, not ignored files) is copied into a temporary git
+repository, params.yaml is shrunk to 32x32 images and a few training steps with
+tracking on, and DVC runs the real stages. The sweep then checks the traps of
+REFERENCE.md section 6: every queued experiment's MLflow run, with its artifacts, ends up
+under the real root, and an experiment that DVC completes without running anything is
+listed as such by `gaugan link-experiments`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gaugan.config import flatten
+from pipeline.params import apply_overrides, read_params
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "data.builtin.num_train=16", "data.builtin.num_val=8", "data.builtin.size=32", "data.num_workers=0",
+    "generator.ngf=8", "generator.spade_hidden=16", "discriminator.ndf=8", "discriminator.num_layers=3",
+    "encoder.nef=8", "encoder.z_dim=16",
+    "optim.num_epochs_constant=1", "optim.num_epochs_decay=1",
+    "train.batch_size=4", "train.log_every=1", "train.sample_every=4", "train.checkpoint_every=4",
+    "train.device=cpu",
+    "segmenter.width=8", "segmenter.num_epochs=1", "segmenter.batch_size=8",
+    "evaluate.batch_size=8",
+]
+
+
+def run(command: list[str], cwd: Path, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("DVC_", "MLFLOW_")) and key != "PYTHONPATH"}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n"
+                             f"--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}")
+    return result
+
+
+def clone_working_tree(destination: Path) -> Path:
+    """The project as a fresh clone would have it, plus uncommitted work, in a new git repo."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        # reports/ holds generated outputs only (left over from runs in the working tree).
+        generated = name.startswith("reports/") and not name.endswith(".gitignore")
+        if source.is_file() and not generated:  # deleted-but-tracked files are skipped
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def git_commit_all(repo: Path, message: str) -> None:
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=e2e", "-c", "user.email=e2e@localhost", "commit", "-q", "-m", message], repo)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temp clone whose baseline ran `dvc repro` with the tiny params, committed."""
+    repo = clone_working_tree(tmp_path_factory.mktemp("e2e") / "repo")
+    params = apply_overrides(read_params(repo / "params.yaml"), TINY)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], repo)
+    git_commit_all(repo, "snapshot")
+    started = time.monotonic()
+    result = run(["dvc", "repro"], repo, timeout=900)
+    repo.joinpath(".e2e_repro_seconds").write_text(f"{time.monotonic() - started:.1f}\n")
+    repo.joinpath(".e2e_repro_log").write_text(result.stdout + result.stderr)
+    git_commit_all(repo, "baseline outputs")
+    return repo
+
+
+def mlflow_client(repo: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def test_dvc_repro_produces_every_output(repo: Path) -> None:
+    cfg = flatten(read_params(repo / "params.yaml"))
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
+    assert set(lock["stages"]) == set(dvc_yaml["stages"]) - {"bench"}, "every default stage ran"
+    for stage in lock["stages"].values():  # every declared output exists
+        for out in stage.get("outs", []):
+            assert (repo / out["path"]).exists(), out["path"]
+
+    assert json.loads((repo / cfg["data.root"] / "landscapes" / "download.json").read_text())["dataset"] == "landscapes"
+    manifest = json.loads((repo / cfg["data.processed_dir"] / "manifest.json").read_text())
+    assert manifest["spec"]["crop_size"] == 32
+    checkpoints = repo / cfg["train.checkpoint_dir"]
+    assert {"last.pt", "generator.pt", "run.json"} <= {p.name for p in checkpoints.iterdir()}
+    generated = sorted((repo / cfg["evaluate.output_dir"]).rglob("*.png"))
+    assert len(generated) >= cfg["data.builtin.num_val"]
+
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert {"miou/val", "accuracy/val"} <= set(flatten(metrics)), metrics
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    assert "reports/metrics.json" in json.dumps(shown)
+
+    for name in ("index.html", "ablations.md", "ablations.csv"):
+        assert (repo / "reports" / name).stat().st_size > 0, name
+    page = (repo / "reports" / "index.html").read_text()
+    assert "data:image/png;base64," in page and "http://" not in page and "https://" not in page
+
+    run_id = json.loads((checkpoints / "run.json").read_text())["run_id"]
+    mlrun = mlflow_client(repo).get_run(run_id)
+    assert mlrun.info.status == "FINISHED"
+    assert "miou/val" in mlrun.data.metrics and any(k.startswith("loss/") for k in mlrun.data.metrics)
+    assert mlrun.info.artifact_uri.startswith((repo / "mlartifacts").as_uri())
+
+    status = run(["dvc", "status", "--json"], repo).stdout
+    assert json.loads(status) == {}, f"after repro everything is up to date: {status}"
+
+
+def test_a_parameter_change_reruns_only_what_it_affects(repo: Path) -> None:
+    params = read_params(repo / "params.yaml")
+    try:
+        changed = apply_overrides(params, ["evaluate.batch_size=4"])
+        (repo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+        stale = set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
+        assert stale and stale <= {"generate", "evaluate", "report"}, stale
+        changed = apply_overrides(params, ["generator.ngf=4"])
+        (repo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+        stale = set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
+        assert "train" in stale and not stale & {"download", "preprocess", "segmenter"}, stale
+    finally:
+        run(["git", "checkout", "-q", "params.yaml"], repo)
+
+
+def test_queued_sweep_keeps_every_run_under_the_real_root(repo: Path) -> None:
+    experiments = {"e2e-ngf4": ["generator.ngf=4"], "e2e-instance": ["generator.param_free_norm=instance"],
+                   "e2e-unchanged": []}  # nothing to run: DVC restores the baseline's outputs
+    for name, overrides in experiments.items():
+        command = ["dvc", "exp", "run", "--queue", "-n", name]
+        for override in overrides:
+            command += ["-S", override]
+        run(command, repo)
+    run(["dvc", "queue", "start", "-j", "1"], repo)
+    deadline = time.monotonic() + 900
+    while True:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        assert time.monotonic() < deadline, f"sweep still running after 900 s:\n{status}"
+        time.sleep(5)
+    assert status.count("Success") == 3, status
+
+    client = mlflow_client(repo)
+    experiment = client.get_experiment_by_name(read_params(repo / "params.yaml")["tracking"]["experiment_name"])
+    runs = client.search_runs([experiment.experiment_id])
+    by_name = {r.data.tags.get("dvc.exp_name"): r for r in runs}
+    for name in ("e2e-ngf4", "e2e-instance"):
+        mlrun = by_name[name]
+        assert mlrun.info.status == "FINISHED" and "miou/val" in mlrun.data.metrics, name
+        artifact_dir = Path(mlrun.info.artifact_uri.removeprefix("file://"))
+        assert artifact_dir.is_relative_to(repo / "mlartifacts"), mlrun.info.artifact_uri
+        assert client.list_artifacts(mlrun.info.run_id) and any(artifact_dir.rglob("*")), name
+    assert "e2e-unchanged" not in by_name
+    assert not (repo / ".dvc" / "tmp" / "exps").exists() or not any(
+        p.is_dir() and p.name.startswith("tmp") for p in (repo / ".dvc" / "tmp" / "exps").iterdir())
+
+    linked = run([str(BIN / "gaugan"), "link-experiments"], repo).stdout
+    lines = {line.split()[0]: line for line in linked.splitlines() if line.startswith("e2e-")}
+    assert " ran " in lines["e2e-ngf4"] and " ran " in lines["e2e-instance"], linked
+    assert " restored " in lines["e2e-unchanged"], linked
+    assert "made no MLflow run of their own" in linked and "e2e-unchanged" in linked
+    tagged = {r.data.tags.get("dvc.exp_name"): r.data.tags.get("dvc.exp_rev") for r in client.search_runs(
+        [experiment.experiment_id])}
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    revs = {e["name"]: e["revs"][0]["rev"] for b in shown for e in (b.get("experiments") or [])}
+    assert tagged["e2e-ngf4"] == revs["e2e-ngf4"] and tagged["e2e-instance"] == revs["e2e-instance"]
