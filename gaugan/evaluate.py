@@ -31,7 +31,7 @@ from torch import Tensor
 
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.store import StoreDataset, make_loader
-from gaugan.generate import read_generated, split_stems
+from gaugan.generated import read_generated, split_stems
 from gaugan.metrics import fid as fid_metric
 from gaugan.metrics.segmentation import ConfusionMatrix, SegmentationScores, per_class_table
 from gaugan.segmenters.base import IGNORE_INDEX, Segmenter

@@ -18,7 +18,6 @@ end: an interrupted run leaves the previous complete set, never a mix.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -35,6 +34,7 @@ from gaugan.data.io import DataError, atomic_save_png
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.semantic import semantic_input
 from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
+from gaugan.generated import split_stems
 from gaugan.models.encoder import ConvEncoder
 from gaugan.models.loading import LoadedGenerator
 
@@ -66,18 +66,6 @@ class GenerationResult:
             "weights": self.weights,
             "latent": self.latent,
         }
-
-
-def split_stems(store_dir: str | os.PathLike, split: str = "val") -> list[str]:
-    """The file stems of a store split, in store order (generated PNGs are named after them)."""
-    path = Path(store_dir) / split / "stems.json"
-    try:
-        stems = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise DataError(f"{path}: the store has no stem list for split {split!r}; re-run the preprocess stage") from err
-    if len(set(stems)) != len(stems):
-        raise DataError(f"{path}: duplicate stems in split {split!r}; generated files would overwrite each other")
-    return stems
 
 
 def check_generator_fits_store(loaded: LoadedGenerator, store_spec: DatasetSpec, store_dir: Path) -> None:
@@ -200,20 +188,3 @@ def generate_split(
         labels, fakes, reals = (torch.cat(parts)[:GRID_ROWS] for parts in zip(*grid_rows))
         atomic_save_png(sample_grid(labels, fakes, reals, store_spec.num_label_values, store_spec.name), grid_path)
     return GenerationResult(output_dir, count, seconds, loaded.weights, latent)
-
-
-def read_generated(output_dir: Path, stems: list[str], size: tuple[int, int]) -> Tensor:
-    """The generated PNGs for ``stems`` as uint8 (B, 3, H, W); a missing or wrong-size file is an error."""
-    images = []
-    for stem in stems:
-        path = output_dir / f"{stem}.png"
-        try:
-            with Image.open(path) as image:
-                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        except FileNotFoundError as err:
-            raise DataError(f"{path}: generated image missing; run the generate stage (python -m stages.generate)") from err
-        if array.shape[:2] != tuple(size):
-            raise DataError(f"{path}: generated image is {array.shape[1]}x{array.shape[0]} (WxH), expected "
-                            f"{size[1]}x{size[0]}; re-run the generate stage")
-        images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
-    return torch.stack(images)

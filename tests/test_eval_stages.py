@@ -19,7 +19,8 @@ from gaugan.config import Config, config_to_dict, replace
 from gaugan.data.io import DataError
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.evaluate import evaluate, fid_statistics_path
-from gaugan.generate import GenerationError, generate_split, split_stems
+from gaugan.generate import GenerationError, generate_split
+from gaugan.generated import split_stems
 from gaugan.metrics.fid import FID_WEIGHTS_URL, WeightsLookup
 from gaugan.models import build_encoder, build_generator
 from gaugan.models.loading import load_encoder, load_generator
