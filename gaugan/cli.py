@@ -164,6 +164,7 @@ def bench_command(
         help="run the official code's schedule instead (D weight grads in the G step, fp32, NCHW, per-parameter Adam)"),
     compare: bool = typer.Option(False, "--compare", help="run both schedules, each in its own process, and the speed-up"),
     count_flops: bool = typer.Option(True, "--flops/--no-flops", help="count model FLOPs of one step (MFU on GPU)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice)"),
     output: Optional[Path] = typer.Option(None, "--output", help="also write the JSON here"),
 ) -> None:
     """Training speed of G step + D step on synthetic batches: images/s, step time, peak memory, MFU.
@@ -180,6 +181,13 @@ def bench_command(
 
     if steps < 1 or warmup < 0:
         _fail(f"--steps must be >= 1 and --warmup >= 0, got --steps {steps} --warmup {warmup}")
+    if threads is not None:
+        if threads < 1:
+            _fail(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by --compare's child processes
     try:
         cfg = load_config(params, overrides)
         spec = resolve_dataset(cfg.data)

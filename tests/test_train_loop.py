@@ -98,7 +98,8 @@ def step_objects(cfg: Config, spec, skip_d_weight_grads: bool = True):
     G, D, E = build_training_models(cfg, spec)
     optimizers = make_optimizers(cfg, G, D, E, torch.device("cpu"), epoch=0)
     settings = StepSettings(cfg.loss, cfg.discriminator.num_discriminators,
-                            skip_d_weight_grads_in_g_step=skip_d_weight_grads)
+                            skip_d_weight_grads_in_g_step=skip_d_weight_grads,
+                            fake_requires_grad_in_d_step=not skip_d_weight_grads)
     return Networks(G=G, D=D, D_module=D, E=E), optimizers, settings
 
 
@@ -146,7 +147,8 @@ def test_steps_touch_every_parameter_and_losses_move(use_vae):
 
 
 def test_fast_g_step_has_the_official_maths(store):
-    """Skipping D's weight gradients in the G step changes no number (only the work done)."""
+    """Our schedule against the official one (D weight gradients in the G step, a gradient for
+    the fake in the D step): the skipped work changes no number."""
     cfg = tiny_train_config()
     spec, (seg, real) = one_batch(store, cfg)
     results = []
@@ -274,3 +276,29 @@ def test_metrics_and_sample_grids_are_reported(store, tmp_path):
     with Image.open(images[-1][1]) as grid:  # 4 rows of label | generated | real, 32x32 each
         assert grid.size == (3 * 32, 4 * 32)
     assert result.metrics == metrics
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_steps_keep_fp32_weights_and_losses(dtype):
+    """The CUDA autocast path, run with CPU autocast (no GPU here): fp32 master weights and
+    gradients, fp32 losses, spectral norm in fp32; fp16 goes through gradient scalers."""
+    from gaugan.train.performance import spectral_norm_in_fp32
+
+    cfg = tiny_train_config(size=64)
+    spec = resolve_dataset(cfg.data)
+    seg, real = prepare_batch(synthetic_batch(spec, batch_size=2), spec.num_label_values, torch.device("cpu"),
+                              channels_last=True)
+    networks, optimizers, _ = step_objects(cfg, spec)
+    assert spectral_norm_in_fp32(networks.G) > 0 and spectral_norm_in_fp32(networks.D) > 0
+    if dtype is torch.float16:
+        optimizers.scaler_G, optimizers.scaler_D = torch.amp.GradScaler("cpu"), torch.amp.GradScaler("cpu")
+    settings = StepSettings(cfg.loss, cfg.discriminator.num_discriminators, autocast_dtype=dtype)
+    for _ in range(2):
+        g_losses = generator_step(networks, optimizers, seg, real, settings)
+        d_losses = discriminator_step(networks, optimizers, seg, real, settings)
+    for value in {**g_losses, **d_losses}.values():
+        assert value.dtype == torch.float32 and torch.isfinite(value)
+    for module in (networks.G, networks.D):
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32
+                   for p in module.parameters() if p.grad is not None)
+        assert all(b.dtype == torch.float32 for name, b in module.named_buffers() if name.endswith(("_u", "_v")))

@@ -3,6 +3,7 @@ checkpoint writing and the resume-compatibility rule, the sync-BN guard."""
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -122,3 +123,29 @@ def test_config_differences_that_change_training_are_listed_others_allowed():
         ckpt.check_resumable(payload, config_to_dict(changed), {"name": "x"}, ckpt.Path("last.pt"))
     with pytest.raises(ckpt.CheckpointError, match="dataset spec differs"):
         ckpt.check_resumable(payload, saved, {"name": "y"}, ckpt.Path("last.pt"))
+
+
+def test_spectral_norm_power_iteration_runs_without_autocast(monkeypatch):
+    from torch.nn.utils.spectral_norm import SpectralNorm
+
+    from gaugan.train.performance import spectral_norm_in_fp32
+
+    seen = []
+    compute_weight = SpectralNorm.compute_weight
+
+    def spy(self, module, do_power_iteration):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return compute_weight(self, module, do_power_iteration)
+
+    monkeypatch.setattr(SpectralNorm, "compute_weight", spy)
+    plain = nn.utils.spectral_norm(nn.Conv2d(3, 4, 3))
+    wrapped = nn.Sequential(nn.utils.spectral_norm(nn.Conv2d(3, 4, 3)), nn.utils.spectral_norm(nn.Conv2d(4, 4, 3)))
+    assert spectral_norm_in_fp32(wrapped) == 2
+    wrapped.load_state_dict(wrapped.state_dict())  # state-dict hooks still work
+    wrapped = copy.deepcopy(wrapped)  # as the EMA copy of G is made
+    x = torch.randn(2, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain(x)
+        out = wrapped(x)
+    assert seen == [True, False, False]  # autocast on for the plain hook only
+    assert out.dtype == torch.bfloat16 and wrapped[0].weight_u.dtype == torch.float32

@@ -4,7 +4,8 @@ utilisation of the G step + D step of :mod:`gaugan.train.steps`, on synthetic ba
 Synthetic label maps (blocky random classes and instances) cost the same per step as real
 data once on the device, so the benchmark needs no dataset. ``reference_schedule=True``
 runs the same maths the way the official code runs it (D weight gradients computed in the G
-step and thrown away, fp32, contiguous NCHW tensors, per-parameter Adam, the default glibc
+step and thrown away, a gradient w.r.t. the fake image computed and thrown away in the D
+step (it sets ``requires_grad`` on the regenerated fake), fp32, contiguous NCHW tensors, per-parameter Adam, the default glibc
 allocator behaviour) so that a speed-up is measured on the same machine, not assumed.
 
 Note that the allocator setting (:func:`gaugan.train.performance.keep_freed_memory`) is
@@ -27,7 +28,7 @@ from torch import Tensor
 from gaugan.config import Config, replace
 from gaugan.data.registry import DatasetSpec
 from gaugan.train.loop import build_training_models, make_optimizers, make_vgg_loss, place_models
-from gaugan.train.performance import autocast_dtype, configure_device, peak_memory_bytes
+from gaugan.train.performance import autocast_dtype, configure_device, peak_memory_bytes, spectral_norm_in_fp32
 from gaugan.train.steps import Networks, StepSettings, discriminator_step, generator_step, prepare_batch
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched by substring
@@ -100,6 +101,11 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
     bench_cfg = cfg
     if reference:
         bench_cfg = replace(cfg, optim={"fused": False}, train={"precision": "fp32", "compile": False})
+    dtype = autocast_dtype(bench_cfg.train.precision, device)
+    if dtype is not None:
+        for network in (G, D, E):
+            if network is not None:
+                spectral_norm_in_fp32(network)
     optimizers = make_optimizers(bench_cfg, G, D, E, device, epoch=0)
     if reference:
         for optimizer in (optimizers.G, optimizers.D):
@@ -110,11 +116,10 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
         G_run, D_run = torch.compile(G), torch.compile(D)
         E_run = torch.compile(E) if E is not None else None
     networks = Networks(G=G_run, D=D_run, D_module=D_run, E=E_run)
-    dtype = autocast_dtype(bench_cfg.train.precision, device)
     vgg = make_vgg_loss(cfg, device) if cfg.loss.use_vgg_loss else None
     step_settings = StepSettings(
         cfg.loss, cfg.discriminator.num_discriminators, dtype,
-        skip_d_weight_grads_in_g_step=not reference, vgg=vgg,
+        skip_d_weight_grads_in_g_step=not reference, fake_requires_grad_in_d_step=reference, vgg=vgg,
     )
     batch = synthetic_batch(spec, cfg.train.batch_size, cfg.train.seed)
     if device.type == "cuda":
@@ -131,17 +136,21 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
     _synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
+    load_before = list(os.getloadavg())
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(settings.steps):
         losses = one_step()
     _synchronize(device)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
     finite = bool(torch.isfinite(torch.stack(list(losses.values()))).all())
 
     step_s = elapsed / settings.steps
     result: dict[str, Any] = {
         "images_per_s": cfg.train.batch_size / step_s,
         "step_s": step_s,
+        # CPU time of this process per step (all its threads): on a machine shared with other
+        # work, wall time varies with the load while this varies much less.
+        "process_cpu_s_per_step": cpu_elapsed / settings.steps,
         "peak_memory_bytes": peak_memory_bytes(device),
         "peak_memory_kind": (
             "torch.cuda.max_memory_allocated" if device.type == "cuda"
@@ -160,6 +169,7 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
         "steps": settings.steps,
         "warmup": settings.warmup,
         "losses_finite": finite,
+        "load_average_before": load_before,
         "load_average": list(os.getloadavg()),
         "cpu_count": os.cpu_count(),
     }

@@ -40,7 +40,7 @@ from gaugan.train.distributed import (
     wrap_ddp,
 )
 from gaugan.train.ema import GeneratorEMA
-from gaugan.train.performance import autocast_dtype, configure_device, peak_memory_bytes
+from gaugan.train.performance import autocast_dtype, configure_device, peak_memory_bytes, spectral_norm_in_fp32
 from gaugan.train.schedule import adam_betas, learning_rates, set_learning_rate
 from gaugan.train.steps import Networks, Optimizers, StepSettings, discriminator_step, generator_step, prepare_batch
 
@@ -220,6 +220,11 @@ def _train(
     z_dim = cfg.encoder.z_dim if cfg.encoder.use_vae else None
     channels_last = cfg.train.channels_last
     G, D, E = place_models(*build_training_models(cfg, spec), device, channels_last)
+    dtype = autocast_dtype(cfg.train.precision, device)
+    if dtype is not None:
+        for network in (G, D, E):
+            if network is not None:
+                spectral_norm_in_fp32(network)
     ema = GeneratorEMA(G, cfg.train.ema_decay) if cfg.train.use_ema else None
     vgg = make_vgg_loss(cfg, device) if cfg.loss.use_vgg_loss else None
     _seed_everything(cfg.train.seed + context.rank)
@@ -282,7 +287,6 @@ def _train(
         G_run, D_run, D_local = torch.compile(G_run), torch.compile(D_run), torch.compile(D)
         E_run = torch.compile(E_run) if E_run is not None else None
     networks = Networks(G=G_run, D=D_run, D_module=D_local, E=E_run)
-    dtype = autocast_dtype(cfg.train.precision, device)
     settings = StepSettings(cfg.loss, cfg.discriminator.num_discriminators, dtype, vgg=vgg)
     sample_batch = _fixed_sample_batch(store_dir, spec, NUM_SAMPLE_ROWS) if main else None
 

@@ -1,6 +1,9 @@
 """Device settings that make a training step fast without changing its maths.
 
-- CUDA: bf16 (or fp16) autocast with fp32 master weights, cuDNN autotuning.
+- CUDA: bf16 (or fp16) autocast with fp32 master weights, cuDNN autotuning. Spectral
+  normalisation's power iteration runs with autocast switched off (CUDA autocast would
+  run its matrix-vector products in bf16 and store the vectors from them); the losses
+  reduce in fp32 (gaugan.losses).
 - CPU: plain fp32. The largest CPU cost outside the convolutions measured here was the
   allocator: glibc returns every large freed block (an activation of 16 MB at 64x64) to the
   kernel and takes it back, zero-filled page by page, on the next step. Raising glibc's
@@ -16,6 +19,8 @@ import resource
 import sys
 
 import torch
+from torch import nn
+from torch.nn.utils.spectral_norm import SpectralNorm
 
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -45,6 +50,39 @@ def keep_freed_memory() -> bool:
     ok &= mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
     ok &= mallopt(_M_TOP_PAD, 64 * 1024 * 1024) == 1
     return bool(ok)
+
+
+class _SpectralNormWithoutAutocast:
+    """A spectral-norm forward pre-hook run with autocast off: u, v and sigma in fp32."""
+
+    def __init__(self, hook: SpectralNorm) -> None:
+        self.hook = hook
+
+    def __getattr__(self, name: str):  # name, dim, eps, ... as the wrapped hook
+        hook = self.__dict__.get("hook")  # absent while copy/pickle rebuilds the object
+        if hook is None:
+            raise AttributeError(name)
+        return getattr(hook, name)
+
+    def __call__(self, module: nn.Module, inputs: tuple) -> None:
+        device_type = inputs[0].device.type if inputs and isinstance(inputs[0], torch.Tensor) else "cuda"
+        with torch.autocast(device_type=device_type, enabled=False):
+            self.hook(module, inputs)
+
+
+def spectral_norm_in_fp32(module: nn.Module) -> int:
+    """Make every ``torch.nn.utils.spectral_norm`` below ``module`` compute in fp32 under autocast.
+
+    Returns the number of hooks changed. The normalised weight is then cast to bf16 by the
+    convolution itself, like any other fp32 weight under autocast.
+    """
+    count = 0
+    for layer in module.modules():
+        for key, hook in list(layer._forward_pre_hooks.items()):
+            if isinstance(hook, SpectralNorm):
+                layer._forward_pre_hooks[key] = _SpectralNormWithoutAutocast(hook)
+                count += 1
+    return count
 
 
 def configure_device(device: torch.device, cudnn_benchmark: bool) -> None:

@@ -57,6 +57,9 @@ class StepSettings:
     # The official schedule computes D's weight gradients in the G step too (and zeroes them
     # before the D step); kept as an option so the benchmark can measure its cost.
     skip_d_weight_grads_in_g_step: bool = True
+    # The official D step marks the regenerated fake as requiring grad, so D's backward also
+    # computes an unused input gradient; also kept only for the benchmark's reference.
+    fake_requires_grad_in_d_step: bool = False
     vgg: nn.Module | None = field(default=None, repr=False)
 
 
@@ -155,6 +158,8 @@ def discriminator_step(
     optimizers.D.zero_grad(set_to_none=True)
     with _autocast(device, settings.autocast_dtype):
         fake = generate_fake(networks, seg, real)
+        if settings.fake_requires_grad_in_d_step:
+            fake.requires_grad_()
         pred_fake, pred_real = discriminate(networks.D, seg, fake, real)
         gan_mode = settings.loss.gan_mode
         d_fake = losses.gan_loss(pred_fake, gan_mode, target_is_real=False, for_discriminator=True)
