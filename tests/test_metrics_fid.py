@@ -5,6 +5,7 @@ the weights lookup that never downloads (the Inception file itself is not in thi
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,3 +145,21 @@ def test_pytorch_fid_finds_the_linked_file_in_the_temporary_hub_dir(tmp_path, mo
 
 def test_version_is_recorded():
     assert fid.pytorch_fid_version() == "0.3.0"
+
+
+def test_feature_extractor_feeds_pytorch_fid_images_in_0_1(monkeypatch):
+    """pytorch-fid reads files with ToTensor (uint8 / 255) and its network does the rest; the
+    extractor must hand it exactly that and flatten the (B, 2048, 1, 1) pool output."""
+    seen = []
+
+    class StandIn(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return [x.mean(dim=(2, 3), keepdim=True).repeat(1, 2, 1, 1)]
+
+    monkeypatch.setattr(fid, "inception_network", lambda weights: StandIn())
+    extract = fid.inception_feature_extractor(Path("unused.pth"), torch.device("cpu"))
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 4, 4)
+    features = extract(images)
+    assert seen[0].dtype == torch.float32 and torch.allclose(seen[0][0, :, 0, 0], torch.tensor([0.0, 0.2, 1.0]))
+    assert features.shape == (2, 6) and features.dtype == torch.float64
