@@ -151,25 +151,29 @@ def generate_split(
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers)
     start = time.perf_counter()
     count = 0
-    for batch in loader:
-        label = batch["label"].to(device, non_blocking=True)
-        instance = batch.get("instance")
-        seg = semantic_input(label, store_spec.num_label_values,
-                             instance.to(device, non_blocking=True) if instance is not None else None)
-        z = None
-        if loaded.z_dim is not None:
-            if mu is None:
-                z = latent_for(batch["index"], loaded.z_dim, seed).to(device)
-            else:
-                # The encoder's reparameterisation, z = mu + eps * exp(logvar / 2), with the
-                # per-image noise of latent_for so the images do not depend on the batching.
-                z = mu + latent_for(batch["index"], loaded.z_dim, seed).to(device) * torch.exp(0.5 * logvar)
-        fake = to_uint8(generator(seg, z))
-        for image, index in zip(fake, batch["index"].tolist()):
-            Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_dir / f"{stems[index]}.png", format="PNG")
-        count += fake.shape[0]
-        if grid_path is not None and sum(len(rows[0]) for rows in grid_rows) < GRID_ROWS:
-            grid_rows.append((batch["label"], fake, batch["image"]))
+    try:
+        for batch in loader:
+            label = batch["label"].to(device, non_blocking=True)
+            instance = batch.get("instance")
+            seg = semantic_input(label, store_spec.num_label_values,
+                                 instance.to(device, non_blocking=True) if instance is not None else None)
+            z = None
+            if loaded.z_dim is not None:
+                if mu is None:
+                    z = latent_for(batch["index"], loaded.z_dim, seed).to(device)
+                else:
+                    # The encoder's reparameterisation, z = mu + eps * exp(logvar / 2), with the
+                    # per-image noise of latent_for so the images do not depend on the batching.
+                    z = mu + latent_for(batch["index"], loaded.z_dim, seed).to(device) * torch.exp(0.5 * logvar)
+            fake = to_uint8(generator(seg, z))
+            for image, index in zip(fake, batch["index"].tolist()):
+                Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_dir / f"{stems[index]}.png", format="PNG")
+            count += fake.shape[0]
+            if grid_path is not None and sum(len(rows[0]) for rows in grid_rows) < GRID_ROWS:
+                grid_rows.append((batch["label"], fake, batch["image"]))
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # the previous complete set stays in place
+        raise
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
