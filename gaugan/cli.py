@@ -161,7 +161,7 @@ def bench_command(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto"),
     reference_schedule: bool = typer.Option(
         False, "--reference-schedule",
-        help="run the official code's schedule instead (D weight grads in the G step, fp32, NCHW, per-parameter Adam)"),
+        help="run the official code's schedule instead (D weight grads in the G step, fake grad in the D step, fp32, NCHW, unfused Adam)"),
     compare: bool = typer.Option(False, "--compare", help="run both schedules, each in its own process, and the speed-up"),
     count_flops: bool = typer.Option(True, "--flops/--no-flops", help="count model FLOPs of one step (MFU on GPU)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice)"),

@@ -51,6 +51,7 @@ def test_bench_command_rejects_bad_input_clearly():
 def test_bench_stage_compares_both_schedules_in_their_own_processes(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(bench_stage, "NUM_STEPS", 1)
     monkeypatch.setattr(bench_stage, "NUM_WARMUP", 0)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the child processes' torch threads (see one_thread)
     cfg = replace(tiny_train_config(), train={"max_steps": None})
     bench_stage.run(cfg, tmp_path)
     report = json.loads((tmp_path / "reports" / "bench.json").read_text())

@@ -3,10 +3,12 @@ utilisation of the G step + D step of :mod:`gaugan.train.steps`, on synthetic ba
 
 Synthetic label maps (blocky random classes and instances) cost the same per step as real
 data once on the device, so the benchmark needs no dataset. ``reference_schedule=True``
-runs the same maths the way the official code runs it (D weight gradients computed in the G
-step and thrown away, a gradient w.r.t. the fake image computed and thrown away in the D
-step (it sets ``requires_grad`` on the regenerated fake), fp32, contiguous NCHW tensors, per-parameter Adam, the default glibc
-allocator behaviour) so that a speed-up is measured on the same machine, not assumed.
+runs the same maths the way the official code runs it, so that a speed-up is measured on
+the same machine, not assumed: D weight gradients computed in the G step and thrown away;
+in the D step a gradient w.r.t. the regenerated fake (the official code sets
+``requires_grad`` on it); fp32; contiguous NCHW tensors; torch's default (unfused) Adam;
+glibc's default allocator behaviour. It is an emulation inside our code, not the official
+code itself (which also loads data in the training process and differs in overheads).
 
 Note that the allocator setting (:func:`gaugan.train.performance.keep_freed_memory`) is
 process-wide and cannot be undone: measure the reference schedule in its own process
@@ -107,10 +109,6 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
             if network is not None:
                 spectral_norm_in_fp32(network)
     optimizers = make_optimizers(bench_cfg, G, D, E, device, epoch=0)
-    if reference:
-        for optimizer in (optimizers.G, optimizers.D):
-            for group in optimizer.param_groups:
-                group["foreach"] = False  # the per-parameter loop of the torch versions the official code used
     G_run, D_run, E_run = G, D, E
     if bench_cfg.train.compile:
         G_run, D_run = torch.compile(G), torch.compile(D)

@@ -37,6 +37,7 @@ from gaugan.train.distributed import (
     barrier,
     check_sync_batchnorm,
     init_distributed,
+    shutdown_distributed,
     wrap_ddp,
 )
 from gaugan.train.ema import GeneratorEMA
@@ -194,8 +195,13 @@ def train(
     Raises :class:`TrainingDiverged` on a non-finite loss and
     :class:`gaugan.train.checkpoint.CheckpointError` for a checkpoint that does not fit.
     """
+    joined_here = not torch.distributed.is_initialized()
     context = init_distributed(cfg.train.device)
-    return _train(cfg, Path(store_dir), Path(out_dir), context, report, report_image, show_progress)
+    try:
+        return _train(cfg, Path(store_dir), Path(out_dir), context, report, report_image, show_progress)
+    finally:
+        if joined_here:
+            shutdown_distributed()
 
 
 def _train(
