@@ -171,9 +171,10 @@ def test_resume_equals_an_uninterrupted_run_exactly(store, tmp_path):
     assert first.step == 3
     progress = ckpt.load_checkpoint(tmp_path / "split" / "last.pt")["progress"]
     assert progress == {"epoch": 0, "step": 3, "batch_in_epoch": 3}
-    # Continue with different logging/checkpointing: allowed, and crosses an epoch boundary.
-    second = train(replace(cfg, train={"log_every": 1, "checkpoint_every": 5}), store, tmp_path / "split",
-                   show_progress=False)
+    # Continue with different logging/checkpointing and a loader worker process: allowed, and
+    # crosses an epoch boundary.
+    second = train(replace(cfg, train={"log_every": 1, "checkpoint_every": 5}, data={"num_workers": 1}), store,
+                   tmp_path / "split", show_progress=False)
     assert second.resumed_from_step == 3 and second.step == 6
     assert_identical(full.last_checkpoint, second.last_checkpoint)
     assert ckpt.load_checkpoint(second.last_checkpoint)["progress"] == {"epoch": 1, "step": 6, "batch_in_epoch": 2}

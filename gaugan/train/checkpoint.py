@@ -38,6 +38,7 @@ RESUMABLE_DIFFERENCES = (
     "train.max_steps",
     "train.compile",
     "train.cudnn_benchmark",
+    "train.channels_last",  # memory layout: the same maths (float rounding may differ)
     "train.device",
     "data.num_workers",
     "data.root",
