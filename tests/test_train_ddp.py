@@ -18,7 +18,6 @@ import os
 import socket
 from pathlib import Path
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 
