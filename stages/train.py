@@ -17,15 +17,24 @@ DVC:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
-from gaugan.config import Config, ConfigError
+from gaugan.config import Config, ConfigError, config_to_dict, replace
 from gaugan.data.io import DataError
+from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.losses import VGGWeightsError
-from gaugan.train.checkpoint import LAST_CHECKPOINT, CheckpointError
+from gaugan.train.checkpoint import (
+    GENERATOR_CHECKPOINT,
+    LAST_CHECKPOINT,
+    CheckpointError,
+    check_resumable,
+    load_checkpoint,
+)
 from gaugan.train.loop import TrainingDiverged, train
 from pipeline.params import load_config, repo_root
 from pipeline.tracking import RUN_FILE, open_run, read_run_file, write_run_file
@@ -33,16 +42,44 @@ from pipeline.tracking import RUN_FILE, open_run, read_run_file, write_run_file
 SUMMARY_PATH = "reports/train.json"
 
 
+def finished_run_of_another_config(cfg: Config, store_dir: Path, out_dir: Path) -> bool:
+    """True when ``out_dir`` holds a *finished* training of a configuration that trains differently.
+
+    A queued DVC experiment starts from a copy of its baseline's outputs, so its checkpoint
+    folder (persist: true) holds the baseline's finished run; the ablation must start
+    afresh, not fail in check_resumable. An *unfinished* checkpoint of another
+    configuration stays an error: an interrupted run whose settings were changed.
+    """
+    last = out_dir / LAST_CHECKPOINT
+    if not (cfg.train.resume and last.is_file() and (out_dir / GENERATOR_CHECKPOINT).is_file()):
+        return False
+    spec = dataclasses.asdict(spec_from_manifest(read_manifest(store_dir)))
+    try:
+        check_resumable(load_checkpoint(last), config_to_dict(cfg), spec, last)
+    except CheckpointError:
+        return True
+    return False
+
+
 def run(cfg: Config, root: Path) -> None:
     store_dir = root / cfg.data.processed_dir
     out_dir = root / cfg.train.checkpoint_dir
+    # Decided by every process before any writes, so that all start afresh together.
+    stale = finished_run_of_another_config(cfg, store_dir, out_dir)
+    train_cfg = replace(cfg, train={"resume": False}) if stale else cfg
     if int(os.environ.get("RANK", "0")) != 0:
-        train(cfg, store_dir, out_dir, show_progress=False)
+        train(train_cfg, store_dir, out_dir, show_progress=False)
         return
+    if stale:
+        print(f"train: {out_dir} holds a finished run of another configuration (e.g. a DVC experiment's "
+              "baseline); starting afresh")
+        # generator.pt stays until the new run replaces it: the other processes decide by it.
+        (out_dir / RUN_FILE).unlink(missing_ok=True)
+        shutil.rmtree(out_dir / "samples", ignore_errors=True)
 
     run_file = out_dir / RUN_FILE
     resume_run_id = None
-    if cfg.train.resume and (out_dir / LAST_CHECKPOINT).is_file():
+    if train_cfg.train.resume and (out_dir / LAST_CHECKPOINT).is_file():
         previous = read_run_file(run_file)
         resume_run_id = previous["run_id"] if previous else None
     if not cfg.tracking.enabled:
@@ -50,7 +87,7 @@ def run(cfg: Config, root: Path) -> None:
     with open_run(cfg, root, "train", resume_run_id=resume_run_id) as tracker:
         write_run_file(tracker, run_file)
         tracker.log_config(cfg)
-        result = train(cfg, store_dir, out_dir, report=tracker.log_metrics, report_image=tracker.log_image)
+        result = train(train_cfg, store_dir, out_dir, report=tracker.log_metrics, report_image=tracker.log_image)
         tracker.log_artifact(result.generator_checkpoint, "checkpoints")
         summary = {"step": result.step, "epoch": result.epoch, "resumed_from_step": result.resumed_from_step,
                    **result.metrics}

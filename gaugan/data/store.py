@@ -213,13 +213,15 @@ def _inputs_sha256(pairs: list[Pair], root: Path) -> str:
 
 
 def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike, num_workers: int = 0,
-                progress: bool = False) -> dict:
+                progress: bool = False, source_name: str | None = None) -> dict:
     """Validate every pair of ``listing`` and write the store to ``out_dir`` atomically.
 
     All pairs are read and checked while the arrays are written into a temporary folder;
     if any problem was found (including those of the listing) the temporary folder is
     removed and one :class:`DataError` lists them all. Otherwise the folder replaces
-    ``out_dir`` in one rename. Returns the manifest.
+    ``out_dir`` in one rename. Returns the manifest. ``source_name`` is recorded as the
+    source folder instead of its absolute path, so that the store's bytes do not depend on
+    where the repository is (DVC compares a queued experiment's copy by content).
     """
     out_dir = Path(out_dir)
     tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
@@ -237,7 +239,7 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
         "label_dtype": label_dtype.name,
         "instance_dtype": "uint16" if spec.use_instance else None,
         "class_names": class_names(spec),
-        "source": {"root": str(listing.root), "notes": list(listing.notes)},
+        "source": {"root": source_name or str(listing.root), "notes": list(listing.notes)},
         "splits": {},
     }
     try:
@@ -324,7 +326,8 @@ def preprocess(data: DataConfig, root: Path, reports_dir: Path | None = None, nu
     folder = dataset_dir(data, root)
     workers = data.num_workers if num_workers is None else num_workers
     spec, listing = resolve_folder(data, folder, repo_root=root, num_workers=workers)
-    manifest = write_store(listing, spec, root / data.processed_dir, num_workers=workers, progress=progress)
+    manifest = write_store(listing, spec, root / data.processed_dir, num_workers=workers, progress=progress,
+                           source_name=folder.relative_to(root).as_posix() if folder.is_relative_to(root) else None)
     if reports_dir is not None:
         write_class_histogram(manifest, reports_dir / "class_histogram.csv")
         split = "val" if "val" in manifest["splits"] else next(iter(manifest["splits"]))
