@@ -5,7 +5,8 @@ of ``stages/<name>.py`` (every ``import`` statement, also those inside functions
 ``gaugan/`` and ``pipeline/`` and returns the files, package ``__init__.py`` files
 included. ``stages/__init__.py`` is left out: it only checks where the code is imported
 from (pipeline/dvc.py) and cannot change an output. tests/test_pipeline_dvc_yaml.py
-checks dvc.yaml against this; ``python -m pipeline.stage_deps`` prints the lists.
+checks dvc.yaml against this; ``python -m pipeline.stage_deps`` prints the lists and
+``python -m pipeline.stage_deps --write dvc.yaml bench/dvc.yaml`` rewrites them in place.
 """
 
 from __future__ import annotations
@@ -71,9 +72,43 @@ def stage_code_deps(stage: str, root: Path) -> list[str]:
     return code_closure(path, root)
 
 
+def rewrite_code_deps(text: str, root: Path) -> str:
+    """dvc.yaml text with each stage's ``.py`` deps replaced by :func:`stage_code_deps`.
+
+    Line-based, so comments and layout stay; the other deps (data, reports) are kept
+    after the code, in their order. A stage is recognised by its ``cmd: python -m stages.<name>``.
+    """
+    lines = text.splitlines()
+    output: list[str] = []
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        output.append(line)
+        index += 1
+        if line.strip() != "deps:":
+            continue
+        indent = " " * (len(line) - len(line.lstrip()) + 2)
+        entries = []
+        while index < len(lines) and lines[index].startswith(indent + "- "):
+            entries.append(lines[index][len(indent) + 2:])
+            index += 1
+        command = next((l.split("stages.", 1)[1].strip() for l in reversed(output) if "cmd: python -m stages." in l), None)
+        if command is None:
+            raise ValueError("a deps: list before any `cmd: python -m stages.<name>` line")
+        kept = [entry for entry in entries if not entry.endswith(".py")]
+        output += [f"{indent}- {dep}" for dep in [*stage_code_deps(command, root), *kept]]
+    return "\n".join(output) + "\n"
+
+
 if __name__ == "__main__":
     project = Path(__file__).resolve().parents[1]
-    for name in sys.argv[1:] or sorted(p.stem for p in (project / "stages").glob("[!_]*.py")):
-        print(f"{name}:")
-        for dep in stage_code_deps(name, project):
-            print(f"      - {dep}")
+    if sys.argv[1:2] == ["--write"]:
+        for name in sys.argv[2:]:
+            path = project / name
+            path.write_text(rewrite_code_deps(path.read_text(), project))
+            print(f"updated {path}")
+    else:
+        for name in sys.argv[1:] or sorted(p.stem for p in (project / "stages").glob("[!_]*.py")):
+            print(f"{name}:")
+            for dep in stage_code_deps(name, project):
+                print(f"      - {dep}")

@@ -9,7 +9,7 @@ import yaml
 
 from gaugan.config import flatten
 from pipeline.params import read_params
-from pipeline.stage_deps import code_closure, stage_code_deps
+from pipeline.stage_deps import code_closure, rewrite_code_deps, stage_code_deps
 
 ROOT = Path(__file__).resolve().parents[1]
 # The default pipeline and the benchmark's own (bench/dvc.yaml runs from the root: wdir ..).
@@ -64,3 +64,23 @@ def test_closure_follows_function_level_and_package_imports(tmp_path: Path) -> N
     (tmp_path / "gaugan" / "helper.py").write_text("x = 1\n")
     assert code_closure(tmp_path / "stages" / "thing.py", tmp_path) == [
         "gaugan/__init__.py", "gaugan/helper.py", "gaugan/sub/__init__.py", "gaugan/sub/leaf.py", "stages/thing.py"]
+
+
+def test_rewrite_replaces_code_deps_and_keeps_the_rest(tmp_path: Path) -> None:
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "gaugan").mkdir()
+    (tmp_path / "stages" / "thing.py").write_text("from gaugan import now\n")
+    (tmp_path / "gaugan" / "__init__.py").write_text("")
+    (tmp_path / "gaugan" / "now.py").write_text("")
+    text = ("stages:\n  # a comment\n  thing:\n    cmd: python -m stages.thing\n    deps:\n"
+            "      - gaugan/gone.py\n      - ${data.root}\n      - stages/thing.py\n    outs:\n      - out.txt\n")
+    assert rewrite_code_deps(text, tmp_path) == (
+        "stages:\n  # a comment\n  thing:\n    cmd: python -m stages.thing\n    deps:\n"
+        "      - gaugan/__init__.py\n      - gaugan/now.py\n      - stages/thing.py\n      - ${data.root}\n"
+        "    outs:\n      - out.txt\n")
+
+
+@pytest.mark.parametrize("path", ["dvc.yaml", "bench/dvc.yaml"])
+def test_dvc_yaml_is_what_the_rewrite_produces(path: str) -> None:
+    text = (ROOT / path).read_text()
+    assert rewrite_code_deps(text, ROOT) == text, f"run `python -m pipeline.stage_deps --write {path}`"
