@@ -163,7 +163,8 @@ def test_fast_g_step_has_the_official_maths(store):
 
 
 def test_resume_equals_an_uninterrupted_run_exactly(store, tmp_path):
-    cfg = tiny_train_config(use_ema=True, ema_decay=0.9, checkpoint_every=3)
+    # VAE: the encoder's noise comes from the global RNG, so this also checks its restore.
+    cfg = replace(tiny_train_config(use_ema=True, ema_decay=0.9, checkpoint_every=3), encoder={"use_vae": True})
     full = train(cfg, store, tmp_path / "full", show_progress=False)
     assert full.step == 6 and full.resumed_from_step == 0
 
@@ -181,7 +182,7 @@ def test_resume_equals_an_uninterrupted_run_exactly(store, tmp_path):
 
     # generator.pt: the same format, generation models only; the reader prefers the EMA.
     final = ckpt.load_checkpoint(full.generator_checkpoint)
-    assert set(final["models"]) == {"G", "G_ema"} and "optimizers" not in final
+    assert set(final["models"]) == {"G", "G_ema", "E"} and "optimizers" not in final
     loaded = load_generator(full.generator_checkpoint)
     assert loaded.weights == "G_ema"
     ema_state, g_state = final["models"]["G_ema"], final["models"]["G"]
