@@ -113,6 +113,8 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
             commit = commit.fillna(runs[column])
     table["commit"] = commit.fillna("").astype(str).str[:7]
     table["run"] = runs["run_id"].astype(str).str[:8]
+    if "status" in runs.columns and (runs["status"].fillna("FINISHED") != "FINISHED").any():
+        table["status"] = runs["status"]  # failed or interrupted runs stay visible, marked
     for key in differing_params(runs):
         table[key] = runs[f"params.{key}"]
     table = pd.concat([table, headline_values(runs)], axis=1)

@@ -76,7 +76,7 @@ def rewrite_code_deps(text: str, root: Path) -> str:
     """dvc.yaml text with each stage's ``.py`` deps replaced by :func:`stage_code_deps`.
 
     Line-based, so comments and layout stay; the other deps (data, reports) are kept
-    after the code, in their order. A stage is recognised by its ``cmd: python -m stages.<name>``.
+    after the code, in their order. A stage is recognised by the ``-m stages.<name>`` of its ``cmd``.
     """
     lines = text.splitlines()
     output: list[str] = []
@@ -92,9 +92,9 @@ def rewrite_code_deps(text: str, root: Path) -> str:
         while index < len(lines) and lines[index].startswith(indent + "- "):
             entries.append(lines[index][len(indent) + 2:])
             index += 1
-        command = next((l.split("stages.", 1)[1].strip() for l in reversed(output) if "cmd: python -m stages." in l), None)
+        command = next((l.split("-m stages.", 1)[1].strip() for l in reversed(output) if "-m stages." in l), None)
         if command is None:
-            raise ValueError("a deps: list before any `cmd: python -m stages.<name>` line")
+            raise ValueError("a deps: list before any `cmd: ... -m stages.<name>` line")
         kept = [entry for entry in entries if not entry.endswith(".py")]
         output += [f"{indent}- {dep}" for dep in [*stage_code_deps(command, root), *kept]]
     return "\n".join(output) + "\n"

@@ -25,7 +25,8 @@ def _path(entry: str | dict) -> str:
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_runs_its_module_and_depends_on_exactly_its_code(name: str) -> None:
     stage = STAGES[name]
-    assert stage["cmd"] == f"python -m stages.{name}" and stage.get("wdir", "..") == ".."
+    launcher = "${train_launcher}" if name == "train" else "python"  # launch.yaml: torchrun for several GPUs
+    assert stage["cmd"] == f"{launcher} -m stages.{name}" and stage.get("wdir", "..") == ".."
     code = sorted(d for d in map(_path, stage["deps"]) if d.endswith(".py"))
     assert code == stage_code_deps(name, ROOT), (
         f"dvc.yaml stage {name!r}: code deps differ from its imports; `python -m pipeline.stage_deps {name}` "

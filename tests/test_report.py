@@ -36,6 +36,9 @@ def test_ablation_table_lists_differing_params_and_headlines() -> None:
     table = report.ablation_table(fake_runs())
     assert list(table["experiment"]) == ["train", "ngf-32", "norm-instance"]  # by start time
     assert list(table.columns[:5]) == ["experiment", "commit", "run", "generator.ngf", "generator.param_free_norm"]
+    assert "status" not in table  # shown only when some run did not finish
+    failed = report.ablation_table(fake_runs().assign(status=["FINISHED", "FAILED", "FINISHED"]))
+    assert list(failed.columns[:4]) == ["experiment", "commit", "run", "status"] and failed["status"][0] == "FAILED"
     assert "data.dataset" not in table and "tracking.experiment_name" not in table
     assert list(table["commit"]) == ["abcdef0", "1234567", "1234567"]
     assert table["FID"].tolist() == [95.0, 70.5, 80.123]
