@@ -91,7 +91,10 @@ def run(cfg: Config, root: Path) -> None:
         if current_id not in tracked:
             runs = pd.concat([runs, local_runs(metrics, training, current_id)], ignore_index=True)
         table = report.ablation_table(runs)
-        labels = dict(zip(runs["run_id"], report.experiment_labels(runs)))
+        # Names for legends and captions: the experiment, and the run id since names repeat
+        # (every plain `dvc repro` is "workspace").
+        labels = {run_id: f"{name} ({str(run_id)[:8]})"
+                  for run_id, name in zip(runs["run_id"], report.experiment_labels(runs))}
         if tracked:
             # Details (loss curves, grids) for the newest runs and this one.
             detailed = [r for r in tracked[-MAX_RUNS_WITH_DETAILS:] if r != current_id]
