@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from gaugan.config import Config, ConfigError, config_to_dict, replace
@@ -87,11 +88,15 @@ def run(cfg: Config, root: Path) -> None:
     with open_run(cfg, root, "train", resume_run_id=resume_run_id) as tracker:
         write_run_file(tracker, run_file)
         tracker.log_config(cfg)
+        started = time.perf_counter()
         result = train(train_cfg, store_dir, out_dir, report=tracker.log_metrics, report_image=tracker.log_image)
+        # Wall time of this invocation (a resumed run: of its continuation only); the report's
+        # "training time" column.
+        train_seconds = time.perf_counter() - started
         tracker.log_artifact(result.generator_checkpoint, "checkpoints")
         summary = {"step": result.step, "epoch": result.epoch, "resumed_from_step": result.resumed_from_step,
-                   **result.metrics}
-        tracker.log_metrics({"final/step": result.step}, step=result.step)
+                   **result.metrics, "time/train_seconds": train_seconds}
+        tracker.log_metrics({"final/step": result.step, "time/train_seconds": train_seconds}, step=result.step)
     summary_path = root / SUMMARY_PATH
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     temp = summary_path.with_name(f".{summary_path.name}.tmp")
