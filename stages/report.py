@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from gaugan import report
-from gaugan.config import Config
+from gaugan.config import Config, flatten
 from pipeline.params import load_config, repo_root
 from pipeline.tracking import RUN_FILE, read_run_file
 
@@ -151,7 +151,7 @@ def summary_html(metrics: dict, run_id: str | None) -> str:
         items["FID status"] = f"{metrics.get('fid_status')}: {metrics.get('fid_reason')}"
     if metrics.get("segmentation_status") not in (None, "ok"):
         items["mIoU status"] = f"{metrics.get('segmentation_status')}: {metrics.get('segmentation_reason')}"
-    protocol = metrics.get("protocol", {})
+    protocol = flatten(metrics.get("protocol", {}))
     items.update({f"protocol: {key}": json.dumps(value) if isinstance(value, (dict, list)) else value
                   for key, value in protocol.items()})
     return report.definition_list_html(items)

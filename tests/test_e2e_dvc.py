@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from gaugan.config import flatten
+from pipeline.dvc import parse_exp_show
 from pipeline.params import apply_overrides, read_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,6 +189,8 @@ def test_queued_sweep_keeps_every_run_under_the_real_root(repo: Path) -> None:
     assert "made no MLflow run of their own" in linked and "e2e-unchanged" in linked
     tagged = {r.data.tags.get("dvc.exp_name"): r.data.tags.get("dvc.exp_rev") for r in client.search_runs(
         [experiment.experiment_id])}
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
-    revs = {e["name"]: e["revs"][0]["rev"] for b in shown for e in (b.get("experiments") or [])}
+    shown = parse_exp_show(json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout))
+    revs = {e.name: e.rev for e in shown if not e.is_baseline}
     assert tagged["e2e-ngf4"] == revs["e2e-ngf4"] and tagged["e2e-kernel1"] == revs["e2e-kernel1"]
+    for experiment in shown:  # `dvc exp show` lists the headline metrics of every row
+        assert experiment.metrics.get("reports/headline.json:miou") is not None, experiment
