@@ -26,12 +26,13 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from gaugan.config import flatten
 from pipeline.tracking import git_commit
+
+if TYPE_CHECKING:  # pandas is imported where runs are linked, not by every stage's guard
+    import pandas as pd
 
 # Packages whose code a stage must take from the directory it runs in.
 PROJECT_PACKAGES = ("gaugan", "pipeline", "stages")
@@ -108,9 +109,9 @@ def check_code_location(workdir: Path, packages: tuple[str, ...] = PROJECT_PACKA
 
 def guard_stage(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
     """Under DVC, refuse to run a stage with another directory's code (see the module docstring)."""
-    environ = os.environ if environ is None else environ
-    if environ.get("DVC_STAGE"):
-        check_code_location((cwd or Path.cwd()))
+    context = current_context(environ, cwd)
+    if context.under_dvc:
+        check_code_location(context.workdir)
 
 
 # --------------------------------------------------------------------------------------
@@ -229,6 +230,8 @@ def link_experiments(
     completed without running its training (run-cache restore, nothing changed) has no
     runs of its own; its source run then belongs to another experiment or baseline.
     """
+    import pandas as pd
+
     ordered = runs.sort_values("start_time", ascending=False) if "start_time" in runs.columns else runs
 
     def tag(name: str) -> pd.Series:

@@ -32,6 +32,7 @@ import pandas as pd
 
 from gaugan import report
 from gaugan.config import Config, flatten
+from pipeline.dvc import current_context
 from pipeline.params import load_config, repo_root
 from pipeline.tracking import RUN_FILE, read_run_file
 
@@ -141,8 +142,14 @@ def run(cfg: Config, root: Path) -> None:
 
 
 def summary_html(metrics: dict, run_id: str | None) -> str:
-    """Headline numbers of this run, with why a number is missing, and the evaluation protocol."""
-    items: dict[str, object] = {"MLflow run": run_id or "(tracking off)"}
+    """Where this report was built, headline numbers of this run (with why a number is
+    missing) and the evaluation protocol."""
+    context = current_context()
+    items: dict[str, object] = {
+        "DVC experiment": context.exp_name or "(none: the workspace)",
+        "git commit": (context.baseline_rev or context.commit or "(not a git repository)")[:12],
+        "MLflow run": run_id or "(tracking off)",
+    }
     for field, label in (("fid", "FID"), ("miou", "mIoU (%)"), ("accuracy", "pixel accuracy (%)"),
                          ("real_miou", "segmenter on real images: mIoU (%)"),
                          ("real_accuracy", "segmenter on real images: accuracy (%)")):
