@@ -23,6 +23,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,17 +135,18 @@ class Experiment:
 
 def run_dvc_json(args: list[str], root: Path, timeout: float = 300.0) -> Any:
     """Run ``dvc <args>`` (which must print JSON) in ``root`` and parse its output."""
-    command = ["dvc", *args]
+    # The dvc of this interpreter's environment, whatever PATH says.
+    command = [sys.executable, "-m", "dvc", *args]
     try:
         result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
-        raise DvcError(f"`{' '.join(command)}` in {root} failed: {err}") from err
+        raise DvcError(f"`dvc {' '.join(args)}` in {root} failed: {err}") from err
     if result.returncode != 0:
-        raise DvcError(f"`{' '.join(command)}` in {root} exited with {result.returncode}: {result.stderr.strip()}")
+        raise DvcError(f"`dvc {' '.join(args)}` in {root} exited with {result.returncode}: {result.stderr.strip()}")
     try:
         return json.loads(result.stdout)
     except json.JSONDecodeError as err:
-        raise DvcError(f"`{' '.join(command)}` in {root} did not print JSON: {result.stdout[:200]!r}") from err
+        raise DvcError(f"`dvc {' '.join(args)}` in {root} did not print JSON: {result.stdout[:200]!r}") from err
 
 
 def _row(entry: dict[str, Any], name: str, baseline_rev: str, is_baseline: bool, state: str | None) -> Experiment:
@@ -178,8 +180,12 @@ def parse_exp_show(data: list[dict[str, Any]]) -> list[Experiment]:
 
 
 def list_experiments(root: Path) -> list[Experiment]:
-    """Every baseline commit and experiment DVC knows in ``root`` (``dvc exp show -A``)."""
-    return parse_exp_show(run_dvc_json(["exp", "show", "--json", "--all-commits"], root))
+    """Every experiment DVC knows in ``root`` (``dvc exp show -A``), with its baseline
+    commit, and HEAD. Commits without experiments are left out (the history can be long)."""
+    rows = parse_exp_show(run_dvc_json(["exp", "show", "--json", "--all-commits"], root))
+    with_experiments = {row.baseline_rev for row in rows if not row.is_baseline}
+    head = next((row.rev for row in rows if row.is_baseline), None)  # DVC lists HEAD first
+    return [row for row in rows if not row.is_baseline or row.rev in with_experiments or row.rev == head]
 
 
 def read_run_id_at(root: Path, rev: str, run_file: str) -> str | None:
@@ -191,11 +197,12 @@ def read_run_id_at(root: Path, rev: str, run_file: str) -> str | None:
     """
     import dvc.api
     from dvc.exceptions import DvcException
+    from dvc_data.index.index import DataIndexError
 
     try:
         data = json.loads(dvc.api.read(run_file, repo=str(root), rev=rev))
-    except (DvcException, FileNotFoundError, json.JSONDecodeError):
-        return None
+    except (DvcException, DataIndexError, OSError, json.JSONDecodeError):
+        return None  # not tracked at that commit, or its outputs are not in the local cache
     return data.get("run_id") if isinstance(data, dict) else None
 
 
