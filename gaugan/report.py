@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,6 @@ HEADLINES = (
 
 # Parameters that never distinguish experiments (where things are written, logging).
 IGNORED_PARAM_PREFIXES = ("tracking.", "train.log_every", "train.sample_every", "train.checkpoint_every")
-
-
-def _flag(series: pd.Series) -> pd.Series:
-    return series.astype(str).str.lower().isin({"1", "true"})
 
 
 def experiment_labels(runs: pd.DataFrame) -> pd.Series:
@@ -261,10 +258,17 @@ class Section:
     body_html: str  # trusted HTML built by this module (tables, figures, escaped text)
 
 
-def figure_html(path: Path, caption: str) -> str:
-    """An ``<img>`` with the PNG inlined as a data URI (the page stays one self-contained file)."""
+def figure_html(path: Path, caption: str, scale: int = 1) -> str:
+    """An ``<img>`` with the PNG inlined as a data URI (the page stays one self-contained file).
+
+    ``scale`` > 1 shows it that many times larger with sharp pixels (small sample grids).
+    """
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+    size = ""
+    if scale > 1:
+        with Image.open(path) as image:
+            size = f' class="pixels" width="{image.width * scale}" height="{image.height * scale}"'
+    return (f'<figure><img alt="{html.escape(caption)}"{size} src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
@@ -284,7 +288,8 @@ table { border-collapse: collapse; font-size: .85em; display: block; overflow-x:
 th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: right; white-space: nowrap; }
 th { background: #f3f3f3; } tr.current td { background: #fff8d6; }
 td:first-child, th:first-child { text-align: left; }
-figure { margin: 1em 0; } img { max-width: 100%; image-rendering: pixelated; }
+figure { margin: 1em 0; display: inline-block; vertical-align: top; } img { max-width: 100%; height: auto; }
+img.pixels { image-rendering: pixelated; }
 figcaption { font-size: .85em; color: #555; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; font-size: .9em; }
 dt { font-weight: 600; } dd { margin: 0; font-family: ui-monospace, monospace; }

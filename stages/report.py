@@ -50,6 +50,7 @@ PAGE = REPORTS / "index.html"
 RUN_STAGES = ("train", "evaluate")
 MAX_RUNS_WITH_DETAILS = 12  # loss curves and sample grids fetched for the newest runs only
 EVALUATION_GRID_ARTIFACT = "evaluation/generated_grid.png"
+SAMPLE_SCALE = 2  # generated and training grids shown twice their size (the built-in images are 64x64)
 
 
 def local_runs(metrics: dict, training: dict, run_id: str | None) -> pd.DataFrame:
@@ -126,7 +127,7 @@ def run(cfg: Config, root: Path) -> None:
             samples.append((training_grid, f"training samples at {training_grid.stem.replace('_', ' ')}"))
         samples += [(path, f"{name}: label | generated | real") for name, path in other_grids]
         sections.append(report.Section("Samples", "".join(
-            report.figure_html(path, caption) for path, caption in samples if path.is_file())))
+            report.figure_html(path, caption, scale=SAMPLE_SCALE) for path, caption in samples if path.is_file())))
         sections.append(report.Section("Runs compared", report.table_html(table, current_row) + report.text_html(
             f"One row per run of the MLflow experiment '{cfg.tracking.experiment_name}' (the highlighted row is this "
             "run); columns between 'run' and 'FID' are the parameters that differ. mIoU and accuracy in percent. "

@@ -58,7 +58,7 @@ def test_ablation_table_lists_differing_params_and_headlines() -> None:
     assert page_table.count('class="current"') == 1
 
 
-def test_plots_sample_grid_and_page_are_offline(tmp_path: Path) -> None:
+def test_plots_and_page_are_offline(tmp_path: Path) -> None:
     runs = fake_runs()
     table = report.ablation_table(runs)
     history = pd.DataFrame([(run_id, key, step, 1.0 / (step + 1))
@@ -76,10 +76,13 @@ def test_plots_sample_grid_and_page_are_offline(tmp_path: Path) -> None:
     page = report.render_page("Report <test>", [
         report.Section("Ablations", report.table_html(table)),
         report.Section("Losses", report.figure_html(tmp_path / "plots" / "losses.png", "loss curves")),
+        report.Section("Samples", report.figure_html(tmp_path / "none.png", "grid", scale=2)),
         report.Section("Notes", report.text_html("a < b\n\nsecond")),
     ])
     assert "Report &lt;test&gt;" in page and "<p>a &lt; b</p>" in page
-    assert page.count("data:image/png;base64,") == 1
+    assert page.count("data:image/png;base64,") == 2
+    with Image.open(tmp_path / "none.png") as grid:
+        assert f'class="pixels" width="{2 * grid.width}" height="{2 * grid.height}"' in page
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing fetched from the network
     report.write_text_atomic(page, tmp_path / "index.html")
     assert (tmp_path / "index.html").read_text() == page
