@@ -210,9 +210,11 @@ def open_run(cfg: Config, root: Path, stage: str, resume_run_id: str | None = No
 
 
 def write_run_file(tracker: NullTracker, path: Path) -> None:
-    """``run.json`` {run_id, experiment_id, tracking_uri}: later stages join this run."""
-    if tracker.run_id is None:
-        return
+    """``run.json`` {run_id, experiment_id, tracking_uri}: later stages join this run.
+
+    Written with tracking off too (``run_id`` null): dvc.yaml declares the file as a
+    dependency of evaluate and report, and a missing dependency would stop ``dvc repro``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
     temp.write_text(json.dumps(
@@ -232,4 +234,6 @@ def read_run_file(path: Path) -> dict[str, str] | None:
         raise ValueError(f"{path}: not valid JSON ({err}); delete it to start a new MLflow run") from err
     if not isinstance(data, dict) or "run_id" not in data:
         raise ValueError(f"{path}: expected a JSON object with 'run_id'; delete it to start a new MLflow run")
+    if data["run_id"] is None:  # written with tracking off
+        return None
     return data

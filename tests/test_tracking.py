@@ -77,10 +77,13 @@ def test_train_stage_logs_a_complete_run_and_resumes_into_it(tmp_path, monkeypat
     assert resumed.data.tags["param_changed_on_resume.train.log_every"] == "2"
     assert len(client.search_runs([experiment.experiment_id])) == 1
 
-    # Tracking off: training still runs, and no stale run.json points later stages at the old run.
+    # Tracking off: training still runs, and no stale run.json points later stages at the old
+    # run; the file exists (a declared DVC dependency of evaluate/report) with a null run id.
     off = replace(more, train={"max_steps": 5}, tracking={"enabled": False})
     train_stage.run(off, root)
-    assert not (root / cfg.train.checkpoint_dir / "run.json").exists()
+    run_file = root / cfg.train.checkpoint_dir / "run.json"
+    assert json.loads(run_file.read_text())["run_id"] is None
+    assert tracking.read_run_file(run_file) is None
     assert json.loads((root / "reports" / "train.json").read_text())["step"] == 5
 
 
@@ -98,3 +101,19 @@ def test_a_failed_training_marks_the_run_failed(tmp_path, monkeypatch):
     with tracking.open_run(replace(cfg, tracking={"enabled": False}), tmp_path, "train") as tracker:
         assert isinstance(tracker, tracking.NullTracker) and tracker.run_id is None
         tracker.log_metrics({"x": 1.0}, step=1)  # accepted, does nothing
+
+
+def test_rerun_of_a_finished_training_retrains_instead_of_keeping_stale_weights(tmp_path, capsys, one_thread):
+    """DVC re-runs train only when an input changed: a finished run with no steps left starts afresh."""
+    root = tmp_path / "repo"
+    make_store(root)
+    cfg = replace(tiny_train_config(max_steps=2, checkpoint_every=2), tracking={"enabled": False})
+    train_stage.run(cfg, root)
+    assert "starting afresh" not in capsys.readouterr().out
+    train_stage.run(cfg, root)
+    assert "starting afresh" in capsys.readouterr().out
+    assert json.loads((root / "reports" / "train.json").read_text())["step"] == 2
+    # Steps left (a larger max_steps): the finished run is continued, not restarted.
+    train_stage.run(replace(cfg, train={"max_steps": 3}), root)
+    assert "starting afresh" not in capsys.readouterr().out
+    assert json.loads((root / "reports" / "train.json").read_text())["step"] == 3
