@@ -36,15 +36,18 @@ from gaugan.train.checkpoint import (
     check_resumable,
     load_checkpoint,
 )
-from gaugan.train.loop import TrainingDiverged, train
+from gaugan.train.loop import TrainingDiverged, planned_steps, train
 from pipeline.params import load_config, repo_root
 from pipeline.tracking import RUN_FILE, open_run, read_run_file, write_run_file
 
 SUMMARY_PATH = "reports/train.json"
 
 
-def finished_run_of_another_config(cfg: Config, store_dir: Path, out_dir: Path) -> bool:
-    """True when ``out_dir`` holds a *finished* training of a configuration that trains differently.
+def stale_finished_run(cfg: Config, store_dir: Path, out_dir: Path) -> bool:
+    """True when ``out_dir`` holds a *finished* training that must not be continued.
+
+    That is one of a configuration that trains differently, or one of this configuration with
+    no steps left (see below).
 
     A queued DVC experiment starts from a copy of its baseline's outputs, so its checkpoint
     folder (persist: true) holds the baseline's finished run; the ablation must start
@@ -54,26 +57,31 @@ def finished_run_of_another_config(cfg: Config, store_dir: Path, out_dir: Path) 
     last = out_dir / LAST_CHECKPOINT
     if not (cfg.train.resume and last.is_file() and (out_dir / GENERATOR_CHECKPOINT).is_file()):
         return False
-    spec = dataclasses.asdict(spec_from_manifest(read_manifest(store_dir)))
+    manifest = read_manifest(store_dir)
+    spec = dataclasses.asdict(spec_from_manifest(manifest))
+    checkpoint = load_checkpoint(last)
     try:
-        check_resumable(load_checkpoint(last), config_to_dict(cfg), spec, last)
+        check_resumable(checkpoint, config_to_dict(cfg), spec, last)
     except CheckpointError:
         return True
-    return False
+    # The same configuration, finished, with nothing left to train: DVC re-runs this stage
+    # only when an input changed (code, data), so "resuming" would train zero steps and
+    # keep weights that no longer match the inputs. A larger max_steps still continues.
+    return checkpoint["progress"]["step"] >= planned_steps(cfg, manifest["splits"]["train"]["count"])
 
 
 def run(cfg: Config, root: Path) -> None:
     store_dir = root / cfg.data.processed_dir
     out_dir = root / cfg.train.checkpoint_dir
     # Decided by every process before any writes, so that all start afresh together.
-    stale = finished_run_of_another_config(cfg, store_dir, out_dir)
+    stale = stale_finished_run(cfg, store_dir, out_dir)
     train_cfg = replace(cfg, train={"resume": False}) if stale else cfg
     if int(os.environ.get("RANK", "0")) != 0:
         train(train_cfg, store_dir, out_dir, show_progress=False)
         return
     if stale:
         print(f"train: {out_dir} holds a finished run of another configuration (e.g. a DVC experiment's "
-              "baseline); starting afresh")
+              "baseline) or one with nothing left to train (an input changed); starting afresh")
         # generator.pt stays until the new run replaces it: the other processes decide by it.
         (out_dir / RUN_FILE).unlink(missing_ok=True)
         shutil.rmtree(out_dir / "samples", ignore_errors=True)

@@ -181,6 +181,13 @@ def _seed_everything(seed: int) -> None:
 # ---- the loop ----
 
 
+def planned_steps(cfg: Config, num_train_samples: int) -> int:
+    """G+D steps of a whole training: every epoch's full global batches, capped by max_steps."""
+    num_epochs = cfg.optim.num_epochs_constant + cfg.optim.num_epochs_decay
+    total = num_epochs * (num_train_samples // cfg.train.batch_size)
+    return total if cfg.train.max_steps is None else min(total, cfg.train.max_steps)
+
+
 def train(
     cfg: Config,
     store_dir: str | Path,
@@ -248,10 +255,7 @@ def _train(
         dataset, sampler.local_batch_size, shuffle=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
         sampler=sampler, pin_memory=device.type == "cuda",
     )
-    num_epochs = cfg.optim.num_epochs_constant + cfg.optim.num_epochs_decay
-    total_steps = num_epochs * sampler.batches_per_epoch
-    if cfg.train.max_steps is not None:
-        total_steps = min(total_steps, cfg.train.max_steps)
+    total_steps = planned_steps(cfg, len(dataset))
 
     optimizers = make_optimizers(cfg, G, D, E, device, epoch=0)
     step, epoch, batch_in_epoch = 0, 0, 0
