@@ -94,3 +94,14 @@ def test_unreadable_file_named(tmp_path):
         read_index_map(bad)
     with pytest.raises(DataError, match=r"missing\.png: file not found"):
         read_index_map(tmp_path / "missing.png")
+
+
+def test_class_names_cover_every_stored_index():
+    from gaugan.data.classes import class_names
+
+    ade = class_names(PUBLISHED["ade20k"])
+    assert len(ade) == 151 and ade[0] == "other" and ade[150] == "flag"
+    coco = class_names(PUBLISHED["coco"])
+    assert len(coco) == 183 and coco[182] == "dontcare"
+    assert class_names(resolve_dataset(DataConfig(dataset="custom"), inferred_num_classes=3)) == [
+        "class_0", "class_1", "class_2", "dontcare"]

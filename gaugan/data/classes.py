@@ -98,13 +98,18 @@ def class_names(spec: DatasetSpec) -> list[str]:
     """Names of every stored index ``0 .. spec.num_label_values - 1`` (don't-care included).
 
     Custom datasets (and any index beyond a dataset's list, e.g. after an override of
-    label_nc) are named ``class_<index>``; the don't-care channel is named ``dontcare``.
+    label_nc) are named ``class_<index>``; the don't-care channel is named ``dontcare``
+    unless the dataset's list names that index: ADE20K's values 0..150 are all real
+    ("other", 150 classes up to "flag"), its don't-care channel coincides with "flag".
     """
     known = CLASS_NAMES.get(spec.name, ())
-    names = [known[i] if i < len(known) else f"class_{i}" for i in range(spec.label_nc)]
-    if spec.contain_dontcare:
-        names.append("dontcare")
-    return names
+
+    def name(index: int) -> str:
+        if index < len(known):
+            return known[index]
+        return "dontcare" if spec.contain_dontcare and index == spec.label_nc else f"class_{index}"
+
+    return [name(i) for i in range(spec.num_label_values)]
 
 
 def label_palette(num_values: int, dataset: str | None = None) -> np.ndarray:
