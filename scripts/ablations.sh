@@ -49,7 +49,7 @@ queue vae-on encoder.use_vae=true
 # Feature matching loss off.
 queue feat-off loss.use_feat_loss=false
 # Generators: pix2pixHD-style baseline (label map at the input only) and CLADE (Tan et al. 2020).
-queue arch-pix2pixhd generator.arch=pix2pixhd
+queue arch-pix2pixhd generator.arch=pix2pixhd generator.use_spectral_norm=false  # as the official baseline: plain instance norm
 queue arch-clade generator.arch=clade
 if $with_vgg; then
   queue vgg-on loss.use_vgg_loss=true
