@@ -24,19 +24,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from gaugan.data.classes import label_palette
-from gaugan.data.io import DataError, atomic_save_png
+from gaugan.data.io import DataError, atomic_save_png, replace_dir
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.semantic import semantic_input
 from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
 from gaugan.generated import split_stems
 from gaugan.models.encoder import ConvEncoder
 from gaugan.models.loading import LoadedGenerator
+from gaugan.visualize import sample_grid, to_uint8
 
 GRID_ROWS = 8
 
@@ -86,22 +85,6 @@ def latent_for(indices: Tensor, z_dim: int, seed: int) -> Tensor:
         for index in indices.tolist()
     ]
     return torch.stack(rows)
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """(B, 3, H, W) in [-1, 1] -> uint8 (B, 3, H, W) on the CPU, rounded as saved PNGs are."""
-    return images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()
-
-
-def sample_grid(labels: Tensor, generated: Tensor, real: Tensor, num_label_values: int, dataset: str) -> Image.Image:
-    """Rows of (coloured label map | generated | real) from uint8 images and label indices."""
-    palette = label_palette(num_label_values, dataset)
-    colour = palette[labels.long().numpy()]  # (B, H, W, 3)
-    rows = [
-        np.concatenate([c, g.permute(1, 2, 0).numpy(), r.permute(1, 2, 0).numpy()], axis=1)
-        for c, g, r in zip(colour, generated, real)
-    ]
-    return Image.fromarray(np.concatenate(rows, axis=0))
 
 
 @torch.no_grad()
@@ -178,15 +161,7 @@ def generate_split(
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
 
-    if output_dir.exists():
-        old = output_dir.with_name(f".{output_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(output_dir, old)
-        os.replace(tmp_dir, output_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp_dir, output_dir)
+    replace_dir(tmp_dir, output_dir)
 
     if grid_path is not None and grid_rows:
         labels, fakes, reals = (torch.cat(parts)[:GRID_ROWS] for parts in zip(*grid_rows))

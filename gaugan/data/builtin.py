@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gaugan.data.io import replace_dir
 from gaugan.data.registry import LANDSCAPE_CLASSES
 
 SKY, CLOUD, MOUNTAIN, SNOW, WATER, SAND, GRASS, TREE, ROCK, BUSH = range(10)
@@ -485,13 +486,5 @@ def write_landscapes(out_dir: str | os.PathLike, num_train: int, num_val: int, s
     (tmp_dir / "builtin.json").write_text(json.dumps(info, indent=2) + "\n")
     info = dict(info, seconds=round(seconds, 3), num_workers=num_workers,
                 images_per_s_with_png_writing=round(len(jobs) / max(seconds, 1e-9), 1))
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp_dir, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp_dir, out_dir)
+    replace_dir(tmp_dir, out_dir)
     return info

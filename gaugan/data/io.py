@@ -8,6 +8,7 @@ error, because guessing a colour-to-class mapping silently would corrupt trainin
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +104,21 @@ def atomic_save_png(img: Image.Image, path: str | os.PathLike) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     img.save(tmp, format="PNG")
     os.replace(tmp, path)
+
+
+def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the finished folder ``new`` at ``target``, replacing what was there.
+
+    Outputs are built in a temporary folder beside the target and swapped in by renames,
+    so an interrupted stage never leaves a half-written folder where a finished one was.
+    """
+    new, target = Path(new), Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(new, target)

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from gaugan.config import DataConfig
 from gaugan.data.check import format_problems, load_pair, parallel_map, resolve_folder
 from gaugan.data.classes import class_names, label_palette
-from gaugan.data.io import DataError, atomic_save_png
+from gaugan.data.io import DataError, atomic_save_png, replace_dir
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.sources import Listing, Pair, dataset_dir
 
@@ -284,20 +284,10 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    _replace_dir(tmp_dir, out_dir)
+    replace_dir(tmp_dir, out_dir)
     return manifest
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(new, target)
 
 
 def write_class_histogram(manifest: dict, path: str | os.PathLike) -> None:

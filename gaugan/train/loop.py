@@ -44,6 +44,7 @@ from gaugan.train.ema import GeneratorEMA
 from gaugan.train.performance import autocast_dtype, configure_device, peak_memory_bytes, spectral_norm_in_fp32
 from gaugan.train.schedule import adam_betas, learning_rates, set_learning_rate
 from gaugan.train.steps import Networks, Optimizers, StepSettings, discriminator_step, generator_step, prepare_batch
+from gaugan.visualize import sample_grid, to_uint8
 
 MetricsCallback = Callable[[dict[str, float], int], None]
 ImageCallback = Callable[[Path, int], None]
@@ -116,32 +117,6 @@ def place_models(
 # ---- sample grids ----
 
 
-def label_palette(num_label_values: int) -> np.ndarray:
-    """A fixed colour per class (bit-interleaved, as the PASCAL VOC palette), (N, 3) uint8."""
-    palette = np.zeros((num_label_values, 3), dtype=np.uint8)
-    for index in range(num_label_values):
-        value, r, g, b = index, 0, 0, 0
-        for bit in range(8):
-            r |= ((value >> 0) & 1) << (7 - bit)
-            g |= ((value >> 1) & 1) << (7 - bit)
-            b |= ((value >> 2) & 1) << (7 - bit)
-            value >>= 3
-        palette[index] = (r, g, b)
-    return palette
-
-
-def sample_grid(label: Tensor, fake: Tensor, real: Tensor, num_label_values: int) -> Image.Image:
-    """Rows of (colourised label | generated | real) as one RGB image."""
-    colour = label_palette(num_label_values)[label.long().cpu().numpy()]  # (B, H, W, 3)
-
-    def to_uint8(images: Tensor) -> np.ndarray:
-        images = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return images.permute(0, 2, 3, 1).numpy()
-
-    rows = [np.concatenate([c, f, r], axis=1) for c, f, r in zip(colour, to_uint8(fake), to_uint8(real))]
-    return Image.fromarray(np.concatenate(rows, axis=0))
-
-
 @torch.no_grad()
 def render_samples(
     generator: nn.Module, batch: dict[str, Tensor], spec: DatasetSpec, device: torch.device,
@@ -163,7 +138,7 @@ def render_samples(
             fake = generator(seg, z)
     finally:
         generator.train(was_training)
-    return sample_grid(batch["label"], fake, real, spec.num_label_values)
+    return sample_grid(batch["label"], to_uint8(fake), to_uint8(real), spec.num_label_values, spec.name)
 
 
 def _fixed_sample_batch(store_dir: Path, spec: DatasetSpec, count: int) -> dict[str, Tensor]:
