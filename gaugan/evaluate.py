@@ -214,7 +214,8 @@ def fid_outcome(
         "feature_dims": fid_metric.FID_FEATURE_DIMS,
         "images": "generated PNGs vs the real validation photos of the store, both at the model's resolution "
                   f"{spec.image_size[0]}x{spec.image_size[1]} (pytorch-fid resizes to 299x299 itself)",
-        "real_statistics": str(stats_path),
+        # The file name only: metrics.json must not depend on where the repository lives.
+        "real_statistics": stats_path.name,
     }
     if not weights.available:
         return FidOutcome(None, "unavailable", weights.reason, protocol)

@@ -12,7 +12,7 @@ the ablation tables). Otherwise (the paper's datasets under 'auto', or 'publishe
 
 DVC:
   params: data.dataset, data.processed_dir, data.num_workers, data.flip, train.device,
-          segmenter, evaluate.segmenter, evaluate.batch_size
+          segmenter, evaluate.segmenter
   deps:   ${data.processed_dir}, gaugan code it imports
   outs:   ${segmenter.checkpoint_dir} (folder: segmenter.pt when trained, segmenter.json always)
   metrics: reports/segmenter.json (cache: false)
@@ -75,7 +75,7 @@ def run(cfg: Config, root: Path) -> None:
     segmenter = train_segmenter(loader, spec, cfg.segmenter, device, names,
                                 report=lambda metrics, step: history.append({"step": step, **metrics}))
     train_seconds = time.perf_counter() - start
-    ceiling = real_image_scores(segmenter, store_dir, spec, device, cfg.evaluate.batch_size)
+    ceiling = real_image_scores(segmenter, store_dir, spec, device, cfg.segmenter.batch_size)
     summary = {
         "trained": True,
         "dataset": spec.name,
