@@ -74,14 +74,7 @@ class SPADE(nn.Module):
         # so it stays a hard one-hot map at every scale.
         seg = F.interpolate(seg, size=x.shape[-2:], mode="nearest")
         hidden = self.mlp_shared(seg)
-        # gamma and beta read the same hidden map: one convolution with both kernels stacked
-        # unfolds that map once instead of twice. Same maths, same parameters and
-        # state_dict keys as two separate convolutions (measured on 2 CPU cores at 64x64, ngf 16:
-        # 13.1-14.1 -> 15.0-16.8 images/s for a G+D step).
-        weight = torch.cat([self.mlp_gamma.weight, self.mlp_beta.weight])
-        bias = torch.cat([self.mlp_gamma.bias, self.mlp_beta.bias])
-        gamma, beta = F.conv2d(hidden, weight, bias, padding=self.mlp_gamma.padding).chunk(2, dim=1)
-        return torch.addcmul(beta, normalized, 1 + gamma)
+        return normalized * (1 + self.mlp_gamma(hidden)) + self.mlp_beta(hidden)
 
 
 class CLADE(nn.Module):
