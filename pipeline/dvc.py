@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gaugan.config import flatten
-from pipeline.tracking import git_commit
 
 if TYPE_CHECKING:  # pandas is imported where runs are linked, not by every stage's guard
     import pandas as pd
@@ -71,6 +70,17 @@ class DvcContext:
     def in_temp_copy(self) -> bool:
         """True for queued (and ``--temp``) experiments, which run outside the real root."""
         return self.workdir != self.root
+
+
+def git_commit(root: Path) -> str | None:
+    """HEAD of the git checkout at ``root`` (None outside git or without a commit)."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
 
 
 def current_context(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> DvcContext:

@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gaugan.config import Config, config_to_dict, flatten
+from pipeline.dvc import current_context
 
 RUN_FILE = "run.json"
 MLFLOW_PARAM_LIMIT = 6000  # characters per param value accepted by the MLflow store
@@ -34,7 +34,7 @@ MLFLOW_PARAM_LIMIT = 6000  # characters per param value accepted by the MLflow s
 
 def tracking_root(root: Path) -> Path:
     """The real repository root: DVC_ROOT (also inside queued experiment copies), else ``root``."""
-    return Path(os.environ.get("DVC_ROOT") or root).resolve()
+    return current_context(cwd=root).root
 
 
 def resolve_tracking_uri(cfg: Config, root: Path) -> str:
@@ -46,16 +46,6 @@ def resolve_tracking_uri(cfg: Config, root: Path) -> str:
     return f"sqlite:///{tracking_root(root) / 'mlflow.db'}"
 
 
-def git_commit(root: Path) -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
-
-
 def file_sha256(path: Path) -> str | None:
     if not path.is_file():
         return None
@@ -64,11 +54,12 @@ def file_sha256(path: Path) -> str | None:
 
 def run_tags(cfg: Config, root: Path, stage: str) -> dict[str, str]:
     """Tags that tie a run to its DVC experiment, code version and data."""
+    context = current_context(cwd=root)
     tags = {
-        "dvc.stage": os.environ.get("DVC_STAGE") or stage,
-        "dvc.exp_name": os.environ.get("DVC_EXP_NAME"),
-        "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV"),
-        "git.commit": git_commit(root),
+        "dvc.stage": context.stage or stage,
+        "dvc.exp_name": context.exp_name,
+        "dvc.baseline_rev": context.baseline_rev,
+        "git.commit": context.commit,
         "data.manifest_sha256": file_sha256(root / cfg.data.processed_dir / "manifest.json"),
         "data.dataset": cfg.data.dataset,
     }
@@ -197,7 +188,7 @@ def open_run(cfg: Config, root: Path, stage: str, resume_run_id: str | None = No
         client.update_run(run_id, status="RUNNING")
     else:
         experiment_id = _experiment_id(client, cfg.tracking.experiment_name, root)
-        run_name = os.environ.get("DVC_EXP_NAME") or stage
+        run_name = current_context(cwd=root).exp_name or stage
         run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
     tracker = Tracker(client, run_id, experiment_id, tracking_uri)
     tracker.set_tags(run_tags(cfg, root, stage))
