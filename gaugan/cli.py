@@ -129,11 +129,10 @@ def bench_loader_command(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Measure the training loader's images/s (random crop + flip, workers) from a store."""
-    import os
     import tempfile
 
     from gaugan.data.bench import benchmark_loader, build_benchmark_store
-    from gaugan.data.io import DataError
+    from gaugan.data.io import DataError, atomic_write_json
 
     try:
         with tempfile.TemporaryDirectory(prefix="gaugan-bench-") as work:
@@ -141,10 +140,7 @@ def bench_loader_command(
             result = benchmark_loader(store_dir, batch_size, num_workers, num_batches, seed=seed)
     except (DataError, ValueError) as err:
         _fail(str(err))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, output)
+    atomic_write_json(output, result)
     typer.echo(f"{result['images_per_s']} images/s ({result['config']['image_shape_chw']}, batch {batch_size}, "
                f"{num_workers} workers, load {result['uptime']['loadavg_before']}) -> {output}")
 
@@ -174,6 +170,7 @@ def bench_command(
     import os
 
     from gaugan.config import ConfigError
+    from gaugan.data.io import atomic_write_json
     from gaugan.data.registry import resolve_dataset
     from gaugan.train.bench import BenchSettings, compare_schedules, run_benchmark
     from gaugan.train.distributed import resolve_device
@@ -201,10 +198,7 @@ def bench_command(
         result = run_benchmark(cfg, spec, torch_device, settings)
     result = {**result, "params_file": str(params), "config_overrides": list(overrides)}
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, output)
+        atomic_write_json(output, result)
     typer.echo(json.dumps(result))
 
 

@@ -304,8 +304,3 @@ def render_page(title: str, sections: Sequence[Section]) -> str:
             f"<h1>{html.escape(title)}</h1>\n{body}\n</body>\n</html>\n")
 
 
-def write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gaugan.config import Config, config_to_dict, flatten
+from gaugan.data.io import atomic_write_json
 from pipeline.dvc import current_context
 
 RUN_FILE = "run.json"
@@ -206,13 +207,9 @@ def write_run_file(tracker: NullTracker, path: Path) -> None:
     Written with tracking off too (``run_id`` null): dvc.yaml declares the file as a
     dependency of evaluate and report, and a missing dependency would stop ``dvc repro``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(
-        {"run_id": tracker.run_id, "experiment_id": tracker.experiment_id, "tracking_uri": tracker.tracking_uri},
-        indent=2,
-    ) + "\n")
-    os.replace(temp, path)
+    atomic_write_json(
+        path, {"run_id": tracker.run_id, "experiment_id": tracker.experiment_id, "tracking_uri": tracker.tracking_uri}
+    )
 
 
 def read_run_file(path: Path) -> dict[str, str] | None:

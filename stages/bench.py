@@ -13,12 +13,11 @@ DVC:
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
 from gaugan.config import Config, ConfigError
+from gaugan.data.io import atomic_write_json
 from gaugan.data.registry import resolve_dataset
 from gaugan.train.bench import BenchSettings, compare_schedules
 from gaugan.train.distributed import resolve_device
@@ -37,10 +36,7 @@ def run(cfg: Config, root: Path) -> None:
     result = compare_schedules(cfg, spec, device, BenchSettings(steps=NUM_STEPS, warmup=NUM_WARMUP))
     result["params_file"] = "params.yaml"
     path = root / BENCH_PATH
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(temp, path)
+    atomic_write_json(path, result)
     print(f"ours {result['ours']['images_per_s']:.2f} images/s, reference {result['reference']['images_per_s']:.2f} "
           f"images/s ({result['speedup_images_per_s']:.2f}x) on {device} -> {path}")
 

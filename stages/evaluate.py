@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from gaugan.config import Config, flatten
+from gaugan.data.io import atomic_write_json
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.evaluate import evaluate
 from gaugan.metrics.fid import find_inception_weights
@@ -67,10 +67,7 @@ def run(cfg: Config, root: Path) -> None:
     )
 
     metrics_path = root / METRICS_PATH
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = metrics_path.with_name(f".{metrics_path.name}.tmp")
-    tmp.write_text(json.dumps(report.metrics, indent=2) + "\n")
-    os.replace(tmp, metrics_path)
+    atomic_write_json(metrics_path, report.metrics)
     write_csv_atomic(report.per_class_rows, root / PER_CLASS_PATH, fieldnames=PER_CLASS_COLUMNS)
 
     # The training run gets the numbers of its own generator; anything else gets its own run.

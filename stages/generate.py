@@ -15,11 +15,11 @@ DVC:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from gaugan.config import Config
+from gaugan.data.io import atomic_write_json
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.generate import generate_split
 from gaugan.models.loading import load_encoder, load_generator
@@ -61,10 +61,7 @@ def run(cfg: Config, root: Path) -> None:
         "device": str(device),
     }
     report = root / REPORT_PATH
-    report.parent.mkdir(parents=True, exist_ok=True)
-    tmp = report.with_name(f".{report.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, report)
+    atomic_write_json(report, summary)
     print(f"generated {result.num_images} images into {cfg.evaluate.output_dir} "
           f"({result.images_per_s:.1f} images/s, weights {result.weights}, {device})")
 

@@ -32,6 +32,7 @@ import pandas as pd
 
 from gaugan import report
 from gaugan.config import Config, flatten
+from gaugan.data.io import atomic_write_json, atomic_write_text
 from pipeline.dvc import current_context
 from pipeline.params import load_config, repo_root
 from pipeline.tracking import RUN_FILE, read_run_file
@@ -112,10 +113,10 @@ def run(cfg: Config, root: Path) -> None:
         # Files: table, headline metrics of this run, plots.
         current_key = (current_id or "workspace")[:8]  # the table shows 8-character run ids
         current_row = next((i for i, run in enumerate(table["run"]) if run == current_key), None)
-        report.write_text_atomic(report.table_markdown(table), root / TABLE_MD)
-        report.write_text_atomic(table.to_csv(index=False), root / TABLE_CSV)
+        atomic_write_text(root / TABLE_MD, report.table_markdown(table))
+        atomic_write_text(root / TABLE_CSV, table.to_csv(index=False))
         headline = report.headline_json(table.iloc[current_row]) if current_row is not None else {}
-        report.write_text_atomic(json.dumps(headline, indent=2) + "\n", root / HEADLINE)
+        atomic_write_json(root / HEADLINE, headline)
         report.plot_loss_curves(history, labels, root / LOSSES_PNG)
         report.plot_headlines(table, root / METRICS_PNG)
 
@@ -138,7 +139,7 @@ def run(cfg: Config, root: Path) -> None:
         if (root / DATA_SAMPLES).is_file():
             sections.append(report.Section("Data", report.figure_html(root / DATA_SAMPLES, "training data samples")))
         title = f"GauGAN report: {metrics.get('protocol', {}).get('dataset', cfg.tracking.experiment_name)}"
-        report.write_text_atomic(report.render_page(title, sections), root / PAGE)
+        atomic_write_text(root / PAGE, report.render_page(title, sections))
     print(f"report: {len(table)} run(s) compared -> {PAGE} ({TABLE_MD}, {TABLE_CSV})")
 
 

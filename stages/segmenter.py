@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from gaugan.config import Config
 from gaugan.data.classes import class_names
+from gaugan.data.io import atomic_write_text
 from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
 from gaugan.evaluate import choose_segmenter, percent, real_image_scores
 from gaugan.segmenters.trained import SEGMENTER_FILE, save_trained_segmenter, train_segmenter
@@ -42,10 +42,7 @@ STATUS_FILE = "segmenter.json"
 def write_json(payload: dict[str, Any], *paths: Path) -> None:
     text = json.dumps(payload, indent=2) + "\n"
     for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
 
 
 def run(cfg: Config, root: Path) -> None:

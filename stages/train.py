@@ -18,7 +18,6 @@ DVC:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 from gaugan.config import Config, ConfigError, config_to_dict, replace
-from gaugan.data.io import DataError
+from gaugan.data.io import DataError, atomic_write_json
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.losses import VGGWeightsError
 from gaugan.train.checkpoint import (
@@ -106,10 +105,7 @@ def run(cfg: Config, root: Path) -> None:
                    **result.metrics, "time/train_seconds": train_seconds}
         tracker.log_metrics({"final/step": result.step, "time/train_seconds": train_seconds}, step=result.step)
     summary_path = root / SUMMARY_PATH
-    summary_path.parent.mkdir(parents=True, exist_ok=True)
-    temp = summary_path.with_name(f".{summary_path.name}.tmp")
-    temp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(temp, summary_path)
+    atomic_write_json(summary_path, summary)
 
 
 if __name__ == "__main__":

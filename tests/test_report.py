@@ -10,6 +10,7 @@ import pandas as pd
 from PIL import Image
 
 from gaugan import report
+from gaugan.data.io import atomic_write_text
 
 
 def fake_runs() -> pd.DataFrame:
@@ -83,7 +84,7 @@ def test_plots_and_page_are_offline(tmp_path: Path) -> None:
     with Image.open(tmp_path / "none.png") as grid:
         assert f'class="pixels" width="{2 * grid.width}" height="{2 * grid.height}"' in page
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing fetched from the network
-    report.write_text_atomic(page, tmp_path / "index.html")
+    atomic_write_text(tmp_path / "index.html", page)
     assert (tmp_path / "index.html").read_text() == page
 
 

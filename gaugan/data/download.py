@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from gaugan.data.io import DataError
+from gaugan.data.io import DataError, atomic_write_json
 
 CHUNK = 1 << 20
 
@@ -248,10 +248,7 @@ def _read_marker(dataset_dir: Path) -> dict | None:
 
 
 def _write_marker(dataset_dir: Path, marker: dict) -> None:
-    dataset_dir.mkdir(parents=True, exist_ok=True)
-    tmp = dataset_dir / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps(marker, indent=2) + "\n")
-    os.replace(tmp, dataset_dir / MARKER)
+    atomic_write_json(dataset_dir / MARKER, marker)
 
 
 def write_marker(dataset_dir: str | os.PathLike, marker: dict) -> Path:

@@ -7,6 +7,7 @@ error, because guessing a colour-to-class mapping silently would corrupt trainin
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -95,6 +96,20 @@ def check_same_size(label: np.ndarray, other: np.ndarray, label_path: str | os.P
             f"{other_path}: {what} is {other.shape[1]}x{other.shape[0]} (WxH) but its label map "
             f"{label_path} is {label.shape[1]}x{label.shape[0]}; they must be the same size"
         )
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file via a temporary file beside it and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | os.PathLike, data: object) -> None:
+    """``data`` as indented JSON, written atomically (:func:`atomic_write_text`)."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def atomic_save_png(img: Image.Image, path: str | os.PathLike) -> None:

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from gaugan.config import DataConfig
 from gaugan.data.check import format_problems, load_pair, parallel_map, resolve_folder
 from gaugan.data.classes import class_names, label_palette
-from gaugan.data.io import DataError, atomic_save_png, replace_dir
+from gaugan.data.io import DataError, atomic_save_png, replace_dir, atomic_write_text
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.sources import Listing, Pair, dataset_dir
 
@@ -305,9 +305,7 @@ def write_class_histogram(manifest: dict, path: str | os.PathLike) -> None:
             pixels = manifest["splits"][s]["class_pixels"][i]
             row += [pixels, f"{pixels / totals[s]:.6f}"]
         writer.writerow(row)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def preprocess(data: DataConfig, root: Path, reports_dir: Path | None = None, num_workers: int | None = None,

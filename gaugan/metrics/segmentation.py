@@ -29,10 +29,11 @@ import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from gaugan.data.io import atomic_write_text
 
 
 class ConfusionMatrix:
@@ -160,8 +161,4 @@ def write_csv_atomic(rows: list[dict[str, object]], path: str | os.PathLike,
     writer = csv.DictWriter(buffer, fieldnames=list(fieldnames))
     writer.writeheader()
     writer.writerows(rows)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    atomic_write_text(path, buffer.getvalue())
