@@ -74,3 +74,37 @@ def apply_table(labels: Tensor, table: Tensor) -> Tensor:
     if low < 0 or high >= table.numel():
         raise ValueError(f"label indices span {low}..{high}; the class mapping covers 0..{table.numel() - 1}")
     return table.to(labels.device)[labels]
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck: 1x1 reduce, 3x3 (stride, dilation), 1x1 expand x4; projection shortcut when needed.
+
+    Shared by UperNet's ResNet-101 encoder (dilation 1) and DRN-D-105; the submodule names
+    (conv1..3, bn1..3, downsample.0/1) are those of the published weight files.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int, dilation: int = 1) -> None:
+        super().__init__()
+        out_channels = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + shortcut)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gaugan.segmenters.base import IGNORE_INDEX, Segmenter, apply_table, lookup_table
+from gaugan.segmenters.base import IGNORE_INDEX, Bottleneck, Segmenter, apply_table, lookup_table
 
 WEIGHT_FILES = ("drn_d_105_cityscapes.pth",)
 NUM_CLASSES = 19
@@ -61,34 +61,6 @@ def conv_layers(in_channels: int, out_channels: int, num_convs: int, stride: int
         ]
         in_channels = out_channels
     return nn.Sequential(*modules)
-
-
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, in_channels: int, planes: int, stride: int, dilation: int) -> None:
-        super().__init__()
-        out_channels = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
 
 
 def bottleneck_stage(in_channels: int, planes: int, num_blocks: int, stride: int, dilation: int) -> nn.Sequential:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gaugan.segmenters.base import IGNORE_INDEX, Segmenter, apply_table, lookup_table
+from gaugan.segmenters.base import IGNORE_INDEX, Bottleneck, Segmenter, apply_table, lookup_table
 
 WEIGHTS_URL = "http://sceneparsing.csail.mit.edu/model/pytorch/ade20k-resnet101-upernet/{part}_epoch_50.pth"
 WEIGHT_FILES = ("encoder_epoch_50.pth", "decoder_epoch_50.pth")
@@ -47,36 +47,6 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Se
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
-
-
-class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (carries the stride), 1x1 expand x4; projection shortcut when needed."""
-
-    expansion = 4
-
-    def __init__(self, in_channels: int, planes: int, stride: int) -> None:
-        super().__init__()
-        out_channels = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
 
 
 class DeepStemResNet(nn.Module):
