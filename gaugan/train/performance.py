@@ -27,7 +27,7 @@ _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's upper limit on 64-bit systems
-_TRIM_THRESHOLD = 1 << 34  # keep freed memory instead of handing it back
+_TRIM_THRESHOLD = 2**31 - 1  # keep freed memory (the largest C int: mallopt's value is an int)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -46,6 +46,9 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
+    # The value is a C int, and ctypes wraps a larger one without a word: 1 << 34 was once
+    # passed as the trim threshold, arrived as 0, and glibc handed back every freed block.
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1
     ok &= mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
     ok &= mallopt(_M_TOP_PAD, 64 * 1024 * 1024) == 1
