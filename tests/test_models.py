@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from gaugan.config import ConfigError, DiscriminatorConfig, EncoderConfig, GeneratorConfig
 from gaugan.data.registry import published_spec
@@ -22,6 +23,7 @@ from gaugan.models import (
     reparameterize,
     split_discriminator_output,
 )
+from gaugan.models.spade import resize_segmap
 
 LABEL_CHANNELS = 9  # 8 classes + the instance edge channel
 
@@ -159,6 +161,45 @@ def test_spade_formula_and_param_free_norms(norm):
         torch.testing.assert_close(
             layer(x, seg), running * (1 + layer.mlp_gamma(hidden)) + layer.mlp_beta(hidden), atol=1e-4, rtol=1e-4
         )
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_spade_fused_modulation_equals_the_official_order_of_operations(kernel_size, channels_last):
+    """One conv for gamma and beta, "1 +" in the bias, addcmul, in-place ReLU: same values and gradients."""
+    torch.manual_seed(1)
+    layer = SPADE(6, LABEL_CHANNELS, param_free_norm="batch", kernel_size=kernel_size, hidden_channels=5)
+    nn.init.normal_(layer.mlp_gamma.bias)  # non-zero biases, so the folded "+1" is exercised
+    nn.init.normal_(layer.mlp_beta.bias)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    layer = layer.to(memory_format=memory_format)
+    x = (torch.randn(3, 6, 8, 8) * 2 + 1).contiguous(memory_format=memory_format).requires_grad_()
+    seg = random_seg(3, 16, 16).contiguous(memory_format=memory_format)
+
+    def official(module: SPADE, inputs: torch.Tensor) -> torch.Tensor:
+        normalized = module.param_free_norm(inputs)
+        hidden = F.relu(module.mlp_shared[0](F.interpolate(seg, size=inputs.shape[-2:], mode="nearest")))
+        return normalized * (1 + module.mlp_gamma(hidden)) + module.mlp_beta(hidden)
+
+    reference = copy.deepcopy(layer)
+    x_reference = x.detach().clone().requires_grad_()
+    out, expected = layer(x, seg), official(reference, x_reference)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(out)
+    out.backward(upstream)
+    expected.backward(upstream)
+    torch.testing.assert_close(x.grad, x_reference.grad, atol=1e-5, rtol=1e-5)
+    for (name, param), reference_param in zip(layer.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(param.grad, reference_param.grad, atol=1e-4, rtol=1e-4, msg=name)
+    # The benchmark's emulation of the official code computes in that order, to the same values.
+    reference.official_order = True
+    torch.testing.assert_close(reference(x_reference, seg), official(reference, x_reference), atol=0, rtol=0)
+
+
+def test_resize_segmap_is_nearest_and_a_no_op_at_the_same_size():
+    seg = random_seg(2, 16, 16)
+    assert resize_segmap(seg, (16, 16)) is seg
+    torch.testing.assert_close(resize_segmap(seg, (8, 8)), seg[:, :, ::2, ::2])
 
 
 @pytest.mark.parametrize("kernel_size", [1, 3, 5])

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from gaugan.config import ConfigError, GeneratorConfig
 from gaugan.models.init import init_weights
 from gaugan.models.layers import conv_norm, maybe_spectral_norm
-from gaugan.models.spade import CLADE, SPADE
+from gaugan.models.spade import CLADE, SPADE, resize_segmap
 
 # Number of x2 upsamplings from the start size to the output (REFERENCE.md section 1).
 NUM_UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
@@ -56,6 +56,7 @@ class SPADEResBlock(nn.Module):
             self.norm_s = make_norm(in_channels)
 
     def forward(self, x: Tensor, seg: Tensor) -> Tensor:
+        seg = resize_segmap(seg, x.shape[-2:])  # once for the block's two or three norms
         shortcut = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
         dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
         dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
