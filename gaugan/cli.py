@@ -159,6 +159,8 @@ def bench_command(
         False, "--reference-schedule",
         help="run the official code's schedule instead (D weight grads in the G step, fake grad in the D step, fp32, NCHW, unfused Adam)"),
     compare: bool = typer.Option(False, "--compare", help="run both schedules, each in its own process, and the speed-up"),
+    repeats: int = typer.Option(
+        1, "--repeats", help="with --compare: alternate the two schedules this many times each and compare medians"),
     count_flops: bool = typer.Option(True, "--flops/--no-flops", help="count model FLOPs of one step (MFU on GPU)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice)"),
     output: Optional[Path] = typer.Option(None, "--output", help="also write the JSON here"),
@@ -178,6 +180,8 @@ def bench_command(
 
     if steps < 1 or warmup < 0:
         _fail(f"--steps must be >= 1 and --warmup >= 0, got --steps {steps} --warmup {warmup}")
+    if repeats < 1 or (repeats > 1 and not compare):
+        _fail(f"--repeats must be >= 1 and needs --compare when above 1, got --repeats {repeats}")
     if threads is not None:
         if threads < 1:
             _fail(f"--threads must be >= 1, got {threads}")
@@ -193,7 +197,7 @@ def bench_command(
         _fail(str(err))
     settings = BenchSettings(steps=steps, warmup=warmup, reference_schedule=reference_schedule, count_flops=count_flops)
     if compare:
-        result = compare_schedules(cfg, spec, torch_device, settings)
+        result = compare_schedules(cfg, spec, torch_device, settings, repeats)
     else:
         result = run_benchmark(cfg, spec, torch_device, settings)
     result = {**result, "params_file": str(params), "config_overrides": list(overrides)}

@@ -28,17 +28,20 @@ BENCH_PATH = "reports/bench.json"
 # cuDNN autotuning and allocator growth.
 NUM_STEPS = 20
 NUM_WARMUP = 3
+# Each schedule runs this many times, alternating, and the medians are compared: one run
+# each misleads on a shared machine (about +-15% between runs on the 2-core CPU here).
+NUM_REPEATS = 3
 
 
 def run(cfg: Config, root: Path) -> None:
     spec = resolve_dataset(cfg.data)
     device = resolve_device(cfg.train.device)
-    result = compare_schedules(cfg, spec, device, BenchSettings(steps=NUM_STEPS, warmup=NUM_WARMUP))
+    result = compare_schedules(cfg, spec, device, BenchSettings(steps=NUM_STEPS, warmup=NUM_WARMUP), NUM_REPEATS)
     result["params_file"] = "params.yaml"
     path = root / BENCH_PATH
     atomic_write_json(path, result)
     print(f"ours {result['ours']['images_per_s']:.2f} images/s, reference {result['reference']['images_per_s']:.2f} "
-          f"images/s ({result['speedup_images_per_s']:.2f}x) on {device} -> {path}")
+          f"images/s ({result['speedup_images_per_s']:.2f}x, medians of {NUM_REPEATS} alternating runs) on {device} -> {path}")
 
 
 if __name__ == "__main__":

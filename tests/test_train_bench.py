@@ -46,14 +46,21 @@ def test_bench_command_rejects_bad_input_clearly():
     assert result.exit_code == 2 and "data.custom.num_classes" in result.output
     result = CliRunner().invoke(app, ["bench", "--params", str(ROOT / "params.yaml"), "--steps", "0"])
     assert result.exit_code == 2 and "--steps" in result.output
+    result = CliRunner().invoke(app, ["bench", "--params", str(ROOT / "params.yaml"), "--repeats", "3"])
+    assert result.exit_code == 2 and "--repeats" in result.output and "--compare" in result.output
 
 
 def test_bench_stage_compares_both_schedules_in_their_own_processes(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(bench_stage, "NUM_STEPS", 1)
     monkeypatch.setattr(bench_stage, "NUM_WARMUP", 0)
+    monkeypatch.setattr(bench_stage, "NUM_REPEATS", 2)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the child processes' torch threads (see one_thread)
     cfg = replace(tiny_train_config(), train={"max_steps": None})
     bench_stage.run(cfg, tmp_path)
     report = json.loads((tmp_path / "reports" / "bench.json").read_text())
     assert report["ours"]["schedule"] == "ours" and report["reference"]["schedule"] == "reference"
     assert report["speedup_images_per_s"] == report["ours"]["images_per_s"] / report["reference"]["images_per_s"]
+    runs = report["runs_images_per_s"]
+    assert report["repeats"] == 2 and len(runs["ours"]) == len(runs["reference"]) == len(report["paired_speedups"]) == 2
+    assert report["ours"]["images_per_s"] == min(runs["ours"])  # the lower middle of two runs
+    assert report["paired_speedups"][1] == runs["ours"][1] / runs["reference"][1]

@@ -4,7 +4,8 @@ utilisation of the G step + D step of :mod:`gaugan.train.steps`, on synthetic ba
 Synthetic label maps (blocky random classes and instances) cost the same per step as real
 data once on the device, so the benchmark needs no dataset. ``reference_schedule=True``
 runs the same maths the way the official code runs it, so that a speed-up is measured on
-the same machine, not assumed: D weight gradients computed in the G step and thrown away;
+the same machine, not assumed: SPADE layers in the official order of operations
+(:attr:`gaugan.models.spade.SPADE.official_order`); D weight gradients computed in the G step and thrown away;
 in the D step a gradient w.r.t. the regenerated fake (the official code sets
 ``requires_grad`` on it); fp32; contiguous NCHW tensors; torch's default (unfused) Adam;
 glibc's default allocator behaviour. It is an emulation inside our code, not the official
@@ -29,6 +30,7 @@ from torch import Tensor
 
 from gaugan.config import Config, replace
 from gaugan.data.registry import DatasetSpec
+from gaugan.models.spade import SPADE
 from gaugan.train.loop import build_training_models, make_optimizers, make_vgg_loss, place_models
 from gaugan.train.performance import autocast_dtype, configure_device, peak_memory_bytes, spectral_norm_in_fp32
 from gaugan.train.steps import Networks, StepSettings, discriminator_step, generator_step, prepare_batch
@@ -100,6 +102,10 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
         torch.backends.cudnn.benchmark = True  # the official training script turns it on too
     channels_last = cfg.train.channels_last and not reference
     G, D, E = place_models(*build_training_models(cfg, spec), device, channels_last)
+    if reference:
+        for module in G.modules():
+            if isinstance(module, SPADE):
+                module.official_order = True
     bench_cfg = cfg
     if reference:
         bench_cfg = replace(cfg, optim={"fused": False}, train={"precision": "fp32", "compile": False})
@@ -204,12 +210,36 @@ def run_benchmark_isolated(cfg: Config, spec: DatasetSpec, device: torch.device,
         return pool.map(_run_in_child, [(cfg, spec, str(device), settings)])[0]
 
 
-def compare_schedules(cfg: Config, spec: DatasetSpec, device: torch.device, settings: BenchSettings) -> dict[str, Any]:
-    """Ours and the reference schedule, each in its own process, and the speed-up between them."""
-    reference = run_benchmark_isolated(cfg, spec, device, dataclass_replace(settings, reference_schedule=True))
-    ours = run_benchmark_isolated(cfg, spec, device, dataclass_replace(settings, reference_schedule=False))
+def compare_schedules(
+    cfg: Config, spec: DatasetSpec, device: torch.device, settings: BenchSettings, repeats: int = 1
+) -> dict[str, Any]:
+    """Ours and the reference schedule, each run in its own process, and the speed-up between them.
+
+    With ``repeats`` > 1 the two alternate (reference, ours, then ours, reference, ...), so
+    that a slow spell of a shared machine falls on both, and the medians are compared:
+    ``ours`` / ``reference`` are the median runs in full, ``runs_images_per_s`` holds every
+    run and ``paired_speedups`` each pair's ratio.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "reference": []}
+    for index in range(repeats):
+        order = ("reference", "ours") if index % 2 == 0 else ("ours", "reference")
+        for schedule in order:
+            schedule_settings = dataclass_replace(settings, reference_schedule=schedule == "reference")
+            runs[schedule].append(run_benchmark_isolated(cfg, spec, device, schedule_settings))
+    ours, reference = _median_run(runs["ours"]), _median_run(runs["reference"])
     return {
         "ours": ours,
         "reference": reference,
         "speedup_images_per_s": ours["images_per_s"] / reference["images_per_s"],
+        "repeats": repeats,
+        "runs_images_per_s": {name: [run["images_per_s"] for run in results] for name, results in runs.items()},
+        "paired_speedups": [o["images_per_s"] / r["images_per_s"] for o, r in zip(runs["ours"], runs["reference"])],
     }
+
+
+def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median images/s (the lower middle one for an even count)."""
+    ranked = sorted(results, key=lambda run: run["images_per_s"])
+    return ranked[(len(ranked) - 1) // 2]
