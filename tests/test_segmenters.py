@@ -363,3 +363,14 @@ def test_balanced_class_weights():
     assert balanced_class_weights(torch.tensor([10**6, 1, 1]))[0] == pytest.approx(0.1)  # clipped
     with pytest.raises(ValueError, match="no labelled pixels"):
         balanced_class_weights(torch.zeros(3))
+
+
+def test_a_segmenter_must_define_all_four_parts():
+    from gaugan.segmenters.base import Segmenter
+
+    class OnlyPreprocess(Segmenter):
+        def preprocess(self, images):
+            return images
+
+    with pytest.raises(TypeError, match="logits, map_target, protocol"):
+        OnlyPreprocess()

@@ -9,6 +9,7 @@ class ids (with 255 for pixels that are not scored).
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import torch
@@ -18,27 +19,28 @@ from torch import Tensor, nn
 IGNORE_INDEX = 255  # target value of pixels that are left out of the scores
 
 
-class Segmenter(nn.Module):
-    """Base class: subclasses define :meth:`preprocess`, :meth:`logits` and :meth:`map_target`."""
+class Segmenter(nn.Module, abc.ABC):
+    """Base class: subclasses define :meth:`preprocess`, :meth:`logits`, :meth:`map_target` and
+    :meth:`protocol` (abstract, so a subclass missing one cannot be instantiated)."""
 
     num_classes: int
     name: str
 
+    @abc.abstractmethod
     def preprocess(self, images: Tensor) -> Tensor:
         """uint8 RGB (B, 3, H, W) -> the float input the network was trained on."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def logits(self, inputs: Tensor) -> Tensor:
         """Preprocessed input -> (B, num_classes, h, w) class scores at any resolution."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def map_target(self, labels: Tensor) -> Tensor:
         """Stored label indices (B, H, W) -> this segmenter's class ids, IGNORE_INDEX where unscored."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def protocol(self) -> dict[str, Any]:
         """What is needed to interpret the numbers: weights, preprocessing, class mapping."""
-        raise NotImplementedError
 
     def class_names(self) -> list[str]:
         return [str(index) for index in range(self.num_classes)]
