@@ -18,12 +18,14 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gaugan.errors import UserError
+
 DATASET_NAMES = ("landscapes", "ade20k", "ade20k_outdoor", "coco", "cityscapes", "facades", "custom")
 DatasetName = Literal["landscapes", "ade20k", "ade20k_outdoor", "coco", "cityscapes", "facades", "custom"]
 PreprocessMode = Literal["resize_and_crop", "scale_width_and_crop", "fixed", "none"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is missing, unknown or of the wrong type or range."""
 
 

@@ -32,6 +32,7 @@ from gaugan.data.io import DataError, atomic_save_png, replace_dir
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.semantic import semantic_input
 from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
+from gaugan.errors import UserError
 from gaugan.generated import split_stems
 from gaugan.models.encoder import ConvEncoder
 from gaugan.models.loading import LoadedGenerator
@@ -40,7 +41,7 @@ from gaugan.visualize import sample_grid, to_uint8
 GRID_ROWS = 8
 
 
-class GenerationError(ValueError):
+class GenerationError(UserError, ValueError):
     """The generator and the store do not fit together, or the outputs cannot be written."""
 
 

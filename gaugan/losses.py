@@ -27,6 +27,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from gaugan.errors import UserError
+
 GanMode = Literal["hinge", "ls", "original"]
 GAN_MODES = ("hinge", "ls", "original")
 
@@ -38,7 +40,7 @@ VGG_SLICE_ENDS = (2, 7, 12, 21, 30)
 VGG_LAYER_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
 
 
-class VGGWeightsError(FileNotFoundError):
+class VGGWeightsError(UserError, FileNotFoundError):
     """The VGG19 ImageNet weights are missing or unusable."""
 
 

@@ -20,11 +20,12 @@ from torch import Tensor
 from gaugan.data.io import atomic_save_png, check_same_size, map_labels, read_image, read_index_map
 from gaugan.data.registry import PUBLISHED, DatasetSpec
 from gaugan.data.semantic import semantic_input
+from gaugan.errors import UserError
 from gaugan.models.encoder import ConvEncoder, reparameterize
 from gaugan.models.loading import LoadedGenerator, load_encoder, load_generator
 
 
-class SynthesisError(ValueError):
+class SynthesisError(UserError, ValueError):
     """The inputs of a synthesis do not fit the model (instance map, style image, device)."""
 
 

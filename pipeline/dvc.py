@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gaugan.config import flatten
+from gaugan.errors import UserError
 
 if TYPE_CHECKING:  # pandas is imported where runs are linked, not by every stage's guard
     import pandas as pd
@@ -43,7 +44,7 @@ TAG_BASELINE_REV = "dvc.baseline_rev"
 TAG_EXP_REV = "dvc.exp_rev"
 
 
-class DvcError(RuntimeError):
+class DvcError(UserError, RuntimeError):
     """DVC could not be run or answered something this module does not understand."""
 
 

@@ -16,9 +16,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from gaugan.data.registry import DatasetSpec
+from gaugan.errors import UserError
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file is unreadable or violates the dataset's conventions."""
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from gaugan.config import GeneratorConfig
+from gaugan.errors import UserError
 from gaugan.models.generator import SPADEGenerator
 
 # Wrappers whose prefixes can end up in saved keys: DataParallel / DDP and torch.compile.
@@ -36,7 +37,7 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 MAX_LISTED_KEYS = 50
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file cannot be read or does not fit the network it is loaded into."""
 
 

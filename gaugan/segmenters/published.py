@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gaugan.errors import UserError
 from gaugan.segmenters.base import Segmenter
 from gaugan.segmenters.deeplab import WEIGHTS_URL as DEEPLAB_URL
 from gaugan.segmenters.deeplab import DeepLabV2COCOStuff
@@ -28,7 +29,7 @@ from gaugan.segmenters.upernet import WEIGHTS_URL as UPERNET_URL
 from gaugan.segmenters.upernet import UperNet101
 
 
-class SegmenterWeightsError(FileNotFoundError):
+class SegmenterWeightsError(UserError, FileNotFoundError):
     """A segmenter's weight file is missing, unreadable or does not fit the network."""
 
 

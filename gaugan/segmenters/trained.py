@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from gaugan.config import SegmenterConfig
 from gaugan.data.registry import DatasetSpec
+from gaugan.errors import UserError
 from gaugan.segmenters.base import IGNORE_INDEX, Segmenter, apply_table, lookup_table
 
 SEGMENTER_FORMAT = "gaugan-segmenter-v1"
@@ -234,7 +235,7 @@ def save_trained_segmenter(segmenter: TrainedSegmenter, path: str | os.PathLike,
     os.replace(tmp, path)
 
 
-class SegmenterCheckpointError(ValueError):
+class SegmenterCheckpointError(UserError, ValueError):
     """segmenter.pt is missing, unreadable or was trained for another dataset spec."""
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from gaugan.config import flatten
+from gaugan.errors import UserError
 
 CHECKPOINT_FORMAT = "gaugan-checkpoint-v1"
 LAST_CHECKPOINT = "last.pt"
@@ -49,7 +50,7 @@ RESUMABLE_DIFFERENCES = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be read or does not fit the current configuration."""
 
 

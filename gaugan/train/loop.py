@@ -28,6 +28,7 @@ from gaugan.config import Config, config_to_dict
 from gaugan.data.io import atomic_save_png
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
+from gaugan.errors import UserError
 from gaugan.models import build_discriminator, build_encoder, build_generator
 from gaugan.train import checkpoint as ckpt
 from gaugan.train.distributed import (
@@ -52,7 +53,7 @@ ImageCallback = Callable[[Path, int], None]
 NUM_SAMPLE_ROWS = 4
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """A loss became NaN or infinite; training stopped without overwriting the last good checkpoint."""
 
 
