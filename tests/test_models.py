@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import typing
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from gaugan.config import ConfigError, DiscriminatorConfig, EncoderConfig, Gener
 from gaugan.data.registry import published_spec
 from gaugan.models import (
     CLADE,
+    GENERATORS,
     SPADE,
     build_discriminator,
     build_encoder,
@@ -47,7 +49,33 @@ def random_seg(batch: int, height: int, width: int, channels: int = LABEL_CHANNE
 # ---- generator shapes -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["spade", "clade"])
+def test_generator_registry_matches_the_config_choices():
+    assert set(GENERATORS) == set(typing.get_args(typing.get_type_hints(GeneratorConfig)["arch"]))
+
+
+@pytest.mark.parametrize("arch", list(GENERATORS))
+def test_every_registered_generator_maps_labels_to_an_image(arch):
+    G = build_generator(tiny_generator_config(arch=arch), LABEL_CHANNELS, (32, 64))
+    with torch.no_grad():
+        fake = G(random_seg(2, 32, 64))
+    assert fake.shape == (2, 3, 32, 64) and fake.abs().max() <= 1.0
+    if takes_z(arch):
+        G_vae = build_generator(tiny_generator_config(arch=arch), LABEL_CHANNELS, (32, 64), z_dim=8)
+        with torch.no_grad():
+            assert G_vae(random_seg(2, 32, 64), torch.randn(2, 8)).shape == (2, 3, 32, 64)
+
+
+def takes_z(arch: str) -> bool:
+    """Whether the registered ``arch`` has a VAE variant; one without says so, naming the setting."""
+    try:
+        build_generator(tiny_generator_config(arch=arch), LABEL_CHANNELS, (64, 64), z_dim=8)
+    except ConfigError as err:
+        assert "encoder.use_vae" in str(err)
+        return False
+    return True
+
+
+@pytest.mark.parametrize("arch", [arch for arch in GENERATORS if takes_z(arch)])  # the SPADE-style generators
 @pytest.mark.parametrize(
     ("num_upsampling_layers", "image_size"),
     [("normal", (32, 64)), ("more", (64, 128)), ("most", (128, 256)), ("normal", (64, 64))],
@@ -123,7 +151,7 @@ def test_pix2pixhd_spectral_norm_follows_config():
 
 
 def test_unknown_arch_lists_valid_ones():
-    with pytest.raises(ConfigError, match="spade, clade, pix2pixhd"):
+    with pytest.raises(ConfigError, match=", ".join(GENERATORS)):
         build_generator(tiny_generator_config(arch="unet"), LABEL_CHANNELS, (32, 32))
 
 
@@ -305,10 +333,10 @@ def test_published_init_xavier_gain_002_zero_bias():
 # ---- gradient flow ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["spade", "clade", "pix2pixhd"])
+@pytest.mark.parametrize("arch", list(GENERATORS))
 def test_gradient_reaches_every_parameter(arch):
     torch.manual_seed(0)
-    use_vae = arch != "pix2pixhd"
+    use_vae = takes_z(arch)
     G = build_generator(tiny_generator_config(arch=arch, param_free_norm="syncbatch"), LABEL_CHANNELS, (32, 32),
                         z_dim=8 if use_vae else None)
     D = build_discriminator(DiscriminatorConfig(ndf=8), LABEL_CHANNELS)

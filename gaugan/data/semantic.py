@@ -1,12 +1,21 @@
 """The network input built from a label map: one-hot classes plus the instance edge map.
 
-Paper section 3 / REFERENCE.md section 3. Done on the device inside the step: a stored
+Paper section 3 / docs/SPADE.md section 3. Done on the device inside the step: a stored
 one-hot map would be 151-184x larger than the index map it comes from.
+
+:class:`SemanticLabels` is the same input kept as class indices and a boolean edge map:
+layers that convolve the one-hot map can compute that convolution as a lookup of weight
+columns (:mod:`gaugan.models.onehot_conv`), and a generator given it never builds the
+one-hot map at its many resolutions.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -42,12 +51,82 @@ def semantic_input(
     """
     if label.dim() != 3:
         raise ValueError(f"label map must be (B, H, W), got shape {tuple(label.shape)}")
+    edge = instance_edges(instance)[:, 0].bool() if instance is not None else None
+    return _onehot(label, edge, num_label_values, dtype)
+
+
+def _onehot(label: Tensor, edge: Tensor | None, num_label_values: int, dtype: torch.dtype) -> Tensor:
     b, h, w = label.shape
     onehot = torch.zeros(b, num_label_values, h, w, device=label.device, dtype=dtype)
     onehot.scatter_(1, label.long().unsqueeze(1), 1.0)
-    if instance is None:
+    if edge is None:
         return onehot
-    return torch.cat([onehot, instance_edges(instance).to(dtype)], dim=1)
+    return torch.cat([onehot, edge.unsqueeze(1).to(dtype)], dim=1)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SemanticLabels:
+    """The network input as class indices and edges: what :func:`semantic_input` one-hot encodes.
+
+    ``index`` (B, H, W) int64 in ``[0, num_label_values)``; ``edge`` (B, H, W) bool instance
+    edges or None. :meth:`dense` gives the one-hot map (+ edge channel) itself, built once:
+    ``onehot`` holds it when the caller has already built it at this size (D's input).
+    """
+
+    index: Tensor
+    edge: Tensor | None
+    num_label_values: int
+    onehot: Tensor | None = None
+
+    @property
+    def num_channels(self) -> int:
+        """Channels of the one-hot map: classes plus the edge channel."""
+        return self.num_label_values + (self.edge is not None)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.index.shape[-2]), int(self.index.shape[-1])
+
+    def dense(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The (B, C, H, W) one-hot map (+ edge channel), as :func:`semantic_input` builds it."""
+        if self.onehot is not None:
+            return self.onehot.to(dtype)
+        return _onehot(self.index, self.edge, self.num_label_values, dtype)
+
+    def resized(self, size: Sequence[int]) -> SemanticLabels:
+        """Nearest-neighbour resize, picking the same pixels as ``F.interpolate`` on the one-hot map.
+
+        Indices and edges go through that same interpolation as floats (exact for integers
+        below 2**24), so ``resized(s).dense()`` equals ``interpolate(dense(), s, "nearest")``.
+        """
+        if self.size == tuple(size):
+            return self
+        planes = [self.index.float()] + ([self.edge.float()] if self.edge is not None else [])
+        resized = F.interpolate(torch.stack(planes, dim=1), size=tuple(size), mode="nearest")
+        edge = resized[:, 1] > 0.5 if self.edge is not None else None
+        return SemanticLabels(resized[:, 0].long(), edge, self.num_label_values)
+
+
+def semantic_labels(
+    label: Tensor,
+    num_label_values: int,
+    instance: Tensor | None = None,
+    with_onehot: bool = False,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> SemanticLabels:
+    """(B, H, W) label indices (+ instance ids) -> :class:`SemanticLabels` on their device.
+
+    ``with_onehot`` also builds the fp32 one-hot map once (in ``memory_format``), for the
+    layers that take it dense.
+    """
+    if label.dim() != 3:
+        raise ValueError(f"label map must be (B, H, W), got shape {tuple(label.shape)}")
+    edge = instance_edges(instance)[:, 0].bool() if instance is not None else None
+    index = label.long()
+    onehot = None
+    if with_onehot:
+        onehot = _onehot(index, edge, num_label_values, torch.float32).contiguous(memory_format=memory_format)
+    return SemanticLabels(index, edge, num_label_values, onehot)
 
 
 def check_label_range(label: Tensor, num_label_values: int, source: str = "label map") -> None:

@@ -1,14 +1,16 @@
 """The networks of the paper (section 3) and their factory.
 
-``build_generator`` picks the generator named by ``generator.arch`` (an unknown name is an
-error listing the valid ones); ``build_discriminator`` and ``build_encoder`` take their own
-section of the config plus derived numbers. ``published_*`` give the official configuration
-of a dataset (REFERENCE.md section 1) for parameter counts and official checkpoints.
+``build_generator`` builds the generator that ``generator.arch`` names in :data:`GENERATORS`,
+the registry of architectures (an unknown name is an error listing the registered ones);
+``build_discriminator`` and ``build_encoder`` take their own section of the config plus
+derived numbers. ``published_*`` give the official configuration of a dataset
+(docs/SPADE.md section 1) for parameter counts and official checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -30,6 +32,7 @@ __all__ = [
     "Pix2PixHDGenerator",
     "SPADEGenerator",
     "SPADEResBlock",
+    "GENERATORS",
     "GENERATOR_ARCHS",
     "build_discriminator",
     "build_encoder",
@@ -43,8 +46,29 @@ __all__ = [
     "start_size",
 ]
 
-GENERATOR_ARCHS = ("spade", "clade", "pix2pixhd")
 IMAGE_CHANNELS = 3
+
+GeneratorBuilder = Callable[[GeneratorConfig, int, "tuple[int, int]", "int | None"], nn.Module]
+
+
+def _pix2pixhd(cfg: GeneratorConfig, label_channels: int, image_size: tuple[int, int], z_dim: int | None) -> nn.Module:
+    if z_dim is not None:
+        raise ConfigError(
+            "encoder.use_vae: true needs generator.arch 'spade' or 'clade'; the pix2pixhd baseline "
+            "has no z input (set encoder.use_vae: false or change generator.arch)"
+        )
+    return Pix2PixHDGenerator(cfg, label_channels, image_size)
+
+
+# The registry of generator architectures: ``generator.arch`` -> builder
+# ``(cfg, label_channels, image_size, z_dim) -> G``. Every entry takes the one-hot map or
+# SemanticLabels as ``G(seg, z)``; tests run over all of them.
+GENERATORS: dict[str, GeneratorBuilder] = {
+    "spade": SPADEGenerator,  # SPADE norms
+    "clade": SPADEGenerator,  # the same network with CLADE norms (the class reads cfg.arch)
+    "pix2pixhd": _pix2pixhd,  # the paper's baseline
+}
+GENERATOR_ARCHS = tuple(GENERATORS)
 
 
 def build_generator(
@@ -54,16 +78,10 @@ def build_generator(
     z_dim: int | None = None,
 ) -> nn.Module:
     """The generator for ``cfg.arch``; ``z_dim`` set means the VAE variant (G starts from z)."""
-    if cfg.arch in ("spade", "clade"):
-        return SPADEGenerator(cfg, label_channels, image_size, z_dim)
-    if cfg.arch == "pix2pixhd":
-        if z_dim is not None:
-            raise ConfigError(
-                "encoder.use_vae: true needs generator.arch 'spade' or 'clade'; the pix2pixhd baseline "
-                "has no z input (set encoder.use_vae: false or change generator.arch)"
-            )
-        return Pix2PixHDGenerator(cfg, label_channels, image_size)
-    raise ConfigError(f"generator.arch: got {cfg.arch!r}, expected one of {', '.join(GENERATOR_ARCHS)}")
+    builder = GENERATORS.get(cfg.arch)
+    if builder is None:
+        raise ConfigError(f"generator.arch: got {cfg.arch!r}, expected one of {', '.join(GENERATORS)}")
+    return builder(cfg, label_channels, image_size, z_dim)
 
 
 def build_discriminator(cfg: DiscriminatorConfig, label_channels: int) -> MultiscaleDiscriminator:

@@ -1,6 +1,6 @@
 """Generators: the SPADE generator (paper section 3.2, Fig. 4 and appendix A) and the baseline.
 
-``SPADEResBlock`` and ``SPADEGenerator`` follow REFERENCE.md section 1 layer for layer, with
+``SPADEResBlock`` and ``SPADEGenerator`` follow docs/SPADE.md section 1 layer for layer, with
 the official submodule names (``fc``, ``head_0``, ``G_middle_0/1``, ``up_0..up_4``,
 ``conv_img``) so that the authors' ``latest_net_G.pth`` loads with ``strict=True``. The
 normalisation inside the blocks is SPADE or, as a drop-in, CLADE (``generator.arch``).
@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gaugan.config import ConfigError, GeneratorConfig
+from gaugan.data.semantic import SemanticLabels
 from gaugan.models.init import init_weights
 from gaugan.models.layers import conv_norm, maybe_spectral_norm
-from gaugan.models.spade import CLADE, SPADE, resize_segmap
+from gaugan.models.spade import CLADE, SPADE, Segmap, dense_segmap, prepare_segmap
 
-# Number of x2 upsamplings from the start size to the output (REFERENCE.md section 1).
+# Number of x2 upsamplings from the start size to the output (docs/SPADE.md section 1).
 NUM_UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
 
 NormFactory = Callable[[int], nn.Module]
@@ -55,8 +56,8 @@ class SPADEResBlock(nn.Module):
         if self.learned_shortcut:
             self.norm_s = make_norm(in_channels)
 
-    def forward(self, x: Tensor, seg: Tensor) -> Tensor:
-        seg = resize_segmap(seg, x.shape[-2:])  # once for the block's two or three norms
+    def forward(self, x: Tensor, seg: Segmap) -> Tensor:
+        seg = prepare_segmap(seg, x.shape[-2:], self.norm_0.label_kernel_size)  # once for the block's norms
         shortcut = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
         dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
         dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
@@ -108,9 +109,11 @@ def start_size(cfg: GeneratorConfig, image_size: tuple[int, int]) -> tuple[int, 
 class SPADEGenerator(nn.Module):
     """The SPADE generator: from the downsampled label map (or from z with the VAE) up to the image.
 
-    ``G(seg, z=None)``: ``seg`` is the (B, label_channels, H, W) one-hot map (+ edge channel).
-    With ``z_dim`` set (VAE), the start tensor comes from ``fc(z)``; ``z=None`` draws
-    N(0, 1) on ``seg``'s device and dtype. ``cfg.arch`` selects SPADE or CLADE norms.
+    ``G(seg, z=None)``: ``seg`` is the (B, label_channels, H, W) one-hot map (+ edge channel),
+    or the same as :class:`~gaugan.data.semantic.SemanticLabels` (the norms then compute
+    their label convolutions as exact lookups). With ``z_dim`` set (VAE), the start tensor
+    comes from ``fc(z)``; ``z=None`` draws N(0, 1) on ``seg``'s device (in ``seg``'s dtype
+    for a one-hot tensor, else fp32). ``cfg.arch`` selects SPADE or CLADE norms.
     """
 
     def __init__(
@@ -167,13 +170,15 @@ class SPADEGenerator(nn.Module):
         self.conv_img = nn.Conv2d(final_channels, 3, 3, padding=1)
         init_weights(self)
 
-    def forward(self, seg: Tensor, z: Tensor | None = None) -> Tensor:
+    def forward(self, seg: Tensor | SemanticLabels, z: Tensor | None = None) -> Tensor:
         if self.z_dim is not None:
             if z is None:
-                z = torch.randn(seg.shape[0], self.z_dim, device=seg.device, dtype=seg.dtype)
+                like = seg if isinstance(seg, Tensor) else seg.index
+                dtype = seg.dtype if isinstance(seg, Tensor) else torch.float32
+                z = torch.randn(like.shape[0], self.z_dim, device=like.device, dtype=dtype)
             x = self.fc(z).view(-1, self.start_channels, self.start_height, self.start_width)
         else:
-            x = self.fc(F.interpolate(seg, size=(self.start_height, self.start_width), mode="nearest"))
+            x = self.fc(dense_segmap(seg, (self.start_height, self.start_width), self.fc.weight.dtype))
 
         x = self.head_0(x, seg)
         x = _up(x)
@@ -235,7 +240,7 @@ class Pix2PixHDGenerator(nn.Module):
         self.model = nn.Sequential(*layers)
         init_weights(self)
 
-    def forward(self, seg: Tensor, z: Tensor | None = None) -> Tensor:
+    def forward(self, seg: Segmap, z: Tensor | None = None) -> Tensor:
         if z is not None:
             raise ValueError("the pix2pixhd generator takes no z (encoder.use_vae needs generator.arch spade or clade)")
-        return self.model(seg)
+        return self.model(dense_segmap(seg, dtype=next(self.parameters()).dtype))

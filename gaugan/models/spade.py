@@ -1,6 +1,6 @@
 """Spatially-adaptive normalization layers: SPADE (paper section 3.1) and CLADE.
 
-SPADE (Park et al. 2019, eq. 1; REFERENCE.md section 1): a parameter-free normalisation of
+SPADE (Park et al. 2019, eq. 1; docs/SPADE.md section 1): a parameter-free normalisation of
 the activations, then a per-pixel scale and bias predicted from the label map by a small
 convolutional network:
 
@@ -20,19 +20,32 @@ hidden map with their weights concatenated (one read of the hidden map, and one 
 gradient instead of two summed), SPADE's ``1 +`` is folded into gamma's bias, the
 modulation is one ``addcmul``, the ReLU is in place, and the label map is resized once per
 resolution. Results equal the official order of operations to float rounding (tested).
+
+The label map comes in one of three forms (:data:`Segmap`): the one-hot tensor (as
+published), or :class:`~gaugan.data.semantic.SemanticLabels` (class indices and edges), or
+:class:`~gaugan.models.onehot_conv.LabelBags` prepared from them for one resolution. Given
+labels, ``mlp_shared`` (and CLADE's tables) are computed as an exact lookup instead of a
+convolution over the one-hot map (:mod:`gaugan.models.onehot_conv`); the parameters are the
+same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gaugan.data.semantic import SemanticLabels
+from gaugan.models.onehot_conv import LabelBags, label_bags, onehot_conv
+
 ParamFreeNorm = Literal["instance", "batch", "syncbatch"]
 PARAM_FREE_NORMS: tuple[str, ...] = ("instance", "batch", "syncbatch")
+
+# The label map: the one-hot tensor, or class indices + edges, or those prepared for a lookup.
+Segmap = Union[Tensor, SemanticLabels, LabelBags]
 
 
 def make_param_free_norm(kind: ParamFreeNorm, channels: int) -> nn.Module:
@@ -63,6 +76,41 @@ def resize_segmap(seg: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(seg, size=tuple(size), mode="nearest")
 
 
+def prepare_segmap(seg: Segmap, size: Sequence[int], kernel_size: int) -> Tensor | LabelBags:
+    """The label map ready for the layers at ``size``: resized, and as lookup bags when given labels.
+
+    A one-hot tensor is resized (:func:`resize_segmap`); labels become the
+    :class:`LabelBags` of a ``kernel_size`` lookup at ``size``, built once and shared by the
+    layers that use them.
+    """
+    if isinstance(seg, Tensor):
+        return resize_segmap(seg, size)
+    if isinstance(seg, LabelBags):
+        if seg.labels.size == tuple(size) and seg.kernel_size == kernel_size:
+            return seg
+        seg = seg.labels
+    return label_bags(seg.resized(size), kernel_size)
+
+
+def dense_segmap(seg: Segmap, size: Sequence[int] | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The one-hot tensor (+ edge channel), nearest-resized to ``size`` when given.
+
+    ``dtype`` applies to a map built from labels (a given one-hot tensor is used as it is).
+    """
+    if isinstance(seg, LabelBags):
+        seg = seg.labels
+    if isinstance(seg, SemanticLabels):
+        return (seg.resized(size) if size is not None else seg).dense(dtype)
+    return resize_segmap(seg, size) if size is not None else seg
+
+
+def _like(hidden: Tensor, x: Tensor) -> Tensor:
+    """The lookup's channels-last result in ``x``'s memory format (NCHW models stay NCHW)."""
+    if x.dim() == 4 and not x.is_contiguous(memory_format=torch.channels_last):
+        return hidden.contiguous()
+    return hidden
+
+
 class SPADE(nn.Module):
     """SPADE layer: ``norm(x) * (1 + gamma(seg)) + beta(seg)`` with gamma, beta from a conv MLP."""
 
@@ -86,18 +134,26 @@ class SPADE(nn.Module):
         )
         self.mlp_gamma = nn.Conv2d(hidden_channels, norm_channels, kernel_size, padding=padding)
         self.mlp_beta = nn.Conv2d(hidden_channels, norm_channels, kernel_size, padding=padding)
+        self.label_kernel_size = kernel_size
 
     # True: compute in the official module's order of operations instead (a resize in every
     # layer, two convolutions, an out-of-place ReLU). Only the speed benchmark's emulation
     # of the official code sets it; the values are the same.
     official_order = False
 
-    def forward(self, x: Tensor, seg: Tensor) -> Tensor:
+    def forward(self, x: Tensor, seg: Segmap) -> Tensor:
         normalized = self.param_free_norm(x)
         if self.official_order:
-            hidden = F.relu(self.mlp_shared[0](F.interpolate(seg, size=x.shape[-2:], mode="nearest")))
+            dense = dense_segmap(seg, dtype=x.dtype)
+            hidden = F.relu(self.mlp_shared[0](F.interpolate(dense, size=x.shape[-2:], mode="nearest")))
             return normalized * (1 + self.mlp_gamma(hidden)) + self.mlp_beta(hidden)
-        hidden = self.mlp_shared(resize_segmap(seg, x.shape[-2:]))
+        seg = prepare_segmap(seg, x.shape[-2:], self.label_kernel_size)
+        if isinstance(seg, LabelBags):
+            conv = self.mlp_shared[0]
+            # In place: the lookup's backward needs neither its input nor its output.
+            hidden = _like(F.relu_(onehot_conv(seg, conv.weight, conv.bias)), x)
+        else:
+            hidden = self.mlp_shared(seg)
         scale, shift = self.modulation(hidden)
         return torch.addcmul(shift, normalized, scale)
 
@@ -138,6 +194,7 @@ class CLADE(nn.Module):
         self.param_free_norm = make_param_free_norm(param_free_norm, norm_channels)
         self.class_gamma = nn.Parameter(torch.empty(label_channels, norm_channels))
         self.class_beta = nn.Parameter(torch.empty(label_channels, norm_channels))
+        self.label_kernel_size = 1
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -146,10 +203,15 @@ class CLADE(nn.Module):
         nn.init.normal_(self.class_gamma, 0.0, 0.02)
         nn.init.normal_(self.class_beta, 0.0, 0.02)
 
-    def forward(self, x: Tensor, seg: Tensor) -> Tensor:
+    def forward(self, x: Tensor, seg: Segmap) -> Tensor:
         normalized = self.param_free_norm(x)
-        seg = resize_segmap(seg, x.shape[-2:])
-        # (label_channels, norm_channels) -> a 1x1 convolution kernel (norm_channels, label_channels, 1, 1).
-        gamma = F.conv2d(seg, self.class_gamma.t()[:, :, None, None])
-        beta = F.conv2d(seg, self.class_beta.t()[:, :, None, None])
+        seg = prepare_segmap(seg, x.shape[-2:], self.label_kernel_size)
+        if isinstance(seg, LabelBags):
+            # Both tables in one lookup: (2 * norm_channels, label_channels, 1, 1).
+            tables = torch.cat([self.class_gamma, self.class_beta], dim=1).t()[:, :, None, None]
+            gamma, beta = _like(onehot_conv(seg, tables, None), x).chunk(2, dim=1)
+        else:
+            # (label_channels, norm_channels) -> a 1x1 convolution kernel (norm_channels, label_channels, 1, 1).
+            gamma = F.conv2d(seg, self.class_gamma.t()[:, :, None, None])
+            beta = F.conv2d(seg, self.class_beta.t()[:, :, None, None])
         return normalized * (1 + gamma) + beta
