@@ -134,7 +134,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # autocast dtype on CUDA; CPU always fp32
     channels_last: bool = True
-    compile: bool = False
+    compile: Literal["none", "blocks", "full"] = "none"  # torch.compile: per residual block / D scale, or whole nets
+    cuda_graph: bool = False  # CUDA, one process: replay the whole G+D step from a CUDA graph
+    label_conv: Literal["auto", "lookup", "dense"] = "auto"  # convs over the one-hot map: exact lookup or dense
     cudnn_benchmark: bool = True
     use_ema: bool = False
     ema_decay: float = 0.999

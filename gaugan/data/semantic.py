@@ -87,11 +87,14 @@ class SemanticLabels:
     def size(self) -> tuple[int, int]:
         return int(self.index.shape[-2]), int(self.index.shape[-1])
 
-    def dense(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """The (B, C, H, W) one-hot map (+ edge channel), as :func:`semantic_input` builds it."""
+    def dense(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The (B, C, H, W) one-hot map (+ edge channel), as :func:`semantic_input` builds it.
+
+        In ``dtype``; by default the dtype of the map already built, else fp32.
+        """
         if self.onehot is not None:
-            return self.onehot.to(dtype)
-        return _onehot(self.index, self.edge, self.num_label_values, dtype)
+            return self.onehot if dtype is None else self.onehot.to(dtype)
+        return _onehot(self.index, self.edge, self.num_label_values, dtype or torch.float32)
 
     def resized(self, size: Sequence[int]) -> SemanticLabels:
         """Nearest-neighbour resize, picking the same pixels as ``F.interpolate`` on the one-hot map.

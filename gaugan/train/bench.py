@@ -1,5 +1,6 @@
 """Training-speed benchmark: images/s, step time, peak memory and (on GPU) model FLOPs
-utilisation of the G step + D step of :mod:`gaugan.train.steps`, on synthetic batches.
+utilisation of the G step + D step of :mod:`gaugan.train.steps`, run by the same
+:class:`~gaugan.train.runner.StepRunner` as training, on synthetic batches.
 
 Synthetic label maps (blocky random classes and instances) cost the same per step as real
 data once on the device, so the benchmark needs no dataset. ``reference_schedule=True``
@@ -7,8 +8,8 @@ runs the same maths the way the official code runs it, so that a speed-up is mea
 the same machine, not assumed: SPADE layers in the official order of operations
 (:attr:`gaugan.models.spade.SPADE.official_order`); D weight gradients computed in the G step and thrown away;
 in the D step a gradient w.r.t. the regenerated fake (the official code sets
-``requires_grad`` on it); fp32; contiguous NCHW tensors; torch's default (unfused) Adam;
-glibc's default allocator behaviour. It is an emulation inside our code, not the official
+``requires_grad`` on it); fp32; contiguous NCHW tensors; the dense one-hot map; torch's
+default (unfused) Adam; no compilation or CUDA graph; glibc's default allocator behaviour. It is an emulation inside our code, not the official
 code itself (which also loads data in the training process and differs in overheads).
 
 Note that the allocator setting (:func:`gaugan.train.performance.keep_freed_memory`) is
@@ -21,19 +22,22 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
 
 from gaugan.config import Config, replace
 from gaugan.data.registry import DatasetSpec
 from gaugan.models.spade import SPADE
 from gaugan.train.loop import build_training_models, make_optimizers, make_vgg_loss, place_models
 from gaugan.train.performance import autocast_dtype, configure_device, peak_memory_bytes, spectral_norm_in_fp32
-from gaugan.train.steps import Networks, StepSettings, discriminator_step, generator_step, prepare_batch
+from gaugan.train.runner import StepRunner, make_step_runner
+from gaugan.train.steps import StepSettings
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched by substring
 # of torch.cuda.get_device_name(); MFU is reported only for devices listed here.
@@ -91,35 +95,28 @@ def _synchronize(device: torch.device) -> None:
 
 
 def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings: BenchSettings) -> dict[str, Any]:
-    """Time ``settings.steps`` G+D steps after ``settings.warmup`` untimed ones."""
+    """Time ``settings.steps`` G+D steps after ``settings.warmup`` untimed ones (more for a CUDA graph)."""
     if settings.steps < 1 or settings.warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={settings.steps}, warmup={settings.warmup}")
     torch.manual_seed(cfg.train.seed)
     reference = settings.reference_schedule
+    bench_cfg = reference_config(cfg) if reference else cfg
     if not reference:
         configure_device(device, cfg.train.cudnn_benchmark)
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the official training script turns it on too
-    channels_last = cfg.train.channels_last and not reference
+    channels_last = bench_cfg.train.channels_last
     G, D, E = place_models(*build_training_models(cfg, spec), device, channels_last)
     if reference:
         for module in G.modules():
             if isinstance(module, SPADE):
                 module.official_order = True
-    bench_cfg = cfg
-    if reference:
-        bench_cfg = replace(cfg, optim={"fused": False}, train={"precision": "fp32", "compile": False})
     dtype = autocast_dtype(bench_cfg.train.precision, device)
     if dtype is not None:
         for network in (G, D, E):
             if network is not None:
                 spectral_norm_in_fp32(network)
     optimizers = make_optimizers(bench_cfg, G, D, E, device, epoch=0)
-    G_run, D_run, E_run = G, D, E
-    if bench_cfg.train.compile:
-        G_run, D_run = torch.compile(G), torch.compile(D)
-        E_run = torch.compile(E) if E is not None else None
-    networks = Networks(G=G_run, D=D_run, D_module=D_run, E=E_run)
     vgg = make_vgg_loss(cfg, device) if cfg.loss.use_vgg_loss else None
     step_settings = StepSettings(
         cfg.loss, cfg.discriminator.num_discriminators, dtype,
@@ -129,21 +126,26 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
     if device.type == "cuda":
         batch = {key: value.pin_memory() for key, value in batch.items()}
 
-    def one_step() -> dict[str, Tensor]:
-        seg, real = prepare_batch(batch, spec.num_label_values, device, channels_last)
-        losses = generator_step(networks, optimizers, seg, real, step_settings)
-        losses.update(discriminator_step(networks, optimizers, seg, real, step_settings))
-        return losses
+    def runner_for(run_cfg: Config):
+        return make_step_runner(run_cfg, spec, device, (G, D, E), optimizers, step_settings)
 
-    for _ in range(settings.warmup):
-        one_step()
-    _synchronize(device)
+    flops = measure_flops(bench_cfg, runner_for, batch) if settings.count_flops else {}  # eager, before compiling
+    runner = runner_for(bench_cfg)
+    warmup = settings.warmup
+    if runner.graphed is not None:  # the warm-up covers the eager steps and the recording
+        warmup = max(warmup, runner.graphed.warmup_steps + 2)
+    warmup_step_s = []
+    for _ in range(warmup):
+        started = time.perf_counter()
+        runner(batch)
+        _synchronize(device)
+        warmup_step_s.append(time.perf_counter() - started)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     load_before = list(os.getloadavg())
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(settings.steps):
-        losses = one_step()
+        losses = runner(batch)
     _synchronize(device)
     elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
     finite = bool(torch.isfinite(torch.stack(list(losses.values()))).all())
@@ -151,6 +153,7 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
     step_s = elapsed / settings.steps
     result: dict[str, Any] = {
         "images_per_s": cfg.train.batch_size / step_s,
+        "steps_per_s": 1.0 / step_s,
         "step_s": step_s,
         # CPU time of this process per step (all its threads): on a machine shared with other
         # work, wall time varies with the load while this varies much less.
@@ -161,35 +164,101 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
             else "process peak resident set size (getrusage ru_maxrss), includes the Python runtime"
         ),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": device_name(device),
         "torch_version": torch.__version__,
         "num_threads": torch.get_num_threads(),
         "schedule": "reference" if reference else "ours",
         "precision": bench_cfg.train.precision if device.type == "cuda" else "fp32",
         "channels_last": channels_last,
+        "label_conv": "lookup" if runner.label_lookup else "dense",
+        "compile": bench_cfg.train.compile,
+        "cuda_graph": runner.graphed is not None,
         "batch_size": cfg.train.batch_size,
         "image_size": list(spec.image_size),
         "label_channels": spec.label_channels,
         "steps": settings.steps,
-        "warmup": settings.warmup,
+        "warmup": warmup,
+        # Compilation, CUDA-graph recording and cuDNN autotuning happen in these steps.
+        "warmup_step_s": warmup_step_s,
         "losses_finite": finite,
         "load_average_before": load_before,
         "load_average": list(os.getloadavg()),
         "cpu_count": os.cpu_count(),
     }
-    if settings.count_flops:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        counter = FlopCounterMode(display=False)
-        with counter:
-            one_step()
-        flops = counter.get_total_flops()
-        result["flops_per_step"] = flops
-        result["achieved_flops_per_s"] = flops / step_s
+    if flops:
+        result.update(flops)
         peak = device_peak_flops(device)
+        result["achieved_flops_per_s"] = flops["flops_per_step"] / step_s
         result["peak_bf16_flops_per_s"] = peak
-        result["mfu"] = flops / step_s / peak if peak else None
+        result["mfu"] = flops["flops_per_step"] / step_s / peak if peak else None
+        result["mfu_onehot_equivalent"] = flops["onehot_equivalent_flops_per_step"] / step_s / peak if peak else None
     return result
+
+
+def reference_config(cfg: Config) -> Config:
+    """``cfg`` as the official code runs it: fp32, NCHW, unfused Adam, the one-hot map, no compilation."""
+    return replace(
+        cfg,
+        optim={"fused": False},
+        train={"precision": "fp32", "channels_last": False, "compile": "none", "cuda_graph": False, "label_conv": "dense"},
+    )
+
+
+def measure_flops(cfg: Config, runner_for: Callable[[Config], StepRunner], batch: dict[str, Tensor]) -> dict[str, float]:
+    """FLOPs of one eager step as configured, and of the same step with the one-hot map (dense).
+
+    ``flops_per_step`` is the work done: convolutions and matrix products (torch's flop
+    counter) plus one add per lookup entry and channel (:data:`LOOKUP_FLOP_FORMULAS`).
+    ``onehot_equivalent_flops_per_step`` counts the label convolutions as the dense
+    convolutions the reference computes, so that FLOP rates stay comparable across schedules.
+    """
+    eager_cfg = replace(cfg, train={"compile": "none", "cuda_graph": False})
+    runner = runner_for(eager_cfg)
+    flops = step_flops(lambda: runner(batch))
+    dense = flops
+    if runner.label_lookup:
+        dense_runner = runner_for(replace(eager_cfg, train={"label_conv": "dense"}))
+        dense = step_flops(lambda: dense_runner(batch))
+    return {"flops_per_step": flops, "onehot_equivalent_flops_per_step": dense}
+
+
+def step_flops(step: Callable[[], object]) -> int:
+    """FLOPs of running ``step`` once (multiply-add = 2), lookups counted as their adds."""
+    counter = FlopCounterMode(display=False, custom_mapping=LOOKUP_FLOP_FORMULAS)
+    with counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def _lookup_flops(weight_shape, indices_shape, *args, **kwargs) -> int:
+    return int(indices_shape[0]) * int(weight_shape[1])  # one add per entry and channel
+
+
+def _lookup_backward_flops(grad_shape, indices_shape, *args, **kwargs) -> int:
+    return int(indices_shape[0]) * int(grad_shape[1])  # one add into the table per entry and channel
+
+
+# torch's flop counter knows no embedding_bag: the lookup of gaugan.models.onehot_conv is
+# counted as the additions it does (forward: a sum of its entries; backward: a scatter-add).
+LOOKUP_FLOP_FORMULAS = {
+    torch.ops.aten._embedding_bag: _lookup_flops,
+    torch.ops.aten._embedding_bag_forward_only: _lookup_flops,
+    torch.ops.aten._embedding_bag_backward: _lookup_backward_flops,
+}
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model (lscpu's "Model name") where it can be read."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _run_in_child(args: tuple[Config, DatasetSpec, str, BenchSettings]) -> dict[str, Any]:

@@ -38,6 +38,8 @@ RESUMABLE_DIFFERENCES = (
     "train.resume",
     "train.max_steps",
     "train.compile",
+    "train.cuda_graph",
+    "train.label_conv",  # the same function computed another way (float rounding may differ)
     "train.cudnn_benchmark",
     "train.channels_last",  # memory layout: the same maths (float rounding may differ)
     "train.device",

@@ -44,7 +44,8 @@ from gaugan.train.distributed import (
 from gaugan.train.ema import GeneratorEMA
 from gaugan.train.performance import autocast_dtype, configure_device, peak_memory_bytes, spectral_norm_in_fp32
 from gaugan.train.schedule import adam_betas, learning_rates, set_learning_rate
-from gaugan.train.steps import Networks, Optimizers, StepSettings, discriminator_step, generator_step, prepare_batch
+from gaugan.train.runner import make_step_runner
+from gaugan.train.steps import Optimizers, StepSettings, prepare_batch
 from gaugan.visualize import sample_grid, to_uint8
 
 MetricsCallback = Callable[[dict[str, float], int], None]
@@ -266,15 +267,10 @@ def _train(
             tqdm.write(f"resuming from {last_path} at step {step} (epoch {epoch}, batch {batch_in_epoch})")
     resumed_from_step = step
 
-    # Wrap for multi-process and compiled execution; checkpoints keep the bare modules.
-    G_run, D_run = wrap_ddp(G, context), wrap_ddp(D, context)
-    E_run = wrap_ddp(E, context) if E is not None else None
-    D_local = D
-    if cfg.train.compile:
-        G_run, D_run, D_local = torch.compile(G_run), torch.compile(D_run), torch.compile(D)
-        E_run = torch.compile(E_run) if E_run is not None else None
-    networks = Networks(G=G_run, D=D_run, D_module=D_local, E=E_run)
+    # Wrap for multi-process, compiled and graph-replayed execution; checkpoints keep the bare modules.
     settings = StepSettings(cfg.loss, cfg.discriminator.num_discriminators, dtype, vgg=vgg)
+    run_step = make_step_runner(cfg, spec, device, (G, D, E), optimizers, settings,
+                                wrap=lambda module: wrap_ddp(module, context), num_processes=context.world_size)
     sample_batch = _fixed_sample_batch(store_dir, spec, NUM_SAMPLE_ROWS) if main else None
 
     def save_checkpoint() -> None:
@@ -345,11 +341,8 @@ def _train(
         batches = iter(loader)
         torch.set_rng_state(rng_state)
         for batch in batches:
-            seg, real = prepare_batch(batch, spec.num_label_values, device, channels_last)
-
             # One G step, then one D step on the same batch.
-            step_losses = generator_step(networks, optimizers, seg, real, settings)
-            step_losses.update(discriminator_step(networks, optimizers, seg, real, settings))
+            step_losses = run_step(batch)
 
             # Update EMA.
             if ema is not None:

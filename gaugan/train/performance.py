@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import resource
 import sys
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -55,17 +56,21 @@ def keep_freed_memory() -> bool:
     return bool(ok)
 
 
-class _SpectralNormWithoutAutocast:
-    """A spectral-norm forward pre-hook run with autocast off: u, v and sigma in fp32."""
+class WrappedHook:
+    """A forward pre-hook wrapped to run differently; attributes (name, dim, eps, ...) are the hook's."""
 
-    def __init__(self, hook: SpectralNorm) -> None:
+    def __init__(self, hook: Callable) -> None:
         self.hook = hook
 
-    def __getattr__(self, name: str):  # name, dim, eps, ... as the wrapped hook
+    def __getattr__(self, name: str):
         hook = self.__dict__.get("hook")  # absent while copy/pickle rebuilds the object
         if hook is None:
             raise AttributeError(name)
         return getattr(hook, name)
+
+
+class SpectralNormWithoutAutocast(WrappedHook):
+    """A spectral-norm forward pre-hook run with autocast off: u, v and sigma in fp32."""
 
     def __call__(self, module: nn.Module, inputs: tuple) -> None:
         device_type = inputs[0].device.type if inputs and isinstance(inputs[0], torch.Tensor) else "cuda"
@@ -83,7 +88,7 @@ def spectral_norm_in_fp32(module: nn.Module) -> int:
     for layer in module.modules():
         for key, hook in list(layer._forward_pre_hooks.items()):
             if isinstance(hook, SpectralNorm):
-                layer._forward_pre_hooks[key] = _SpectralNormWithoutAutocast(hook)
+                layer._forward_pre_hooks[key] = SpectralNormWithoutAutocast(hook)
                 count += 1
     return count
 

@@ -1,5 +1,5 @@
 """One generator step and one discriminator step on the same batch (paper section 3, 4;
-REFERENCE.md section 2).
+docs/SPADE.md section 2).
 
 G step: fake = G(seg[, z]); D sees fake and real in one concatenated batch; loss = GAN
 (hinge by default) + lambda_feat/num_D * feature matching + lambda_vgg * VGG (optional) +
@@ -9,7 +9,10 @@ no_grad, by the just-updated G; loss = hinge(real) + hinge(fake).
 Speed-ups that leave the maths unchanged: D's weights get no gradients during the G step
 (``requires_grad`` off; the official code computes and then discards them), graphs are
 built only where a backward follows, losses see fp32 tensors under bf16 autocast, and no
-value is copied to the host (the loop decides when to read losses).
+value is copied to the host (the loop decides when to read losses). The label map can reach
+G as :class:`~gaugan.data.semantic.SemanticLabels` (its label convolutions are then exact
+lookups) while D gets the one-hot map, built once per batch, in the autocast dtype (0 and 1
+are exact in it, and D's first convolution would cast to it anyway).
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ from torch import Tensor, nn
 
 from gaugan import losses
 from gaugan.config import LossConfig
-from gaugan.data.semantic import semantic_input
+from gaugan.data.semantic import SemanticLabels, semantic_labels
 from gaugan.models import reparameterize, split_discriminator_output
+
+# The label map as the steps take it: the one-hot tensor, or labels carrying it.
+Seg = Tensor | SemanticLabels
 
 
 @dataclass
@@ -64,22 +70,34 @@ class StepSettings:
 
 
 def prepare_batch(
-    batch: dict[str, Tensor], num_label_values: int, device: torch.device, channels_last: bool = False
-) -> tuple[Tensor, Tensor]:
-    """Loader batch (uint8 on the host) -> (seg one-hot + edge, real in [-1, 1]) on ``device``.
+    batch: dict[str, Tensor],
+    num_label_values: int,
+    device: torch.device,
+    channels_last: bool = False,
+    label_lookup: bool = False,
+    onehot_dtype: torch.dtype = torch.float32,
+) -> tuple[Seg, Tensor]:
+    """Loader batch (uint8 on the host) -> (seg, real in [-1, 1]) on ``device``.
 
-    Built on the device: the one-hot map is label_channels times larger than the indices.
+    ``seg`` is the one-hot map + edge channel (in ``onehot_dtype``), or with ``label_lookup``
+    the :class:`SemanticLabels` that carry it. Built on the device: the one-hot map is
+    label_channels times larger than the indices.
     """
     label = batch["label"].to(device, non_blocking=True)
     instance = batch.get("instance")
     if instance is not None:
         instance = instance.to(device, non_blocking=True)
-    seg = semantic_input(label, num_label_values, instance)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    labels = semantic_labels(label, num_label_values, instance, with_onehot=True, memory_format=memory_format)
+    onehot = labels.onehot.to(onehot_dtype)
+    seg: Seg = SemanticLabels(labels.index, labels.edge, num_label_values, onehot) if label_lookup else onehot
     real = batch["image"].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
-    if channels_last:
-        seg = seg.contiguous(memory_format=torch.channels_last)
-        real = real.contiguous(memory_format=torch.channels_last)
-    return seg, real
+    return seg, real.contiguous(memory_format=memory_format)
+
+
+def dense(seg: Seg) -> Tensor:
+    """The one-hot map (+ edge channel) of ``seg``."""
+    return seg.dense() if isinstance(seg, SemanticLabels) else seg
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -92,10 +110,15 @@ def _to_fp32(outputs: list[list[Tensor]]) -> list[list[Tensor]]:
     return [[t.float() for t in scale] for scale in outputs]
 
 
-def discriminate(D: nn.Module, seg: Tensor, fake: Tensor, real: Tensor) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
-    """D on [seg|fake ; seg|real] as one batch; per scale, features then the final map, for each half."""
-    fake_and_real = torch.cat([torch.cat([seg, fake.to(seg.dtype)], dim=1), torch.cat([seg, real], dim=1)], dim=0)
-    return split_discriminator_output(_to_fp32(D(fake_and_real)), fake.shape[0])
+def discriminate(D: nn.Module, seg: Seg, fake: Tensor, real: Tensor) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
+    """D on [seg|fake ; seg|real] as one batch; per scale, features then the final map, for each half.
+
+    The images take the one-hot map's dtype (D's first convolution would cast them to the
+    autocast dtype in any case).
+    """
+    onehot = dense(seg)
+    halves = [torch.cat([onehot, image.to(onehot.dtype)], dim=1) for image in (fake, real)]
+    return split_discriminator_output(_to_fp32(D(torch.cat(halves, dim=0))), fake.shape[0])
 
 
 def _encode(E: nn.Module, real: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -105,10 +128,10 @@ def _encode(E: nn.Module, real: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def generator_step(
-    networks: Networks, optimizers: Optimizers, seg: Tensor, real: Tensor, settings: StepSettings
+    networks: Networks, optimizers: Optimizers, seg: Seg, real: Tensor, settings: StepSettings
 ) -> dict[str, Tensor]:
     """One Adam step of G (and E) on the batch; returns the detached loss terms (on device)."""
-    device = seg.device
+    device = real.device
     loss_cfg = settings.loss
     D_module = networks.D_module
     if settings.skip_d_weight_grads_in_g_step:
@@ -144,17 +167,17 @@ def generator_step(
 
 
 @torch.no_grad()
-def generate_fake(networks: Networks, seg: Tensor, real: Tensor) -> Tensor:
+def generate_fake(networks: Networks, seg: Seg, real: Tensor) -> Tensor:
     """The D step's fake: G (and E) as they are now, no graph."""
     z = _encode(networks.E, real)[0] if networks.E is not None else None
     return networks.G(seg, z)
 
 
 def discriminator_step(
-    networks: Networks, optimizers: Optimizers, seg: Tensor, real: Tensor, settings: StepSettings
+    networks: Networks, optimizers: Optimizers, seg: Seg, real: Tensor, settings: StepSettings
 ) -> dict[str, Tensor]:
     """One Adam step of D on the batch, with the fake regenerated by the current G."""
-    device = seg.device
+    device = real.device
     optimizers.D.zero_grad(set_to_none=True)
     with _autocast(device, settings.autocast_dtype):
         fake = generate_fake(networks, seg, real)
@@ -167,6 +190,15 @@ def discriminator_step(
     total = d_fake + d_real
     _backward_and_step(total, optimizers.D, optimizers.scaler_D)
     return {"loss/d_fake": d_fake.detach(), "loss/d_real": d_real.detach(), "loss/d_total": total.detach()}
+
+
+def train_step(
+    networks: Networks, optimizers: Optimizers, seg: Seg, real: Tensor, settings: StepSettings
+) -> dict[str, Tensor]:
+    """One G step, then one D step on the same batch (the official schedule); all loss terms."""
+    step_losses = generator_step(networks, optimizers, seg, real, settings)
+    step_losses.update(discriminator_step(networks, optimizers, seg, real, settings))
+    return step_losses
 
 
 def _backward_and_step(loss: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
