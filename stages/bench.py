@@ -5,7 +5,8 @@ command line: ``gaugan bench --compare -S section.key=value``.
 
 DVC:
   params: data, generator, discriminator, encoder, loss, optim, train.batch_size, train.seed,
-          train.device, train.precision, train.channels_last, train.compile, train.cudnn_benchmark
+          train.device, train.precision, train.channels_last, train.compile, train.cuda_graph,
+          train.label_conv, train.cudnn_benchmark
   deps:   gaugan/models, gaugan/losses.py, gaugan/train, stages/bench.py
   outs:   reports/bench.json (metrics, cache: false; machine-dependent: always re-run it
           rather than trusting a cached result from another machine)

@@ -98,37 +98,14 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
     """Time ``settings.steps`` G+D steps after ``settings.warmup`` untimed ones (more for a CUDA graph)."""
     if settings.steps < 1 or settings.warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={settings.steps}, warmup={settings.warmup}")
-    torch.manual_seed(cfg.train.seed)
     reference = settings.reference_schedule
     bench_cfg = reference_config(cfg) if reference else cfg
     if not reference:
         configure_device(device, cfg.train.cudnn_benchmark)
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the official training script turns it on too
+    runner_for, batch = _training_setup(cfg, spec, device, reference)
     channels_last = bench_cfg.train.channels_last
-    G, D, E = place_models(*build_training_models(cfg, spec), device, channels_last)
-    if reference:
-        for module in G.modules():
-            if isinstance(module, SPADE):
-                module.official_order = True
-    dtype = autocast_dtype(bench_cfg.train.precision, device)
-    if dtype is not None:
-        for network in (G, D, E):
-            if network is not None:
-                spectral_norm_in_fp32(network)
-    optimizers = make_optimizers(bench_cfg, G, D, E, device, epoch=0)
-    vgg = make_vgg_loss(cfg, device) if cfg.loss.use_vgg_loss else None
-    step_settings = StepSettings(
-        cfg.loss, cfg.discriminator.num_discriminators, dtype,
-        skip_d_weight_grads_in_g_step=not reference, fake_requires_grad_in_d_step=reference, vgg=vgg,
-    )
-    batch = synthetic_batch(spec, cfg.train.batch_size, cfg.train.seed)
-    if device.type == "cuda":
-        batch = {key: value.pin_memory() for key, value in batch.items()}
-
-    def runner_for(run_cfg: Config):
-        return make_step_runner(run_cfg, spec, device, (G, D, E), optimizers, step_settings)
-
     flops = measure_flops(bench_cfg, runner_for, batch) if settings.count_flops else {}  # eager, before compiling
     runner = runner_for(bench_cfg)
     warmup = settings.warmup
@@ -193,6 +170,60 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
         result["mfu"] = flops["flops_per_step"] / step_s / peak if peak else None
         result["mfu_onehot_equivalent"] = flops["onehot_equivalent_flops_per_step"] / step_s / peak if peak else None
     return result
+
+
+def _training_setup(
+    cfg: Config, spec: DatasetSpec, device: torch.device, reference: bool
+) -> tuple[Callable[[Config], StepRunner], dict[str, Tensor]]:
+    """Networks from ``cfg.train.seed``, optimisers, step settings and the synthetic batch, as
+    training sets them up (or as the official code, with ``reference``); returns a factory of
+    step runners over them for a (possibly changed) ``train`` section, and the batch."""
+    torch.manual_seed(cfg.train.seed)
+    run_cfg = reference_config(cfg) if reference else cfg
+    G, D, E = place_models(*build_training_models(cfg, spec), device, run_cfg.train.channels_last)
+    if reference:
+        for module in G.modules():
+            if isinstance(module, SPADE):
+                module.official_order = True
+    dtype = autocast_dtype(run_cfg.train.precision, device)
+    if dtype is not None:
+        for network in (G, D, E):
+            if network is not None:
+                spectral_norm_in_fp32(network)
+    optimizers = make_optimizers(run_cfg, G, D, E, device, epoch=0)
+    vgg = make_vgg_loss(cfg, device) if cfg.loss.use_vgg_loss else None
+    step_settings = StepSettings(
+        cfg.loss, cfg.discriminator.num_discriminators, dtype,
+        skip_d_weight_grads_in_g_step=not reference, fake_requires_grad_in_d_step=reference, vgg=vgg,
+    )
+    batch = synthetic_batch(spec, cfg.train.batch_size, cfg.train.seed)
+    if device.type == "cuda":
+        batch = {key: value.pin_memory() for key, value in batch.items()}
+
+    def runner_for(train_cfg: Config) -> StepRunner:
+        return make_step_runner(train_cfg, spec, device, (G, D, E), optimizers, step_settings)
+
+    return runner_for, batch
+
+
+def compare_step_by_step(cfg: Config, other: Config, spec: DatasetSpec, device: torch.device, steps: int) -> dict[str, Any]:
+    """``steps`` steps as ``cfg`` and as ``other`` runs them, from the same weights on the same
+    batch: the largest relative difference of any loss at any step (a check that an execution
+    setting -- CUDA graph, lookup, compilation -- leaves the training maths alone)."""
+    runs = []
+    for run_cfg in (cfg, other):
+        runner_for, batch = _training_setup(run_cfg, spec, device, reference=False)
+        runner = runner_for(run_cfg)
+        losses = []
+        for step in range(steps):
+            torch.manual_seed(step)  # the VAE's noise
+            losses.append({name: float(value) for name, value in runner(batch).items()})
+        runs.append(losses)
+    differences = [
+        abs(got[name] - expected[name]) / max(abs(expected[name]), 1e-3)
+        for expected, got in zip(*runs) for name in expected
+    ]
+    return {"steps": steps, "losses": runs[0], "other_losses": runs[1], "max_relative_difference": max(differences)}
 
 
 def reference_config(cfg: Config) -> Config:
