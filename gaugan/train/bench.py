@@ -104,7 +104,7 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
         configure_device(device, cfg.train.cudnn_benchmark)
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the official training script turns it on too
-    runner_for, batch = _training_setup(cfg, spec, device, reference)
+    runner_for, batch = training_setup(cfg, spec, device, reference)
     channels_last = bench_cfg.train.channels_last
     flops = measure_flops(bench_cfg, runner_for, batch) if settings.count_flops else {}  # eager, before compiling
     runner = runner_for(bench_cfg)
@@ -172,7 +172,7 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
     return result
 
 
-def _training_setup(
+def training_setup(
     cfg: Config, spec: DatasetSpec, device: torch.device, reference: bool
 ) -> tuple[Callable[[Config], StepRunner], dict[str, Tensor]]:
     """Networks from ``cfg.train.seed``, optimisers, step settings and the synthetic batch, as
@@ -212,7 +212,7 @@ def compare_step_by_step(cfg: Config, other: Config, spec: DatasetSpec, device: 
     setting -- CUDA graph, lookup, compilation -- leaves the training maths alone)."""
     runs = []
     for run_cfg in (cfg, other):
-        runner_for, batch = _training_setup(run_cfg, spec, device, reference=False)
+        runner_for, batch = training_setup(run_cfg, spec, device, reference=False)
         runner = runner_for(run_cfg)
         losses = []
         for step in range(steps):
