@@ -166,11 +166,7 @@ def test_a_compiled_spade_block_computes_what_eager_does(monkeypatch):
     labels = semantic_labels(torch.randint(0, 4, (2, 16, 16)), 4, torch.randint(0, 2, (2, 16, 16)))
     try:
         for seg in (labels, labels.dense()):
-            got, expected = block(x, seg), reference(x, seg)
-            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-            upstream = torch.randn_like(got)
-            got.backward(upstream)
-            expected.backward(upstream)
+            compare_and_backward(block(x, seg), reference(x, seg), tolerance=1e-4)
         assert_same_grads_and_buffers(block, reference)
     finally:
         torch._dynamo.reset()
@@ -188,14 +184,18 @@ def test_inductor_gets_spectral_norm_gradients_right_with_the_hook_kept_eager():
     x = torch.randn(2, 4, 8, 8)
     try:
         for _ in range(2):
-            got, expected = compiled_module(x), reference(x)
-            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-            upstream = torch.randn_like(got)
-            got.backward(upstream)
-            expected.backward(upstream)
+            compare_and_backward(compiled_module(x), reference(x), tolerance=1e-5)
         assert_same_grads_and_buffers(module, reference)
     finally:
         torch._dynamo.reset()
+
+
+def compare_and_backward(got: torch.Tensor, expected: torch.Tensor, tolerance: float) -> None:
+    """Equal outputs, then the same random upstream gradient through both."""
+    torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+    upstream = torch.randn_like(got)
+    got.backward(upstream)
+    expected.backward(upstream)
 
 
 def assert_same_grads_and_buffers(module: nn.Module, reference: nn.Module) -> None:
