@@ -220,3 +220,19 @@ def test_training_with_the_lookup_resumes_exactly(store, tmp_path):
     resumed = train(cfg, store, tmp_path / "split", show_progress=False)
     assert resumed.resumed_from_step == 2 and resumed.step == 4
     assert_identical(full.last_checkpoint, resumed.last_checkpoint)
+
+
+# ---- on a GPU (skipped here; scripts/gpu_bench.sh runs the same checks) ----------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("setting", [{"cuda_graph": True}, {"label_conv": "lookup"}, {"compile": "blocks"}])
+def test_on_a_gpu_an_execution_setting_gives_the_eager_dense_losses(setting):
+    from gaugan.train.bench import compare_step_by_step
+
+    cfg = replace(tiny_train_config(size=64), train={"device": "cuda", "precision": "fp32", "label_conv": "dense"})
+    spec = resolve_dataset(cfg.data)
+    # A CUDA graph replays from the 5th step on; the others differ from the first step on.
+    steps = 6 if "cuda_graph" in setting else 1
+    result = compare_step_by_step(cfg, replace(cfg, train=setting), spec, torch.device("cuda"), steps=steps)
+    assert result["max_relative_difference"] < 1e-3, result
