@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from gaugan.cli import app
+from pipeline.cli import app
 from gaugan.config import Config, config_to_dict, replace
 from gaugan.data.registry import published_spec
 from gaugan.data.semantic import semantic_input

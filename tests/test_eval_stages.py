@@ -259,7 +259,7 @@ def test_published_segmenter_missing_under_auto_is_recorded_not_fatal(workspace,
 def test_cli_evaluate_scores_any_checkpoint(workspace, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from gaugan.cli import app
+    from pipeline.cli import app
     from pipeline.params import dump_config
 
     root, cfg, spec = workspace

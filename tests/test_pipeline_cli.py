@@ -19,7 +19,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from gaugan.cli import app
+from pipeline.cli import app
 from gaugan.config import GeneratorConfig
 from gaugan.data.registry import published_spec
 from gaugan.models import build_generator
