@@ -13,15 +13,14 @@ DVC:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from gaugan.config import Config, ConfigError
+from gaugan.config import Config
 from gaugan.data.io import atomic_write_json
 from gaugan.data.registry import resolve_dataset
 from gaugan.train.bench import BenchSettings, compare_schedules
 from gaugan.train.distributed import resolve_device
-from pipeline.params import load_config, repo_root
+from pipeline.stage import run_stage
 
 BENCH_PATH = "reports/bench.json"
 # Enough timed steps for a stable mean at the CPU-sized configuration; warm-up covers
@@ -45,8 +44,4 @@ def run(cfg: Config, root: Path) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        run(load_config(), repo_root())
-    except ConfigError as err:
-        print(f"bench: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_stage("bench", run)

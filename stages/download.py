@@ -28,7 +28,6 @@ DVC:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from gaugan.config import Config
@@ -37,7 +36,7 @@ from gaugan.data.coco_instances import build_instance_maps
 from gaugan.data.download import Resource, download_dataset, locate_cityscapes, write_marker
 from gaugan.data.io import DataError
 from gaugan.data.sources import dataset_dir, list_custom
-from pipeline.params import load_config, repo_root
+from pipeline.stage import run_stage
 
 
 def run(cfg: Config, root: Path, resources: dict[str, tuple[Resource, ...]] | None = None,
@@ -79,8 +78,4 @@ def run(cfg: Config, root: Path, resources: dict[str, tuple[Resource, ...]] | No
 
 
 if __name__ == "__main__":
-    try:
-        run(load_config(), repo_root())
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_stage("download", run)

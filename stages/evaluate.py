@@ -34,7 +34,7 @@ from gaugan.metrics.segmentation import PER_CLASS_COLUMNS, write_csv_atomic
 from gaugan.segmenters.published import download_weights
 from gaugan.segmenters.trained import SEGMENTER_FILE
 from gaugan.train.distributed import resolve_device
-from pipeline.params import load_config, repo_root
+from pipeline.stage import run_stage
 from pipeline.tracking import RUN_FILE, open_run, read_run_file
 
 METRICS_PATH = "reports/metrics.json"
@@ -98,4 +98,4 @@ def run(cfg: Config, root: Path) -> None:
 
 
 if __name__ == "__main__":
-    run(load_config(), repo_root())
+    run_stage("evaluate", run)

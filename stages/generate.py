@@ -26,7 +26,7 @@ from gaugan.models.loading import load_encoder, load_generator
 from gaugan.synthesize import style_tensor
 from gaugan.train.checkpoint import GENERATOR_CHECKPOINT
 from gaugan.train.distributed import resolve_device
-from pipeline.params import load_config, repo_root
+from pipeline.stage import run_stage
 
 GRID_PATH = "reports/generated_grid.png"
 REPORT_PATH = "reports/generation.json"
@@ -67,4 +67,4 @@ def run(cfg: Config, root: Path) -> None:
 
 
 if __name__ == "__main__":
-    run(load_config(), repo_root())
+    run_stage("generate", run)

@@ -19,13 +19,11 @@ DVC:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from gaugan.config import Config, ConfigError
-from gaugan.data.io import DataError
+from gaugan.config import Config
 from gaugan.data.store import preprocess
-from pipeline.params import load_config, repo_root
+from pipeline.stage import run_stage
 
 REPORTS = Path("reports") / "data"
 
@@ -39,8 +37,4 @@ def run(cfg: Config, root: Path) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        run(load_config(), repo_root())
-    except (DataError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_stage("preprocess", run)

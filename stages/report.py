@@ -34,7 +34,7 @@ from gaugan import report
 from gaugan.config import Config, flatten
 from gaugan.data.io import atomic_write_json, atomic_write_text
 from pipeline.dvc import current_context
-from pipeline.params import load_config, repo_root
+from pipeline.stage import run_stage
 from pipeline.tracking import RUN_FILE, read_run_file
 
 REPORTS = Path("reports")
@@ -167,4 +167,4 @@ def summary_html(metrics: dict, run_id: str | None) -> str:
 
 
 if __name__ == "__main__":
-    run(load_config(), repo_root())
+    run_stage("report", run)

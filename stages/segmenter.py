@@ -33,7 +33,7 @@ from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_fro
 from gaugan.evaluate import choose_segmenter, percent, real_image_scores
 from gaugan.segmenters.trained import SEGMENTER_FILE, save_trained_segmenter, train_segmenter
 from gaugan.train.distributed import resolve_device
-from pipeline.params import load_config, repo_root
+from pipeline.stage import run_stage
 
 REPORT_PATH = "reports/segmenter.json"
 STATUS_FILE = "segmenter.json"
@@ -97,4 +97,4 @@ def run(cfg: Config, root: Path) -> None:
 
 
 if __name__ == "__main__":
-    run(load_config(), repo_root())
+    run_stage("segmenter", run)

@@ -20,14 +20,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-from gaugan.config import Config, ConfigError, config_to_dict, replace
-from gaugan.data.io import DataError, atomic_write_json
+from gaugan.config import Config, config_to_dict, replace
+from gaugan.data.io import atomic_write_json
 from gaugan.data.store import read_manifest, spec_from_manifest
-from gaugan.losses import VGGWeightsError
 from gaugan.train.checkpoint import (
     GENERATOR_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -35,8 +33,8 @@ from gaugan.train.checkpoint import (
     check_resumable,
     load_checkpoint,
 )
-from gaugan.train.loop import TrainingDiverged, planned_steps, train
-from pipeline.params import load_config, repo_root
+from gaugan.train.loop import planned_steps, train
+from pipeline.stage import run_stage
 from pipeline.tracking import RUN_FILE, open_run, read_run_file, write_run_file
 
 SUMMARY_PATH = "reports/train.json"
@@ -109,8 +107,4 @@ def run(cfg: Config, root: Path) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        run(load_config(), repo_root())
-    except (ConfigError, DataError, CheckpointError, TrainingDiverged, VGGWeightsError) as err:
-        print(f"train: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_stage("train", run)
