@@ -28,12 +28,12 @@ from gaugan.config import Config, ConfigError, config_to_dict, replace
 from gaugan.data.io import DataError, atomic_write_json
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.losses import VGGWeightsError
-from gaugan.train.checkpoint import (
+from gaugan.checkpoint import (
     GENERATOR_CHECKPOINT,
     LAST_CHECKPOINT,
     CheckpointError,
     check_resumable,
-    load_checkpoint,
+    load_for_resume,
 )
 from gaugan.train.loop import TrainingDiverged, planned_steps, train
 from pipeline.params import load_config, repo_root
@@ -58,7 +58,7 @@ def stale_finished_run(cfg: Config, store_dir: Path, out_dir: Path) -> bool:
         return False
     manifest = read_manifest(store_dir)
     spec = dataclasses.asdict(spec_from_manifest(manifest))
-    checkpoint = load_checkpoint(last)
+    checkpoint = load_for_resume(last)
     try:
         check_resumable(checkpoint, config_to_dict(cfg), spec, last)
     except CheckpointError:

@@ -19,13 +19,14 @@ from gaugan.config import Config, replace
 from gaugan.data.registry import resolve_dataset
 from gaugan.data.store import StoreDataset, read_manifest, spec_from_manifest
 from gaugan.models.loading import load_generator
-from gaugan.train import checkpoint as ckpt
+from gaugan import checkpoint as ckpt
 from gaugan.train.bench import synthetic_batch
 from gaugan.train.loop import TrainingDiverged, build_training_models, make_optimizers, train
 from gaugan.train.steps import Networks, StepSettings, discriminator_step, generator_step, prepare_batch
-from pipeline.params import load_config
+from pipeline.params import dump_config, load_config
 from stages import download as download_stage
 from stages import preprocess as preprocess_stage
+from stages import train as train_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +70,7 @@ def store(tmp_path_factory) -> Path:
 
 def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint's models and optimiser states, by a flat name."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = ckpt.read_torch_file(path)
     flat = {}
     for model, state in payload["models"].items():
         flat.update({f"{model}.{key}": value for key, value in state.items()})
@@ -239,6 +240,30 @@ def test_resume_refuses_a_checkpoint_from_another_training_config(store, tmp_pat
     # Starting afresh is explicit.
     fresh = train(replace(changed, train={"resume": False}), store, tmp_path, show_progress=False)
     assert fresh.resumed_from_step == 0 and fresh.step == 4
+
+
+def test_train_stage_refuses_a_crafted_last_pt_without_running_its_code(tmp_path, write_crafted_checkpoint):
+    """``python -m stages.train`` reads last.pt to resume only through the safe reader: a
+    pickle calling os.system never runs; the message names it and says how to start afresh."""
+    cfg = tiny_train_config()
+    make_store(tmp_path)
+    (tmp_path / "params.yaml").write_text(dump_config(cfg))
+    last, marker = tmp_path / cfg.train.checkpoint_dir / "last.pt", tmp_path / "command_ran"
+    write_crafted_checkpoint(last, marker)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DVC")}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "stages.train"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert not marker.exists(), "unpickling last.pt ran the command"
+    assert result.returncode != 0
+    assert f"disallowed Python object ({os.system.__module__}.system)" in result.stderr, result.stderr[-2000:]
+    assert "could run code" in result.stderr and "set train.resume=false or delete" in result.stderr
+
+    # The stage first looks whether a finished run (generator.pt beside last.pt) is stale: safely too.
+    (last.parent / "generator.pt").write_bytes(b"")
+    with pytest.raises(ckpt.CheckpointError, match="disallowed Python object"):
+        train_stage.run(cfg, tmp_path)
+    assert not marker.exists()
 
 
 def test_non_finite_loss_stops_naming_loss_and_step_and_keeps_the_good_checkpoint(store, tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from gaugan import checkpoint as ckpt
 from gaugan import losses
 from gaugan.config import Config, config_to_dict
 from gaugan.data.io import atomic_save_png
@@ -30,7 +31,6 @@ from gaugan.data.registry import DatasetSpec
 from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
 from gaugan.errors import UserError
 from gaugan.models import build_discriminator, build_encoder, build_generator
-from gaugan.train import checkpoint as ckpt
 from gaugan.train.distributed import (
     DistributedContext,
     GlobalBatchSampler,
@@ -177,7 +177,7 @@ def train(
     Under ``torchrun`` every process calls this; only rank 0 reports and writes files.
     Continues from ``out_dir/last.pt`` when ``train.resume`` is true and the file exists.
     Raises :class:`TrainingDiverged` on a non-finite loss and
-    :class:`gaugan.train.checkpoint.CheckpointError` for a checkpoint that does not fit.
+    :class:`gaugan.checkpoint.CheckpointError` for a checkpoint that does not fit.
     """
     joined_here = not torch.distributed.is_initialized()
     context = init_distributed(cfg.train.device)
@@ -241,7 +241,7 @@ def _train(
         for stale in out_dir.glob(".*.pt.*.tmp"):
             stale.unlink(missing_ok=True)  # the remains of a save killed mid-write
     if cfg.train.resume and last_path.is_file():
-        payload = ckpt.load_checkpoint(last_path)
+        payload = ckpt.load_for_resume(last_path)
         ckpt.check_resumable(payload, config_dict, spec_dict, last_path)
         G.load_state_dict(payload["models"]["G"])
         D.load_state_dict(payload["models"]["D"])
@@ -286,24 +286,15 @@ def _train(
         }
         rng = all_gather_objects(ckpt.capture_rng_state(), context)
         if main:
-            models = {"G": G.state_dict(), "D": D.state_dict()}
+            models = {"G": G, "D": D}
             if E is not None:
-                models["E"] = E.state_dict()
+                models["E"] = E
             if ema is not None:
-                models["G_ema"] = ema.state_dict()
-            payload = {
-                "format": ckpt.CHECKPOINT_FORMAT,
-                "config": config_dict,
-                "spec": spec_dict,
-                "models": models,
-                "optimizers": {"G": optimizers.G.state_dict(), "D": optimizers.D.state_dict()},
-                "scaler": (
-                    {"G": optimizers.scaler_G.state_dict(), "D": optimizers.scaler_D.state_dict()}
-                    if optimizers.scaler_G is not None else None
-                ),
-                "progress": progress,
-                "rng": {**rng[0], "per_rank": rng} if context.is_distributed else rng[0],
-            }
+                models["G_ema"] = ema
+            scalers = ({"G": optimizers.scaler_G, "D": optimizers.scaler_D}
+                       if optimizers.scaler_G is not None else None)
+            payload = ckpt.build_checkpoint(config_dict, spec_dict, models, {"G": optimizers.G, "D": optimizers.D},
+                                            scalers, ckpt.Progress(**progress), rng)
             ckpt.atomic_torch_save(payload, last_path)
             if step >= total_steps:
                 ckpt.atomic_torch_save(ckpt.generator_payload(payload), generator_path)
