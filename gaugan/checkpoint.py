@@ -200,6 +200,16 @@ class Progress:
     step: int = 0
     batch_in_epoch: int = 0
 
+    def advanced(self) -> Progress:
+        """After one more step."""
+        return Progress(self.epoch, self.step + 1, self.batch_in_epoch + 1)
+
+    def continuation(self, batches_per_epoch: int) -> Progress:
+        """Where to continue from: after an epoch's last batch, the start of the next epoch."""
+        if self.batch_in_epoch >= batches_per_epoch:
+            return Progress(self.epoch + 1, self.step, 0)
+        return self
+
 
 def _state(holder: Any) -> Any:
     return holder.state_dict() if hasattr(holder, "state_dict") else holder

@@ -1,4 +1,4 @@
-"""Train stage: G, D (and E) on the preprocessed store (paper section 4; REFERENCE.md section 2).
+"""Train stage: G, D (and E) on the preprocessed store (paper section 4; docs/SPADE.md section 2).
 
 Thin: load the config, open (or continue) the MLflow run, call
 :func:`gaugan.train.loop.train`, log the final generator. ``<train.checkpoint_dir>/run.json``
@@ -24,10 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-from gaugan.config import Config, ConfigError, config_to_dict, replace
-from gaugan.data.io import DataError, atomic_write_json
-from gaugan.data.store import read_manifest, spec_from_manifest
-from gaugan.losses import VGGWeightsError
 from gaugan.checkpoint import (
     GENERATOR_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -35,7 +31,12 @@ from gaugan.checkpoint import (
     check_resumable,
     load_for_resume,
 )
-from gaugan.train.loop import TrainingDiverged, planned_steps, train
+from gaugan.config import Config, ConfigError, config_to_dict, replace
+from gaugan.data.io import DataError, atomic_write_json
+from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.losses import VGGWeightsError
+from gaugan.train.guard import TrainingDiverged
+from gaugan.train.loop import planned_steps, train
 from pipeline.params import load_config, repo_root
 from pipeline.tracking import RUN_FILE, open_run, read_run_file, write_run_file
 

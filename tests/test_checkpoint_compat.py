@@ -7,9 +7,6 @@ import dataclasses
 import pytest
 import torch
 
-from gaugan.config import Config, DiscriminatorConfig, EncoderConfig, GeneratorConfig, replace
-from gaugan.data.registry import published_spec
-from gaugan.models import build_discriminator, build_encoder, build_generator, published_generator_config
 from gaugan.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -20,9 +17,11 @@ from gaugan.checkpoint import (
     load_state_dict_exactly,
     strip_wrapper_prefixes,
 )
+from gaugan.config import Config, DiscriminatorConfig, EncoderConfig, GeneratorConfig, replace
+from gaugan.data.registry import published_spec
+from gaugan.models import build_discriminator, build_encoder, build_generator, published_generator_config
 from gaugan.models.loading import load_encoder, load_generator
 from gaugan.models.official import load_official_generator, official_structure
-
 
 # ---- the official layout, written out from REFERENCE.md section 1 -------------------------
 

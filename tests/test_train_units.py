@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from gaugan.train.distributed import (
     local_batch_size,
 )
 from gaugan.train.ema import GeneratorEMA
+from gaugan.train.jobs import PeriodicJob, due_jobs
 from gaugan.train.schedule import adam_betas, base_lr, learning_rates
 
 
@@ -96,6 +96,13 @@ def test_ema_averages_parameters_and_copies_buffers():
         torch.testing.assert_close(averaged_buffer, buffer)
     with pytest.raises(ValueError, match="ema_decay"):
         GeneratorEMA(net, decay=1.0)
+
+
+def test_periodic_jobs_are_due_at_their_interval_and_after_the_last_step():
+    jobs = [PeriodicJob("log", 2, print), PeriodicJob("sample", 5, print), PeriodicJob("checkpoint", 3, print)]
+    due = {step: [job.name for job in due_jobs(jobs, step, total_steps=7)] for step in range(1, 8)}
+    assert due == {1: [], 2: ["log"], 3: ["checkpoint"], 4: ["log"], 5: ["sample"], 6: ["log", "checkpoint"],
+                   7: ["log", "sample", "checkpoint"]}
 
 
 def test_spectral_norm_power_iteration_runs_without_autocast(monkeypatch):
