@@ -235,7 +235,9 @@ def _train(
     ema = GeneratorEMA(G, cfg.train.ema_decay) if cfg.train.use_ema else None
     vgg = make_vgg_loss(cfg, device) if cfg.loss.use_vgg_loss else None
     seed_everything(cfg.train.seed + context.rank)
-    models = {"G": G, "D": D, **({"E": E} if E is not None else {}), **({"G_ema": ema.module} if ema else {})}
+    models = {"G": G, "D": D} | ({"E": E} if E is not None else {})  # what checkpoints hold: the bare networks
+    if ema is not None:
+        models["G_ema"] = ema.module
 
     # Data: every rank's share of the same global batches, in an order fixed by (seed, epoch).
     dataset, sampler, loader = _training_data(cfg, store_dir, spec, context)
