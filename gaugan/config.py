@@ -300,6 +300,8 @@ def _check_ranges(obj: Any, prefix: str) -> None:
         require(obj.num_classes is None or obj.num_classes >= 1, "num_classes", obj.num_classes, "null or >= 1")
     if isinstance(obj, OptimConfig):
         require(obj.lr > 0, "lr", obj.lr, "a number > 0")
+        for name in ("beta1", "beta2"):  # Adam's decay rates of its moment averages
+            require(0.0 <= getattr(obj, name) < 1.0, name, getattr(obj, name), "a number in [0, 1)")
         require(obj.num_epochs_constant >= 0, "num_epochs_constant", obj.num_epochs_constant, ">= 0")
         require(obj.num_epochs_decay >= 0, "num_epochs_decay", obj.num_epochs_decay, ">= 0")
         require(obj.num_epochs_constant + obj.num_epochs_decay >= 1, "num_epochs_constant",

@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gaugan.checkpoint import GENERATOR_CHECKPOINT
 from gaugan.config import Config
 from gaugan.data.io import atomic_write_json
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.generate import generate_split
 from gaugan.models.loading import load_encoder, load_generator
 from gaugan.synthesize import style_tensor
-from gaugan.train.checkpoint import GENERATOR_CHECKPOINT
 from gaugan.train.distributed import resolve_device
 from pipeline.stage import run_stage
 

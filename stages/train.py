@@ -1,4 +1,4 @@
-"""Train stage: G, D (and E) on the preprocessed store (paper section 4; REFERENCE.md section 2).
+"""Train stage: G, D (and E) on the preprocessed store (paper section 4; docs/SPADE.md section 2).
 
 Thin: load the config, open (or continue) the MLflow run, call
 :func:`gaugan.train.loop.train`, log the final generator. ``<train.checkpoint_dir>/run.json``
@@ -23,16 +23,16 @@ import shutil
 import time
 from pathlib import Path
 
-from gaugan.config import Config, config_to_dict, replace
-from gaugan.data.io import atomic_write_json
-from gaugan.data.store import read_manifest, spec_from_manifest
-from gaugan.train.checkpoint import (
+from gaugan.checkpoint import (
     GENERATOR_CHECKPOINT,
     LAST_CHECKPOINT,
     CheckpointError,
     check_resumable,
-    load_checkpoint,
+    load_for_resume,
 )
+from gaugan.config import Config, config_to_dict, replace
+from gaugan.data.io import atomic_write_json
+from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.train.loop import planned_steps, train
 from pipeline.stage import run_stage
 from pipeline.tracking import RUN_FILE, open_run, read_run_file, write_run_file
@@ -56,7 +56,7 @@ def stale_finished_run(cfg: Config, store_dir: Path, out_dir: Path) -> bool:
         return False
     manifest = read_manifest(store_dir)
     spec = dataclasses.asdict(spec_from_manifest(manifest))
-    checkpoint = load_checkpoint(last)
+    checkpoint = load_for_resume(last)
     try:
         check_resumable(checkpoint, config_to_dict(cfg), spec, last)
     except CheckpointError:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from gaugan.config import Config, replace
 from pipeline.params import load_config
@@ -30,3 +33,24 @@ def tiny_config(params_config: Config) -> Config:
         train={"batch_size": 2, "max_steps": 2, "log_every": 1, "device": "cpu"},
         tracking={"enabled": False},
     )
+
+
+class RunsACommand:
+    """Pickles as a call of os.system: unpickling it (without weights_only) runs the command."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.fixture
+def write_crafted_checkpoint() -> Callable[[Path, Path], None]:
+    """Writes a file tagged as our checkpoint whose pickle runs ``touch <marker>`` when loaded unsafely."""
+
+    def write(path: Path, marker: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": "gaugan-checkpoint-v1", "hook": RunsACommand(f"touch {marker}")}, path)
+
+    return write

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -11,12 +10,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from gaugan.config import Config, config_to_dict, replace
+from gaugan.checkpoint import atomic_torch_save, build_checkpoint
+from gaugan.config import Config, replace
 from gaugan.data.registry import published_spec
 from gaugan.data.semantic import semantic_input
 from gaugan.models import build_encoder, build_generator, published_parameter_counts
-from gaugan.models.loading import CHECKPOINT_FORMAT
+from pipeline.cli import app
 
 SPEC = published_spec("landscapes")  # 10 classes + instance edges = 11 channels, 64x64
 runner = CliRunner()
@@ -40,9 +39,8 @@ def write_ours(path, use_vae: bool = False) -> dict:
     models = {"G": G.state_dict(), "G_ema": G.state_dict()}
     if use_vae:
         models["E"] = build_encoder(cfg.encoder).state_dict()
-    payload = {"format": CHECKPOINT_FORMAT, "config": config_to_dict(cfg), "spec": dataclasses.asdict(SPEC),
-               "models": models}
-    torch.save(payload, path)
+    payload = build_checkpoint(cfg, SPEC, models)
+    atomic_torch_save(payload, path)
     return payload
 
 

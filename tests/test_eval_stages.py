@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gaugan.config import Config, config_to_dict, replace
+from gaugan.checkpoint import Progress, atomic_torch_save, build_checkpoint
+from gaugan.config import Config, replace
 from gaugan.data.io import DataError
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.evaluate import evaluate, fid_statistics_path
@@ -44,10 +45,7 @@ def write_generator_checkpoint(cfg: Config, spec, path: Path, use_vae: bool = Fa
     models = {"G": generator.state_dict(), "G_ema": ema.state_dict()}
     if use_vae:
         models["E"] = build_encoder(cfg.encoder).state_dict()
-    payload = {"format": "gaugan-checkpoint-v1", "config": config_to_dict(cfg), "spec": dataclasses.asdict(spec),
-               "models": models, "progress": {"epoch": 1, "step": 2, "batch_in_epoch": 0}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
+    atomic_torch_save(build_checkpoint(cfg, spec, models, progress=Progress(epoch=1, step=2)), path)
     return path
 
 
