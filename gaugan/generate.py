@@ -31,7 +31,8 @@ from torch import Tensor
 from gaugan.data.io import DataError, atomic_save_png, replace_dir
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.semantic import semantic_input
-from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
+from gaugan.data.dataset import StoreDataset, make_loader
+from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.errors import UserError
 from gaugan.generated import split_stems
 from gaugan.models.encoder import ConvEncoder

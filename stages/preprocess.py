@@ -4,7 +4,7 @@ Reads ``<data.root>/<dataset>/`` in its official layout (gaugan.data.sources), c
 every file (gaugan.data.check: all problems are collected and reported together, nothing
 is dropped), resizes as published (labels and instances NEAREST, photos BICUBIC) and
 writes the store to ``<data.processed_dir>/`` through a temporary folder renamed at the
-end (gaugan.data.store). The store's ``manifest.json`` holds the resolved dataset spec;
+end (gaugan.data.preprocess). The store's ``manifest.json`` holds the resolved dataset spec;
 for custom datasets with inferred classes it is the source of truth downstream.
 
 DVC:
@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gaugan.config import Config
-from gaugan.data.store import preprocess
+from gaugan.data.preprocess import preprocess
 from pipeline.stage import run_stage
 
 REPORTS = Path("reports") / "data"

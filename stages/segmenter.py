@@ -29,7 +29,8 @@ from typing import Any
 from gaugan.config import Config
 from gaugan.data.classes import class_names
 from gaugan.data.io import atomic_write_text
-from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
+from gaugan.data.dataset import StoreDataset, make_loader
+from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.evaluate import choose_segmenter, percent, real_image_scores
 from gaugan.segmenters.trained import SEGMENTER_FILE, save_trained_segmenter, train_segmenter
 from gaugan.train.distributed import resolve_device

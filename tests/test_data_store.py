@@ -14,15 +14,10 @@ from PIL import Image
 from gaugan.data.builtin import write_landscapes
 from gaugan.data.io import DataError
 from gaugan.data.registry import DatasetSpec
-from gaugan.data.store import (
-    StoreDataset,
-    make_loader,
-    nearest_resize,
-    preprocess,
-    read_manifest,
-    spec_from_manifest,
-    train_shape,
-)
+from gaugan.data.dataset import StoreDataset, make_loader
+from gaugan.data.preprocess import preprocess
+from gaugan.data.resize import nearest_resize, train_shape
+from gaugan.data.store import read_manifest, spec_from_manifest
 from tests.test_data_layouts import config, make_cityscapes, make_custom
 
 
@@ -241,3 +236,18 @@ def test_samples_grid_written(landscape_store):
     root, _ = landscape_store
     grid = Image.open(root / "reports" / "samples.png")
     assert grid.mode == "RGB" and grid.size[0] >= 4 * 32
+
+
+def test_one_seeding_scheme_for_every_sampler(landscape_store):
+    """The loader's own shuffle and the training's GlobalBatchSampler give the same order."""
+    from gaugan.data.dataset import EpochSampler
+    from gaugan.train.distributed import GlobalBatchSampler
+
+    root, _ = landscape_store
+    dataset = StoreDataset(root / "store", "train", train=True, seed=5)
+    global_sampler = GlobalBatchSampler(len(dataset), 4, rank=0, world_size=1, seed=5)
+    for epoch in (0, 3):
+        dataset.set_epoch(epoch)
+        global_sampler.set_epoch(epoch)
+        own = [index for _, index in EpochSampler(dataset, shuffle=True, seed=5)]
+        assert own == list(global_sampler) and sorted(own) == list(range(12))

@@ -27,7 +27,8 @@ from gaugan import losses
 from gaugan.config import Config, config_to_dict
 from gaugan.data.io import atomic_save_png
 from gaugan.data.registry import DatasetSpec
-from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
+from gaugan.data.dataset import StoreDataset, make_loader
+from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.errors import UserError
 from gaugan.models import build_discriminator, build_encoder, build_generator
 from gaugan.train import checkpoint as ckpt
