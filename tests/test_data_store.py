@@ -251,3 +251,37 @@ def test_one_seeding_scheme_for_every_sampler(landscape_store):
         global_sampler.set_epoch(epoch)
         own = [index for _, index in EpochSampler(dataset, shuffle=True, seed=5)]
         assert own == list(global_sampler) and sorted(own) == list(range(12))
+
+
+def test_preprocess_never_replaces_a_folder_it_did_not_write(tmp_path):
+    """data.processed_dir naming a user's folder (e.g. a typo of an absolute path) loses nothing."""
+    make_custom(tmp_path / "raw" / "custom", values=[0, 1])
+    mydata = tmp_path / "mydata"
+    (mydata / "sub").mkdir(parents=True)
+    (mydata / "precious.txt").write_text("precious\n")
+    cfg = config("custom", root="raw", processed_dir=str(mydata), load_size=16, crop_size=16,
+                 custom={"num_classes": 2})
+    with pytest.raises(DataError, match=r"mydata: data.processed_dir names an existing folder that this project did "
+                                        r"not write \(it has no manifest.json"):
+        preprocess(cfg.data, tmp_path, progress=False)
+    assert (mydata / "precious.txt").read_text() == "precious\n" and (mydata / "sub").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata", "raw"]  # no .mydata.old / .mydata.tmp
+    # an empty folder and an earlier store are replaced
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = config("custom", root="raw", processed_dir=str(empty), load_size=16, crop_size=16, custom={"num_classes": 2})
+    preprocess(cfg.data, tmp_path, progress=False)
+    preprocess(cfg.data, tmp_path, progress=False)
+    assert (empty / "manifest.json").is_file()
+
+
+def test_landscapes_never_replace_a_folder_they_did_not_write(tmp_path):
+    from gaugan.data.builtin import write_landscapes
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="data.root names an existing folder .* no builtin.json with dataset 'landscapes'"):
+        write_landscapes(tmp_path / "mine", 2, 1, 16, seed=0)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+    write_landscapes(tmp_path / "generated", 2, 1, 16, seed=0)
+    write_landscapes(tmp_path / "generated", 2, 1, 16, seed=1)  # its own earlier output is replaced

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -122,13 +123,62 @@ def atomic_save_png(img: Image.Image, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Put the finished folder ``new`` at ``target``, replacing what was there.
+@dataclass(frozen=True)
+class OutputMarker:
+    """The file by which the project recognises a folder it wrote itself, and so may replace.
+
+    ``file`` is a JSON file at the top of the folder whose ``key`` (``"format"`` unless
+    said otherwise) is ``format``; ``setting`` names the setting that chose the folder, for
+    messages.
+    """
+
+    file: str
+    format: str
+    setting: str
+    key: str = "format"
+
+    def found_in(self, folder: str | os.PathLike) -> bool:
+        try:
+            content = json.loads((Path(folder) / self.file).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(content, dict) and content.get(self.key) == self.format
+
+    def write(self, folder: str | os.PathLike, **info: object) -> None:
+        atomic_write_json(Path(folder) / self.file, {self.key: self.format, **info})
+
+
+def check_replaceable(target: str | os.PathLike, marker: OutputMarker) -> None:
+    """Refuse to replace ``target`` unless it is absent, an empty folder, or carries ``marker``.
+
+    A setting that names an existing folder of the user's (a typo of ``/datasets`` for
+    ``/datasets/store``) must never have its contents deleted.
+    """
+    target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_dir() and (marker.found_in(target) or not any(target.iterdir())):
+        return
+    what = "folder" if target.is_dir() else "file"
+    raise DataError(
+        f"{target}: {marker.setting} names an existing {what} that this project did not write (it has no "
+        f"{marker.file} with {marker.key} {marker.format!r}); refusing to replace it, which would delete its contents. "
+        f"Set {marker.setting} to a new or empty folder (or remove {target} yourself if it is an old output)"
+    )
+
+
+def replace_dir(new: str | os.PathLike, target: str | os.PathLike, marker: OutputMarker) -> None:
+    """Put the finished folder ``new`` at ``target``, replacing an earlier output of the project.
 
     Outputs are built in a temporary folder beside the target and swapped in by renames,
     so an interrupted stage never leaves a half-written folder where a finished one was.
+    Only a folder carrying ``marker`` (or an empty one) is ever replaced
+    (:func:`check_replaceable`); ``new`` must carry the marker itself.
     """
     new, target = Path(new), Path(target)
+    if not marker.found_in(new):
+        raise ValueError(f"{new}: the new folder has no {marker.file} with {marker.key} {marker.format!r}")
+    check_replaceable(target, marker)
     if target.exists():
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)

@@ -23,12 +23,12 @@ import numpy as np
 from gaugan.config import DataConfig
 from gaugan.data.check import format_problems, parallel_map, resolve_folder
 from gaugan.data.classes import class_names
-from gaugan.data.io import DataError, atomic_write_text, replace_dir
+from gaugan.data.io import DataError, atomic_write_text, check_replaceable, replace_dir
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.render import render_samples
 from gaugan.data.resize import ProcessedPair, crop_shape, process_pair, train_shape
 from gaugan.data.sources import Listing, Pair, dataset_dir
-from gaugan.data.store import MANIFEST, STORE_FORMAT, SplitWriter, label_dtype_for
+from gaugan.data.store import MANIFEST, STORE_FORMAT, STORE_MARKER, SplitWriter, label_dtype_for
 
 
 def _process(args: tuple[int, Pair, DatasetSpec, bool, Any]) -> tuple[int, ProcessedPair | None, list[str]]:
@@ -98,11 +98,13 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
     All pairs are read and checked while the arrays are written into a temporary folder;
     if any problem was found (including those of the listing) the temporary folder is
     removed and one :class:`DataError` lists them all. Otherwise the folder replaces
-    ``out_dir`` in one rename. Returns the manifest. ``source_name`` is recorded as the
+    ``out_dir`` in one rename; ``out_dir`` must be absent, empty or an earlier store (checked
+    first, so nothing is read for a folder that would be refused). Returns the manifest. ``source_name`` is recorded as the
     source folder instead of its absolute path, so that the store's bytes do not depend on
     where the repository is (DVC compares a queued experiment's copy by content).
     """
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, STORE_MARKER)
     tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
@@ -134,7 +136,7 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    replace_dir(tmp_dir, out_dir)
+    replace_dir(tmp_dir, out_dir, STORE_MARKER)
     return manifest
 
 

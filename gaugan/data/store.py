@@ -11,6 +11,8 @@ docs/SPADE.md section 3) and ``stems.json``. Splits whose images differ in size
 per item. Everything is memory-mapped at load time (:mod:`gaugan.data.dataset`).
 
 :func:`gaugan.data.preprocess.write_store` fills a store; :class:`gaugan.data.dataset.StoreDataset` reads it.
+The manifest, written last, also marks the folder as a store: only such a folder is ever
+replaced (:func:`gaugan.data.io.replace_dir`), never one a user pointed data.processed_dir at.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from gaugan.data.io import DataError
+from gaugan.data.io import DataError, OutputMarker
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.resize import ProcessedPair
 
 STORE_FORMAT = "gaugan-store-v1"
 MANIFEST = "manifest.json"
+STORE_MARKER = OutputMarker(MANIFEST, STORE_FORMAT, "data.processed_dir")
 
 
 def label_dtype_for(spec: DatasetSpec) -> np.dtype:
