@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import numpy as np
 from PIL import Image
 
-from gaugan.config import ConfigError, DataConfig
+from gaugan.config import DataConfig
 from gaugan.data.classes import class_names
 from gaugan.data.io import DataError, read_image, read_index_map, map_labels
 from gaugan.data.registry import DatasetSpec, resolve_dataset
@@ -197,11 +197,12 @@ def check_listing(listing: Listing, spec: DatasetSpec, num_workers: int = 0, pro
 
 def check_dataset(data: DataConfig, folder: str | os.PathLike, repo_root: Path | None = None, num_workers: int = 0,
                   progress: bool = False) -> CheckReport:
-    """Resolve, list and check a dataset folder in its official layout (what check-data runs)."""
-    try:
-        spec, listing = resolve_folder(data, Path(folder), repo_root, num_workers)
-    except ConfigError as err:
-        raise DataError(str(err)) from err
+    """Resolve, list and check a dataset folder in its official layout (what check-data runs).
+
+    A folder without the dataset's layout raises :class:`DataError`; a bad setting
+    raises :class:`gaugan.config.ConfigError`.
+    """
+    spec, listing = resolve_folder(data, Path(folder), repo_root, num_workers)
     return check_listing(listing, spec, num_workers, progress)
 
 
