@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from gaugan.config import DataConfig
-from gaugan.data.classes import class_names
+from gaugan.data.classes import class_names, named_class_count, read_class_file
 from gaugan.data.io import DataError, read_image, read_index_map, map_labels
 from gaugan.data.registry import DatasetSpec, resolve_dataset
 from gaugan.data.sources import Listing, Pair, list_dataset
@@ -116,8 +116,10 @@ def resolve_folder(data: DataConfig, folder: Path, repo_root: Path | None = None
     """The spec and the listing of ``data.dataset`` in ``folder``.
 
     For custom datasets the instance edge channel is on when the folder has any instance
-    maps (unless data.use_instance says otherwise), and the class count is inferred from the
-    training labels when data.custom.num_classes is null.
+    maps (unless data.use_instance says otherwise), class names come from a
+    ``classes.txt`` / ``classes.csv`` beside the splits, and when data.custom.num_classes is
+    null the class count is the number of names in that file, or else inferred from the
+    training labels.
     """
     if data.dataset == "custom":
         use_instance = data.use_instance
@@ -127,8 +129,13 @@ def resolve_folder(data: DataConfig, folder: Path, repo_root: Path | None = None
             # a missing one is a problem, not a reason to silently train without edges)
             use_instance = any(p.instance is not None for pairs in probe.splits.values() for p in pairs)
         listing = list_dataset("custom", folder, data, use_instance=use_instance, repo_root=repo_root)
+        listing.classes = read_class_file(folder)
         inferred = None
-        if data.custom.num_classes is None:
+        if data.custom.num_classes is None and listing.classes is not None:
+            inferred = named_class_count(listing.classes, data.custom.dontcare_label)
+            listing.notes.append(f"classes: {inferred} named in {listing.classes.path.name} "
+                                 f"(data.custom.num_classes is null)")
+        elif data.custom.num_classes is None:
             inferred, problems = infer_num_classes(listing.splits.get("train", []), data.custom.dontcare_label, num_workers)
             listing.problems.extend(problems)
             if inferred is None:
@@ -225,7 +232,7 @@ def format_report(report: CheckReport, max_classes: int = 40) -> str:
     if not spec.comparable_to_paper:
         lines.append("  note: results on this dataset are not comparable to the paper's numbers")
     lines += [f"  note: {note}" for note in report.listing.notes]
-    names = class_names(spec)
+    names = class_names(spec, report.listing.classes)
     for split in report.pairs:
         sizes = report.image_sizes[split]
         lines.append(f"{split}: {report.pairs[split]} pairs, {report.instance_maps[split]} instance maps")

@@ -22,7 +22,7 @@ import numpy as np
 
 from gaugan.config import DataConfig
 from gaugan.data.check import format_problems, parallel_map, resolve_folder
-from gaugan.data.classes import class_names
+from gaugan.data.classes import class_colours, class_names
 from gaugan.data.io import DataError, atomic_write_text, check_replaceable, replace_dir
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.render import render_samples
@@ -119,7 +119,8 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
         "label_channels": spec.label_channels,
         "label_dtype": label_dtype.name,
         "instance_dtype": "uint16" if spec.use_instance else None,
-        "class_names": class_names(spec),
+        "class_names": class_names(spec, listing.classes),
+        "class_colours": class_colours(spec, listing.classes).tolist(),
         "source": {"root": source_name or str(listing.root), "notes": list(listing.notes)},
         "splits": {},
     }

@@ -29,7 +29,8 @@ def render_samples(store_dir: str | os.PathLike, split: str, path: str | os.Path
     if count is None:
         count = 24 if max(dataset.crop) < 256 else 12
     spec = dataset.spec
-    palette = label_palette(spec.num_label_values, spec.name)
+    stored = dataset.manifest.get("class_colours")  # with a class file's colours; older stores lack it
+    palette = np.array(stored, dtype=np.uint8) if stored else label_palette(spec.num_label_values, spec.name)
     cells = []
     for index in range(min(count, len(dataset))):
         item = dataset[index]

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gaugan.config import DataConfig
+from gaugan.data.classes import ClassFile
 from gaugan.data.io import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -84,6 +85,7 @@ class Listing:
     splits: dict[str, list[Pair]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    classes: ClassFile | None = None  # custom: classes.txt / classes.csv beside the splits
 
     def files(self, split: str) -> list[Path]:
         return [p for pair in self.splits.get(split, []) for p in (pair.image, pair.label, pair.instance) if p]
