@@ -19,6 +19,7 @@ DVC:
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from gaugan.config import Config
@@ -33,6 +34,8 @@ def run(cfg: Config, root: Path) -> dict:
     counts = ", ".join(f"{split} {info['count']}" for split, info in manifest["splits"].items())
     print(f"{manifest['dataset']}: {counts} pairs, {manifest['label_channels']} label channels "
           f"-> {root / cfg.data.processed_dir}")
+    for warning in manifest["source"]["warnings"]:
+        print(f"preprocess: warning: {warning}", file=sys.stderr)
     return manifest
 
 

@@ -23,6 +23,13 @@ from PIL import Image
 
 from gaugan.config import DataConfig
 from gaugan.data.classes import class_names, named_class_count, read_class_file
+from gaugan.data.diagnose import (
+    LabelStatistics,
+    distortion_warning,
+    label_statistics,
+    stray_value_warning,
+    void_warning,
+)
 from gaugan.data.io import DataError, read_image, read_index_map, map_labels
 from gaugan.data.registry import DatasetSpec, resolve_dataset
 from gaugan.data.sources import Listing, Pair, list_dataset
@@ -87,19 +94,30 @@ def parallel_map(function: Callable[[T], R], items: Iterable[T], num_workers: in
 # Resolving the spec of a folder (custom datasets: instance maps and classes found there).
 
 
-def infer_num_classes(pairs: list[Pair], dontcare_value: int | None, num_workers: int = 0) -> tuple[int | None, list[str]]:
-    """max label value + 1 over the given label maps, the don't-care value excluded."""
+def infer_num_classes(pairs: list[Pair], dontcare_value: int | None, root: Path,
+                      num_workers: int = 0) -> tuple[int | None, list[str], str | None]:
+    """max label value + 1 over the given label maps (the don't-care value excluded), the
+    problems of unreadable maps, and a warning when a few stray values make the count jump."""
     problems: list[str] = []
-    highest = -1
-    for result in parallel_map(_max_label, [(p.label, dontcare_value) for p in pairs], num_workers):
+    files_by_value: dict[int, list[Path]] = {}
+    count_by_value: Counter = Counter()
+    results = parallel_map(_label_values, [(p.label, dontcare_value) for p in pairs], num_workers)
+    for pair, result in zip(pairs, results):
         if isinstance(result, str):
             problems.append(result)
-        else:
-            highest = max(highest, result)
-    return (highest + 1 if highest >= 0 else None), problems
+            continue
+        for value in result:
+            count_by_value[value] += 1
+            files = files_by_value.setdefault(value, [])
+            if len(files) < 3:
+                files.append(pair.label.relative_to(root) if pair.label.is_relative_to(root) else pair.label)
+    if not count_by_value:
+        return None, problems, None
+    warning = stray_value_warning(files_by_value, count_by_value, len(pairs) - len(problems))
+    return max(count_by_value) + 1, problems, warning
 
 
-def _max_label(args: tuple[Path, int | None]) -> int | str:
+def _label_values(args: tuple[Path, int | None]) -> list[int] | str:
     path, dontcare = args
     try:
         raw = read_index_map(path)
@@ -108,7 +126,7 @@ def _max_label(args: tuple[Path, int | None]) -> int | str:
     values = np.unique(raw)
     if dontcare is not None:
         values = values[values != dontcare]
-    return int(values.max()) if values.size else -1
+    return values.tolist()
 
 
 def resolve_folder(data: DataConfig, folder: Path, repo_root: Path | None = None,
@@ -136,8 +154,10 @@ def resolve_folder(data: DataConfig, folder: Path, repo_root: Path | None = None
             listing.notes.append(f"classes: {inferred} named in {listing.classes.path.name} "
                                  f"(data.custom.num_classes is null)")
         elif data.custom.num_classes is None:
-            inferred, problems = infer_num_classes(listing.splits.get("train", []), data.custom.dontcare_label, num_workers)
+            inferred, problems, warning = infer_num_classes(listing.splits.get("train", []),
+                                                            data.custom.dontcare_label, folder, num_workers)
             listing.problems.extend(problems)
+            listing.warnings.extend([warning] if warning else [])
             if inferred is None:
                 raise DataError(f"{folder}: cannot infer the number of classes (no readable training label maps); "
                                 f"set data.custom.num_classes")
@@ -158,32 +178,44 @@ class CheckReport:
     spec: DatasetSpec
     listing: Listing
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # likely mistakes that are not errors (gaugan.data.diagnose)
     pairs: dict[str, int] = field(default_factory=dict)
     image_sizes: dict[str, Counter] = field(default_factory=dict)  # split -> Counter of (width, height)
-    class_pixels: dict[str, np.ndarray] = field(default_factory=dict)  # split -> pixels per stored index
+    labels: dict[str, LabelStatistics] = field(default_factory=dict)  # split -> pixels per stored index
     instance_maps: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def class_pixels(self) -> dict[str, np.ndarray]:
+        return {split: statistics.pixels for split, statistics in self.labels.items()}
 
-def _inspect(args: tuple[Pair, DatasetSpec]) -> tuple[list[str], tuple[int, int] | None, np.ndarray | None, bool]:
+
+def _inspect(args: tuple[Pair, DatasetSpec]) -> tuple[list[str], tuple[int, int] | None, LabelStatistics | None, bool]:
     pair, spec = args
     loaded, problems = load_pair(pair, spec)
     if loaded is None:
         return problems, None, None, False
-    counts = np.bincount(loaded.label.ravel(), minlength=spec.num_label_values)
-    return problems, loaded.image.size, counts, loaded.instance is not None
+    return problems, loaded.image.size, label_statistics(loaded.label, spec.num_label_values), loaded.instance is not None
+
+
+def dataset_warnings(listing: Listing, spec: DatasetSpec, train_labels: LabelStatistics | None,
+                     image_sizes: dict[str, Counter]) -> list[str]:
+    """The listing's warnings and those of the label statistics and photo sizes (check-data and preprocess)."""
+    found = [void_warning(spec, listing.classes, train_labels) if train_labels is not None else None,
+             distortion_warning(spec, image_sizes)]
+    return list(listing.warnings) + [warning for warning in found if warning]
 
 
 def check_listing(listing: Listing, spec: DatasetSpec, num_workers: int = 0, progress: bool = False) -> CheckReport:
-    """Read every file of the listing and collect all problems and the summary statistics."""
+    """Read every file of the listing and collect all problems, warnings and the summary statistics."""
     report = CheckReport(spec, listing, problems=list(listing.problems))
     for split, pairs in listing.splits.items():
         report.pairs[split] = len(pairs)
         report.image_sizes[split] = Counter()
-        report.class_pixels[split] = np.zeros(spec.num_label_values, dtype=np.int64)
+        report.labels[split] = LabelStatistics.zeros(spec.num_label_values)
         report.instance_maps[split] = 0
         if not pairs:
             report.problems.append(f"{listing.root}: no pairs found for split {split!r}")
@@ -193,12 +225,13 @@ def check_listing(listing: Listing, spec: DatasetSpec, num_workers: int = 0, pro
             from tqdm import tqdm
 
             results = tqdm(results, total=len(pairs), desc=f"check {split}", unit="pair")
-        for problems, size, counts, has_instance in results:
+        for problems, size, statistics, has_instance in results:
             report.problems.extend(problems)
             if size is not None:
                 report.image_sizes[split][size] += 1
-                report.class_pixels[split] += counts
+                report.labels[split].add(statistics)
                 report.instance_maps[split] += int(has_instance)
+    report.warnings = dataset_warnings(listing, spec, report.labels.get("train"), report.image_sizes)
     return report
 
 
@@ -249,8 +282,9 @@ def format_report(report: CheckReport, max_classes: int = 40) -> str:
                 lines.append(f"    {i:4d} {names[i]:<24s} {100 * pixels[i] / total:6.2f}%")
             if len(present) > max_classes:
                 lines.append(f"    ... {len(present) - max_classes} more")
+    lines += [f"warning: {warning}" for warning in report.warnings]
     if report.problems:
         lines.append(format_problems(report.problems))
     else:
-        lines.append("no problems found")
+        lines.append("no problems found" + (f" ({len(report.warnings)} warning(s) above)" if report.warnings else ""))
     return "\n".join(lines)

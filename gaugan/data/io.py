@@ -64,25 +64,29 @@ def map_labels(raw: np.ndarray, spec: DatasetSpec, source: str | os.PathLike, se
     """Raw label values -> stored indices in ``[0, spec.num_label_values)``.
 
     The don't-care value (255 for COCO-Stuff) becomes index ``label_nc``. Any other value
-    outside ``[0, label_nc)`` (or ``label_nc`` itself when the dataset has a don't-care
-    channel) is an error naming the file, the value and the setting to change.
+    outside ``[0, label_nc)`` (``label_nc`` itself included: it would silently merge into
+    the don't-care class) is an error naming the file, the value and the setting to change.
+    Datasets with a don't-care channel but no don't-care value (ADE20K) keep every value in
+    ``[0, num_label_values)`` as it is.
     """
     labels = raw.astype(np.int64, copy=True)
     if spec.dontcare_value is not None:
-        labels[raw == spec.dontcare_value] = spec.label_nc
-    bad = (labels < 0) | (labels >= spec.num_label_values)
+        dontcare = raw == spec.dontcare_value
+        labels[dontcare] = spec.label_nc
+        bad = ~dontcare & ((raw < 0) | (raw >= spec.label_nc))
+        allowed = f"0..{spec.label_nc - 1} or the don't-care value {spec.dontcare_value}"
+    else:
+        bad = (labels < 0) | (labels >= spec.num_label_values)
+        allowed = f"0..{spec.num_label_values - 1}"
     if bad.any():
         values = np.unique(raw[bad])
         shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
         if setting is None:
             setting = (
-                "data.custom.num_classes or data.custom.dontcare_label"
+                "data.custom.num_classes, data.custom.dontcare_label or the dataset's classes.txt / classes.csv"
                 if spec.name == "custom"
                 else f"data.dataset (is {spec.name!r} the right dataset for this file?)"
             )
-        allowed = f"0..{spec.num_label_values - 1}"
-        if spec.dontcare_value is not None:
-            allowed += f" or the don't-care value {spec.dontcare_value}"
         raise DataError(
             f"{source}: label value(s) {shown} outside the valid range {allowed} for dataset "
             f"{spec.name!r} (label_nc={spec.label_nc}, contain_dontcare={spec.contain_dontcare}); "

@@ -1,4 +1,6 @@
-"""How each pair is resized into the store, as the official code does on every load.
+"""The sizes each pair is stored and cropped at, and the NEAREST resize of index maps.
+
+The published policy, applied by :mod:`gaugan.data.preprocess` once instead of on every load.
 
 Paper section 4 "Implementation details", docs/SPADE.md section 3: label and instance maps
 with NEAREST (class indices must never be blended), photos with BICUBIC. Training sizes:
@@ -15,16 +17,12 @@ at load time (:mod:`gaugan.data.dataset`). Validation is stored at the test size
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from gaugan.data.check import load_pair
 from gaugan.data.io import DataError
 from gaugan.data.registry import DatasetSpec
-from gaugan.data.sources import Pair
 
 
 def crop_shape(spec: DatasetSpec) -> tuple[int, int]:
@@ -62,35 +60,3 @@ def dense_instances(instance: np.ndarray, source: Path | str) -> np.ndarray:
     if len(values) > 65536:
         raise DataError(f"{source}: {len(values)} distinct instance ids; at most 65536 per image are supported")
     return inverse.reshape(instance.shape).astype(np.uint16)
-
-
-@dataclass
-class ProcessedPair:
-    image: np.ndarray  # (H, W, 3) uint8
-    label: np.ndarray  # (H, W) label dtype
-    instance: np.ndarray | None  # (H, W) uint16
-    source_size: tuple[int, int]  # (width, height) on disk
-
-
-def process_pair(pair: Pair, spec: DatasetSpec, train: bool, label_dtype: np.dtype) -> tuple[ProcessedPair | None, list[str]]:
-    """Read, check and resize one pair as published for its split."""
-    loaded, problems = load_pair(pair, spec)
-    if loaded is None:
-        return None, problems
-    width, height = loaded.image.size
-    shape = train_shape(spec, width, height) if train else crop_shape(spec)
-    need = crop_shape(spec)
-    if shape[0] < need[0] or shape[1] < need[1]:
-        return None, [
-            f"{pair.image}: {width}x{height} (WxH) becomes {shape[1]}x{shape[0]} with preprocess_mode "
-            f"{spec.preprocess_mode!r}, smaller than the {need[1]}x{need[0]} crop; change data.load_size, "
-            f"data.crop_size or data.preprocess_mode"
-        ]
-    image = loaded.image
-    if image.size != (shape[1], shape[0]):
-        image = image.resize((shape[1], shape[0]), Image.BICUBIC)
-    label = nearest_resize(loaded.label, shape).astype(label_dtype)
-    instance = None
-    if loaded.instance is not None:
-        instance = dense_instances(nearest_resize(loaded.instance, shape), pair.instance)
-    return ProcessedPair(np.asarray(image, dtype=np.uint8), label, instance, (width, height)), []

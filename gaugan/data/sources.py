@@ -85,6 +85,7 @@ class Listing:
     splits: dict[str, list[Pair]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # likely mistakes that are not errors (gaugan.data.diagnose)
     classes: ClassFile | None = None  # custom: classes.txt / classes.csv beside the splits
 
     def files(self, split: str) -> list[Path]:

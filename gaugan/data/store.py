@@ -25,7 +25,6 @@ import numpy as np
 
 from gaugan.data.io import DataError, OutputMarker
 from gaugan.data.registry import DatasetSpec
-from gaugan.data.resize import ProcessedPair
 
 STORE_FORMAT = "gaugan-store-v1"
 MANIFEST = "manifest.json"
@@ -58,22 +57,23 @@ class SplitWriter:
             self.index = np.zeros((count, 3), dtype=np.int64)
             self.offset = 0
 
-    def put(self, i: int, item: ProcessedPair) -> None:
-        if self.use_instance and item.instance is None:
+    def put(self, i: int, image: np.ndarray, label: np.ndarray, instance: np.ndarray | None) -> None:
+        """Item ``i``: (H, W, 3) uint8 photo, (H, W) label indices, (H, W) uint16 instance ids or None."""
+        if self.use_instance and instance is None:
             raise DataError(f"item {i}: the spec uses instance edges but the pair has no instance map")
         if self.shape is not None:
-            self.images[i] = item.image
-            self.labels[i] = item.label
+            self.images[i] = image
+            self.labels[i] = label
             if self.instances is not None:
-                self.instances[i] = item.instance
+                self.instances[i] = instance
             return
-        h, w = item.label.shape
+        h, w = label.shape
         self.index[i] = (self.offset, h, w)
         self.offset += h * w
-        self.files["images"].write(np.ascontiguousarray(item.image).tobytes())
-        self.files["labels"].write(np.ascontiguousarray(item.label).tobytes())
+        self.files["images"].write(np.ascontiguousarray(image).tobytes())
+        self.files["labels"].write(np.ascontiguousarray(label).tobytes())
         if self.use_instance:
-            self.files["instances"].write(np.ascontiguousarray(item.instance).tobytes())
+            self.files["instances"].write(np.ascontiguousarray(instance).tobytes())
 
     def close(self) -> None:
         if self.shape is not None:
