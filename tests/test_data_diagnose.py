@@ -109,3 +109,38 @@ def test_a_stray_value_that_inflates_the_inferred_class_count_is_named(tmp_path)
     # a class missing from the training split (a small gap) is not a stray value
     save_index(root / "train" / "labels" / "img_1.png", label_map([0, 2, 4], seed=1, shape=(18, 28)))
     assert check_dataset(config("custom").data, root).warnings == []
+
+
+def make_photos(root, size: tuple[int, int], num_train: int = 3, num_val: int = 2) -> None:
+    for split, count in (("train", num_train), ("val", num_val)):
+        for i in range(count):
+            save_photo(root / split / "images" / f"p{i}.jpg", size=size, seed=i)
+            save_index(root / split / "labels" / f"p{i}.png", label_map([0, 1, 2], seed=i, shape=(size[1], size[0])))
+
+
+def test_custom_photos_keep_their_aspect_ratio_by_default(tmp_path):
+    """480x360-like photos: stored 'fixed' at their own 4:3 for training and validation alike."""
+    make_photos(tmp_path / "raw" / "custom", (120, 90))
+    cfg = config("custom", root="raw", processed_dir="store", load_size=143, crop_size=128)
+    report = check_dataset(cfg.data, tmp_path / "raw" / "custom")
+    assert report.spec.preprocess_mode == "fixed" and report.spec.image_size == (96, 128)
+    text = format_report(report)
+    assert ("stored: preprocess_mode 'fixed': train photos resized to 143x107 (aspect 1.33), then random 128x96 "
+            "crops; val photos resized whole to 128x96 (WxH)") in text
+    assert "aspect ratios (W/H): 1.33 (3)" in text and "the training photos' most common 1.33" in text
+    assert report.warnings == []
+    manifest = preprocess(cfg.data, tmp_path, progress=False)
+    assert manifest["splits"]["train"]["stored_size"] == [107, 143] and manifest["splits"]["val"]["stored_size"] == [96, 128]
+
+
+def test_train_and_val_distorted_differently_is_a_warning(tmp_path):
+    make_photos(tmp_path / "custom", (90, 120))  # portrait photos, square crops, aspect kept only for training
+    cfg = config("custom", preprocess_mode="scale_width_and_crop", load_size=72, crop_size=64)
+    report = check_dataset(cfg.data, tmp_path / "custom")
+    assert report.ok and report.warnings == [
+        "train and val distort the photos differently: 5 photos (e.g. 5 of aspect 0.75 like 90x120) are stored at "
+        "aspect 0.75 for training (data.preprocess_mode 'scale_width_and_crop') but 1.00 for validation, so the "
+        "generator is scored on shapes it was not trained on. Leave data.preprocess_mode and data.aspect_ratio null "
+        "for custom data (fixed at the photos' own aspect ratio), or set data.preprocess_mode: fixed and "
+        "data.aspect_ratio: 0.75"
+    ]

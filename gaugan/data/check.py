@@ -25,13 +25,15 @@ from gaugan.config import DataConfig
 from gaugan.data.classes import class_names, named_class_count, read_class_file
 from gaugan.data.diagnose import (
     LabelStatistics,
+    describe_aspects,
+    describe_storage,
     distortion_warning,
     label_statistics,
     stray_value_warning,
     void_warning,
 )
-from gaugan.data.io import DataError, read_image, read_index_map, map_labels
-from gaugan.data.registry import DatasetSpec, resolve_dataset
+from gaugan.data.io import DataError, image_size, read_image, read_index_map, map_labels
+from gaugan.data.registry import ASPECT_MULTIPLE, DatasetSpec, resolve_dataset
 from gaugan.data.sources import Listing, Pair, list_dataset
 
 T = TypeVar("T")
@@ -129,6 +131,15 @@ def _label_values(args: tuple[Path, int | None]) -> list[int] | str:
     return values.tolist()
 
 
+def photo_aspect_ratio(pairs: list[Pair], num_workers: int = 0) -> float | None:
+    """The most common width / height (to 2 decimals) of the photos, from their headers."""
+    aspects: Counter = Counter()
+    for size in parallel_map(image_size, [pair.image for pair in pairs], num_workers, chunksize=64):
+        if size is not None and size[1] > 0:
+            aspects[round(size[0] / size[1], 2)] += 1
+    return aspects.most_common(1)[0][0] if aspects else None
+
+
 def resolve_folder(data: DataConfig, folder: Path, repo_root: Path | None = None,
                    num_workers: int = 0) -> tuple[DatasetSpec, Listing]:
     """The spec and the listing of ``data.dataset`` in ``folder``.
@@ -163,7 +174,17 @@ def resolve_folder(data: DataConfig, folder: Path, repo_root: Path | None = None
                                 f"set data.custom.num_classes")
             listing.notes.append(f"classes inferred from the training labels: {inferred} "
                                  f"(max label value + 1, don't-care {data.custom.dontcare_label} excluded)")
-        spec = resolve_dataset(dataclasses.replace(data, use_instance=use_instance), inferred_num_classes=inferred)
+        aspect = None
+        if data.aspect_ratio is None and data.preprocess_mode is None:
+            aspect = photo_aspect_ratio(listing.splits.get("train", []), num_workers)
+        spec = resolve_dataset(dataclasses.replace(data, use_instance=use_instance), inferred_num_classes=inferred,
+                               photo_aspect_ratio=aspect)
+        if aspect is not None:
+            listing.notes.append(
+                f"aspect ratio {spec.aspect_ratio:.2f} (W/H): the training photos' most common {aspect:.2f}"
+                + (f", as near as crops {spec.image_size[1]}x{spec.image_size[0]} (WxH, height a multiple of "
+                   f"{ASPECT_MULTIPLE}) allow" if abs(spec.aspect_ratio / aspect - 1) > 0.01 else "")
+                + f"; preprocess_mode 'fixed' (data.aspect_ratio and data.preprocess_mode are null)")
         return spec, listing
     spec = resolve_dataset(data)
     return spec, list_dataset(data.dataset, folder, data, use_instance=spec.use_instance, repo_root=repo_root)
@@ -262,6 +283,7 @@ def format_report(report: CheckReport, max_classes: int = 40) -> str:
         f"  label_nc={spec.label_nc} contain_dontcare={spec.contain_dontcare} dontcare_value={spec.dontcare_value} "
         f"use_instance={spec.use_instance} -> {spec.label_channels} label channels",
     ]
+    lines.append(f"  stored: {describe_storage(spec)}")
     if not spec.comparable_to_paper:
         lines.append("  note: results on this dataset are not comparable to the paper's numbers")
     lines += [f"  note: {note}" for note in report.listing.notes]
@@ -273,6 +295,7 @@ def format_report(report: CheckReport, max_classes: int = 40) -> str:
             common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(5))
             more = f" and {len(sizes) - 5} more sizes" if len(sizes) > 5 else ""
             lines.append(f"  image sizes (WxH): {common}{more}")
+            lines.append(f"  aspect ratios (W/H): {describe_aspects(sizes)}")
         pixels = report.class_pixels[split]
         total = int(pixels.sum())
         if total:

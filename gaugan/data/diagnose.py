@@ -148,6 +148,20 @@ def describe_aspects(sizes: Counter) -> str:
     return ", ".join(f"{aspect:.2f} ({count})" for aspect, count in aspects.most_common(5))
 
 
+def describe_storage(spec: DatasetSpec) -> str:
+    """How photos are stored for training and validation, in words (check-data's summary)."""
+    load = spec.load_size
+    crop_h, crop_w = crop_shape(spec)
+    train = {
+        "resize_and_crop": f"resized to {load}x{load} (squares)",
+        "fixed": f"resized to {load}x{round(load / spec.aspect_ratio)} (aspect {spec.aspect_ratio:.2f})",
+        "scale_width_and_crop": f"scaled to {load} wide (aspect kept)",
+        "none": "kept as on disk",
+    }.get(spec.preprocess_mode, spec.preprocess_mode)
+    return (f"preprocess_mode {spec.preprocess_mode!r}: train photos {train}, then random {crop_w}x{crop_h} crops; "
+            f"val photos resized whole to {crop_w}x{crop_h} (WxH)")
+
+
 def distortion_warning(spec: DatasetSpec, sizes_by_split: dict[str, Counter]) -> str | None:
     """Photos whose aspect ratio training storage changes differently from validation storage."""
     differing: Counter = Counter()

@@ -55,6 +55,16 @@ def read_index_map(path: str | os.PathLike, what: str = "label map") -> np.ndarr
     raise DataError(f"{path}: unsupported {what} image mode {img.mode!r}")
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) from the file's header without decoding it; None when unreadable
+    (the check that reads every file reports why)."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - any failure is reported by the full check, with its reason
+        return None
+
+
 def read_image(path: str | os.PathLike) -> Image.Image:
     """A photo as an RGB PIL image."""
     return _open(path).convert("RGB")
