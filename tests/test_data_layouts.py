@@ -322,3 +322,30 @@ def test_outdoor_scene_rule():
         assert _outdoor_scene(outdoor), outdoor
     for indoor in ("bathroom", "airport_terminal", "church_indoor", "art_gallery", "streetcar_interior"):
         assert not _outdoor_scene(indoor), indoor
+
+
+def test_decompression_bomb_is_a_problem_of_its_file(tmp_path):
+    """A 15000x15000 PNG used to stop check-data and preprocess with an uncaught DecompressionBombError."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    raw = make_custom(tmp_path / "raw" / "custom", values=[0, 1])
+    Image.new("1", (15000, 15000)).save(raw / "train" / "labels" / "img_1.png")  # 27 kB, 225 megapixels
+    save_index(raw / "val" / "labels" / "img_0.png", label_map([0, 7]))  # another problem, collected with it
+    result = CliRunner().invoke(app, ["check-data", "--dataset", "custom", "--root", str(tmp_path / "raw"),
+                                      "--num-classes", "2", "--num-workers", "0"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "2 problem(s) found" in result.output
+    assert ("img_1.png: 15000x15000 = 225,000,000 pixels, more than data.max_image_pixels (100,000,000); a file "
+            "this large is likely corrupt or a decompression bomb") in result.output
+    cfg = config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16, custom={"num_classes": 2})
+    with pytest.raises(DataError, match=r"(?s)2 problem\(s\).*img_1.png: 15000x15000 = 225,000,000 pixels"):
+        preprocess(cfg.data, tmp_path, progress=False)
+
+
+def test_max_image_pixels_is_a_setting(tmp_path):
+    raw = make_custom(tmp_path / "custom", num_train=1, num_val=1, values=[0, 1], instances=False)
+    report = check_dataset(config("custom", max_image_pixels=300, custom={"num_classes": 2}).data, raw)
+    assert len(report.problems) == 4  # the 24x16 photo and label of each split: 384 pixels > 300
+    assert "24x16 = 384 pixels, more than data.max_image_pixels (300)" in report.problems[0]

@@ -49,21 +49,24 @@ class LoadedPair:
     instance: np.ndarray | None  # (H, W) int64 as read (only edges matter)
 
 
-def load_pair(pair: Pair, spec: DatasetSpec, setting: str | None = None) -> tuple[LoadedPair | None, list[str]]:
-    """Read and check one pair; return it (or None) and every problem found in it."""
+def load_pair(pair: Pair, spec: DatasetSpec, max_pixels: int | None = None) -> tuple[LoadedPair | None, list[str]]:
+    """Read and check one pair; return it (or None) and every problem found in it.
+
+    ``max_pixels`` (data.max_image_pixels) refuses larger files before decoding them.
+    """
     problems: list[str] = []
     label = image = instance = None
     try:
-        label = map_labels(read_index_map(pair.label), spec, pair.label, setting)
+        label = map_labels(read_index_map(pair.label, max_pixels=max_pixels), spec, pair.label)
     except DataError as err:
         problems.append(str(err))
     try:
-        image = read_image(pair.image)
+        image = read_image(pair.image, max_pixels)
     except DataError as err:
         problems.append(str(err))
     if spec.use_instance and pair.instance is not None:
         try:
-            instance = read_index_map(pair.instance, what="instance map")
+            instance = read_index_map(pair.instance, what="instance map", max_pixels=max_pixels)
         except DataError as err:
             problems.append(str(err))
     if label is not None:
@@ -96,14 +99,14 @@ def parallel_map(function: Callable[[T], R], items: Iterable[T], num_workers: in
 # Resolving the spec of a folder (custom datasets: instance maps and classes found there).
 
 
-def infer_num_classes(pairs: list[Pair], dontcare_value: int | None, root: Path,
-                      num_workers: int = 0) -> tuple[int | None, list[str], str | None]:
+def infer_num_classes(pairs: list[Pair], dontcare_value: int | None, root: Path, num_workers: int = 0,
+                      max_pixels: int | None = None) -> tuple[int | None, list[str], str | None]:
     """max label value + 1 over the given label maps (the don't-care value excluded), the
     problems of unreadable maps, and a warning when a few stray values make the count jump."""
     problems: list[str] = []
     files_by_value: dict[int, list[Path]] = {}
     count_by_value: Counter = Counter()
-    results = parallel_map(_label_values, [(p.label, dontcare_value) for p in pairs], num_workers)
+    results = parallel_map(_label_values, [(p.label, dontcare_value, max_pixels) for p in pairs], num_workers)
     for pair, result in zip(pairs, results):
         if isinstance(result, str):
             problems.append(result)
@@ -119,10 +122,10 @@ def infer_num_classes(pairs: list[Pair], dontcare_value: int | None, root: Path,
     return max(count_by_value) + 1, problems, warning
 
 
-def _label_values(args: tuple[Path, int | None]) -> list[int] | str:
-    path, dontcare = args
+def _label_values(args: tuple[Path, int | None, int | None]) -> list[int] | str:
+    path, dontcare, max_pixels = args
     try:
-        raw = read_index_map(path)
+        raw = read_index_map(path, max_pixels=max_pixels)
     except DataError as err:
         return str(err)
     values = np.unique(raw)
@@ -165,8 +168,8 @@ def resolve_folder(data: DataConfig, folder: Path, repo_root: Path | None = None
             listing.notes.append(f"classes: {inferred} named in {listing.classes.path.name} "
                                  f"(data.custom.num_classes is null)")
         elif data.custom.num_classes is None:
-            inferred, problems, warning = infer_num_classes(listing.splits.get("train", []),
-                                                            data.custom.dontcare_label, folder, num_workers)
+            inferred, problems, warning = infer_num_classes(listing.splits.get("train", []), data.custom.dontcare_label,
+                                                            folder, num_workers, data.max_image_pixels)
             listing.problems.extend(problems)
             listing.warnings.extend([warning] if warning else [])
             if inferred is None:
@@ -214,9 +217,10 @@ class CheckReport:
         return {split: statistics.pixels for split, statistics in self.labels.items()}
 
 
-def _inspect(args: tuple[Pair, DatasetSpec]) -> tuple[list[str], tuple[int, int] | None, LabelStatistics | None, bool]:
-    pair, spec = args
-    loaded, problems = load_pair(pair, spec)
+def _inspect(args: tuple[Pair, DatasetSpec, int | None]) -> tuple[list[str], tuple[int, int] | None,
+                                                                  LabelStatistics | None, bool]:
+    pair, spec, max_pixels = args
+    loaded, problems = load_pair(pair, spec, max_pixels)
     if loaded is None:
         return problems, None, None, False
     return problems, loaded.image.size, label_statistics(loaded.label, spec.num_label_values), loaded.instance is not None
@@ -230,7 +234,8 @@ def dataset_warnings(listing: Listing, spec: DatasetSpec, train_labels: LabelSta
     return list(listing.warnings) + [warning for warning in found if warning]
 
 
-def check_listing(listing: Listing, spec: DatasetSpec, num_workers: int = 0, progress: bool = False) -> CheckReport:
+def check_listing(listing: Listing, spec: DatasetSpec, num_workers: int = 0, progress: bool = False,
+                  max_pixels: int | None = None) -> CheckReport:
     """Read every file of the listing and collect all problems, warnings and the summary statistics."""
     report = CheckReport(spec, listing, problems=list(listing.problems))
     for split, pairs in listing.splits.items():
@@ -241,7 +246,7 @@ def check_listing(listing: Listing, spec: DatasetSpec, num_workers: int = 0, pro
         if not pairs:
             report.problems.append(f"{listing.root}: no pairs found for split {split!r}")
             continue
-        results = parallel_map(_inspect, [(p, spec) for p in pairs], num_workers)
+        results = parallel_map(_inspect, [(p, spec, max_pixels) for p in pairs], num_workers)
         if progress:
             from tqdm import tqdm
 
@@ -264,7 +269,7 @@ def check_dataset(data: DataConfig, folder: str | os.PathLike, repo_root: Path |
     raises :class:`gaugan.config.ConfigError`.
     """
     spec, listing = resolve_folder(data, Path(folder), repo_root, num_workers)
-    return check_listing(listing, spec, num_workers, progress)
+    return check_listing(listing, spec, num_workers, progress, data.max_image_pixels)
 
 
 def format_problems(problems: list[str], limit: int | None = None) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,20 +26,48 @@ class DataError(UserError, ValueError):
     """A data file is unreadable or violates the dataset's conventions."""
 
 
-def _open(path: str | os.PathLike) -> Image.Image:
+@contextmanager
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """With our own limit, PIL's (a warning, then an error at twice its size) stands aside.
+
+    PIL keeps the limit in a module global; the data is read in worker processes, one
+    file at a time, so setting it around one open is safe.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = None
     try:
-        img = Image.open(path)
-        img.load()
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
+    """Open and decode an image; ``max_pixels`` (data.max_image_pixels) is checked from the
+    header, before anything is decompressed."""
+    try:
+        with _pixel_limit(max_pixels):
+            img = Image.open(path)
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise DataError(
+                    f"{path}: {width}x{height} = {width * height:,} pixels, more than data.max_image_pixels "
+                    f"({max_pixels:,}); a file this large is likely corrupt or a decompression bomb (raise "
+                    f"data.max_image_pixels if the image is genuine)"
+                )
+            img.load()
         return img
     except FileNotFoundError as err:
         raise DataError(f"{path}: file not found") from err
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{path}: refused as a possible decompression bomb ({err})") from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"{path}: unreadable image ({err})") from err
 
 
-def read_index_map(path: str | os.PathLike, what: str = "label map") -> np.ndarray:
+def read_index_map(path: str | os.PathLike, what: str = "label map", max_pixels: int | None = None) -> np.ndarray:
     """A single-channel index image as int64 (H, W): P, L, I;16, I modes."""
-    img = _open(path)
+    img = _open(path, max_pixels)
     if img.mode in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
         return np.asarray(img, dtype=np.int64) if img.mode != "P" else np.asarray(img).astype(np.int64)
     if img.mode in ("RGB", "RGBA", "LA"):
@@ -65,9 +95,9 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
         return None
 
 
-def read_image(path: str | os.PathLike) -> Image.Image:
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
     """A photo as an RGB PIL image."""
-    return _open(path).convert("RGB")
+    return _open(path, max_pixels).convert("RGB")
 
 
 def map_labels(raw: np.ndarray, spec: DatasetSpec, source: str | os.PathLike, setting: str | None = None) -> np.ndarray:

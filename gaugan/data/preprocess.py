@@ -44,9 +44,10 @@ class ProcessedPair:
     source_labels: LabelStatistics  # of the label map as on disk (for gaugan.data.diagnose)
 
 
-def process_pair(pair: Pair, spec: DatasetSpec, train: bool, label_dtype: np.dtype) -> tuple[ProcessedPair | None, list[str]]:
+def process_pair(pair: Pair, spec: DatasetSpec, train: bool, label_dtype: np.dtype,
+                 max_pixels: int | None = None) -> tuple[ProcessedPair | None, list[str]]:
     """Read, check and resize one pair as published for its split."""
-    loaded, problems = load_pair(pair, spec)
+    loaded, problems = load_pair(pair, spec, max_pixels)
     if loaded is None:
         return None, problems
     width, height = loaded.image.size
@@ -69,10 +70,10 @@ def process_pair(pair: Pair, spec: DatasetSpec, train: bool, label_dtype: np.dty
     return ProcessedPair(np.asarray(image, dtype=np.uint8), label, instance, (width, height), statistics), []
 
 
-def _process(args: tuple[int, Pair, DatasetSpec, bool, Any]) -> tuple[int, ProcessedPair | None, list[str]]:
-    index, pair, spec, train, label_dtype = args
+def _process(args: tuple[int, Pair, DatasetSpec, bool, Any, int | None]) -> tuple[int, ProcessedPair | None, list[str]]:
+    index, pair, spec, train, label_dtype, max_pixels = args
     try:
-        processed, problems = process_pair(pair, spec, train, np.dtype(label_dtype))
+        processed, problems = process_pair(pair, spec, train, np.dtype(label_dtype), max_pixels)
     except DataError as err:
         processed, problems = None, [str(err)]
     return index, processed, problems
@@ -94,7 +95,8 @@ def _inputs_sha256(pairs: list[Pair], root: Path) -> str:
 
 
 def _write_split(split_dir: Path, pairs: list[Pair], source_root: Path, spec: DatasetSpec, label_dtype: np.dtype,
-                 problems: list[str], num_workers: int, progress: bool) -> tuple[dict, Counter, LabelStatistics]:
+                 problems: list[str], num_workers: int, progress: bool,
+                 max_pixels: int | None) -> tuple[dict, Counter, LabelStatistics]:
     """Process and write one split; append its problems; return its manifest entry, the photo
     sizes on disk and the statistics of the label maps on disk."""
     train = split_dir.name == "train"
@@ -104,7 +106,7 @@ def _write_split(split_dir: Path, pairs: list[Pair], source_root: Path, spec: Da
     histogram = np.zeros(spec.num_label_values, dtype=np.int64)
     source_sizes: Counter = Counter()
     source_labels = LabelStatistics.zeros(spec.num_label_values)
-    results = parallel_map(_process, [(i, p, spec, train, label_dtype.str) for i, p in enumerate(pairs)],
+    results = parallel_map(_process, [(i, p, spec, train, label_dtype.str, max_pixels) for i, p in enumerate(pairs)],
                            num_workers, chunksize=8)
     if progress:
         from tqdm import tqdm
@@ -133,7 +135,7 @@ def _write_split(split_dir: Path, pairs: list[Pair], source_root: Path, spec: Da
 
 
 def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike, num_workers: int = 0,
-                progress: bool = False, source_name: str | None = None) -> dict:
+                progress: bool = False, source_name: str | None = None, max_pixels: int | None = None) -> dict:
     """Validate every pair of ``listing`` and write the store to ``out_dir`` atomically.
 
     All pairs are read and checked while the arrays are written into a temporary folder;
@@ -175,7 +177,7 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
                 problems.append(f"{listing.root}: no pairs found for split {split!r}")
                 continue
             manifest["splits"][split], sizes[split], labels[split] = _write_split(
-                tmp_dir / split, pairs, listing.root, spec, label_dtype, problems, num_workers, progress)
+                tmp_dir / split, pairs, listing.root, spec, label_dtype, problems, num_workers, progress, max_pixels)
         manifest["source"]["warnings"] = dataset_warnings(listing, spec, labels.get("train"), sizes)
         if problems:
             raise DataError(f"{listing.root}: the dataset has problems; nothing was written.\n" + format_problems(problems))
@@ -212,7 +214,8 @@ def preprocess(data: DataConfig, root: Path, reports_dir: Path | None = None, nu
     workers = data.num_workers if num_workers is None else num_workers
     spec, listing = resolve_folder(data, folder, repo_root=root, num_workers=workers)
     manifest = write_store(listing, spec, root / data.processed_dir, num_workers=workers, progress=progress,
-                           source_name=folder.relative_to(root).as_posix() if folder.is_relative_to(root) else None)
+                           source_name=folder.relative_to(root).as_posix() if folder.is_relative_to(root) else None,
+                           max_pixels=data.max_image_pixels)
     if reports_dir is not None:
         write_class_histogram(manifest, reports_dir / "class_histogram.csv")
         split = "val" if "val" in manifest["splits"] else next(iter(manifest["splits"]))

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from gaugan.config import DataConfig
 from pipeline.cli.app import check_dataset_name, command, fail
 
 
@@ -22,6 +23,9 @@ def check_data_command(
         "--instance/--no-instance", help="check instance maps (default: the dataset's convention)")] = None,
     outdoor_list: Annotated[Optional[Path], typer.Option(help="ade20k_outdoor: a file of image stems")] = None,
     num_workers: Annotated[int, typer.Option(help="processes reading files")] = 2,
+    max_image_pixels: Annotated[int, typer.Option(
+        help="larger images are problems (corrupt files, decompression bombs); data.max_image_pixels")
+    ] = DataConfig.max_image_pixels,
 ) -> None:
     """Check a dataset folder as preprocessing would and print a summary.
 
@@ -42,7 +46,8 @@ def check_data_command(
     elif dontcare is not None:
         custom["dontcare_label"] = dontcare
     cfg = replace(Config(), data={"dataset": dataset, "use_instance": use_instance, "custom": custom,
-                                  "outdoor_list": str(outdoor_list) if outdoor_list else None})
+                                  "outdoor_list": str(outdoor_list) if outdoor_list else None,
+                                  "max_image_pixels": max_image_pixels})
     try:
         report = check_dataset(cfg.data, locate_dataset(dataset, root), repo_root=Path.cwd(), num_workers=num_workers)
     except DataError as err:  # the folder is there but does not hold the dataset's layout
