@@ -303,3 +303,16 @@ def test_landscapes_stage_generates_deterministically(tmp_path):
     again = {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
     assert first == again
     assert (folder / "download.json").read_text() == json.dumps(marker, indent=2) + "\n"
+
+
+def test_zip_member_beside_the_extraction_folder_is_refused(tmp_path):
+    """A member resolving to a sibling whose name merely starts like the folder ('.extract-a.zipx/...')."""
+    from gaugan.data.download import extract
+
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("data/ok.txt", "fine")
+        bundle.writestr("../.extract-a.zipx/evil.txt", "outside")
+    with pytest.raises(DownloadError, match=r"unsafe path '\.\./\.extract-a\.zipx/evil\.txt'"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out" / ".extract-a.zipx").exists()

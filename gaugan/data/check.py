@@ -36,6 +36,7 @@ from gaugan.data.io import DataError, image_size, read_image, read_index_map, ma
 from gaugan.data.registry import ASPECT_MULTIPLE, DatasetSpec, resolve_dataset
 from gaugan.data.sources import Listing, Pair, list_dataset
 
+EXIF_ORIENTATION = 0x0112
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -74,7 +75,7 @@ def load_pair(pair: Pair, spec: DatasetSpec, max_pixels: int | None = None) -> t
         if image is not None and image.size != (width, height):
             problems.append(
                 f"{pair.image}: image is {image.size[0]}x{image.size[1]} (WxH) but its label map {pair.label} is "
-                f"{width}x{height}; they must be the same size"
+                f"{width}x{height}; they must be the same size{_orientation_hint(pair.image)}"
             )
         if instance is not None and instance.shape != label.shape:
             problems.append(
@@ -84,6 +85,19 @@ def load_pair(pair: Pair, spec: DatasetSpec, max_pixels: int | None = None) -> t
     if problems:
         return None, problems
     return LoadedPair(image, label, instance), problems
+
+
+def _orientation_hint(path: Path) -> str:
+    """Why a photo may look the right size in a viewer: an EXIF orientation tag, which we ignore."""
+    try:
+        with Image.open(path) as image:
+            orientation = image.getexif().get(EXIF_ORIENTATION)
+    except Exception:  # noqa: BLE001 - only a hint; the file's own problems are reported elsewhere
+        return ""
+    if orientation in (None, 1):
+        return ""
+    return (f" (the photo has EXIF orientation {orientation}: viewers show it rotated or mirrored, but its pixels "
+            f"are used as stored; rotate the pixels themselves, e.g. with `mogrify -auto-orient`, or fix the label map)")
 
 
 def parallel_map(function: Callable[[T], R], items: Iterable[T], num_workers: int, chunksize: int = 4) -> Iterator[R]:
@@ -258,6 +272,7 @@ def check_listing(listing: Listing, spec: DatasetSpec, num_workers: int = 0, pro
                 report.labels[split].add(statistics)
                 report.instance_maps[split] += int(has_instance)
     report.warnings = dataset_warnings(listing, spec, report.labels.get("train"), report.image_sizes)
+    report.problems = list(dict.fromkeys(report.problems))  # inferring the class count read the train labels once already
     return report
 
 
@@ -273,6 +288,7 @@ def check_dataset(data: DataConfig, folder: str | os.PathLike, repo_root: Path |
 
 
 def format_problems(problems: list[str], limit: int | None = None) -> str:
+    problems = list(dict.fromkeys(problems))  # the same problem found by two passes is one problem
     shown = problems if limit is None else problems[:limit]
     lines = [f"{len(problems)} problem(s) found:"] + [f"  - {p}" for p in shown]
     if limit is not None and len(problems) > limit:

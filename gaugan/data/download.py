@@ -175,8 +175,7 @@ def extract(archive: Path, out_dir: Path) -> list[str]:
     try:
         with zipfile.ZipFile(archive) as bundle:
             for member in bundle.namelist():
-                target = (tmp / member).resolve()
-                if not str(target).startswith(str(tmp.resolve())):
+                if not (tmp / member).resolve().is_relative_to(tmp.resolve()):
                     raise DownloadError(f"{archive}: unsafe path {member!r} in the archive; refusing to extract")
             bundle.extractall(tmp)
     except zipfile.BadZipFile as err:
