@@ -9,9 +9,8 @@ for custom datasets with inferred classes it is the source of truth downstream.
 
 DVC:
   params: data
-  deps: stages/preprocess.py, gaugan/data, ${data.root}/${data.dataset}/download.json
-        (ade20k_outdoor: data/raw/ade20k/download.json; landscapes may depend on the
-        generated folder ${data.root}/landscapes instead)
+  deps: the code it imports, reports/data/download.json (the download stage's record) and
+        ${data.root} itself (editing a custom dataset re-runs the chain)
   outs: ${data.processed_dir} (cache it for the built-in dataset; for the paper's
         datasets it is several GB: `cache: false`), reports/data/class_histogram.csv,
         reports/data/samples.png
