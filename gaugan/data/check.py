@@ -157,6 +157,27 @@ def photo_aspect_ratio(pairs: list[Pair], num_workers: int = 0) -> float | None:
     return aspects.most_common(1)[0][0] if aspects else None
 
 
+def _custom_class_count(data: DataConfig, listing: Listing, folder: Path, num_workers: int) -> int | None:
+    """A custom dataset's class count when data.custom.num_classes is null: the classes
+    file's, else the training labels' (with their read problems and a stray-value warning)."""
+    if data.custom.num_classes is not None:
+        return None
+    if listing.classes is not None:
+        count = named_class_count(listing.classes, data.custom.dontcare_label)
+        listing.notes.append(f"classes: {count} named in {listing.classes.path.name} (data.custom.num_classes is null)")
+        return count
+    count, problems, warning = infer_num_classes(listing.splits.get("train", []), data.custom.dontcare_label, folder,
+                                                 num_workers, data.max_image_pixels)
+    listing.problems.extend(problems)
+    listing.warnings.extend([warning] if warning else [])
+    if count is None:
+        raise DataError(f"{folder}: cannot infer the number of classes (no readable training label maps); "
+                        f"set data.custom.num_classes")
+    listing.notes.append(f"classes inferred from the training labels: {count} "
+                         f"(max label value + 1, don't-care {data.custom.dontcare_label} excluded)")
+    return count
+
+
 def resolve_folder(data: DataConfig, folder: Path, repo_root: Path | None = None,
                    num_workers: int = 0) -> tuple[DatasetSpec, Listing]:
     """The spec and the listing of ``data.dataset`` in ``folder``.
@@ -176,21 +197,7 @@ def resolve_folder(data: DataConfig, folder: Path, repo_root: Path | None = None
             use_instance = any(p.instance is not None for pairs in probe.splits.values() for p in pairs)
         listing = list_dataset("custom", folder, data, use_instance=use_instance, repo_root=repo_root)
         listing.classes = read_class_file(folder)
-        inferred = None
-        if data.custom.num_classes is None and listing.classes is not None:
-            inferred = named_class_count(listing.classes, data.custom.dontcare_label)
-            listing.notes.append(f"classes: {inferred} named in {listing.classes.path.name} "
-                                 f"(data.custom.num_classes is null)")
-        elif data.custom.num_classes is None:
-            inferred, problems, warning = infer_num_classes(listing.splits.get("train", []), data.custom.dontcare_label,
-                                                            folder, num_workers, data.max_image_pixels)
-            listing.problems.extend(problems)
-            listing.warnings.extend([warning] if warning else [])
-            if inferred is None:
-                raise DataError(f"{folder}: cannot infer the number of classes (no readable training label maps); "
-                                f"set data.custom.num_classes")
-            listing.notes.append(f"classes inferred from the training labels: {inferred} "
-                                 f"(max label value + 1, don't-care {data.custom.dontcare_label} excluded)")
+        inferred = _custom_class_count(data, listing, folder, num_workers)
         aspect = None
         if data.aspect_ratio is None and data.preprocess_mode is None:
             aspect = photo_aspect_ratio(listing.splits.get("train", []), num_workers)

@@ -97,7 +97,9 @@ def classes_command(
     from gaugan.data.sources import locate_dataset
 
     classes = None
-    if dataset == "custom" and root is not None:
+    if root is not None and dataset != "custom":
+        fail(f"--root is for custom datasets (their classes file); {dataset} has published classes")
+    if root is not None:
         folder = locate_dataset(dataset, root)
         classes = read_class_file(folder)
         if classes is None:
