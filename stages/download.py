@@ -12,16 +12,19 @@
   custom layout and says what is missing. It never writes into the user's folder (a
   shared dataset may be mounted read-only).
 
-Every dataset ends with ``reports/data/download.json``, a small record of what was
-downloaded, verified or generated, written last: a failed run leaves no record. (A
+Every dataset ends with ``data/download.json``, a small record of what was downloaded,
+verified or generated, written last: a failed run leaves no record. (A
 download also keeps its own ``download.json`` beside the archives it fetched, to skip
 what is already extracted.)
 
 DVC:
   params: data.dataset, data.root, data.builtin, data.custom
-  outs: reports/data/download.json, the only output: the raw folders are never in the DVC
-        cache (tens of GB) nor deleted by DVC; the preprocess stage depends on ${data.root}
-        itself, so editing a custom dataset re-runs the chain.
+  outs: data/download.json (cache: false), the only output: the raw folders are never in
+        the DVC cache (tens of GB) nor deleted by DVC; the preprocess stage depends on
+        ${data.root} itself, so editing a custom dataset re-runs the chain. Neither cached
+        nor in git (data/ is ignored), the record is absent from a queued experiment's
+        temporary copy, so the stage runs there and puts the raw data in place, as it did
+        when ${data.root} itself was its output.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from gaugan.data.io import DataError, atomic_write_json
 from gaugan.data.sources import dataset_dir, list_custom
 from pipeline.stage import run_stage
 
-RECORD = Path("reports") / "data" / "download.json"
+RECORD = Path("data") / "download.json"
 
 
 def run(cfg: Config, root: Path, resources: dict[str, tuple[Resource, ...]] | None = None,

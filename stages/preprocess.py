@@ -9,7 +9,7 @@ for custom datasets with inferred classes it is the source of truth downstream.
 
 DVC:
   params: data
-  deps: the code it imports, reports/data/download.json (the download stage's record) and
+  deps: the code it imports, data/download.json (the download stage's record) and
         ${data.root} itself (editing a custom dataset re-runs the chain)
   outs: ${data.processed_dir} (cache it for the built-in dataset; for the paper's
         datasets it is several GB: `cache: false`), reports/data/class_histogram.csv,

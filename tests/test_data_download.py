@@ -293,12 +293,12 @@ def test_custom_stage_says_what_is_missing(tmp_path):
 
 
 def test_custom_stage_never_writes_into_the_dataset_folder(tmp_path):
-    """A custom dataset may be a read-only shared mount: the record goes to reports/data/."""
+    """A custom dataset may be a read-only shared mount: the record goes to data/download.json."""
     folder = make_custom(tmp_path / "data" / "raw" / "custom")
     before = sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*"))
     marker = download_stage.run(config("custom"), tmp_path, progress=False)
     assert sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*")) == before
-    assert json.loads((tmp_path / "reports" / "data" / "download.json").read_text()) == marker
+    assert json.loads((tmp_path / "data" / "download.json").read_text()) == marker
 
 
 def test_landscapes_stage_generates_deterministically(tmp_path):
@@ -311,7 +311,7 @@ def test_landscapes_stage_generates_deterministically(tmp_path):
     download_stage.run(cfg, tmp_path, progress=False)
     again = {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
     assert first == again
-    assert (tmp_path / "reports" / "data" / "download.json").read_text() == json.dumps(marker, indent=2) + "\n"
+    assert (tmp_path / "data" / "download.json").read_text() == json.dumps(marker, indent=2) + "\n"
     assert not (folder / "download.json").exists()
 
 
