@@ -3,7 +3,7 @@
 Every problem is collected before anything fails (a user fixing a dataset wants the whole
 list, not one error per run), and each names the file, the offending value and the
 setting to change: label values outside ``[0, label_nc)`` other than the don't-care value
-(REFERENCE.md section 3 for each dataset's convention), an image whose size differs from
+(docs/SPADE.md section 3 for each dataset's convention), an image whose size differs from
 its label map, an instance map of another size, pairs with a missing half, and files that
 cannot be read (with the reason). Nothing is ever dropped silently.
 """

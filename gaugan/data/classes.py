@@ -1,4 +1,4 @@
-"""Class names of every dataset, indexed by the stored label index (REFERENCE.md section 3).
+"""Class names of every dataset, indexed by the stored label index (docs/SPADE.md section 3).
 
 Used for the class histogram, check-data's summary, per-class IoU tables and the colour
 legend of sample grids. Index ``i`` is the value the store holds, i.e. what
