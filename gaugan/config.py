@@ -66,6 +66,9 @@ class DataConfig:
     use_instance: bool | None = None  # None: the dataset's own convention
     flip: bool = True
     num_workers: int = 2
+    # Larger images are refused as corrupt files or decompression bombs (PIL's own guard
+    # stops at 179 megapixels with a traceback); raise it for genuinely huge photos.
+    max_image_pixels: int = 100_000_000
     outdoor_list: str | None = None  # ade20k_outdoor: a file of image stems instead of the built-in filter
     builtin: BuiltinDataConfig = field(default_factory=BuiltinDataConfig)
     custom: CustomDataConfig = field(default_factory=CustomDataConfig)
@@ -295,6 +298,7 @@ def _check_ranges(obj: Any, prefix: str) -> None:
             require(value is None or value >= 8, name, value, "null or an integer >= 8")
         require(obj.aspect_ratio is None or obj.aspect_ratio > 0, "aspect_ratio", obj.aspect_ratio, "null or > 0")
         require(obj.num_workers >= 0, "num_workers", obj.num_workers, "an integer >= 0")
+        require(obj.max_image_pixels >= 1, "max_image_pixels", obj.max_image_pixels, "an integer >= 1")
     if isinstance(obj, CustomDataConfig):
         require(0.0 <= obj.val_fraction < 1.0, "val_fraction", obj.val_fraction, "a number in [0, 1)")
         require(obj.num_classes is None or obj.num_classes >= 1, "num_classes", obj.num_classes, "null or >= 1")

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from gaugan.config import Config
-from gaugan.data.classes import class_names
 from gaugan.data.io import atomic_write_text
-from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
+from gaugan.data.dataset import StoreDataset, make_loader
+from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.evaluate import choose_segmenter, percent, real_image_scores
 from gaugan.segmenters.trained import SEGMENTER_FILE, save_trained_segmenter, train_segmenter
 from gaugan.train.distributed import resolve_device
@@ -47,7 +47,8 @@ def write_json(payload: dict[str, Any], *paths: Path) -> None:
 
 def run(cfg: Config, root: Path) -> None:
     store_dir = root / cfg.data.processed_dir
-    spec = spec_from_manifest(read_manifest(store_dir))
+    manifest = read_manifest(store_dir)
+    spec = spec_from_manifest(manifest)
     out_dir = root / cfg.segmenter.checkpoint_dir
     checkpoint = out_dir / SEGMENTER_FILE
     resolved = choose_segmenter(cfg.evaluate.segmenter, spec.name)
@@ -63,7 +64,7 @@ def run(cfg: Config, root: Path) -> None:
         return
 
     device = resolve_device(cfg.train.device)
-    names = class_names(spec)[: spec.label_nc]
+    names = manifest["class_names"][: spec.label_nc]  # the store's names: a custom dataset's classes file
     train_set = StoreDataset(store_dir, "train", spec, train=True, seed=cfg.segmenter.seed, flip=cfg.data.flip)
     loader = make_loader(train_set, cfg.segmenter.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
                          seed=cfg.segmenter.seed, pin_memory=device.type == "cuda")

@@ -19,7 +19,8 @@ from gaugan import checkpoint as ckpt
 from gaugan import losses
 from gaugan.config import Config, replace
 from gaugan.data.registry import resolve_dataset
-from gaugan.data.store import StoreDataset, read_manifest, spec_from_manifest
+from gaugan.data.dataset import StoreDataset
+from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.models.loading import load_generator
 from gaugan.train import loop
 from gaugan.train.bench import synthetic_batch

@@ -37,7 +37,8 @@ from gaugan.checkpoint import (
 )
 from gaugan.config import Config, ConfigError, OptimConfig, config_to_dict
 from gaugan.data.registry import DatasetSpec
-from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
+from gaugan.data.dataset import StoreDataset, make_loader
+from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.models import build_discriminator, build_encoder, build_generator
 from gaugan.train.distributed import (
     DistributedContext,
