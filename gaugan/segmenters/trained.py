@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gaugan.callbacks import MetricsCallback
 from gaugan.config import SegmenterConfig
+from gaugan.data.io import atomic_write
 from gaugan.data.registry import DatasetSpec
 from gaugan.errors import UserError
 from gaugan.segmenters.base import IGNORE_INDEX, Segmenter, apply_table, lookup_table
@@ -126,9 +128,6 @@ class TrainedSegmenter(Segmenter):
         }
 
 
-MetricsCallback = Callable[[dict[str, float], int], None]
-
-
 def balanced_class_weights(pixel_counts: Tensor) -> Tensor:
     """Cross-entropy weights ``sqrt(median frequency / frequency)``, clipped to [0.1, 10].
 
@@ -228,11 +227,7 @@ def save_trained_segmenter(segmenter: TrainedSegmenter, path: str | os.PathLike,
         "state_dict": {key: value.cpu() for key, value in segmenter.network.state_dict().items()},
         **extra,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 class SegmenterCheckpointError(UserError, ValueError):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from gaugan import losses
+from gaugan.callbacks import ImageCallback, MetricsCallback
 from gaugan.config import Config, config_to_dict
 from gaugan.data.io import atomic_save_png
 from gaugan.data.registry import DatasetSpec
@@ -46,9 +46,6 @@ from gaugan.train.performance import autocast_dtype, configure_device, peak_memo
 from gaugan.train.schedule import adam_betas, learning_rates, set_learning_rate
 from gaugan.train.steps import Networks, Optimizers, StepSettings, discriminator_step, generator_step, prepare_batch
 from gaugan.visualize import sample_grid, to_uint8
-
-MetricsCallback = Callable[[dict[str, float], int], None]
-ImageCallback = Callable[[Path, int], None]
 
 NUM_SAMPLE_ROWS = 4
 
