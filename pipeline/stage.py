@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -62,8 +63,15 @@ def sigterm_unwinds() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set signal handlers
         return
+    installed_by = os.getpid()
 
     def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != installed_by:
+            # A forked child inherited the handler (a multiprocessing pool's worker, which its
+            # pool stops with SIGTERM): end it as if there were no handler.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         raise Terminated(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, handler)

@@ -127,3 +127,20 @@ def test_commands_exit_as_the_stages_do(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr("gaugan.data.registry.published_spec", interrupted)
     result = runner.invoke(app, ["params", "--dataset", "coco"])
     assert result.exit_code == 130 and result.stderr == "params: interrupted (Ctrl-C)\n"
+
+
+def test_forked_pool_workers_still_stop_on_sigterm(tmp_path: Path) -> None:
+    """A multiprocessing pool stops its forked workers with SIGTERM; the stage's SIGTERM handler,
+    which they inherit, must not turn that into an exception in them (a hang, tracebacks)."""
+    write_params(tmp_path)
+    script = ("from multiprocessing import get_context\n"
+              "from pipeline.stage import run_stage\n"
+              "def run(cfg, root):\n"
+              "    with get_context('fork').Pool(2) as pool:\n"
+              "        print(sum(pool.map(abs, [-1, -2, -3])))\n"
+              "run_stage('probe', run)\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DVC_", "MLFLOW_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout == "6\n" and result.stderr == "", result.stderr
