@@ -160,7 +160,8 @@ class Tracker(NullTracker):
         timestamp = int(time.time() * 1000)  # when measured, not when the queue got to it
         entries = [Metric(key, float(value), timestamp, step or 0) for key, value in metrics.items()]
         for start in range(0, len(entries), 1000):
-            self.writer.submit(f"metrics of step {step or 0}", self._write_batch, {"metrics": entries[start:start + 1000]})
+            self.writer.submit(f"metrics of step {step or 0}", self._write_batch,
+                               {"metrics": entries[start:start + 1000]})
 
     def training_reporter(self) -> Callable[[dict[str, float], int], None]:
         """The training loop's ``report`` callback: :meth:`log_metrics`, except for steps the
@@ -206,7 +207,7 @@ class Tracker(NullTracker):
         self.client.log_batch(self.run_id, **batch)
 
     def finish(self, status: str, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
-        """Drain the queued writes (at most ``timeout_s``), then set the run's status.
+        """Drain the queued writes (none starts after ``timeout_s``), then set the run's status.
 
         Never raises: the stage's own outcome (its outputs, or its error) is what counts;
         what could not be written is said on stderr.

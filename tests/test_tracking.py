@@ -148,22 +148,24 @@ def test_an_unreachable_server_fails_within_seconds_naming_it(tmp_path, monkeypa
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)  # MLflow's defaults: 7 retries, minutes
     started = time.monotonic()
-    with pytest.raises(TrackingError, match=rf"MLflow tracking server {uri} does not answer .*tracking.enabled: false"):
-        with tracking.open_run(_tracked(tiny_train_config(), uri), tmp_path, "train"):
-            pass
+    expected = rf"MLflow tracking server {uri} does not answer .*tracking.enabled: false"
+    with pytest.raises(TrackingError, match=expected), tracking.open_run(_tracked(tiny_train_config(), uri), tmp_path, "t"):
+        pass
     assert time.monotonic() - started < 20
 
 
 def test_an_unusable_sqlite_location_is_named(tmp_path):
     (tmp_path / "a_file").write_text("")
     cfg = tiny_train_config()
-    with pytest.raises(TrackingError, match=r"cannot create the folder .*a_file/sub \(Not a directory\)"):
-        with tracking.open_run(_tracked(cfg, f"sqlite:///{tmp_path}/a_file/sub/mlflow.db"), tmp_path, "train"):
-            pass
+    not_a_folder = _tracked(cfg, f"sqlite:///{tmp_path}/a_file/sub/mlflow.db")
+    with pytest.raises(TrackingError, match=r"cannot create the folder .*a_file/sub \(Not a directory\)"), \
+            tracking.open_run(not_a_folder, tmp_path, "train"):
+        pass
     (tmp_path / "garbage.db").write_text("not a database, " * 100)
-    with pytest.raises(TrackingError, match=r"garbage.db is not an SQLite database"):
-        with tracking.open_run(_tracked(cfg, f"sqlite:///{tmp_path}/garbage.db"), tmp_path, "train"):
-            pass
+    garbage = _tracked(cfg, f"sqlite:///{tmp_path}/garbage.db")
+    with pytest.raises(TrackingError, match=r"garbage.db is not an SQLite database"), \
+            tracking.open_run(garbage, tmp_path, "train"):
+        pass
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -172,9 +174,9 @@ def test_a_read_only_folder_is_named(tmp_path):
     folder.mkdir()
     folder.chmod(0o555)
     try:
-        with pytest.raises(TrackingError, match=rf"{folder} is read-only"):
-            with tracking.open_run(_tracked(tiny_train_config(), f"sqlite:///{folder}/mlflow.db"), tmp_path, "t"):
-                pass
+        read_only = _tracked(tiny_train_config(), f"sqlite:///{folder}/mlflow.db")
+        with pytest.raises(TrackingError, match=rf"{folder} is read-only"), tracking.open_run(read_only, tmp_path, "t"):
+            pass
     finally:
         folder.chmod(0o755)
 
@@ -210,7 +212,7 @@ def _hold_lock(database, seconds: float) -> threading.Thread:
     return holder
 
 
-def test_training_survives_a_locked_store_and_loses_no_step(tmp_path, monkeypatch, capsys, one_thread):
+def test_training_survives_a_locked_store_and_loses_no_step(tmp_path, monkeypatch, capsys):
     import mlflow.store.db.utils
     from mlflow.tracking import MlflowClient
 
@@ -243,7 +245,7 @@ def test_training_survives_a_locked_store_and_loses_no_step(tmp_path, monkeypatc
                                                                          "samples/step_0000003.png"}
 
 
-def test_an_interrupted_training_is_killed_and_resumes_without_repeating_steps(tmp_path, monkeypatch, one_thread):
+def test_an_interrupted_training_is_killed_and_resumes_without_repeating_steps(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     root = tmp_path / "repo"

@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from gaugan.callbacks import MetricsCallback
 from gaugan.config import SegmenterConfig
-from gaugan.data.io import atomic_write
 from gaugan.data.registry import DatasetSpec
 from gaugan.errors import UserError
 from gaugan.segmenters.base import IGNORE_INDEX, Segmenter, apply_table, lookup_table
@@ -227,7 +226,11 @@ def save_trained_segmenter(segmenter: TrainedSegmenter, path: str | os.PathLike,
         "state_dict": {key: value.cpu() for key, value in segmenter.network.state_dict().items()},
         **extra,
     }
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
 
 
 class SegmenterCheckpointError(UserError, ValueError):
