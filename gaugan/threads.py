@@ -1,10 +1,11 @@
 """How many CPU threads torch computes with: one rule for every stage and command.
 
 torch's default is one intra-op thread per core it sees, which ignores the loader's worker
-processes: on two cores, two torch threads beside two loader workers trained at 0.52
-images/s on a loaded machine against 2.47 with one thread, because the four busy
-processes kept pre-empting each other (OpenMP threads spin while they wait for the
-others). The rule, used when ``train.num_threads`` is null:
+processes: on two cores shared with other jobs (load average 8-9), the built-in run with two
+loader workers trained at 0.96 and 0.76 images/s with two torch threads against 3.88 and 4.48
+with one (alternating 40-step runs of the train stage), because the busy processes kept
+pre-empting each other (OpenMP threads spin while they wait for the others). The rule,
+used when ``train.num_threads`` is null:
 
 1. ``OMP_NUM_THREADS`` when the environment sets it (the convention every numerical
    library follows, and how a cluster scheduler hands out cores);

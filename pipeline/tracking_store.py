@@ -118,8 +118,11 @@ def _check_sqlite(uri: str, path: Path, timeout_s: float) -> None:
     except OSError as err:
         raise TrackingError(f"MLflow store {uri}: cannot create the folder {folder} ({err.strerror}); "
                             f"{HOW_TO_AVOID}") from err
-    unwritable = folder if not os.access(folder, os.W_OK) else path if path.exists() and not os.access(
-        path, os.W_OK) else None
+    unwritable = None
+    if not os.access(folder, os.W_OK):
+        unwritable = folder
+    elif path.exists() and not os.access(path, os.W_OK):
+        unwritable = path
     if unwritable is not None:
         raise TrackingError(
             f"MLflow store {uri}: {unwritable} is read-only (sqlite writes the database and a journal beside it); "
