@@ -61,6 +61,7 @@ RESUMABLE_DIFFERENCES = (
     "train.cudnn_benchmark",
     "train.channels_last",  # memory layout: the same maths (float rounding may differ)
     "train.device",
+    "train.num_threads",
     "data.num_workers",
     "data.root",
     "data.processed_dir",

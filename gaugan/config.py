@@ -135,6 +135,9 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (smoke runs, benchmarks); None: all epochs
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # CPU threads torch computes with in every stage; None: OMP_NUM_THREADS, else the
+    # cores available minus data.num_workers, at least 1 (gaugan/threads.py).
+    num_threads: int | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # autocast dtype on CUDA; CPU always fp32
     channels_last: bool = True
     compile: bool = False
@@ -313,6 +316,7 @@ def _check_ranges(obj: Any, prefix: str) -> None:
     if isinstance(obj, TrainConfig):
         require(0.0 <= obj.ema_decay < 1.0, "ema_decay", obj.ema_decay, "a number in [0, 1)")
         require(obj.max_steps is None or obj.max_steps >= 1, "max_steps", obj.max_steps, "null or >= 1")
+        require(obj.num_threads is None or obj.num_threads >= 1, "num_threads", obj.num_threads, "null or >= 1")
     if isinstance(obj, GeneratorConfig):
         require(obj.pix2pixhd_num_downsample >= 0, "pix2pixhd_num_downsample", obj.pix2pixhd_num_downsample, ">= 0")
 

@@ -1,4 +1,4 @@
-"""One image from one label map: the paper's test-time use (section 4; REFERENCE.md section 3).
+"""One image from one label map: the paper's test-time use (section 4; docs/SPADE.md section 3).
 
 The label map is read as class indices, mapped with the dataset's conventions (don't-care
 value, valid range), resized with nearest neighbours to the generator's size (as the
@@ -17,27 +17,17 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from gaugan.data.io import atomic_save_png, check_same_size, map_labels, read_image, read_index_map
+from gaugan.data.io import atomic_save_image, check_same_size, image_format, map_labels, read_image, read_index_map
 from gaugan.data.registry import PUBLISHED, DatasetSpec
 from gaugan.data.semantic import semantic_input
 from gaugan.errors import UserError
 from gaugan.models.encoder import ConvEncoder, reparameterize
 from gaugan.models.loading import LoadedGenerator, load_encoder, load_generator
+from gaugan.train.distributed import resolve_device
 
 
 class SynthesisError(UserError, ValueError):
     """The inputs of a synthesis do not fit the model (instance map, style image, device)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise SynthesisError(f"--device: got {name!r}, expected cpu, cuda or auto")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SynthesisError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    return torch.device(name)
 
 
 def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -138,8 +128,16 @@ def synthesize_file(
     device: str = "auto",
     prefer_ema: bool = True,
 ) -> Path:
-    """``gaugan synthesize``: read the inputs, generate, write ``output`` atomically (PNG)."""
-    torch_device = resolve_device(device)
+    """``gaugan synthesize``: read the inputs, generate, write ``output`` atomically in the
+    format its suffix names (PNG, JPEG, WebP)."""
+    output = Path(output)
+    if output.is_dir():  # checked before the model is loaded, as the suffix is
+        raise SynthesisError(f"--output {output}: is a folder; name the image file, e.g. {output / 'image.png'}")
+    try:
+        image_format(output)
+    except ValueError as err:
+        raise SynthesisError(f"--output {err}") from err
+    torch_device = resolve_device(device, setting="--device")
     loaded = load_generator(checkpoint, spec=PUBLISHED.get(dataset), prefer_ema=prefer_ema, device=torch_device)
     spec = loaded.spec
     if spec.name != dataset:
@@ -162,6 +160,5 @@ def synthesize_file(
         encoder = load_encoder(checkpoint, torch_device)
         style = style_tensor(style_path, spec.image_size, torch_device)
     image = synthesize_image(loaded, labels, instance, seed, style, encoder)
-    output = Path(output)
-    atomic_save_png(image, output)
+    atomic_save_image(image, output)
     return output

@@ -12,7 +12,7 @@ the ablation tables). Otherwise (the paper's datasets under 'auto', or 'publishe
 
 DVC:
   params: data.dataset, data.processed_dir, data.num_workers, data.flip, train.device,
-          segmenter, evaluate.segmenter
+          train.num_threads, segmenter, evaluate.segmenter
   deps:   ${data.processed_dir}, gaugan code it imports
   outs:   ${segmenter.checkpoint_dir} (folder: segmenter.pt when trained, segmenter.json always)
   metrics: reports/segmenter.json (cache: false)
@@ -32,6 +32,7 @@ from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.evaluate import choose_segmenter, percent, real_image_scores
 from gaugan.segmenters.trained import SEGMENTER_FILE, save_trained_segmenter, train_segmenter
+from gaugan.threads import configure_threads
 from gaugan.train.distributed import resolve_device
 from pipeline.stage import run_stage
 
@@ -46,6 +47,7 @@ def write_json(payload: dict[str, Any], *paths: Path) -> None:
 
 
 def run(cfg: Config, root: Path) -> None:
+    threads = configure_threads(cfg.train.num_threads, cfg.data.num_workers)
     store_dir = root / cfg.data.processed_dir
     manifest = read_manifest(store_dir)
     spec = spec_from_manifest(manifest)
@@ -87,6 +89,7 @@ def run(cfg: Config, root: Path) -> None:
         "num_val_images": len(StoreDataset(store_dir, "val", spec)),
         "train_seconds": round(train_seconds, 1),
         "device": str(device),
+        "num_threads": threads.num_threads,
         "history": history,
         "protocol": segmenter.protocol(),
         "config": dataclasses.asdict(cfg.segmenter),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,17 @@ from gaugan.config import Config, replace
 from pipeline.params import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread_per_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Stages choose their CPU threads (gaugan/threads.py); in tests they take OMP_NUM_THREADS=1:
+    the tiny networks gain nothing from more, and the machine is shared with other jobs. The
+    thread count a test leaves behind (a stage, `gaugan bench`) is restored."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

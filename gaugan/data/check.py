@@ -208,7 +208,7 @@ def resolve_folder(data: DataConfig, folder: Path, repo_root: Path | None = None
                 f"aspect ratio {spec.aspect_ratio:.2f} (W/H): the training photos' most common {aspect:.2f}"
                 + (f", as near as crops {spec.image_size[1]}x{spec.image_size[0]} (WxH, height a multiple of "
                    f"{ASPECT_MULTIPLE}) allow" if abs(spec.aspect_ratio / aspect - 1) > 0.01 else "")
-                + f"; preprocess_mode 'fixed' (data.aspect_ratio and data.preprocess_mode are null)")
+                + "; preprocess_mode 'fixed' (data.aspect_ratio and data.preprocess_mode are null)")
         return spec, listing
     spec = resolve_dataset(data)
     return spec, list_dataset(data.dataset, folder, data, use_instance=spec.use_instance, repo_root=repo_root)

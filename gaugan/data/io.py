@@ -7,10 +7,12 @@ error, because guessing a colour-to-class mapping silently would corrupt trainin
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,27 +146,65 @@ def check_same_size(label: np.ndarray, other: np.ndarray, label_path: str | os.P
         )
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file via a temporary file beside it and a rename: never half-written."""
+# Image formats an output file may be written in, by suffix (PIL writes each).
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Create ``path`` by ``write(temporary path)`` and a rename: never a half-written file.
+
+    The temporary file lies beside ``path`` (the same file system, so the rename is atomic)
+    and is removed on every failure. Errors name ``path``, never the temporary file.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; name a file (inside it, for example)", str(path))
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(folder))
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err  # the same subclass (PermissionError, ...)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def atomic_write_json(path: str | os.PathLike, data: object) -> None:
-    """``data`` as indented JSON, written atomically (:func:`atomic_write_text`)."""
+    """``data`` as indented JSON, written atomically (:func:`atomic_write`)."""
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def image_format(path: str | os.PathLike) -> str:
+    """The PIL format that ``path``'s suffix names; a ValueError for any other suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"{path}: cannot tell the image format from the suffix {suffix or '(none)'!r}; "
+                         f"use one of {', '.join(IMAGE_FORMATS)}")
+    return IMAGE_FORMATS[suffix]
+
+
+def atomic_save_image(img: Image.Image, path: str | os.PathLike) -> None:
+    """Write an image in the format its suffix names (PNG, JPEG, WebP), atomically."""
+    format_name = image_format(path)
+    atomic_write(path, lambda tmp: img.save(tmp, format=format_name))
+
+
 def atomic_save_png(img: Image.Image, path: str | os.PathLike) -> None:
-    """Write a PNG via a temporary file and rename, so no half-written file is ever left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    """Write a PNG atomically, whatever the suffix (:func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 @dataclass(frozen=True)

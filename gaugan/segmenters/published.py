@@ -82,9 +82,16 @@ SEGMENTER_FOR_DATASET = {
 }
 
 
+class NoPublishedSegmenter(UserError, KeyError):
+    """``evaluate.segmenter: published`` for a dataset that has none (a setting to change)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 def published_segmenter_for(dataset: str) -> PublishedSegmenter:
     if dataset not in SEGMENTER_FOR_DATASET:
-        raise KeyError(
+        raise NoPublishedSegmenter(
             f"no published segmenter for dataset {dataset!r}; published ones exist for "
             f"{', '.join(sorted(SEGMENTER_FOR_DATASET))}. Use evaluate.segmenter: trained (the pipeline's own) "
             "or auto"

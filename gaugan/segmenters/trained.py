@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gaugan.callbacks import MetricsCallback
 from gaugan.checkpoint import (
     CheckpointError,
     atomic_torch_save,
@@ -130,9 +131,6 @@ class TrainedSegmenter(Segmenter):
             "num_classes": self.num_classes,
             "ignore_index": IGNORE_INDEX,
         }
-
-
-MetricsCallback = Callable[[dict[str, float], int], None]
 
 
 def balanced_class_weights(pixel_counts: Tensor) -> Tensor:

@@ -40,13 +40,15 @@ class DistributedContext:
         return self.world_size > 1
 
 
-def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available; ``cuda`` without a GPU is a clear error."""
+def resolve_device(requested: str, local_rank: int = 0, setting: str = "train.device") -> torch.device:
+    """``auto`` -> CUDA when available; ``cuda`` without a GPU, or another name, is an error naming ``setting``."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"{setting}: got {requested!r}, expected cpu, cuda or auto")
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("train.device: got 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+            raise ConfigError(f"{setting}: got 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from gaugan.callbacks import ImageCallback, MetricsCallback
 from gaugan.checkpoint import Progress, atomic_torch_save, build_checkpoint, capture_rng_state, generator_payload
 from gaugan.config import OptimConfig
 from gaugan.data.io import atomic_save_png
@@ -35,8 +36,6 @@ from gaugan.train.schedule import learning_rates
 from gaugan.train.steps import prepare_batch
 from gaugan.visualize import sample_grid, to_uint8
 
-MetricsCallback = Callable[[dict[str, float], int], None]
-ImageCallback = Callable[[Path, int], None]
 JobCallable = Callable[[Progress, Mapping[str, Tensor]], None]
 
 

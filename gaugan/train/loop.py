@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from gaugan import losses
+from gaugan.callbacks import ImageCallback, MetricsCallback
 from gaugan.checkpoint import (
     GENERATOR_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -36,8 +37,8 @@ from gaugan.checkpoint import (
     seed_everything,
 )
 from gaugan.config import Config, ConfigError, OptimConfig, config_to_dict
-from gaugan.data.registry import DatasetSpec
 from gaugan.data.dataset import StoreDataset, make_loader
+from gaugan.data.registry import DatasetSpec
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.models import build_discriminator, build_encoder, build_generator
 from gaugan.train.distributed import (
@@ -53,8 +54,6 @@ from gaugan.train.ema import GeneratorEMA
 from gaugan.train.guard import FinitenessGuard
 from gaugan.train.jobs import (
     Checkpointer,
-    ImageCallback,
-    MetricsCallback,
     MetricsLogger,
     PeriodicJob,
     SampleGrids,

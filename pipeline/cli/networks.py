@@ -16,17 +16,21 @@ def synthesize_command(
     checkpoint: Annotated[Path, typer.Option(help="one of our checkpoints or an official latest_net_G.pth")],
     dataset: Annotated[str, typer.Option(help="the dataset whose label conventions the label map follows")],
     label: Annotated[Path, typer.Option(help="label map PNG (class indices, any size)")],
-    output: Annotated[Path, typer.Option(help="where to write the generated PNG")],
+    output: Annotated[Path, typer.Option(help="where to write the image: .png, .jpg/.jpeg or .webp")],
     instance: Annotated[Optional[Path], typer.Option(help="instance map PNG (datasets with instance edges)")] = None,
     style: Annotated[Optional[Path], typer.Option(help="style photo (VAE generators only)")] = None,
     seed: Annotated[int, typer.Option(help="seed of z (VAE generators)")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
     use_ema: Annotated[bool, typer.Option("--ema/--no-ema", help="use the EMA weights when the checkpoint has them")] = True,
+    threads: Annotated[Optional[int], typer.Option(
+        help="CPU threads for torch (default: OMP_NUM_THREADS, else all available cores)")] = None,
 ) -> None:
-    """Generate one image from one label map."""
+    """Generate one image from one label map (PNG, JPEG or WebP, as --output's suffix says)."""
     from gaugan.synthesize import synthesize_file
+    from gaugan.threads import configure_threads
 
     check_dataset_name(dataset)
+    configure_threads(threads, setting="--threads")
     try:
         written = synthesize_file(checkpoint, dataset, label, output, instance, style, seed, device, use_ema)
     except OSError as err:
