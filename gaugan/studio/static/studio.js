@@ -676,7 +676,7 @@ function buildSizes() {
   for (const size of BRUSH_SIZES) {
     const button = document.createElement("button");
     button.dataset.size = String(size);
-    button.title = `Brush size ${size} px (${"[ ]"} to change)`;
+    button.title = `Brush size ${size} px ([ and ] to change)`;
     button.setAttribute("aria-label", `Brush size ${size}`);
     const dot = document.createElement("span");
     dot.className = "dot";
