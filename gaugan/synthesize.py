@@ -117,6 +117,24 @@ def synthesize_image(
     return to_pil(generator(seg, z)[0])
 
 
+def load_generator_for(
+    checkpoint: str | os.PathLike, dataset: str | None, device: torch.device, prefer_ema: bool = True
+) -> LoadedGenerator:
+    """The generator of ``checkpoint``, refusing one trained on another dataset than ``dataset``.
+
+    ``dataset`` gives an official file its published spec; ours carry their own, so it may
+    be None for them.
+    """
+    spec = PUBLISHED.get(dataset) if dataset is not None else None
+    loaded = load_generator(checkpoint, spec=spec, prefer_ema=prefer_ema, device=device)
+    if dataset is not None and loaded.spec.name != dataset:
+        raise SynthesisError(
+            f"{checkpoint}: the checkpoint was trained on dataset {loaded.spec.name!r} but --dataset is {dataset!r}; "
+            f"use --dataset {loaded.spec.name} (its label conventions are the model's)"
+        )
+    return loaded
+
+
 def synthesize_file(
     checkpoint: str | os.PathLike,
     dataset: str,
@@ -138,13 +156,8 @@ def synthesize_file(
     except ValueError as err:
         raise SynthesisError(f"--output {err}") from err
     torch_device = resolve_device(device, setting="--device")
-    loaded = load_generator(checkpoint, spec=PUBLISHED.get(dataset), prefer_ema=prefer_ema, device=torch_device)
+    loaded = load_generator_for(checkpoint, dataset, torch_device, prefer_ema)
     spec = loaded.spec
-    if spec.name != dataset:
-        raise SynthesisError(
-            f"{checkpoint}: the checkpoint was trained on dataset {spec.name!r} but --dataset is {dataset!r}; "
-            f"use --dataset {spec.name} (its label conventions are the model's)"
-        )
     setting = (
         f"--dataset (is {dataset!r} the dataset of this label map? the model expects indices 0.."
         f"{spec.num_label_values - 1})"

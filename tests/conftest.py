@@ -65,3 +65,34 @@ def write_crafted_checkpoint() -> Callable[[Path, Path], None]:
         torch.save({"format": "gaugan-checkpoint-v1", "hook": RunsACommand(f"touch {marker}")}, path)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (tests/browser.py); skipped only when it is not installed."""
+    from tests.browser import chromium_path
+
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no Chromium installed (apt-get install chromium, or set GAUGAN_CHROMIUM); "
+                    "the browser tests need a real browser")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=path)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def browser_page(browser):
+    """A fresh page (1440x900, downloads allowed); the test fails if the page raises a JavaScript error."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if (
+        message.type == "error" and not message.text.startswith("Failed to load resource")) else None)  # 4xx on purpose
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
