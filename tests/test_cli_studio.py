@@ -90,7 +90,7 @@ def test_studio_serves_an_official_generator_with_its_dataset(served, checkpoint
         (["--checkpoint", "CHECKPOINT", "--dataset", "ade20k"], ["trained on dataset 'landscapes'", "--dataset is 'ade20k'"]),
         (["--checkpoint", "CHECKPOINT", "--dataset", "mnist"], ["--dataset", "'mnist'"]),
         (["--checkpoint", "nothing.pt"], ["nothing.pt", "checkpoint file not found"]),
-        (["--checkpoint", "CHECKPOINT", "--device", "cuda"], ["--device cuda"]),
+        (["--checkpoint", "CHECKPOINT", "--device", "cuda"], ["--device: got 'cuda'", "no CUDA device"]),
     ],
 )
 def test_studio_errors_are_one_line(served, checkpoint, tmp_path, monkeypatch, args, fragments):
