@@ -105,6 +105,25 @@ def test_info_describes_the_model(client):
     assert info["device"].startswith("cpu (")
 
 
+def test_a_stores_class_table_names_and_colours_the_palette(checkpoints):
+    """A custom dataset's classes file reaches the page through the store's manifest."""
+    names = [f"part {index}" for index in range(SPEC.num_label_values)]
+    colours = [[index, 2 * index, 3 * index] for index in range(SPEC.num_label_values)]
+    manifest = {"dataset": SPEC.name, "num_label_values": SPEC.num_label_values, "class_names": names,
+                "class_colours": colours}
+    app = studio_for_checkpoint(checkpoints["plain"], None, CPU, checkpoints["root"] / "weights",
+                                checkpoints["root"] / "no-segmenter.pt", manifest=manifest)
+    with TestClient(app) as test_client:
+        classes = test_client.get("/api/info").json()["classes"]
+    assert [entry["name"] for entry in classes] == names
+    assert classes[3]["colour"] == "#030609"
+    other = {**manifest, "dataset": "facades"}  # a store of another dataset keeps the model's own table
+    app = studio_for_checkpoint(checkpoints["plain"], None, CPU, checkpoints["root"] / "weights",
+                                checkpoints["root"] / "no-segmenter.pt", manifest=other)
+    with TestClient(app) as test_client:
+        assert test_client.get("/api/info").json()["classes"][0]["name"] == "sky"
+
+
 def test_generate_matches_synthesize_image(client, checkpoints):
     """The photo is the one gaugan.synthesize computes: same labels, instance edges, weights."""
     labels = scene()

@@ -255,3 +255,20 @@ LANDSCAPE_PALETTE = np.array(
      [230, 210, 150], [80, 180, 60], [20, 90, 30], [140, 140, 140], [150, 200, 60]],
     dtype=np.uint8,
 )
+
+
+def class_table(spec: DatasetSpec, manifest: dict | None = None) -> tuple[list[str], np.ndarray]:
+    """Names and (n, 3) uint8 colours of every stored index, as the store was written with.
+
+    ``manifest`` is a store's ``manifest.json`` (``gaugan.data.store.read_manifest``): when it
+    was written for this spec (same dataset and label values), its ``class_names`` and
+    ``class_colours`` are used, so a custom dataset's classes file shows its names and
+    colours everywhere; otherwise the dataset's defaults.
+    """
+    if manifest is not None and manifest.get("dataset") == spec.name \
+            and manifest.get("num_label_values") == spec.num_label_values:
+        names = manifest.get("class_names") or []
+        colours = manifest.get("class_colours") or []
+        if len(names) == spec.num_label_values and len(colours) == spec.num_label_values:
+            return list(names), np.asarray(colours, dtype=np.uint8)
+    return class_names(spec), label_palette(spec.num_label_values, spec.name)

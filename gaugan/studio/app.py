@@ -71,15 +71,17 @@ def create_app(
     encoder: ConvEncoder | None = None,
     style_problem: str | None = None,
     allowed_hosts: list[str] | None = None,
+    manifest: dict | None = None,
 ) -> Starlette:
     """The studio for one loaded generator.
 
     ``segmenter_loader`` is called once, on the first photo to segment (None: no segmenter);
     ``encoder`` is the VAE's style encoder (``style_problem`` says why there is none);
     ``allowed_hosts`` restricts the Host header (a loopback-only server refuses other names,
-    which keeps web pages that rebind their DNS to 127.0.0.1 out).
+    which keeps web pages that rebind their DNS to 127.0.0.1 out); ``manifest`` is the
+    store's ``manifest.json``, whose class names and colours are shown when it fits ``spec``.
     """
-    service = StudioService(loaded_generator, spec, device, segmenter_loader, encoder)
+    service = StudioService(loaded_generator, spec, device, segmenter_loader, encoder, manifest)
     info = studio_info(service, style_problem)
 
     async def get_info(request: Request) -> Response:
@@ -275,6 +277,7 @@ def studio_for_checkpoint(
     segmenter_checkpoint: str | os.PathLike,
     prefer_ema: bool = True,
     allowed_hosts: list[str] | None = None,
+    manifest: dict | None = None,
 ) -> Starlette:
     """The studio for one of our checkpoints or an official ``latest_net_G.pth`` (``dataset`` names its spec).
 
@@ -291,4 +294,4 @@ def studio_for_checkpoint(
     segmenter_loader = functools.partial(
         load_dataset_segmenter, loaded.spec, device, segmenter_weights_dir, segmenter_checkpoint
     )
-    return create_app(loaded, loaded.spec, segmenter_loader, device, encoder, style_problem, allowed_hosts)
+    return create_app(loaded, loaded.spec, segmenter_loader, device, encoder, style_problem, allowed_hosts, manifest)

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils import remove_spectral_norm
 from torch.nn.utils.spectral_norm import SpectralNorm
 
-from gaugan.data.classes import class_names, label_palette
+from gaugan.data.classes import class_table
 from gaugan.data.io import read_image
 from gaugan.data.registry import DatasetSpec
 from gaugan.errors import UserError
@@ -119,6 +119,7 @@ class StudioService:
         device: torch.device,
         segmenter_loader: SegmenterLoader | None = None,
         encoder: ConvEncoder | None = None,
+        manifest: dict | None = None,
     ) -> None:
         if spec.num_label_values > MAX_LABEL_VALUES:
             raise StudioSetupError(
@@ -130,8 +131,8 @@ class StudioService:
         self.spec = spec
         self.device = device
         self.encoder = encoder
-        self.class_names = class_names(spec)
-        self.palette = label_palette(len(self.class_names), spec.name)
+        # The store's names and colours (a custom dataset's classes file), else the dataset's.
+        self.class_names, self.palette = class_table(spec, manifest)
         self._segmenter_loader = segmenter_loader
         self._segmenter: Segmenter | None = None
         self._lock = threading.Lock()

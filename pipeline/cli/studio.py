@@ -43,9 +43,13 @@ def studio_command(
         = Path("checkpoints/segmenter/segmenter.pt"),
     use_ema: Annotated[bool, typer.Option("--ema/--no-ema", help="use the EMA weights when the checkpoint has them")]
         = True,
+    store: Annotated[Path, typer.Option(
+        help="the preprocessed store (data.processed_dir) whose class names and colours to show, when it was "
+             "written for the model's dataset (a custom dataset's classes file)")] = Path("data/processed"),
 ) -> None:
     """Paint a label map in the browser and watch the photo appear (GauGAN), served locally until Ctrl-C."""
     prefer_passive_openmp()
+    from gaugan.data.store import MANIFEST, read_manifest
     from gaugan.studio.app import studio_for_checkpoint
     from gaugan.studio.server import is_loopback, make_server, open_socket, url_of
     from gaugan.train.distributed import resolve_device
@@ -55,6 +59,7 @@ def studio_command(
     if checkpoint == DEFAULT_CHECKPOINT and not checkpoint.is_file():
         fail(f"{checkpoint}: no trained generator yet; run the pipeline first (dvc repro), or pass --checkpoint "
              f"(one of ours, or an official latest_net_G.pth with --dataset)")
+    manifest = read_manifest(store) if (store / MANIFEST).is_file() else None
     loopback = is_loopback(host)
     listener = open_socket(host, port)
     app = studio_for_checkpoint(
@@ -62,6 +67,7 @@ def studio_command(
         # Only names of this computer (keeps out pages that rebind their DNS to it); an IPv6
         # Host header ("[::1]:7860") is not parsed by Starlette's check, so ::1 goes unchecked.
         allowed_hosts=["127.0.0.1", "localhost", host] if loopback and ":" not in host else None,
+        manifest=manifest,
     )
     if not loopback:
         typer.echo(f"warning: --host {host} serves the studio beyond this computer: anyone who can reach "
