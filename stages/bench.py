@@ -5,8 +5,8 @@ command line: ``gaugan bench --compare -S section.key=value``.
 
 DVC:
   params: data, generator, discriminator, encoder, loss, optim, train.batch_size, train.seed,
-          train.device, train.precision, train.channels_last, train.compile, train.cuda_graph,
-          train.label_conv, train.cudnn_benchmark
+          train.device, train.num_threads, train.precision, train.channels_last, train.compile,
+          train.cuda_graph, train.label_conv, train.cudnn_benchmark
   deps:   gaugan/models, gaugan/losses.py, gaugan/train, stages/bench.py
   outs:   reports/bench.json (metrics, cache: false; machine-dependent: always re-run it
           rather than trusting a cached result from another machine)
@@ -14,15 +14,15 @@ DVC:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from gaugan.config import Config, ConfigError
+from gaugan.config import Config
 from gaugan.data.io import atomic_write_json
 from gaugan.data.registry import resolve_dataset
+from gaugan.threads import configure_threads
 from gaugan.train.bench import BenchSettings, compare_schedules
 from gaugan.train.distributed import resolve_device
-from pipeline.params import load_config, repo_root
+from pipeline.stage import run_stage
 
 BENCH_PATH = "reports/bench.json"
 # Enough timed steps for a stable mean at the CPU-sized configuration; warm-up covers
@@ -35,6 +35,7 @@ NUM_REPEATS = 3
 
 
 def run(cfg: Config, root: Path) -> None:
+    configure_threads(cfg.train.num_threads, export=True)  # synthetic batches: no loader workers
     spec = resolve_dataset(cfg.data)
     device = resolve_device(cfg.train.device)
     result = compare_schedules(cfg, spec, device, BenchSettings(steps=NUM_STEPS, warmup=NUM_WARMUP), NUM_REPEATS)
@@ -46,8 +47,4 @@ def run(cfg: Config, root: Path) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        run(load_config(), repo_root())
-    except ConfigError as err:
-        print(f"bench: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_stage("bench", run)

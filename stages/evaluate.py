@@ -9,8 +9,8 @@ entry (the run id in ``<train.checkpoint_dir>/run.json``). When there is no such
 evaluation run is opened and tagged with the checkpoint it scored.
 
 DVC:
-  params: data.processed_dir, train.checkpoint_dir, train.device, segmenter.checkpoint_dir,
-          evaluate, tracking
+  params: data.processed_dir, train.checkpoint_dir, train.device, train.num_threads,
+          segmenter.checkpoint_dir, evaluate, tracking
   deps:   ${data.processed_dir}, ${evaluate.output_dir}, reports/generation.json,
           ${segmenter.checkpoint_dir}, reports/segmenter.json, gaugan code it imports
   outs:   ${evaluate.fid_stats_dir} (persist: true, cache: false: the real-image statistics
@@ -33,8 +33,9 @@ from gaugan.metrics.fid import find_inception_weights
 from gaugan.metrics.segmentation import PER_CLASS_COLUMNS, write_csv_atomic
 from gaugan.segmenters.published import download_weights
 from gaugan.segmenters.trained import SEGMENTER_FILE
+from gaugan.threads import configure_threads
 from gaugan.train.distributed import resolve_device
-from pipeline.params import load_config, repo_root
+from pipeline.stage import run_stage
 from pipeline.tracking import RUN_FILE, open_run, read_run_file
 
 METRICS_PATH = "reports/metrics.json"
@@ -45,6 +46,7 @@ SEGMENTER_REPORT = "reports/segmenter.json"
 
 
 def run(cfg: Config, root: Path) -> None:
+    configure_threads(cfg.train.num_threads)  # no loader workers here
     store_dir = root / cfg.data.processed_dir
     spec = spec_from_manifest(read_manifest(store_dir))
     device = resolve_device(cfg.train.device)
@@ -98,4 +100,4 @@ def run(cfg: Config, root: Path) -> None:
 
 
 if __name__ == "__main__":
-    run(load_config(), repo_root())
+    run_stage("evaluate", run)

@@ -6,7 +6,7 @@ Table 1 can be re-measured), else the train stage's ``<train.checkpoint_dir>/gen
 EMA weights when present and ``evaluate.use_ema``; eval mode; on ``train.device``.
 
 DVC:
-  params: data.processed_dir, train.checkpoint_dir, train.device,
+  params: data.processed_dir, train.checkpoint_dir, train.device, train.num_threads,
           evaluate.batch_size, evaluate.seed, evaluate.use_ema, evaluate.output_dir,
           evaluate.checkpoint, evaluate.style_image
   deps:   ${data.processed_dir}, ${train.checkpoint_dir}/generator.pt, gaugan code it imports
@@ -18,15 +18,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gaugan.checkpoint import GENERATOR_CHECKPOINT
 from gaugan.config import Config
 from gaugan.data.io import atomic_write_json
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.generate import generate_split
 from gaugan.models.loading import load_encoder, load_generator
 from gaugan.synthesize import style_tensor
-from gaugan.train.checkpoint import GENERATOR_CHECKPOINT
+from gaugan.threads import configure_threads
 from gaugan.train.distributed import resolve_device
-from pipeline.params import load_config, repo_root
+from pipeline.stage import require_input, run_stage
 
 GRID_PATH = "reports/generated_grid.png"
 REPORT_PATH = "reports/generation.json"
@@ -35,10 +36,11 @@ REPORT_PATH = "reports/generation.json"
 def generator_checkpoint(cfg: Config, root: Path) -> Path:
     if cfg.evaluate.checkpoint:
         return root / cfg.evaluate.checkpoint
-    return root / cfg.train.checkpoint_dir / GENERATOR_CHECKPOINT
+    return require_input(root / cfg.train.checkpoint_dir / GENERATOR_CHECKPOINT, "train")
 
 
 def run(cfg: Config, root: Path) -> None:
+    threads = configure_threads(cfg.train.num_threads)  # no loader workers here
     store_dir = root / cfg.data.processed_dir
     spec = spec_from_manifest(read_manifest(store_dir))
     device = resolve_device(cfg.train.device)
@@ -59,6 +61,7 @@ def run(cfg: Config, root: Path) -> None:
         "checkpoint_source": loaded.source,
         "style_image": cfg.evaluate.style_image,
         "device": str(device),
+        "num_threads": threads.num_threads,
     }
     report = root / REPORT_PATH
     atomic_write_json(report, summary)
@@ -67,4 +70,4 @@ def run(cfg: Config, root: Path) -> None:
 
 
 if __name__ == "__main__":
-    run(load_config(), repo_root())
+    run_stage("generate", run)

@@ -34,7 +34,7 @@ from gaugan import report
 from gaugan.config import Config, flatten
 from gaugan.data.io import atomic_write_json, atomic_write_text
 from pipeline.dvc import current_context
-from pipeline.params import load_config, repo_root
+from pipeline.stage import read_json_input, run_stage
 from pipeline.tracking import RUN_FILE, read_run_file
 
 REPORTS = Path("reports")
@@ -76,8 +76,8 @@ def latest_training_samples(checkpoint_dir: Path) -> Path | None:
 
 
 def run(cfg: Config, root: Path) -> None:
-    metrics = json.loads((root / METRICS).read_text())
-    training = json.loads((root / TRAINING).read_text())
+    metrics = read_json_input(root / METRICS, "evaluate")
+    training = read_json_input(root / TRAINING, "train")
     current = read_run_file(root / cfg.train.checkpoint_dir / RUN_FILE)
     current_id = current["run_id"] if current else None
 
@@ -167,4 +167,4 @@ def summary_html(metrics: dict, run_id: str | None) -> str:
 
 
 if __name__ == "__main__":
-    run(load_config(), repo_root())
+    run_stage("report", run)

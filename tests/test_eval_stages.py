@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gaugan.config import Config, config_to_dict, replace
+from gaugan.checkpoint import Progress, atomic_torch_save, build_checkpoint
+from gaugan.config import Config, replace
 from gaugan.data.io import DataError
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.evaluate import evaluate, fid_statistics_path
@@ -44,10 +45,7 @@ def write_generator_checkpoint(cfg: Config, spec, path: Path, use_vae: bool = Fa
     models = {"G": generator.state_dict(), "G_ema": ema.state_dict()}
     if use_vae:
         models["E"] = build_encoder(cfg.encoder).state_dict()
-    payload = {"format": "gaugan-checkpoint-v1", "config": config_to_dict(cfg), "spec": dataclasses.asdict(spec),
-               "models": models, "progress": {"epoch": 1, "step": 2, "batch_in_epoch": 0}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
+    atomic_torch_save(build_checkpoint(cfg, spec, models, progress=Progress(epoch=1, step=2)), path)
     return path
 
 
@@ -87,7 +85,7 @@ def test_stages_end_to_end_with_fid_unavailable(workspace, tmp_path, monkeypatch
 
     generate_stage.run(cfg, root)
     stems = split_stems(root / cfg.data.processed_dir)
-    written = sorted(p.name for p in (root / cfg.evaluate.output_dir).iterdir())
+    written = sorted(p.name for p in (root / cfg.evaluate.output_dir).glob("*.png"))
     assert written == sorted(f"{stem}.png" for stem in stems) and len(stems) == 5
     assert Image.open(root / cfg.evaluate.output_dir / f"{stems[0]}.png").size == (32, 32)
     grid = Image.open(root / "reports" / "generated_grid.png")
@@ -215,12 +213,19 @@ def test_vae_latents_do_not_depend_on_batching_and_style_images_work(workspace, 
 def test_generation_replaces_the_previous_set_atomically(workspace, tmp_path):
     root, cfg, spec = workspace
     store, out = root / cfg.data.processed_dir, tmp_path / "generated"
-    out.mkdir()
-    (out / "stale.png").write_bytes(b"from an older run")
     loaded = load_generator(root / cfg.train.checkpoint_dir / "generator.pt", spec, device=CPU)
     generate_split(loaded, store, out, CPU, batch_size=4)
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.png" for s in split_stems(store))
+    (out / "stale.png").write_bytes(b"from an older run")
+    generate_split(loaded, store, out, CPU, batch_size=4)
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{s}.png" for s in split_stems(store)] + ["generated.json"])
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    # a folder that generate did not write is never replaced (evaluate.output_dir naming a user's folder)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("precious")
+    with pytest.raises(DataError, match="evaluate.output_dir names an existing folder that this project did not write"):
+        generate_split(loaded, store, mine, CPU, batch_size=4)
+    assert [p.name for p in mine.iterdir()] == ["precious.txt"]
 
 
 def test_generator_for_another_dataset_is_a_clear_error(workspace, tmp_path):
@@ -259,7 +264,7 @@ def test_published_segmenter_missing_under_auto_is_recorded_not_fatal(workspace,
 def test_cli_evaluate_scores_any_checkpoint(workspace, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from gaugan.cli import app
+    from pipeline.cli import app
     from pipeline.params import dump_config
 
     root, cfg, spec = workspace

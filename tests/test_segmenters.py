@@ -14,6 +14,7 @@ import threading
 import pytest
 import torch
 
+from gaugan.checkpoint import load_state_dict_exactly
 from gaugan.config import SegmenterConfig
 from gaugan.data.registry import PUBLISHED, DatasetSpec
 from gaugan.segmenters.base import IGNORE_INDEX
@@ -28,7 +29,6 @@ from gaugan.segmenters.published import (
     download_weights,
     ensure_weights,
     load_published_segmenter,
-    load_strict,
     read_state_dict,
     weight_path,
 )
@@ -227,7 +227,7 @@ def test_strict_loading_roundtrip_and_published_file_conventions(tmp_path):
                "epoch": 50}
     torch.save(wrapped, tmp_path / "encoder.pth")
     target = UperNet101(SHALLOW)
-    load_strict(target.encoder, read_state_dict(tmp_path / "encoder.pth"), tmp_path / "encoder.pth")
+    load_state_dict_exactly(target.encoder, read_state_dict(tmp_path / "encoder.pth"), tmp_path / "encoder.pth")
     assert all(torch.equal(a, b) for a, b in zip(source.encoder.state_dict().values(), target.encoder.state_dict().values())
                if a.dtype.is_floating_point)
 
@@ -238,10 +238,12 @@ def test_strict_loading_reports_mismatches_key_by_key(tmp_path):
     state["extra.weight"] = torch.zeros(1)
     state["conv_last.1.weight"] = torch.zeros(151, 512, 1, 1)
     with pytest.raises(SegmenterWeightsError) as info:
-        load_strict(UperNet101(SHALLOW).decoder, state, tmp_path / "decoder.pth")
+        load_state_dict_exactly(UperNet101(SHALLOW).decoder, state, tmp_path / "decoder.pth",
+                                error=SegmenterWeightsError)
     message = str(info.value)
-    assert "decoder.pth" in message and "missing keys: conv_last.1.bias" in message
-    assert "unexpected keys: extra.weight" in message and "conv_last.1.weight (file (151, 512, 1, 1)" in message
+    assert "decoder.pth" in message and "missing keys (1):\n    conv_last.1.bias" in message
+    assert "unexpected keys (1):\n    extra.weight" in message
+    assert "conv_last.1.weight: checkpoint (151, 512, 1, 1)" in message
 
 
 def test_missing_user_supplied_weights_say_where_to_put_them(tmp_path):
@@ -287,7 +289,8 @@ def test_weights_are_downloaded_where_a_url_exists(tmp_path, file_server):
     assert paths["encoder.pth"] == weight_path(entry, entry.files[0], tmp_path / "weights") and paths["encoder.pth"].is_file()
     segmenter = entry.build()
     for file in entry.files:
-        load_strict(getattr(segmenter, file.submodule), read_state_dict(paths[file.name]), paths[file.name])
+        path = paths[file.name]
+        load_state_dict_exactly(getattr(segmenter, file.submodule), read_state_dict(path), path)
     images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
     assert torch.equal(segmenter.eval().predict(images), source.eval().predict(images))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from gaugan.cli import app
+from pipeline.cli import app
 from gaugan.config import replace
 from stages import bench as bench_stage
 from tests.test_train_loop import ROOT, one_thread, tiny_train_config  # noqa: F401 (fixture)

@@ -41,6 +41,8 @@ import pytorch_fid
 from pytorch_fid.fid_score import calculate_frechet_distance
 from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 
+from gaugan.data.io import atomic_write
+
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_BYTES = 95_628_359
 FID_WEIGHTS_SHA256_PREFIX = "6726825d"  # torch hub convention: the hash prefix in the file name
@@ -241,9 +243,11 @@ def load_or_compute_statistics(
         except (OSError, KeyError, ValueError):
             pass  # unreadable or from another version of this code: recompute below
     stats = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, mu=stats.mu, sigma=stats.sigma, num_images=np.int64(stats.num_images), key=np.str_(key_text))
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file handle: np.savez would add ".npz" to a path
+            np.savez(handle, mu=stats.mu, sigma=stats.sigma, num_images=np.int64(stats.num_images),
+                     key=np.str_(key_text))
+
+    atomic_write(path, write)
     return stats, False

@@ -1,5 +1,0 @@
-"""``python -m gaugan`` = the ``gaugan`` command."""
-
-from gaugan.cli import main
-
-main()
