@@ -52,7 +52,7 @@ BUILTIN = {
     "loss": {"use_vgg_loss": False},
     "train": {"batch_size": 8},
 }
-# The issue's ADE20K configuration: the official defaults (gaugan.config) on ADE20K.
+# The GPU targets' ADE20K configuration: the official defaults (gaugan.config) on ADE20K.
 ADE20K = {"data": {"dataset": "ade20k"}, "train": {"batch_size": 16}}
 # --tiny: the same plan on networks that run in seconds on a CPU.
 TINY = {"data": {"builtin": {"size": 32}, "load_size": 32, "crop_size": 32}, "generator": {"ngf": 8, "spade_hidden": 16},
@@ -260,7 +260,7 @@ def summary(outcome: dict[str, Any]) -> str:
 
 
 def headline(measurements: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The issue's targets, from what was measured (None where a measurement is missing)."""
+    """The GPU speed targets, from what was measured (None where a measurement is missing)."""
     def value(name: str, key: str):
         outcome = measurements.get(name, {})
         return outcome.get("result", {}).get(key) if outcome.get("status") == "ok" else None

@@ -1,6 +1,6 @@
 """Where a training step's time and FLOPs go: torch.profiler's op mix and torch's flop counter.
 
-    PYTHONPATH=. python scripts/profile_step.py --config issue4            # 2-core CPU target config
+    PYTHONPATH=. python scripts/profile_step.py --config cpu_target          # 2-core CPU target config
     PYTHONPATH=. python scripts/profile_step.py --config ade20k --batch 1 --flops
     PYTHONPATH=. python scripts/profile_step.py --config ade20k --device cuda --batch 16
 
@@ -30,10 +30,10 @@ from gaugan.train.steps import discriminate, generate_fake, prepare_batch
 
 CONFIGS = {
     # README "Speed": the 2-core CPU target (64x64, 8 classes + edge, ngf/ndf 16, SPADE hidden 128, batch 8, no VGG)
-    "issue4": {"data": {"dataset": "custom", "custom": {"num_classes": 8, "dontcare_label": None},
-                        "load_size": 64, "crop_size": 64},
-               "generator": {"ngf": 16, "spade_hidden": 128}, "discriminator": {"ndf": 16},
-               "loss": {"use_vgg_loss": False}, "train": {"batch_size": 8}},
+    "cpu_target": {"data": {"dataset": "custom", "custom": {"num_classes": 8, "dontcare_label": None},
+                            "load_size": 64, "crop_size": 64},
+                   "generator": {"ngf": 16, "spade_hidden": 128}, "discriminator": {"ndf": 16},
+                   "loss": {"use_vgg_loss": False}, "train": {"batch_size": 8}},
     # The official ADE20K configuration (256x256, 151 channels, ngf/ndf 64, hidden 128, VGG)
     "ade20k": {"data": {"dataset": "ade20k"}, "train": {"batch_size": 16}},
 }
@@ -41,7 +41,7 @@ CONFIGS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="issue4")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu_target")
     parser.add_argument("--batch", type=int, help="batch size (default: the configuration's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="CPU threads")

@@ -1,6 +1,6 @@
 """Bench stage: training speed of the configuration in params.yaml, ours against the official
-code's schedule measured on the same machine (issue 4's speed targets), written to
-``reports/bench.json``. Synthetic batches: no dataset needed. The same measurement from the
+code's schedule measured on the same machine (the CPU speed target of README "Speed"),
+written to ``reports/bench.json``. Synthetic batches: no dataset needed. The same measurement from the
 command line: ``gaugan bench --compare -S section.key=value``.
 
 DVC:

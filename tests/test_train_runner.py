@@ -222,6 +222,27 @@ def test_training_with_the_lookup_resumes_exactly(store, tmp_path):
     assert_identical(full.last_checkpoint, resumed.last_checkpoint)
 
 
+def test_the_loop_steps_through_the_runner_of_its_settings(store, tmp_path, monkeypatch):
+    """train.label_conv reaches G in training (labels, not the one-hot map), and
+    train.cuda_graph is checked there as in the benchmark."""
+    from gaugan.data.semantic import SemanticLabels
+    from gaugan.train import steps
+
+    seen = []
+    real_generator_step = steps.generator_step
+
+    def recording(networks, optimizers, seg, *args):
+        seen.append(type(seg))
+        return real_generator_step(networks, optimizers, seg, *args)
+
+    monkeypatch.setattr(steps, "generator_step", recording)
+    train(tiny_train_config(max_steps=1, label_conv="lookup"), store, tmp_path / "lookup", show_progress=False)
+    train(tiny_train_config(max_steps=1, label_conv="dense"), store, tmp_path / "dense", show_progress=False)
+    assert seen == [SemanticLabels, torch.Tensor]
+    with pytest.raises(ConfigError, match="train.cuda_graph: true needs a CUDA device"):
+        train(tiny_train_config(max_steps=1, cuda_graph=True), store, tmp_path / "graph", show_progress=False)
+
+
 # ---- on a GPU (skipped here; scripts/gpu_bench.sh runs the same checks) ----------------------
 
 
