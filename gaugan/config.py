@@ -164,11 +164,20 @@ class EvaluateConfig:
     use_ema: bool = True  # use EMA weights when the checkpoint has them
     output_dir: str = "outputs/generated"
     fid_weights: str | None = None  # pt_inception-2015-12-05-6726825d.pth; None: torch hub cache
-    segmenter: Literal["auto", "published", "trained", "none"] = "auto"
+    segmenter: Literal["auto", "published", "trained", "torchscript", "none"] = "auto"
+    segmenter_path: str | None = None  # evaluate.segmenter=torchscript: the user's TorchScript module
     segmenter_weights_dir: str = "data/weights"
-    fid_stats_dir: str = "data/fid_stats"  # cached real-image FID statistics, <dataset>_<H>x<W>.npz
+    fid_stats_dir: str = "data/fid_stats"  # cached real-image Inception features, <dataset>_<H>x<W>.npz
     checkpoint: str | None = None  # generator to evaluate (ours or an official latest_net_G.pth); None: train's generator.pt
     style_image: str | None = None  # VAE only: sample every z from this photo's posterior instead of the prior
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    """Pretrained files evaluation and training need (the weights stage)."""
+
+    download: bool = True  # fetch missing files from their published URLs (false: only check what is there)
+    mirror: str | None = None  # a base URL serving the same file names (an internal mirror), instead of the published URLs
 
 
 @dataclass(frozen=True)
@@ -189,6 +198,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 

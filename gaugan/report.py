@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from gaugan.metrics.registry import registered_metrics
+
 
 @dataclass(frozen=True)
 class Headline:
@@ -38,13 +40,18 @@ class Headline:
     digits: int
 
 
-HEADLINES = (
-    Headline("FID", "fid", "fid/val", 1.0, False, 2),
-    Headline("mIoU (%)", "miou", "miou/val", 1.0, True, 2),
-    Headline("accuracy (%)", "accuracy", "accuracy/val", 1.0, True, 2),
+TRAINING_HEADLINES = (
     Headline("images/s", "images_per_s", "perf/images_per_s", 1.0, None, 1),
     Headline("train time (min)", "train_minutes", "time/train_seconds", 1 / 60, None, 1),
 )
+
+
+def headlines() -> tuple[Headline, ...]:
+    """The table's metric columns: every registered evaluation metric (gaugan.metrics.registry),
+    then training speed and time."""
+    evaluation = tuple(Headline(metric.heading, metric.name, metric.tracking_key, 1.0, metric.higher_is_better,
+                                metric.digits) for metric in registered_metrics())
+    return evaluation + TRAINING_HEADLINES
 
 # Parameters that never distinguish experiments (where things are written, logging).
 IGNORED_PARAM_PREFIXES = ("tracking.", "train.log_every", "train.sample_every", "train.checkpoint_every")
@@ -77,9 +84,9 @@ def differing_params(runs: pd.DataFrame, ignore: Sequence[str] = IGNORED_PARAM_P
 
 
 def headline_values(runs: pd.DataFrame) -> pd.DataFrame:
-    """One column per :data:`HEADLINES` entry (NaN where a run did not log it)."""
+    """One column per :func:`headlines` entry (NaN where a run did not log it)."""
     columns = {}
-    for headline in HEADLINES:
+    for headline in headlines():
         column = f"metrics.{headline.key}"
         values = pd.to_numeric(runs[column], errors="coerce") if column in runs.columns else pd.Series(
             np.nan, index=runs.index)
@@ -90,7 +97,7 @@ def headline_values(runs: pd.DataFrame) -> pd.DataFrame:
 def headline_json(row: pd.Series) -> dict[str, float | None]:
     """One table row's headline numbers by JSON name, rounded as displayed; missing -> None."""
     values = {}
-    for headline in HEADLINES:
+    for headline in headlines():
         value = row.get(headline.label)
         values[headline.name] = None if value is None or pd.isna(value) else round(float(value), headline.digits)
     return values
@@ -127,7 +134,7 @@ def _cell(value: object, digits: int | None) -> str:
 
 
 def _formatted(table: pd.DataFrame) -> list[list[str]]:
-    digits = {headline.label: headline.digits for headline in HEADLINES}
+    digits = {headline.label: headline.digits for headline in headlines()}
     return [[_cell(row[column], digits.get(column)) for column in table.columns] for _, row in table.iterrows()]
 
 
@@ -146,7 +153,7 @@ def table_markdown(table: pd.DataFrame) -> str:
 def table_html(table: pd.DataFrame, highlight_row: int | None = None) -> str:
     """The table as an HTML ``<table>``, the best value of each quality metric in bold."""
     best: dict[str, int] = {}
-    for headline in HEADLINES:
+    for headline in headlines():
         values = table.get(headline.label)
         if headline.higher_is_better is None or values is None or values.notna().sum() < 2:
             continue
@@ -227,7 +234,7 @@ def plot_loss_curves(history: pd.DataFrame, labels: dict[str, str], path: Path, 
 def plot_headlines(table: pd.DataFrame, path: Path) -> bool:
     """A bar chart per headline metric, one bar per experiment. Returns False (and writes a
     placeholder saying so) when no run has any."""
-    present = [h for h in HEADLINES if h.label in table.columns and table[h.label].notna().any()]
+    present = [h for h in headlines() if h.label in table.columns and table[h.label].notna().any()]
     if not present:
         _placeholder(path, "no run has FID, mIoU, accuracy, speed or training time yet")
         return False

@@ -33,6 +33,7 @@ import pandas as pd
 from gaugan import report
 from gaugan.config import Config, flatten
 from gaugan.data.io import atomic_write_json, atomic_write_text
+from gaugan.metrics.registry import registered_metrics
 from pipeline.dvc import current_context
 from pipeline.stage import run_stage
 from pipeline.tracking import RUN_FILE, read_run_file
@@ -57,9 +58,8 @@ SAMPLE_SCALE = 2  # generated and training grids shown twice their size (the bui
 def local_runs(metrics: dict, training: dict, run_id: str | None) -> pd.DataFrame:
     """This workspace as a one-row runs frame (tracking off, or its run missing from MLflow),
     from reports/metrics.json and reports/train.json."""
-    names = {"fid": "fid/val", "miou": "miou/val", "accuracy": "accuracy/val"}
     row = {"run_id": run_id or "workspace", "run_name": "workspace"}
-    row.update({f"metrics.{key}": metrics.get(field) for field, key in names.items()})
+    row.update({f"metrics.{metric.tracking_key}": metrics.get(metric.name) for metric in registered_metrics()})
     row.update({f"metrics.{key}": value for key, value in training.items() if key.startswith(("perf/", "time/"))})
     return pd.DataFrame([row])
 
@@ -152,14 +152,9 @@ def summary_html(metrics: dict, run_id: str | None) -> str:
         "git commit": (context.baseline_rev or context.commit or "(not a git repository)")[:12],
         "MLflow run": run_id or "(tracking off)",
     }
-    for field, label in (("fid", "FID"), ("miou", "mIoU (%)"), ("accuracy", "pixel accuracy (%)"),
-                         ("real_miou", "segmenter on real images: mIoU (%)"),
-                         ("real_accuracy", "segmenter on real images: accuracy (%)")):
-        items[label] = metrics.get(field)
-    if metrics.get("fid_status") not in (None, "ok"):
-        items["FID status"] = f"{metrics.get('fid_status')}: {metrics.get('fid_reason')}"
-    if metrics.get("segmentation_status") not in (None, "ok"):
-        items["mIoU status"] = f"{metrics.get('segmentation_status')}: {metrics.get('segmentation_reason')}"
+    for metric in registered_metrics():
+        reason = metrics.get("unavailable", {}).get(metric.name)
+        items[metric.heading] = f"unavailable: {reason}" if reason else metrics.get(metric.name)
     protocol = flatten(metrics.get("protocol", {}))
     items.update({f"protocol: {key}": json.dumps(value) if isinstance(value, (dict, list)) else value
                   for key, value in protocol.items()})

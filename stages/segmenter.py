@@ -30,7 +30,8 @@ from gaugan.config import Config
 from gaugan.data.classes import class_names
 from gaugan.data.io import atomic_write_text
 from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
-from gaugan.evaluate import choose_segmenter, percent, real_image_scores
+from gaugan.evaluate import percent, real_image_scores
+from gaugan.segmenters.loading import resolve_choice
 from gaugan.segmenters.trained import SEGMENTER_FILE, save_trained_segmenter, train_segmenter
 from gaugan.train.distributed import resolve_device
 from pipeline.stage import run_stage
@@ -50,7 +51,7 @@ def run(cfg: Config, root: Path) -> None:
     spec = spec_from_manifest(read_manifest(store_dir))
     out_dir = root / cfg.segmenter.checkpoint_dir
     checkpoint = out_dir / SEGMENTER_FILE
-    resolved = choose_segmenter(cfg.evaluate.segmenter, spec.name)
+    resolved = resolve_choice(cfg.evaluate.segmenter, spec.name)
     if resolved != "trained":
         checkpoint.unlink(missing_ok=True)  # never leave a stale segmenter that evaluation could pick up
         write_json(

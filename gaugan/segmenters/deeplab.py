@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gaugan.segmenters.base import IGNORE_INDEX, Segmenter, apply_table, lookup_table
+from gaugan.segmenters.base import IGNORE_INDEX, Segmenter, lookup_table
 
 WEIGHTS_URL = (
     "https://github.com/kazuto1011/deeplab-pytorch/releases/download/v1.0/"
@@ -143,10 +143,9 @@ class DeepLabV2COCOStuff(Segmenter):
     num_classes = NUM_CLASSES
 
     def __init__(self, blocks_per_stage: tuple[int, ...] = RESNET101_BLOCKS) -> None:
-        super().__init__()
+        super().__init__(cocostuff_target_table())
         self.network = MultiScale(DeepLabV2(NUM_CLASSES, blocks_per_stage))
         self.register_buffer("mean_bgr", torch.tensor(MEAN_BGR).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("target_table", cocostuff_target_table(), persistent=False)
 
     def preprocess(self, images: Tensor) -> Tensor:
         bgr = images.to(self.mean_bgr.device).flip(1).float()  # RGB -> BGR, as the release reads with OpenCV
@@ -154,9 +153,6 @@ class DeepLabV2COCOStuff(Segmenter):
 
     def logits(self, inputs: Tensor) -> Tensor:
         return self.network(inputs)
-
-    def map_target(self, labels: Tensor) -> Tensor:
-        return apply_table(labels, self.target_table)
 
     def protocol(self) -> dict[str, Any]:
         return {

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from gaugan.config import SegmenterConfig
 from gaugan.data.registry import DatasetSpec
 from gaugan.errors import UserError
-from gaugan.segmenters.base import IGNORE_INDEX, Segmenter, apply_table, lookup_table
+from gaugan.segmenters.base import IGNORE_INDEX, Segmenter, stored_target_table
 
 SEGMENTER_FORMAT = "gaugan-segmenter-v1"
 SEGMENTER_FILE = "segmenter.pt"
@@ -78,18 +78,13 @@ class CompactUNet(nn.Module):
         return self.head(x)
 
 
-def stored_target_table(spec: DatasetSpec) -> Tensor:
-    """Stored index -> training class: the label_nc classes as they are, don't-care unscored."""
-    return lookup_table({k: k for k in range(spec.label_nc)}, spec.num_label_values)
-
-
 class TrainedSegmenter(Segmenter):
     """:class:`CompactUNet` on images in [-1, 1] (the generator's own range), one class per stored index."""
 
     name = "trained_compact_unet"
 
     def __init__(self, spec: DatasetSpec, width: int, class_names: list[str] | None = None) -> None:
-        super().__init__()
+        super().__init__(stored_target_table(spec))
         self.num_classes = spec.label_nc
         self.width = width
         self.spec = spec
@@ -97,7 +92,6 @@ class TrainedSegmenter(Segmenter):
         if len(self.names) != spec.label_nc:
             raise ValueError(f"{len(self.names)} class names for {spec.label_nc} classes")
         self.network = CompactUNet(spec.label_nc, width)
-        self.register_buffer("target_table", stored_target_table(spec), persistent=False)
 
     def preprocess(self, images: Tensor) -> Tensor:
         device = self.target_table.device
@@ -105,12 +99,6 @@ class TrainedSegmenter(Segmenter):
 
     def logits(self, inputs: Tensor) -> Tensor:
         return self.network(inputs)
-
-    def map_target(self, labels: Tensor) -> Tensor:
-        return apply_table(labels, self.target_table)
-
-    def class_names(self) -> list[str]:
-        return list(self.names)
 
     def protocol(self) -> dict[str, Any]:
         return {
