@@ -170,6 +170,10 @@ class EvaluateConfig:
     fid_stats_dir: str = "data/fid_stats"  # cached real-image Inception features, <dataset>_<H>x<W>.npz
     checkpoint: str | None = None  # generator to evaluate (ours or an official latest_net_G.pth); None: train's generator.pt
     style_image: str | None = None  # VAE only: sample every z from this photo's posterior instead of the prior
+    every_epochs: int = 0  # score the generator every N epochs during training (0: off)
+    during_training_images: int = 500  # the fixed subset scored during training
+    checkpoint_choice: Literal["final", "best_fid", "best_miou"] = "final"  # the generator generate uses
+    selection_split: Literal["val", "train_holdout"] = "val"  # where the during-training subset comes from
 
 
 @dataclass(frozen=True)
@@ -294,7 +298,7 @@ def _check_ranges(obj: Any, prefix: str) -> None:
         EncoderConfig: ("nef", "z_dim"),
         TrainConfig: ("batch_size", "log_every", "sample_every", "checkpoint_every"),
         SegmenterConfig: ("width", "num_epochs", "batch_size"),
-        EvaluateConfig: ("batch_size",),
+        EvaluateConfig: ("batch_size", "during_training_images"),
     }.get(type(obj), ())
     for name in positive_ints:
         value = getattr(obj, name)
@@ -317,6 +321,11 @@ def _check_ranges(obj: Any, prefix: str) -> None:
     if isinstance(obj, TrainConfig):
         require(0.0 <= obj.ema_decay < 1.0, "ema_decay", obj.ema_decay, "a number in [0, 1)")
         require(obj.max_steps is None or obj.max_steps >= 1, "max_steps", obj.max_steps, "null or >= 1")
+    if isinstance(obj, EvaluateConfig):
+        require(obj.every_epochs >= 0, "every_epochs", obj.every_epochs, "an integer >= 0 (0: off)")
+        require(obj.checkpoint_choice == "final" or obj.every_epochs > 0, "checkpoint_choice", obj.checkpoint_choice,
+                "'final' while evaluate.every_epochs is 0 (the best generators are kept only when scored during "
+                "training)")
     if isinstance(obj, GeneratorConfig):
         require(obj.pix2pixhd_num_downsample >= 0, "pix2pixhd_num_downsample", obj.pix2pixhd_num_downsample, ">= 0")
 

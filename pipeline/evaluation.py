@@ -1,5 +1,5 @@
 """Evaluation from the configuration, shared by the evaluate stage and `gaugan evaluate`
-(which runs it outside DVC, without MLflow).
+(which runs it outside DVC, without MLflow), and the train stage's evaluation during training.
 
 Paper section 4: score the generated images (pipeline/generation.py) with every registered
 metric (gaugan/evaluate.py). This module turns the configuration into paths and judges:
@@ -16,6 +16,7 @@ import torch
 
 from gaugan.config import Config
 from gaugan.data.io import atomic_write_json
+from gaugan.errors import UserError
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.evaluate import EvaluationReport, evaluate, inception_judge
@@ -24,6 +25,8 @@ from gaugan.metrics.inputs import Judges
 from gaugan.metrics.segmentation import PER_CLASS_COLUMNS, write_csv_atomic
 from gaugan.segmenters.loading import judge_for
 from gaugan.segmenters.trained import SEGMENTER_FILE
+from gaugan.selection import CHOICES
+from gaugan.training_evaluation import TrainingEvaluator
 from gaugan.train.distributed import resolve_device
 from pipeline.weights import read_record
 
@@ -57,6 +60,28 @@ def evaluate_generated(cfg: Config, root: Path, generated_dir: Path, generation:
     judges = load_judges(cfg, root, spec, device)
     return evaluate(spec, store_dir, generated_dir, device, cfg.evaluate.batch_size, judges,
                     fid_stats_dir=root / cfg.evaluate.fid_stats_dir, generation=generation)
+
+
+def training_evaluator(cfg: Config, root: Path, out_dir: Path, resume: bool) -> TrainingEvaluator | None:
+    """The training loop's ``evaluate_during_training`` for ``evaluate.every_epochs`` > 0, else None.
+
+    Fails before training when ``evaluate.checkpoint_choice`` asks for the best generator by a
+    metric that cannot be computed (no Inception weights, no segmenter).
+    """
+    if cfg.evaluate.every_epochs == 0:
+        return None
+    store_dir = root / cfg.data.processed_dir
+    spec = spec_from_manifest(read_manifest(store_dir))
+    device = resolve_device(cfg.train.device)
+    evaluator = TrainingEvaluator(cfg, spec, store_dir, out_dir, load_judges(cfg, root, spec, device), device, resume)
+    choice = CHOICES.get(cfg.evaluate.checkpoint_choice)
+    missing = evaluator.unavailable()
+    if choice is not None and choice.metric in missing:
+        raise UserError(
+            f"evaluate.checkpoint_choice={cfg.evaluate.checkpoint_choice!r} keeps the generator with the best "
+            f"{choice.metric} during training, but it cannot be computed: {missing[choice.metric]}"
+        )
+    return evaluator
 
 
 def write_evaluation(report: EvaluationReport, metrics_path: Path, per_class_path: Path) -> None:

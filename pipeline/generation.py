@@ -2,11 +2,13 @@
 
 Paper section 4: one image per validation label map, from the generator the configuration
 names: ``evaluate.checkpoint`` when set (ours or an official ``latest_net_G.pth``), else the
-train stage's ``<train.checkpoint_dir>/generator.pt``.
+file ``evaluate.checkpoint_choice`` names in ``train.checkpoint_dir`` (``generator.pt``, or the
+best one kept during training, gaugan/selection.py), with how it was chosen.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,16 +17,33 @@ from gaugan.config import Config
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.generate import generate_split
 from gaugan.models.loading import load_encoder, load_generator
+from gaugan.errors import UserError
+from gaugan.selection import SELECTION_FILE, checkpoint_filename
 from gaugan.synthesize import style_tensor
-from gaugan.train.checkpoint import GENERATOR_CHECKPOINT
 from gaugan.train.distributed import resolve_device
 
 
 def generator_checkpoint(cfg: Config, root: Path) -> Path:
-    """``evaluate.checkpoint``, else the train stage's ``generator.pt``."""
+    """``evaluate.checkpoint``, else the file ``evaluate.checkpoint_choice`` names in ``train.checkpoint_dir``."""
     if cfg.evaluate.checkpoint:
         return root / cfg.evaluate.checkpoint
-    return root / cfg.train.checkpoint_dir / GENERATOR_CHECKPOINT
+    path = root / cfg.train.checkpoint_dir / checkpoint_filename(cfg.evaluate.checkpoint_choice)
+    if cfg.evaluate.checkpoint_choice != "final" and not path.is_file():
+        raise UserError(
+            f"{path}: evaluate.checkpoint_choice={cfg.evaluate.checkpoint_choice!r} needs the best generator kept "
+            "during training, written when evaluate.every_epochs > 0 and the metric could be computed during "
+            "training (FID needs the Inception weights, mIoU a segmenter); retrain with them, or choose 'final'"
+        )
+    return path
+
+
+def selection_record(cfg: Config, root: Path) -> dict[str, Any] | None:
+    """How the chosen best generator was chosen (metric, value, epoch, step, split), or None."""
+    choice = cfg.evaluate.checkpoint_choice
+    path = root / cfg.train.checkpoint_dir / SELECTION_FILE
+    if cfg.evaluate.checkpoint or choice == "final" or not path.is_file():
+        return None
+    return json.loads(path.read_text()).get(choice)
 
 
 def generate(cfg: Config, root: Path, output_dir: Path, grid_path: Path | None) -> dict[str, Any]:
@@ -45,6 +64,8 @@ def generate(cfg: Config, root: Path, output_dir: Path, grid_path: Path | None) 
         "output_dir": os.path.relpath(output_dir, root) if output_dir.is_relative_to(root) else str(output_dir),
         "checkpoint": os.path.relpath(checkpoint, root) if checkpoint.is_relative_to(root) else str(checkpoint),
         "checkpoint_source": loaded.source,
+        "checkpoint_choice": "evaluate.checkpoint" if cfg.evaluate.checkpoint else cfg.evaluate.checkpoint_choice,
+        "selection": selection_record(cfg, root),
         "style_image": cfg.evaluate.style_image,
         "device": str(device),
     }

@@ -34,6 +34,8 @@ from gaugan.train.checkpoint import (
     load_checkpoint,
 )
 from gaugan.train.loop import planned_steps, train
+from gaugan.training_evaluation import training_evaluator_summary
+from pipeline.evaluation import training_evaluator
 from pipeline.stage import run_stage
 from pipeline.tracking import RUN_FILE, open_run, read_run_file, write_run_file
 
@@ -85,7 +87,8 @@ def run(cfg: Config, root: Path) -> None:
 
     run_file = out_dir / RUN_FILE
     resume_run_id = None
-    if train_cfg.train.resume and (out_dir / LAST_CHECKPOINT).is_file():
+    resuming = train_cfg.train.resume and (out_dir / LAST_CHECKPOINT).is_file()
+    if resuming:
         previous = read_run_file(run_file)
         resume_run_id = previous["run_id"] if previous else None
     if not cfg.tracking.enabled:
@@ -93,14 +96,17 @@ def run(cfg: Config, root: Path) -> None:
     with open_run(cfg, root, "train", resume_run_id=resume_run_id) as tracker:
         write_run_file(tracker, run_file)
         tracker.log_config(cfg)
+        evaluator = training_evaluator(train_cfg, root, out_dir, resume=resuming)  # None unless evaluate.every_epochs
         started = time.perf_counter()
-        result = train(train_cfg, store_dir, out_dir, report=tracker.log_metrics, report_image=tracker.log_image)
+        result = train(train_cfg, store_dir, out_dir, report=tracker.log_metrics, report_image=tracker.log_image,
+                       evaluate_during_training=evaluator)
         # Wall time of this invocation (a resumed run: of its continuation only); the report's
         # "training time" column.
         train_seconds = time.perf_counter() - started
         tracker.log_artifact(result.generator_checkpoint, "checkpoints")
         summary = {"step": result.step, "epoch": result.epoch, "resumed_from_step": result.resumed_from_step,
-                   **result.metrics, "time/train_seconds": train_seconds}
+                   **result.metrics, "time/train_seconds": train_seconds,
+                   "evaluation_during_training": training_evaluator_summary(evaluator)}
         tracker.log_metrics({"final/step": result.step, "time/train_seconds": train_seconds}, step=result.step)
     summary_path = root / SUMMARY_PATH
     atomic_write_json(summary_path, summary)

@@ -30,6 +30,7 @@ from gaugan.data.registry import DatasetSpec
 from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
 from gaugan.errors import UserError
 from gaugan.models import build_discriminator, build_encoder, build_generator
+from gaugan.selection import num_training_samples
 from gaugan.train import checkpoint as ckpt
 from gaugan.train.distributed import (
     DistributedContext,
@@ -49,6 +50,9 @@ from gaugan.visualize import sample_grid, to_uint8
 
 MetricsCallback = Callable[[dict[str, float], int], None]
 ImageCallback = Callable[[Path, int], None]
+# (generator in its current state, finished epochs, step) -> metrics to report, {} when none
+# are due (gaugan.training_evaluation.TrainingEvaluator).
+EpochEvaluator = Callable[[nn.Module, int, int], dict[str, float]]
 
 NUM_SAMPLE_ROWS = 4
 
@@ -160,7 +164,7 @@ def _seed_everything(seed: int) -> None:
 def planned_steps(cfg: Config, num_train_samples: int) -> int:
     """G+D steps of a whole training: every epoch's full global batches, capped by max_steps."""
     num_epochs = cfg.optim.num_epochs_constant + cfg.optim.num_epochs_decay
-    total = num_epochs * (num_train_samples // cfg.train.batch_size)
+    total = num_epochs * (num_training_samples(cfg, num_train_samples) // cfg.train.batch_size)
     return total if cfg.train.max_steps is None else min(total, cfg.train.max_steps)
 
 
@@ -171,10 +175,13 @@ def train(
     report: MetricsCallback | None = None,
     report_image: ImageCallback | None = None,
     show_progress: bool = True,
+    evaluate_during_training: EpochEvaluator | None = None,
 ) -> TrainResult:
     """Train G, D (and E) on the store at ``store_dir``; checkpoints go to ``out_dir``.
 
     Under ``torchrun`` every process calls this; only rank 0 reports and writes files.
+    ``evaluate_during_training`` is called on rank 0 at every epoch end with the generator
+    (the EMA one when kept); what it returns is reported at that step.
     Continues from ``out_dir/last.pt`` when ``train.resume`` is true and the file exists.
     Raises :class:`TrainingDiverged` on a non-finite loss and
     :class:`gaugan.train.checkpoint.CheckpointError` for a checkpoint that does not fit.
@@ -182,7 +189,8 @@ def train(
     joined_here = not torch.distributed.is_initialized()
     context = init_distributed(cfg.train.device)
     try:
-        return _train(cfg, Path(store_dir), Path(out_dir), context, report, report_image, show_progress)
+        return _train(cfg, Path(store_dir), Path(out_dir), context, report, report_image, show_progress,
+                      evaluate_during_training)
     finally:
         if joined_here:
             shutdown_distributed()
@@ -196,6 +204,7 @@ def _train(
     report: MetricsCallback | None,
     report_image: ImageCallback | None,
     show_progress: bool,
+    evaluate_during_training: EpochEvaluator | None,
 ) -> TrainResult:
     device, main = context.device, context.is_main
     spec = spec_from_manifest(read_manifest(store_dir))
@@ -221,7 +230,8 @@ def _train(
 
     # Data: every rank's share of the same global batches, in an order fixed by (seed, epoch).
     dataset = StoreDataset(store_dir, "train", spec, train=True, seed=cfg.train.seed, flip=cfg.data.flip)
-    sampler = GlobalBatchSampler(len(dataset), cfg.train.batch_size, context.rank, context.world_size, cfg.train.seed)
+    sampler = GlobalBatchSampler(num_training_samples(cfg, len(dataset)), cfg.train.batch_size, context.rank,
+                                 context.world_size, cfg.train.seed)
     if sampler.batches_per_epoch == 0:
         raise ValueError(
             f"{store_dir}: the training split has {len(dataset)} samples, fewer than train.batch_size "
@@ -399,6 +409,12 @@ def _train(
                 break
         if batch_in_epoch >= sampler.batches_per_epoch:
             epoch, batch_in_epoch = epoch + 1, 0
+
+            # Evaluate metrics (rank 0 only; the others wait at their next collective).
+            if main and evaluate_during_training is not None:
+                scores = evaluate_during_training(ema.module if ema is not None else G, epoch, step)
+                if scores and report is not None:
+                    report(scores, step)
     bar.close()
 
     # A rerun of a finished run writes nothing new, but the final file must exist.
