@@ -150,7 +150,7 @@ class SegmenterConfig:
     """The segmenter the pipeline trains for datasets without a published one."""
 
     width: int = 32
-    num_epochs: int = 10
+    num_steps: int = 3000  # optimiser steps (as many epochs as they take: small splits get trained enough)
     batch_size: int = 16
     lr: float = 1e-3
     seed: int = 0
@@ -297,7 +297,7 @@ def _check_ranges(obj: Any, prefix: str) -> None:
         DiscriminatorConfig: ("ndf", "num_discriminators", "num_layers"),
         EncoderConfig: ("nef", "z_dim"),
         TrainConfig: ("batch_size", "log_every", "sample_every", "checkpoint_every"),
-        SegmenterConfig: ("width", "num_epochs", "batch_size"),
+        SegmenterConfig: ("width", "num_steps", "batch_size"),
         EvaluateConfig: ("batch_size", "during_training_images"),
     }.get(type(obj), ())
     for name in positive_ints:

@@ -38,7 +38,7 @@ TINY = [
     "optim.num_epochs_constant=1", "optim.num_epochs_decay=1",
     "train.batch_size=4", "train.log_every=1", "train.sample_every=4", "train.checkpoint_every=4",
     "train.device=cpu",
-    "segmenter.width=8", "segmenter.num_epochs=1", "segmenter.batch_size=8",
+    "segmenter.width=8", "segmenter.num_steps=2", "segmenter.batch_size=8",
     "evaluate.batch_size=8",
 ]
 

@@ -66,7 +66,7 @@ def workspace(tmp_path_factory):
         generator={"ngf": 4, "spade_hidden": 8, "param_free_norm": "batch"},
         encoder={"nef": 4, "z_dim": 8},
         train={"device": "cpu", "checkpoint_dir": "checkpoints/train"},
-        segmenter={"width": 4, "num_epochs": 2, "batch_size": 5},
+        segmenter={"width": 4, "num_steps": 4, "batch_size": 5},
         evaluate={"batch_size": 2, "output_dir": "outputs/generated"},
         tracking={"enabled": False},
     )

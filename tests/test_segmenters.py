@@ -275,10 +275,10 @@ def stripes(count: int, seed: int) -> list[dict[str, torch.Tensor]]:
 def test_trained_segmenter_learns_and_round_trips(tmp_path):
     spec = tiny_spec()
     reported = []
-    cfg = SegmenterConfig(width=8, num_epochs=6, batch_size=4, lr=1e-2, seed=0)
+    cfg = SegmenterConfig(width=8, num_steps=33, batch_size=4, lr=1e-2, seed=0)  # 6 batches per epoch: 5.5 epochs
     segmenter = train_segmenter(stripes(6, 0), spec, cfg, torch.device("cpu"), ["red", "green", "blue"],
                                 report=lambda metrics, step: reported.append((step, metrics)))
-    assert [step for step, _ in reported] == [6 * (e + 1) for e in range(6)]
+    assert [step for step, _ in reported] == [6, 12, 18, 24, 30, 33]  # per epoch; the last one cut at num_steps
     assert reported[-1][1]["segmenter/loss"] < 0.5 * reported[0][1]["segmenter/loss"]
     test = stripes(2, 99)
     correct = sum(int((segmenter.predict(b["image"]) == b["label"].long()).sum()) for b in test)
@@ -360,6 +360,18 @@ def test_torchscript_segmenter_scores_or_ids_under_the_contract(tmp_path):
         assert (prediction == batch["label"].long()).float().mean() > 0.9
         assert segmenter.map_target(torch.tensor([0, 2, 3])).tolist() == [0, 2, IGNORE_INDEX]  # 3 = don't-care
         assert segmenter.protocol()["segmenter"].startswith("user-supplied TorchScript module")
+
+
+def test_choosing_a_segmenter():
+    from gaugan.errors import UserError
+    from gaugan.segmenters.loading import resolve_choice
+
+    assert resolve_choice("auto", "ade20k") == "published" and resolve_choice("auto", "custom") == "trained"
+    assert resolve_choice("torchscript", "landscapes") == "torchscript"
+    with pytest.raises(UserError, match="no published segmenter exists for dataset 'landscapes'"):
+        resolve_choice("published", "landscapes")
+    with pytest.raises(UserError, match="evaluate.segmenter: got 'mine'"):
+        resolve_choice("mine", "landscapes")
 
 
 def test_torchscript_segmenter_breaking_the_contract_is_a_clear_error(tmp_path):

@@ -44,6 +44,10 @@ def resolve_choice(choice: str, dataset: str) -> str:
         raise UserError(f"evaluate.segmenter: got {choice!r}, expected one of {', '.join(CHOICES)}")
     if choice == "auto":
         return "published" if dataset in SEGMENTER_FOR_DATASET else "trained"
+    if choice == "published" and dataset not in SEGMENTER_FOR_DATASET:
+        raise UserError(f"evaluate.segmenter is 'published' but no published segmenter exists for dataset "
+                        f"{dataset!r} (only for {', '.join(sorted(SEGMENTER_FOR_DATASET))}); use 'trained', "
+                        "'torchscript' or 'auto'")
     return choice
 
 
