@@ -177,3 +177,25 @@ def test_stage_records_every_group_and_evaluation_reports_the_reason(server, tmp
     lookup = inception_weights(cfg, tmp_path)
     assert not lookup.available and lookup.reason.startswith("the weights stage could not provide the Inception weights")
     assert "dvc repro --force --single-item weights" in lookup.reason
+
+
+def test_fid_needs_no_setting_once_the_weights_stage_has_the_file(server, tmp_path, monkeypatch):
+    """The stage puts the Inception file where evaluation looks by default (the torch hub cache).
+    A small stand-in file plays the published one (its size and hash prefix patched in)."""
+    from gaugan import weights
+    from gaugan.metrics import fid
+    from pipeline.evaluation import inception_weights
+
+    payload = b"inception stand-in" * 100
+    prefix = hashlib.sha256(payload).hexdigest()[:8]
+    for module in (fid, weights):
+        monkeypatch.setattr(module, "FID_WEIGHTS_BYTES", len(payload))
+        monkeypatch.setattr(module, "FID_WEIGHTS_SHA256_PREFIX", prefix)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    server.files["pt_inception-2015-12-05-6726825d.pth"] = payload
+    cfg = run_config(weights={"mirror": server.url})
+    assert not inception_weights(cfg, tmp_path).available
+    weights_stage.run(cfg, tmp_path, progress=False)
+    lookup = inception_weights(cfg, tmp_path)  # evaluate.fid_weights is null: nothing configured
+    assert lookup.available and lookup.path == tmp_path / "torch_home" / "hub" / "checkpoints" / \
+        "pt_inception-2015-12-05-6726825d.pth"
