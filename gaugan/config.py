@@ -66,6 +66,9 @@ class DataConfig:
     use_instance: bool | None = None  # None: the dataset's own convention
     flip: bool = True
     num_workers: int = 2
+    # Larger images are refused as corrupt files or decompression bombs (PIL's own guard
+    # stops at 179 megapixels with a traceback); raise it for genuinely huge photos.
+    max_image_pixels: int = 100_000_000
     outdoor_list: str | None = None  # ade20k_outdoor: a file of image stems instead of the built-in filter
     builtin: BuiltinDataConfig = field(default_factory=BuiltinDataConfig)
     custom: CustomDataConfig = field(default_factory=CustomDataConfig)
@@ -132,6 +135,9 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (smoke runs, benchmarks); None: all epochs
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # CPU threads torch computes with in every stage; None: OMP_NUM_THREADS, else the
+    # cores available minus data.num_workers, at least 1 (gaugan/threads.py).
+    num_threads: int | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # autocast dtype on CUDA; CPU always fp32
     channels_last: bool = True
     compile: bool = False
@@ -309,11 +315,14 @@ def _check_ranges(obj: Any, prefix: str) -> None:
             require(value is None or value >= 8, name, value, "null or an integer >= 8")
         require(obj.aspect_ratio is None or obj.aspect_ratio > 0, "aspect_ratio", obj.aspect_ratio, "null or > 0")
         require(obj.num_workers >= 0, "num_workers", obj.num_workers, "an integer >= 0")
+        require(obj.max_image_pixels >= 1, "max_image_pixels", obj.max_image_pixels, "an integer >= 1")
     if isinstance(obj, CustomDataConfig):
         require(0.0 <= obj.val_fraction < 1.0, "val_fraction", obj.val_fraction, "a number in [0, 1)")
         require(obj.num_classes is None or obj.num_classes >= 1, "num_classes", obj.num_classes, "null or >= 1")
     if isinstance(obj, OptimConfig):
         require(obj.lr > 0, "lr", obj.lr, "a number > 0")
+        for name in ("beta1", "beta2"):  # Adam's decay rates of its moment averages
+            require(0.0 <= getattr(obj, name) < 1.0, name, getattr(obj, name), "a number in [0, 1)")
         require(obj.num_epochs_constant >= 0, "num_epochs_constant", obj.num_epochs_constant, ">= 0")
         require(obj.num_epochs_decay >= 0, "num_epochs_decay", obj.num_epochs_decay, ">= 0")
         require(obj.num_epochs_constant + obj.num_epochs_decay >= 1, "num_epochs_constant",
@@ -321,6 +330,7 @@ def _check_ranges(obj: Any, prefix: str) -> None:
     if isinstance(obj, TrainConfig):
         require(0.0 <= obj.ema_decay < 1.0, "ema_decay", obj.ema_decay, "a number in [0, 1)")
         require(obj.max_steps is None or obj.max_steps >= 1, "max_steps", obj.max_steps, "null or >= 1")
+        require(obj.num_threads is None or obj.num_threads >= 1, "num_threads", obj.num_threads, "null or >= 1")
     if isinstance(obj, EvaluateConfig):
         require(obj.every_epochs >= 0, "every_epochs", obj.every_epochs, "an integer >= 0 (0: off)")
         require(obj.checkpoint_choice == "final" or obj.every_epochs > 0, "checkpoint_choice", obj.checkpoint_choice,

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from gaugan.data.registry import DatasetSpec
-from gaugan.data.store import StoreDataset, make_loader
+from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.generated import read_generated, split_stems
 from gaugan.metrics import fid as fid_metric
 from gaugan.metrics.inputs import Judges, MetricInputs, missing_judge

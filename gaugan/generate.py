@@ -28,10 +28,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from gaugan.data.io import DataError, atomic_save_png, replace_dir
+from gaugan.data.io import DataError, OutputMarker, atomic_save_png, check_replaceable, replace_dir
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.semantic import semantic_input
-from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
+from gaugan.data.dataset import StoreDataset, make_loader
+from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.errors import UserError
 from gaugan.generated import split_stems
 from gaugan.models.encoder import ConvEncoder
@@ -39,6 +40,8 @@ from gaugan.models.loading import LoadedGenerator
 from gaugan.visualize import sample_grid, to_uint8
 
 GRID_ROWS = 8
+# Marks a folder of generated images, the only kind replace_dir may swap out.
+GENERATED_MARKER = OutputMarker("generated.json", "gaugan-generated-v1", "evaluate.output_dir")
 
 
 class GenerationError(UserError, ValueError):
@@ -137,6 +140,7 @@ def generate_split(
     posterior for that photo. Otherwise, VAE generators draw z from the prior (``seed``).
     """
     store_dir, output_dir = Path(store_dir), Path(output_dir)
+    check_replaceable(output_dir, GENERATED_MARKER)
     store_spec = spec_from_manifest(read_manifest(store_dir))
     check_generator_fits_store(loaded, store_spec, store_dir)
     stems = split_stems(store_dir, split)
@@ -180,7 +184,8 @@ def generate_split(
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
 
-    replace_dir(tmp_dir, output_dir)
+    GENERATED_MARKER.write(tmp_dir, split=split, num_images=count)
+    replace_dir(tmp_dir, output_dir, GENERATED_MARKER)
 
     if grid_path is not None and grid_rows:
         labels, fakes, reals = (torch.cat(parts)[:GRID_ROWS] for parts in zip(*grid_rows))

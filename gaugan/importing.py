@@ -1,6 +1,6 @@
 """Importing the authors' pretrained generator into our checkpoint format.
 
-The official ``latest_net_G.pth`` (REFERENCE.md section 1) is a bare state dict: it does not
+The official ``latest_net_G.pth`` (docs/SPADE.md section 1) is a bare state dict: it does not
 say which dataset, size or generator settings it belongs to. The imported file is one of
 ours (docs/ARCHITECTURE.md "Checkpoints": format tag, config, dataset spec, models), so
 ``gaugan synthesize``, the generate stage and anything else that reads ``generator.pt``
@@ -18,13 +18,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gaugan.config import Config, EncoderConfig, config_to_dict, replace
+from gaugan.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, build_checkpoint
+from gaugan.config import Config, EncoderConfig, replace
 from gaugan.data.registry import DatasetSpec
 from gaugan.models import count_parameters
 from gaugan.models.encoder import ConvEncoder
-from gaugan.models.loading import CHECKPOINT_FORMAT, load_encoder, load_generator
-from gaugan.models.official import CheckpointError
-from gaugan.train.checkpoint import atomic_torch_save
+from gaugan.models.loading import load_encoder, load_generator
 
 
 def _encoder_config(encoder: ConvEncoder) -> EncoderConfig:
@@ -63,14 +62,7 @@ def import_official_generator(source: str | os.PathLike, destination: str | os.P
         models["E"] = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
     config = replace(Config(), data={"dataset": spec.name}, generator=dataclasses.asdict(loaded.config),
                      encoder=dataclasses.asdict(encoder_config))
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "config": config_to_dict(config),
-        "spec": dataclasses.asdict(spec),
-        "models": models,
-        "progress": {},
-        "imported_from": {"path": str(source), "sha256": _sha256(source)},
-    }
+    payload = build_checkpoint(config, spec, models, imported_from={"path": str(source), "sha256": _sha256(source)})
     atomic_torch_save(payload, destination)
 
     reloaded = load_generator(destination)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from gaugan.data.io import atomic_write
 from gaugan.metrics.registry import registered_metrics
 
 
@@ -186,10 +186,7 @@ def _pyplot():
 
 
 def _save_figure(figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temp, dpi=100, bbox_inches="tight")
-    os.replace(temp, path)
+    atomic_write(path, lambda temp: figure.savefig(temp, dpi=100, bbox_inches="tight", format="png"))
 
 
 def _placeholder(path: Path, message: str) -> None:

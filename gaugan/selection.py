@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gaugan.config import Config
-from gaugan.train.checkpoint import GENERATOR_CHECKPOINT
+from gaugan.checkpoint import GENERATOR_CHECKPOINT
+from gaugan.config import Config, ConfigError
 
 SELECTION_FILE = "selection.json"  # how each kept best generator was chosen
 
@@ -54,7 +54,7 @@ def num_training_samples(cfg: Config, num_stored: int) -> int:
     """The training images G and D see: the stored ones minus those held out for the choice."""
     held_out = num_held_out(cfg)
     if held_out and held_out >= num_stored:
-        raise ValueError(
+        raise ConfigError(
             f"evaluate.selection_split=train_holdout holds out evaluate.during_training_images={held_out} of the "
             f"{num_stored} training images, leaving none to train on; lower evaluate.during_training_images"
         )

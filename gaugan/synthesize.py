@@ -1,4 +1,4 @@
-"""One image from one label map: the paper's test-time use (section 4; REFERENCE.md section 3).
+"""One image from one label map: the paper's test-time use (section 4; docs/SPADE.md section 3).
 
 The label map is read as class indices, mapped with the dataset's conventions (don't-care
 value, valid range), resized with nearest neighbours to the generator's size (as the
@@ -17,28 +17,18 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from gaugan.data.io import atomic_save_png, check_same_size, map_labels, read_image, read_index_map
+from gaugan.data.io import atomic_save_image, check_same_size, image_format, map_labels, read_image, read_index_map
 from gaugan.data.registry import PUBLISHED, DatasetSpec
 from gaugan.data.semantic import semantic_input
 from gaugan.errors import UserError
 from gaugan.models.encoder import ConvEncoder, reparameterize
 from gaugan.models.loading import LoadedGenerator, load_encoder, load_generator
+from gaugan.train.distributed import resolve_device
 from gaugan.visualize import to_uint8
 
 
 class SynthesisError(UserError, ValueError):
     """The inputs of a synthesis do not fit the model (instance map, style image, device)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise SynthesisError(f"--device: got {name!r}, expected cpu, cuda or auto")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SynthesisError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    return torch.device(name)
 
 
 def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -127,6 +117,24 @@ def synthesize_image(
     return to_pil(generator(seg, z)[0])
 
 
+def load_generator_for(
+    checkpoint: str | os.PathLike, dataset: str | None, device: torch.device, prefer_ema: bool = True
+) -> LoadedGenerator:
+    """The generator of ``checkpoint``, refusing one trained on another dataset than ``dataset``.
+
+    ``dataset`` gives an official file its published spec; ours carry their own, so it may
+    be None for them.
+    """
+    spec = PUBLISHED.get(dataset) if dataset is not None else None
+    loaded = load_generator(checkpoint, spec=spec, prefer_ema=prefer_ema, device=device)
+    if dataset is not None and loaded.spec.name != dataset:
+        raise SynthesisError(
+            f"{checkpoint}: the checkpoint was trained on dataset {loaded.spec.name!r} but --dataset is {dataset!r}; "
+            f"use --dataset {loaded.spec.name} (its label conventions are the model's)"
+        )
+    return loaded
+
+
 def synthesize_file(
     checkpoint: str | os.PathLike,
     dataset: str,
@@ -138,15 +146,18 @@ def synthesize_file(
     device: str = "auto",
     prefer_ema: bool = True,
 ) -> Path:
-    """``gaugan synthesize``: read the inputs, generate, write ``output`` atomically (PNG)."""
-    torch_device = resolve_device(device)
-    loaded = load_generator(checkpoint, spec=PUBLISHED.get(dataset), prefer_ema=prefer_ema, device=torch_device)
+    """``gaugan synthesize``: read the inputs, generate, write ``output`` atomically in the
+    format its suffix names (PNG, JPEG, WebP)."""
+    output = Path(output)
+    if output.is_dir():  # checked before the model is loaded, as the suffix is
+        raise SynthesisError(f"--output {output}: is a folder; name the image file, e.g. {output / 'image.png'}")
+    try:
+        image_format(output)
+    except ValueError as err:
+        raise SynthesisError(f"--output {err}") from err
+    torch_device = resolve_device(device, setting="--device")
+    loaded = load_generator_for(checkpoint, dataset, torch_device, prefer_ema)
     spec = loaded.spec
-    if spec.name != dataset:
-        raise SynthesisError(
-            f"{checkpoint}: the checkpoint was trained on dataset {spec.name!r} but --dataset is {dataset!r}; "
-            f"use --dataset {spec.name} (its label conventions are the model's)"
-        )
     setting = (
         f"--dataset (is {dataset!r} the dataset of this label map? the model expects indices 0.."
         f"{spec.num_label_values - 1})"
@@ -162,6 +173,5 @@ def synthesize_file(
         encoder = load_encoder(checkpoint, torch_device)
         style = style_tensor(style_path, spec.image_size, torch_device)
     image = synthesize_image(loaded, labels, instance, seed, style, encoder)
-    output = Path(output)
-    atomic_save_png(image, output)
+    atomic_save_image(image, output)
     return output

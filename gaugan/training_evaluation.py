@@ -18,7 +18,6 @@ training (:func:`gaugan.selection.num_training_samples`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -29,15 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from gaugan.config import Config, config_to_dict
+from gaugan.checkpoint import Progress, atomic_torch_save, build_checkpoint
+from gaugan.config import Config
+from gaugan.data.dataset import StoreDataset
 from gaugan.data.io import atomic_write_json
 from gaugan.data.registry import DatasetSpec
-from gaugan.data.store import StoreDataset
 from gaugan.generate import synthesize_batch
 from gaugan.metrics.inputs import Judges, MetricInputs, missing_judge
 from gaugan.metrics.registry import Metric, compute_metrics, registered_metrics
 from gaugan.selection import CHOICES, SELECTION_FILE
-from gaugan.train.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save
 
 
 def subset_indices(cfg: Config, num_val: int, num_train: int) -> tuple[str, list[int]]:
@@ -137,14 +136,9 @@ class TrainingEvaluator:
         choice = CHOICES[choice_name]
         record = {"metric": choice.metric, "value": value, "epoch": epoch, "step": step, "split": self.split,
                   "num_images": num_images, "file": choice.filename}
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "config": config_to_dict(self.cfg),
-            "spec": dataclasses.asdict(self.spec),
-            "models": {"G": {key: tensor.detach().cpu() for key, tensor in generator.state_dict().items()}},
-            "progress": {"epoch": epoch, "step": step, "batch_in_epoch": 0},
-            "selection": record,
-        }
+        generator_state = {key: tensor.detach().cpu() for key, tensor in generator.state_dict().items()}
+        payload = build_checkpoint(self.cfg, self.spec, {"G": generator_state}, progress=Progress(epoch, step, 0),
+                                   selection=record)
         atomic_torch_save(payload, self.out_dir / choice.filename)
         self.best[choice_name] = record
         atomic_write_json(self.out_dir / SELECTION_FILE, self.best)

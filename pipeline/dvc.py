@@ -31,12 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from gaugan.config import flatten
 from gaugan.errors import UserError
+from pipeline import PROJECT_PACKAGES
 
 if TYPE_CHECKING:  # pandas is imported where runs are linked, not by every stage's guard
     import pandas as pd
-
-# Packages whose code a stage must take from the directory it runs in.
-PROJECT_PACKAGES = ("gaugan", "pipeline", "stages")
 
 # MLflow run tags written by pipeline.tracking (at run time) and by link_experiments (after).
 TAG_EXP_NAME = "dvc.exp_name"

@@ -16,9 +16,9 @@ import torch
 
 from gaugan.config import Config
 from gaugan.data.io import atomic_write_json
-from gaugan.errors import UserError
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.errors import UserError
 from gaugan.evaluate import EvaluationReport, evaluate, inception_judge
 from gaugan.metrics.fid import WeightsLookup, find_inception_weights
 from gaugan.metrics.inputs import Judges
@@ -26,8 +26,8 @@ from gaugan.metrics.segmentation import PER_CLASS_COLUMNS, write_csv_atomic
 from gaugan.segmenters.loading import judge_for
 from gaugan.segmenters.trained import SEGMENTER_FILE
 from gaugan.selection import CHOICES
-from gaugan.training_evaluation import TrainingEvaluator
 from gaugan.train.distributed import resolve_device
+from gaugan.training_evaluation import TrainingEvaluator
 from pipeline.weights import read_record
 
 

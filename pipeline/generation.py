@@ -15,12 +15,13 @@ from typing import Any
 
 from gaugan.config import Config
 from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.errors import UserError
 from gaugan.generate import generate_split
 from gaugan.models.loading import load_encoder, load_generator
-from gaugan.errors import UserError
 from gaugan.selection import SELECTION_FILE, checkpoint_filename
 from gaugan.synthesize import style_tensor
 from gaugan.train.distributed import resolve_device
+from pipeline.stage import require_input
 
 
 def generator_checkpoint(cfg: Config, root: Path) -> Path:
@@ -28,7 +29,9 @@ def generator_checkpoint(cfg: Config, root: Path) -> Path:
     if cfg.evaluate.checkpoint:
         return root / cfg.evaluate.checkpoint
     path = root / cfg.train.checkpoint_dir / checkpoint_filename(cfg.evaluate.checkpoint_choice)
-    if cfg.evaluate.checkpoint_choice != "final" and not path.is_file():
+    if cfg.evaluate.checkpoint_choice == "final":
+        return require_input(path, "train")
+    if not path.is_file():
         raise UserError(
             f"{path}: evaluate.checkpoint_choice={cfg.evaluate.checkpoint_choice!r} needs the best generator kept "
             "during training, written when evaluate.every_epochs > 0 and the metric could be computed during "

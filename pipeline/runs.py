@@ -18,13 +18,19 @@ import pandas as pd
 from gaugan.config import Config
 from pipeline.dvc import TAG_EXP_REV, ExperimentLink, link_experiments, list_experiments, read_run_id_at
 from pipeline.tracking import RUN_FILE, resolve_tracking_uri
+from pipeline.tracking_store import check_store, limit_http_retries
 
 
 def mlflow_client(cfg: Config, root: Path) -> Any:
-    """An MlflowClient on the project's tracking URI (``tracking`` section, env, root)."""
+    """An MlflowClient on the project's tracking URI (``tracking`` section, env, root), after
+    a quick check that the store is there (a TrackingError naming the URI, not minutes of
+    MLflow's retries)."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=resolve_tracking_uri(cfg, root))
+    uri = resolve_tracking_uri(cfg, root)
+    check_store(uri)
+    limit_http_retries()
+    return MlflowClient(tracking_uri=uri)
 
 
 def fetch_runs(client: Any, experiment_name: str) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import ast
 import sys
 from pathlib import Path
 
-PROJECT_PACKAGES = ("gaugan", "pipeline", "stages")
+from pipeline import PROJECT_PACKAGES
 
 
 def _module_file(name: str, root: Path) -> Path | None:

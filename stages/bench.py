@@ -5,7 +5,7 @@ command line: ``gaugan bench --compare -S section.key=value``.
 
 DVC:
   params: data, generator, discriminator, encoder, loss, optim, train.batch_size, train.seed,
-          train.device, train.precision, train.channels_last, train.compile, train.cudnn_benchmark
+          train.device, train.num_threads, train.precision, train.channels_last, train.compile, train.cudnn_benchmark
   deps:   gaugan/models, gaugan/losses.py, gaugan/train, stages/bench.py
   outs:   reports/bench.json (metrics, cache: false; machine-dependent: always re-run it
           rather than trusting a cached result from another machine)
@@ -18,6 +18,7 @@ from pathlib import Path
 from gaugan.config import Config
 from gaugan.data.io import atomic_write_json
 from gaugan.data.registry import resolve_dataset
+from gaugan.threads import configure_threads
 from gaugan.train.bench import BenchSettings, compare_schedules
 from gaugan.train.distributed import resolve_device
 from pipeline.stage import run_stage
@@ -33,6 +34,7 @@ NUM_REPEATS = 3
 
 
 def run(cfg: Config, root: Path) -> None:
+    configure_threads(cfg.train.num_threads, export=True)  # synthetic batches: no loader workers
     spec = resolve_dataset(cfg.data)
     device = resolve_device(cfg.train.device)
     result = compare_schedules(cfg, spec, device, BenchSettings(steps=NUM_STEPS, warmup=NUM_WARMUP), NUM_REPEATS)

@@ -9,21 +9,22 @@
   leftImg8bit_trainvaltest.zip into ``<data.root>/cityscapes/``; the stage extracts them or
   says exactly what is missing and where to get it.
 - custom: nothing to download; the stage checks that ``<data.root>/custom/`` holds the
-  custom layout and says what is missing.
+  custom layout and says what is missing. It never writes into the user's folder (a
+  shared dataset may be mounted read-only).
 
-Every dataset ends with ``<data.root>/<dataset>/download.json`` (ADE20K-outdoor: in the
-ade20k folder), a small marker of what was downloaded, verified or generated, written
-last: a failed run leaves no marker.
+Every dataset ends with ``data/download.json``, a small record of what was downloaded,
+verified or generated, written last: a failed run leaves no record. (A
+download also keeps its own ``download.json`` beside the archives it fetched, to skip
+what is already extracted.)
 
 DVC:
-  params: data
-  deps: stages/download.py, gaugan/data/download.py, gaugan/data/builtin.py,
-        gaugan/data/coco_instances.py, gaugan/data/sources.py
-        (custom only: the user's folder ${data.root}/custom as a dep, so edits re-run the chain)
-  outs: ${data.root}/${data.dataset}/download.json  (small; cache: false)
-        Do NOT cache the raw paper datasets (tens of GB): declare only the marker, or the raw
-        folder with `cache: false` and `persist: true`. The generated landscapes folder is
-        small (a few MB) and may be cached: ${data.root}/landscapes.
+  params: data.dataset, data.root, data.builtin, data.custom
+  outs: data/download.json (cache: false), the only output: the raw folders are never in
+        the DVC cache (tens of GB) nor deleted by DVC; the preprocess stage depends on
+        ${data.root} itself, so editing a custom dataset re-runs the chain. Neither cached
+        nor in git (data/ is ignored), the record is absent from a queued experiment's
+        temporary copy, so the stage runs there and puts the raw data in place, as it did
+        when ${data.root} itself was its output.
 """
 
 from __future__ import annotations
@@ -33,15 +34,17 @@ from pathlib import Path
 from gaugan.config import Config
 from gaugan.data.builtin import write_landscapes
 from gaugan.data.coco_instances import build_instance_maps
-from gaugan.data.download import Resource, download_dataset, locate_cityscapes, write_marker
-from gaugan.data.io import DataError
+from gaugan.data.download import Resource, download_dataset, locate_cityscapes
+from gaugan.data.io import DataError, atomic_write_json
 from gaugan.data.sources import dataset_dir, list_custom
 from pipeline.stage import run_stage
+
+RECORD = Path("data") / "download.json"
 
 
 def run(cfg: Config, root: Path, resources: dict[str, tuple[Resource, ...]] | None = None,
         progress: bool = True) -> dict:
-    """Fetch, locate or generate the raw dataset; return the marker written.
+    """Fetch, locate or generate the raw dataset; return the record written to :data:`RECORD`.
 
     ``resources`` replaces the table of official archives (mirrors, tests).
     """
@@ -53,7 +56,6 @@ def run(cfg: Config, root: Path, resources: dict[str, tuple[Resource, ...]] | No
                                 num_workers=data.num_workers)
         timing = {key: info.pop(key) for key in ("seconds", "num_workers", "images_per_s_with_png_writing")}
         marker = {"dataset": "landscapes", "generated": info}
-        write_marker(folder, marker)
         print(f"landscapes: {timing['images_per_s_with_png_writing']} images/s written "
               f"({timing['seconds']} s, {timing['num_workers']} workers)")
     elif data.dataset == "custom":
@@ -61,7 +63,6 @@ def run(cfg: Config, root: Path, resources: dict[str, tuple[Resource, ...]] | No
         if listing.problems:
             raise DataError(f"{folder}: the custom dataset is incomplete:\n" + "\n".join(f"  - {p}" for p in listing.problems))
         marker = {"dataset": "custom", "pairs": {s: len(p) for s, p in listing.splits.items()}, "notes": listing.notes}
-        write_marker(folder, marker)
     elif data.dataset == "cityscapes":
         marker = locate_cityscapes(folder, progress=progress)
     else:
@@ -71,8 +72,9 @@ def run(cfg: Config, root: Path, resources: dict[str, tuple[Resource, ...]] | No
         after = build_coco_instances if data.dataset == "coco" else None
         marker = download_dataset(data.dataset, folder, resources, progress=progress, after_extract=after)
         if data.dataset == "ade20k_outdoor":
-            marker["note"] = "ADE20K-outdoor is a filter over this ADE20K download; not comparable to the paper"
-            write_marker(folder, marker)
+            marker = dict(marker, note="ADE20K-outdoor is a filter over this ADE20K download; not comparable to "
+                                       "the paper")
+    atomic_write_json(root / RECORD, marker)
     print(f"{data.dataset}: ready in {folder}")
     return marker
 

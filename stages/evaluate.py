@@ -12,8 +12,8 @@ generator (e.g. an official one), a separate evaluation run is opened and tagged
 checkpoint it scored.
 
 DVC:
-  params: data.processed_dir, train.checkpoint_dir, train.device, segmenter.checkpoint_dir,
-          evaluate, tracking
+  params: data.processed_dir, train.checkpoint_dir, train.device, train.num_threads,
+          segmenter.checkpoint_dir, evaluate, tracking
   deps:   ${data.processed_dir}, ${evaluate.output_dir}, reports/generation.json,
           ${segmenter.checkpoint_dir}, reports/segmenter.json, reports/train.json,
           reports/weights/{inception,segmenter}.json, gaugan code it imports
@@ -29,6 +29,7 @@ from pathlib import Path
 from gaugan.config import Config, flatten
 from gaugan.metrics.fid import pytorch_fid_version
 from gaugan.metrics.registry import registered_metrics
+from gaugan.threads import configure_threads
 from pipeline.evaluation import evaluate_generated, write_evaluation
 from pipeline.stage import run_stage
 from pipeline.tracking import RUN_FILE, open_run, read_run_file
@@ -46,6 +47,7 @@ def read_json(path: Path) -> dict:
 
 
 def run(cfg: Config, root: Path) -> None:
+    configure_threads(cfg.train.num_threads)  # no loader workers here
     generation = read_json(root / GENERATION_REPORT)
     report = evaluate_generated(cfg, root, root / cfg.evaluate.output_dir, generation)
     write_evaluation(report, root / METRICS_PATH, root / PER_CLASS_PATH)

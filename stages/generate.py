@@ -8,8 +8,8 @@ weights when present and ``evaluate.use_ema``; eval mode; on ``train.device``
 (pipeline/evaluation.py, shared with `gaugan evaluate`).
 
 DVC:
-  params: data.processed_dir, train.checkpoint_dir, train.device, evaluate.batch_size,
-          evaluate.seed, evaluate.use_ema, evaluate.output_dir, evaluate.checkpoint,
+  params: data.processed_dir, train.checkpoint_dir, train.device, train.num_threads,
+          evaluate.batch_size, evaluate.seed, evaluate.use_ema, evaluate.output_dir, evaluate.checkpoint,
           evaluate.checkpoint_choice, evaluate.selection_split, evaluate.style_image
   deps:   ${data.processed_dir}, ${train.checkpoint_dir} (the generator files), gaugan code it imports
   outs:   ${evaluate.output_dir} (the PNGs), reports/generated_grid.png, reports/generation.json
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gaugan.config import Config
 from gaugan.data.io import atomic_write_json
+from gaugan.threads import configure_threads
 from pipeline.generation import generate
 from pipeline.stage import run_stage
 
@@ -29,7 +30,9 @@ REPORT_PATH = "reports/generation.json"
 
 
 def run(cfg: Config, root: Path) -> None:
+    threads = configure_threads(cfg.train.num_threads)  # no loader workers here
     summary = generate(cfg, root, root / cfg.evaluate.output_dir, root / GRID_PATH)
+    summary["num_threads"] = threads.num_threads
     atomic_write_json(root / REPORT_PATH, summary)
     print(f"generated {summary['num_images']} images into {cfg.evaluate.output_dir} from {summary['checkpoint']} "
           f"({summary['images_per_s']:.1f} images/s, weights {summary['weights']}, {summary['device']})")

@@ -4,14 +4,13 @@ Reads ``<data.root>/<dataset>/`` in its official layout (gaugan.data.sources), c
 every file (gaugan.data.check: all problems are collected and reported together, nothing
 is dropped), resizes as published (labels and instances NEAREST, photos BICUBIC) and
 writes the store to ``<data.processed_dir>/`` through a temporary folder renamed at the
-end (gaugan.data.store). The store's ``manifest.json`` holds the resolved dataset spec;
+end (gaugan.data.preprocess). The store's ``manifest.json`` holds the resolved dataset spec;
 for custom datasets with inferred classes it is the source of truth downstream.
 
 DVC:
   params: data
-  deps: stages/preprocess.py, gaugan/data, ${data.root}/${data.dataset}/download.json
-        (ade20k_outdoor: data/raw/ade20k/download.json; landscapes may depend on the
-        generated folder ${data.root}/landscapes instead)
+  deps: the code it imports, data/download.json (the download stage's record) and
+        ${data.root} itself (editing a custom dataset re-runs the chain)
   outs: ${data.processed_dir} (cache it for the built-in dataset; for the paper's
         datasets it is several GB: `cache: false`), reports/data/class_histogram.csv,
         reports/data/samples.png
@@ -19,10 +18,11 @@ DVC:
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from gaugan.config import Config
-from gaugan.data.store import preprocess
+from gaugan.data.preprocess import preprocess
 from pipeline.stage import run_stage
 
 REPORTS = Path("reports") / "data"
@@ -33,6 +33,8 @@ def run(cfg: Config, root: Path) -> dict:
     counts = ", ".join(f"{split} {info['count']}" for split, info in manifest["splits"].items())
     print(f"{manifest['dataset']}: {counts} pairs, {manifest['label_channels']} label channels "
           f"-> {root / cfg.data.processed_dir}")
+    for warning in manifest["source"]["warnings"]:
+        print(f"preprocess: warning: {warning}", file=sys.stderr)
     return manifest
 
 

@@ -46,7 +46,7 @@ from gaugan.config import Config, flatten
 from gaugan.data.io import atomic_write_json, atomic_write_text
 from gaugan.metrics.registry import registered_metrics
 from pipeline.dvc import current_context
-from pipeline.stage import run_stage
+from pipeline.stage import read_json_input, run_stage
 from pipeline.tracking import RUN_FILE, read_run_file
 
 REPORTS = Path("reports")
@@ -104,8 +104,8 @@ def read_per_class(path: Path) -> list[dict[str, str]]:
 
 
 def run(cfg: Config, root: Path) -> None:
-    metrics = json.loads((root / METRICS).read_text())
-    training = json.loads((root / TRAINING).read_text())
+    metrics = read_json_input(root / METRICS, "evaluate")
+    training = read_json_input(root / TRAINING, "train")
     current = read_run_file(root / cfg.train.checkpoint_dir / RUN_FILE)
     current_id = current["run_id"] if current else None
     metric_keys = [metric.tracking_key for metric in registered_metrics()]

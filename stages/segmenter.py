@@ -12,7 +12,7 @@ the ablation tables). Otherwise (the paper's datasets under 'auto', or 'publishe
 
 DVC:
   params: data.dataset, data.processed_dir, data.num_workers, data.flip, train.device,
-          segmenter, evaluate.segmenter
+          train.num_threads, segmenter, evaluate.segmenter
   deps:   ${data.processed_dir}, gaugan code it imports
   outs:   ${segmenter.checkpoint_dir} (folder: segmenter.pt when trained, segmenter.json always)
   metrics: reports/segmenter.json (cache: false)
@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from gaugan.config import Config
-from gaugan.data.classes import class_names
+from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.io import atomic_write_text
-from gaugan.data.store import StoreDataset, make_loader, read_manifest, spec_from_manifest
+from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.evaluate import percent, real_image_scores
 from gaugan.segmenters.loading import resolve_choice
 from gaugan.segmenters.trained import SEGMENTER_FILE, save_trained_segmenter, train_segmenter
+from gaugan.threads import configure_threads
 from gaugan.train.distributed import resolve_device
 from pipeline.stage import run_stage
 
@@ -47,8 +48,10 @@ def write_json(payload: dict[str, Any], *paths: Path) -> None:
 
 
 def run(cfg: Config, root: Path) -> None:
+    threads = configure_threads(cfg.train.num_threads, cfg.data.num_workers)
     store_dir = root / cfg.data.processed_dir
-    spec = spec_from_manifest(read_manifest(store_dir))
+    manifest = read_manifest(store_dir)
+    spec = spec_from_manifest(manifest)
     out_dir = root / cfg.segmenter.checkpoint_dir
     checkpoint = out_dir / SEGMENTER_FILE
     resolved = resolve_choice(cfg.evaluate.segmenter, spec.name)
@@ -64,7 +67,7 @@ def run(cfg: Config, root: Path) -> None:
         return
 
     device = resolve_device(cfg.train.device)
-    names = class_names(spec)[: spec.label_nc]
+    names = manifest["class_names"][: spec.label_nc]  # the store's names: a custom dataset's classes file
     train_set = StoreDataset(store_dir, "train", spec, train=True, seed=cfg.segmenter.seed, flip=cfg.data.flip)
     loader = make_loader(train_set, cfg.segmenter.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
                          seed=cfg.segmenter.seed, pin_memory=device.type == "cuda")
@@ -87,6 +90,7 @@ def run(cfg: Config, root: Path) -> None:
         "num_val_images": len(StoreDataset(store_dir, "val", spec)),
         "train_seconds": round(train_seconds, 1),
         "device": str(device),
+        "num_threads": threads.num_threads,
         "history": history,
         "protocol": segmenter.protocol(),
         "config": dataclasses.asdict(cfg.segmenter),

@@ -1,10 +1,12 @@
-"""Train stage: G, D (and E) on the preprocessed store (paper section 4; REFERENCE.md section 2).
+"""Train stage: G, D (and E) on the preprocessed store (paper section 4; docs/SPADE.md section 2).
 
 Thin: load the config, open (or continue) the MLflow run, call
 :func:`gaugan.train.loop.train`, log the final generator. ``<train.checkpoint_dir>/run.json``
 names the run so that the generate/evaluate stages log into it, and so that a resumed
-training continues the same run. Under ``torchrun`` every process runs this module; only
-rank 0 talks to MLflow and writes files:
+training continues the same run. torch computes with ``train.num_threads`` CPU threads
+(null: derived from the cores and ``data.num_workers``, gaugan/threads.py), recorded as
+the run's ``runtime.*`` params and in reports/train.json. Under ``torchrun`` every process
+runs this module; only rank 0 talks to MLflow and writes files:
 
     torchrun --standalone --nproc_per_node=N -m stages.train
 
@@ -23,16 +25,17 @@ import shutil
 import time
 from pathlib import Path
 
-from gaugan.config import Config, config_to_dict, replace
-from gaugan.data.io import atomic_write_json
-from gaugan.data.store import read_manifest, spec_from_manifest
-from gaugan.train.checkpoint import (
+from gaugan.checkpoint import (
     GENERATOR_CHECKPOINT,
     LAST_CHECKPOINT,
     CheckpointError,
     check_resumable,
-    load_checkpoint,
+    load_for_resume,
 )
+from gaugan.config import Config, config_to_dict, replace
+from gaugan.data.io import atomic_write_json
+from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.threads import configure_threads
 from gaugan.train.loop import planned_steps, train
 from gaugan.training_evaluation import training_evaluator_summary
 from pipeline.evaluation import training_evaluator
@@ -58,7 +61,7 @@ def stale_finished_run(cfg: Config, store_dir: Path, out_dir: Path) -> bool:
         return False
     manifest = read_manifest(store_dir)
     spec = dataclasses.asdict(spec_from_manifest(manifest))
-    checkpoint = load_checkpoint(last)
+    checkpoint = load_for_resume(last)
     try:
         check_resumable(checkpoint, config_to_dict(cfg), spec, last)
     except CheckpointError:
@@ -70,6 +73,9 @@ def stale_finished_run(cfg: Config, store_dir: Path, out_dir: Path) -> bool:
 
 
 def run(cfg: Config, root: Path) -> None:
+    # torchrun's ranks on this machine share its cores.
+    threads = configure_threads(cfg.train.num_threads, cfg.data.num_workers,
+                                processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     store_dir = root / cfg.data.processed_dir
     out_dir = root / cfg.train.checkpoint_dir
     # Decided by every process before any writes, so that all start afresh together.
@@ -96,16 +102,17 @@ def run(cfg: Config, root: Path) -> None:
     with open_run(cfg, root, "train", resume_run_id=resume_run_id) as tracker:
         write_run_file(tracker, run_file)
         tracker.log_config(cfg)
+        tracker.log_params({f"runtime.{key}": value for key, value in threads.as_dict().items()})
         evaluator = training_evaluator(train_cfg, root, out_dir, resume=resuming)  # None unless evaluate.every_epochs
         started = time.perf_counter()
-        result = train(train_cfg, store_dir, out_dir, report=tracker.log_metrics, report_image=tracker.log_image,
-                       evaluate_during_training=evaluator)
+        result = train(train_cfg, store_dir, out_dir, report=tracker.training_reporter(),
+                       report_image=tracker.log_image, evaluate_during_training=evaluator)
         # Wall time of this invocation (a resumed run: of its continuation only); the report's
         # "training time" column.
         train_seconds = time.perf_counter() - started
         tracker.log_artifact(result.generator_checkpoint, "checkpoints")
         summary = {"step": result.step, "epoch": result.epoch, "resumed_from_step": result.resumed_from_step,
-                   **result.metrics, "time/train_seconds": train_seconds,
+                   **result.metrics, "time/train_seconds": train_seconds, "num_threads": threads.num_threads,
                    "evaluation_during_training": training_evaluator_summary(evaluator)}
         tracker.log_metrics({"final/step": result.step, "time/train_seconds": train_seconds}, step=result.step)
     summary_path = root / SUMMARY_PATH

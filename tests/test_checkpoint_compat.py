@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
-from gaugan.config import Config, DiscriminatorConfig, EncoderConfig, GeneratorConfig, config_to_dict, replace
-from gaugan.data.registry import published_spec
-from gaugan.models import build_discriminator, build_encoder, build_generator, published_generator_config
-from gaugan.models.loading import CHECKPOINT_FORMAT, load_encoder, load_generator
-from gaugan.models.official import (
+from gaugan.checkpoint import (
+    CHECKPOINT_FORMAT,
     CheckpointError,
-    load_official_generator,
+    Progress,
+    atomic_torch_save,
+    build_checkpoint,
+    capture_rng_state,
     load_state_dict_exactly,
-    official_structure,
     strip_wrapper_prefixes,
 )
-
+from gaugan.config import Config, DiscriminatorConfig, EncoderConfig, GeneratorConfig, replace
+from gaugan.data.registry import published_spec
+from gaugan.models import build_discriminator, build_encoder, build_generator, published_generator_config
+from gaugan.models.loading import load_encoder, load_generator
+from gaugan.models.official import load_official_generator, official_structure
 
 # ---- the official layout, written out from REFERENCE.md section 1 -------------------------
 
@@ -227,13 +229,13 @@ def test_official_instance_norm_and_most_variants_are_recognised(tmp_path):
 def test_unreadable_or_missing_file_is_a_clear_error(tmp_path):
     garbage = tmp_path / "latest_net_G.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=rf"{garbage}: unreadable checkpoint"):
+    with pytest.raises(CheckpointError, match=rf"{garbage}: not a PyTorch checkpoint \(a text file"):
         load_official_generator(garbage, 9)
     with pytest.raises(CheckpointError, match="checkpoint file not found"):
         load_official_generator(tmp_path / "nope.pth", 9)
     pickled = tmp_path / "object.pth"
     torch.save({"weights": torch.zeros(1), "callback": dataclasses.Field}, pickled)
-    with pytest.raises(CheckpointError, match=r"holds a Python object \(dataclasses.Field\).*refusing"):
+    with pytest.raises(CheckpointError, match=r"disallowed Python object \(dataclasses.Field\).*could run code"):
         load_official_generator(pickled, 9)
 
 
@@ -255,11 +257,9 @@ def save_ours(tmp_path, cfg: Config, with_ema: bool = True) -> tuple[dict, str]:
         models["G_ema"] = ema.state_dict()
     if cfg.encoder.use_vae:
         models["E"] = build_encoder(cfg.encoder).state_dict()
-    payload = {"format": CHECKPOINT_FORMAT, "config": config_to_dict(cfg), "spec": dataclasses.asdict(spec),
-               "models": models, "progress": {"epoch": 1, "step": 3, "batch_in_epoch": 0},
-               "rng": {"numpy": np.random.get_state(), "torch": torch.get_rng_state()}}
+    payload = build_checkpoint(cfg, spec, models, progress=Progress(epoch=1, step=3), rng=[capture_rng_state()])
     path = tmp_path / "last.pt"
-    torch.save(payload, path)
+    atomic_torch_save(payload, path)
     return payload, str(path)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
+import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -11,12 +12,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from gaugan.config import Config, config_to_dict, replace
+from gaugan.checkpoint import atomic_torch_save, build_checkpoint
+from gaugan.config import Config, replace
 from gaugan.data.registry import published_spec
 from gaugan.data.semantic import semantic_input
 from gaugan.models import build_encoder, build_generator, published_parameter_counts
-from gaugan.models.loading import CHECKPOINT_FORMAT
+from pipeline.cli import app
 
 SPEC = published_spec("landscapes")  # 10 classes + instance edges = 11 channels, 64x64
 runner = CliRunner()
@@ -40,9 +41,8 @@ def write_ours(path, use_vae: bool = False) -> dict:
     models = {"G": G.state_dict(), "G_ema": G.state_dict()}
     if use_vae:
         models["E"] = build_encoder(cfg.encoder).state_dict()
-    payload = {"format": CHECKPOINT_FORMAT, "config": config_to_dict(cfg), "spec": dataclasses.asdict(SPEC),
-               "models": models}
-    torch.save(payload, path)
+    payload = build_checkpoint(cfg, SPEC, models)
+    atomic_torch_save(payload, path)
     return payload
 
 
@@ -182,3 +182,57 @@ def test_params_json_and_table():
     assert table.exit_code == 0 and "184 label channels" in table.stdout and "(97.48 M)" in table.stdout
     unknown = runner.invoke(app, ["params", "--dataset", "custom"])
     assert unknown.exit_code == 2 and "no published configuration" in unknown.stderr
+
+
+@pytest.mark.parametrize(("suffix", "image_format"), [(".png", "PNG"), (".jpg", "JPEG"), (".JPEG", "JPEG"),
+                                                      (".webp", "WEBP")])
+def test_the_output_suffix_decides_the_format(files, tmp_path, suffix, image_format):
+    output = tmp_path / f"fake{suffix}"
+    result = synthesize(files, output)
+    assert result.exit_code == 0, result.output
+    assert Image.open(output).format == image_format and Image.open(output).size == (64, 64)
+
+
+def test_an_unknown_output_suffix_is_refused(files, tmp_path):
+    result = synthesize(files, tmp_path / "fake.gif")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--output" in result.stderr and "'.gif'" in result.stderr and ".png, .jpg, .jpeg, .webp" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _no_temporary_files(folder) -> bool:
+    return not [path for path in folder.rglob("*") if ".tmp" in path.name]
+
+
+def test_output_errors_name_the_destination_and_leave_nothing_behind(files, tmp_path, monkeypatch):
+    existing_folder = tmp_path / "out"
+    existing_folder.mkdir()
+    result = synthesize(files, existing_folder)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"--output {existing_folder}: is a folder; name the image file")
+    assert ".tmp" not in result.stderr and _no_temporary_files(tmp_path)
+
+    def disk_full(self, fp, format=None, **params):  # half a file written, then the disk is full
+        with open(fp, "wb") as handle:
+            handle.write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(fp))
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    output = tmp_path / "full" / "fake.png"
+    result = synthesize(files, output)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"{output}: cannot write the output (No space left on device)"
+    assert not output.exists() and _no_temporary_files(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_named(files, tmp_path):
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        result = synthesize(files, folder / "fake.png")
+    finally:
+        folder.chmod(0o755)
+    assert result.exit_code == 2 and result.stderr.startswith(f"{folder / 'fake.png'}: cannot write the output")
+    assert ".tmp" not in result.stderr and _no_temporary_files(tmp_path)

@@ -61,6 +61,9 @@ def test_missing_nested_key_named():
         ("data", "dataset", "imagenet", r"data\.dataset: got 'imagenet'.*'landscapes'"),
         ("train", "batch_size", 0, r"train\.batch_size: got 0, expected an integer >= 1"),
         ("data", "crop_size", "big", r"data\.crop_size: got 'big'.*int or null"),
+        ("optim", "beta1", 2, r"optim\.beta1: got 2\.0, expected a number in \[0, 1\)"),
+        ("optim", "beta2", 1.0, r"optim\.beta2: got 1\.0, expected a number in \[0, 1\)"),
+        ("optim", "beta1", -0.1, r"optim\.beta1: got -0\.1"),
     ],
 )
 def test_wrong_type_or_value_named(section, key, value, expected):

@@ -41,6 +41,24 @@ def test_check_data_user_errors_exit_2(tmp_path):
     assert result.exit_code == 2 and "not found" in result.output and "Traceback" not in result.output
 
 
+def test_check_data_takes_the_pipelines_root_or_the_dataset_folder(tmp_path):
+    make_custom(tmp_path / "raw" / "custom", values=[0, 1, 2])
+    for root in (tmp_path / "raw", tmp_path / "raw" / "custom"):  # data.root, and the folder itself
+        result = runner.invoke(app, ["check-data", "--dataset", "custom", "--root", str(root), "--num-workers", "0"])
+        assert result.exit_code == 0, result.output
+        assert f"at {tmp_path / 'raw' / 'custom'}" in result.output and "no problems found" in result.output
+
+
+def test_check_data_exit_codes_match_the_help(tmp_path):
+    help_text = " ".join(runner.invoke(app, ["check-data", "--help"]).output.split())
+    assert "1: problems in the data" in help_text and "2: a usage error" in help_text
+    (tmp_path / "photos").mkdir()  # a folder without the layout: a problem of the data, exit 1
+    result = runner.invoke(app, ["check-data", "--dataset", "custom", "--root", str(tmp_path / "photos")])
+    assert result.exit_code == 1 and "1 problem(s) found" in result.output and "no train/, val/" in result.output
+    result = runner.invoke(app, ["check-data", "--dataset", "custom", "--root", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "folder not found" in result.output
+
+
 def test_bench_loader_writes_report(tmp_path):
     out = tmp_path / "bench.json"
     result = runner.invoke(app, ["bench-loader", "--size", "32", "--num-images", "16", "--batch-size", "4",

@@ -292,6 +292,15 @@ def test_custom_stage_says_what_is_missing(tmp_path):
     assert marker["pairs"] == {"train": 3, "val": 2}
 
 
+def test_custom_stage_never_writes_into_the_dataset_folder(tmp_path):
+    """A custom dataset may be a read-only shared mount: the record goes to data/download.json."""
+    folder = make_custom(tmp_path / "data" / "raw" / "custom")
+    before = sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+    marker = download_stage.run(config("custom"), tmp_path, progress=False)
+    assert sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*")) == before
+    assert json.loads((tmp_path / "data" / "download.json").read_text()) == marker
+
+
 def test_landscapes_stage_generates_deterministically(tmp_path):
     cfg = config("landscapes", builtin={"num_train": 4, "num_val": 2, "size": 32, "seed": 5})
     marker = download_stage.run(cfg, tmp_path, progress=False)
@@ -302,4 +311,18 @@ def test_landscapes_stage_generates_deterministically(tmp_path):
     download_stage.run(cfg, tmp_path, progress=False)
     again = {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
     assert first == again
-    assert (folder / "download.json").read_text() == json.dumps(marker, indent=2) + "\n"
+    assert (tmp_path / "data" / "download.json").read_text() == json.dumps(marker, indent=2) + "\n"
+    assert not (folder / "download.json").exists()
+
+
+def test_zip_member_beside_the_extraction_folder_is_refused(tmp_path):
+    """A member resolving to a sibling whose name merely starts like the folder ('.extract-a.zipx/...')."""
+    from gaugan.data.download import extract
+
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("data/ok.txt", "fine")
+        bundle.writestr("../.extract-a.zipx/evil.txt", "outside")
+    with pytest.raises(DownloadError, match=r"unsafe path '\.\./\.extract-a\.zipx/evil\.txt'"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out" / ".extract-a.zipx").exists()

@@ -17,7 +17,9 @@ from gaugan.config import Config, replace
 from gaugan.data.check import check_dataset, format_report
 from gaugan.data.io import DataError
 from gaugan.data.sources import stable_val_split
-from gaugan.data.store import StoreDataset, preprocess, read_manifest, spec_from_manifest
+from gaugan.data.dataset import StoreDataset
+from gaugan.data.preprocess import preprocess
+from gaugan.data.store import read_manifest, spec_from_manifest
 
 W, H = 24, 16  # every photo/label below is W x H unless a test says otherwise
 
@@ -320,3 +322,61 @@ def test_outdoor_scene_rule():
         assert _outdoor_scene(outdoor), outdoor
     for indoor in ("bathroom", "airport_terminal", "church_indoor", "art_gallery", "streetcar_interior"):
         assert not _outdoor_scene(indoor), indoor
+
+
+def test_decompression_bomb_is_a_problem_of_its_file(tmp_path):
+    """A 15000x15000 PNG used to stop check-data and preprocess with an uncaught DecompressionBombError."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    raw = make_custom(tmp_path / "raw" / "custom", values=[0, 1])
+    Image.new("1", (15000, 15000)).save(raw / "train" / "labels" / "img_1.png")  # 27 kB, 225 megapixels
+    save_index(raw / "val" / "labels" / "img_0.png", label_map([0, 7]))  # another problem, collected with it
+    result = CliRunner().invoke(app, ["check-data", "--dataset", "custom", "--root", str(tmp_path / "raw"),
+                                      "--num-classes", "2", "--num-workers", "0"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "2 problem(s) found" in result.output
+    assert ("img_1.png: 15000x15000 = 225,000,000 pixels, more than data.max_image_pixels (100,000,000); a file "
+            "this large is likely corrupt or a decompression bomb") in result.output
+    cfg = config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16, custom={"num_classes": 2})
+    with pytest.raises(DataError, match=r"(?s)2 problem\(s\).*img_1.png: 15000x15000 = 225,000,000 pixels"):
+        preprocess(cfg.data, tmp_path, progress=False)
+
+
+def test_max_image_pixels_is_a_setting(tmp_path):
+    raw = make_custom(tmp_path / "custom", num_train=1, num_val=1, values=[0, 1], instances=False)
+    report = check_dataset(config("custom", max_image_pixels=300, custom={"num_classes": 2}).data, raw)
+    assert len(report.problems) == 4  # the 24x16 photo and label of each split: 384 pixels > 300
+    assert "24x16 = 384 pixels, more than data.max_image_pixels (300)" in report.problems[0]
+
+
+def test_train_label_errors_are_reported_once(tmp_path):
+    """Inferring the class count reads the training labels too: their errors used to appear twice."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    raw = make_custom(tmp_path / "raw" / "custom", values=[0, 1])
+    (raw / "train" / "labels" / "img_1.png").write_bytes(b"not a png")
+    result = CliRunner().invoke(app, ["check-data", "--dataset", "custom", "--root", str(raw), "--num-workers", "0"])
+    assert result.exit_code == 1 and "1 problem(s) found" in result.output
+    assert result.output.count("img_1.png: unreadable image") == 1
+    cfg = config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16)
+    with pytest.raises(DataError) as info:
+        preprocess(cfg.data, tmp_path, progress=False)
+    assert str(info.value).count("img_1.png: unreadable image") == 1 and "1 problem(s)" in str(info.value)
+
+
+def test_size_mismatch_mentions_exif_orientation(tmp_path):
+    raw = make_custom(tmp_path / "custom", num_train=1, num_val=1, values=[0, 1], instances=False)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": a phone photo stored sideways
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (W, H, 3), dtype=np.uint8)).save(raw / "train" / "images" / "img_0.jpg",
+                                                                           exif=exif)
+    report = check_dataset(config("custom", custom={"num_classes": 2}).data, raw)
+    assert len(report.problems) == 1
+    assert "image is 16x24 (WxH) but its label map" in report.problems[0]
+    assert "the photo has EXIF orientation 6: viewers show it rotated or mirrored, but its pixels are used as stored" \
+        in report.problems[0]

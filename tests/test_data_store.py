@@ -14,15 +14,10 @@ from PIL import Image
 from gaugan.data.builtin import write_landscapes
 from gaugan.data.io import DataError
 from gaugan.data.registry import DatasetSpec
-from gaugan.data.store import (
-    StoreDataset,
-    make_loader,
-    nearest_resize,
-    preprocess,
-    read_manifest,
-    spec_from_manifest,
-    train_shape,
-)
+from gaugan.data.dataset import StoreDataset, make_loader
+from gaugan.data.preprocess import preprocess
+from gaugan.data.resize import nearest_resize, train_shape
+from gaugan.data.store import read_manifest, spec_from_manifest
 from tests.test_data_layouts import config, make_cityscapes, make_custom
 
 
@@ -241,3 +236,52 @@ def test_samples_grid_written(landscape_store):
     root, _ = landscape_store
     grid = Image.open(root / "reports" / "samples.png")
     assert grid.mode == "RGB" and grid.size[0] >= 4 * 32
+
+
+def test_one_seeding_scheme_for_every_sampler(landscape_store):
+    """The loader's own shuffle and the training's GlobalBatchSampler give the same order."""
+    from gaugan.data.dataset import EpochSampler
+    from gaugan.train.distributed import GlobalBatchSampler
+
+    root, _ = landscape_store
+    dataset = StoreDataset(root / "store", "train", train=True, seed=5)
+    global_sampler = GlobalBatchSampler(len(dataset), 4, rank=0, world_size=1, seed=5)
+    for epoch in (0, 3):
+        dataset.set_epoch(epoch)
+        global_sampler.set_epoch(epoch)
+        own = [index for _, index in EpochSampler(dataset, shuffle=True, seed=5)]
+        assert own == list(global_sampler) and sorted(own) == list(range(12))
+
+
+def test_preprocess_never_replaces_a_folder_it_did_not_write(tmp_path):
+    """data.processed_dir naming a user's folder (e.g. a typo of an absolute path) loses nothing."""
+    make_custom(tmp_path / "raw" / "custom", values=[0, 1])
+    mydata = tmp_path / "mydata"
+    (mydata / "sub").mkdir(parents=True)
+    (mydata / "precious.txt").write_text("precious\n")
+    cfg = config("custom", root="raw", processed_dir=str(mydata), load_size=16, crop_size=16,
+                 custom={"num_classes": 2})
+    with pytest.raises(DataError, match=r"mydata: data.processed_dir names an existing folder that this project did "
+                                        r"not write \(it has no manifest.json"):
+        preprocess(cfg.data, tmp_path, progress=False)
+    assert (mydata / "precious.txt").read_text() == "precious\n" and (mydata / "sub").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata", "raw"]  # no .mydata.old / .mydata.tmp
+    # an empty folder and an earlier store are replaced
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = config("custom", root="raw", processed_dir=str(empty), load_size=16, crop_size=16, custom={"num_classes": 2})
+    preprocess(cfg.data, tmp_path, progress=False)
+    preprocess(cfg.data, tmp_path, progress=False)
+    assert (empty / "manifest.json").is_file()
+
+
+def test_landscapes_never_replace_a_folder_they_did_not_write(tmp_path):
+    from gaugan.data.builtin import write_landscapes
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="data.root names an existing folder .* no builtin.json with dataset 'landscapes'"):
+        write_landscapes(tmp_path / "mine", 2, 1, 16, seed=0)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+    write_landscapes(tmp_path / "generated", 2, 1, 16, seed=0)
+    write_landscapes(tmp_path / "generated", 2, 1, 16, seed=1)  # its own earlier output is replaced

@@ -104,7 +104,7 @@ def test_dvc_repro_produces_every_output(repo: Path) -> None:
         for out in stage.get("outs", []):
             assert (repo / out["path"]).exists(), out["path"]
 
-    assert json.loads((repo / cfg["data.root"] / "landscapes" / "download.json").read_text())["dataset"] == "landscapes"
+    assert json.loads((repo / "data" / "download.json").read_text())["dataset"] == "landscapes"
     manifest = json.loads((repo / cfg["data.processed_dir"] / "manifest.json").read_text())
     assert manifest["spec"]["crop_size"] == 32
     checkpoints = repo / cfg["train.checkpoint_dir"]

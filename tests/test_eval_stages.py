@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gaugan.config import Config, config_to_dict, replace
+from gaugan.checkpoint import Progress, atomic_torch_save, build_checkpoint
+from gaugan.config import Config, replace
 from gaugan.data.io import DataError
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.evaluate import evaluate, real_features_path
@@ -47,10 +48,7 @@ def write_generator_checkpoint(cfg: Config, spec, path: Path, use_vae: bool = Fa
     models = {"G": generator.state_dict(), "G_ema": ema.state_dict()}
     if use_vae:
         models["E"] = build_encoder(cfg.encoder).state_dict()
-    payload = {"format": "gaugan-checkpoint-v1", "config": config_to_dict(cfg), "spec": dataclasses.asdict(spec),
-               "models": models, "progress": {"epoch": 1, "step": 2, "batch_in_epoch": 0}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
+    atomic_torch_save(build_checkpoint(cfg, spec, models, progress=Progress(epoch=1, step=2)), path)
     return path
 
 
@@ -90,7 +88,7 @@ def test_stages_end_to_end_with_fid_unavailable(workspace, tmp_path, monkeypatch
 
     generate_stage.run(cfg, root)
     stems = split_stems(root / cfg.data.processed_dir)
-    written = sorted(p.name for p in (root / cfg.evaluate.output_dir).iterdir())
+    written = sorted(p.name for p in (root / cfg.evaluate.output_dir).glob("*.png"))
     assert written == sorted(f"{stem}.png" for stem in stems) and len(stems) == 5
     assert Image.open(root / cfg.evaluate.output_dir / f"{stems[0]}.png").size == (32, 32)
     grid = Image.open(root / "reports" / "generated_grid.png")
@@ -221,12 +219,19 @@ def test_vae_latents_do_not_depend_on_batching_and_style_images_work(workspace, 
 def test_generation_replaces_the_previous_set_atomically(workspace, tmp_path):
     root, cfg, spec = workspace
     store, out = root / cfg.data.processed_dir, tmp_path / "generated"
-    out.mkdir()
-    (out / "stale.png").write_bytes(b"from an older run")
     loaded = load_generator(root / cfg.train.checkpoint_dir / "generator.pt", spec, device=CPU)
     generate_split(loaded, store, out, CPU, batch_size=4)
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.png" for s in split_stems(store))
+    (out / "stale.png").write_bytes(b"from an older run")
+    generate_split(loaded, store, out, CPU, batch_size=4)
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{s}.png" for s in split_stems(store)] + ["generated.json"])
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    # a folder that generate did not write is never replaced (evaluate.output_dir naming a user's folder)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("precious")
+    with pytest.raises(DataError, match="evaluate.output_dir names an existing folder that this project did not write"):
+        generate_split(loaded, store, mine, CPU, batch_size=4)
+    assert [p.name for p in mine.iterdir()] == ["precious.txt"]
 
 
 def test_generator_for_another_dataset_is_a_clear_error(workspace, tmp_path):
@@ -324,8 +329,8 @@ def test_published_segmenter_path_with_user_supplied_weights(workspace, tmp_path
 
     from gaugan.metrics.registry import registered_metrics
     from gaugan.segmenters import published
-    from gaugan.segmenters.loading import judge_for, published_class_names
     from gaugan.segmenters.drn import DRND105Cityscapes
+    from gaugan.segmenters.loading import judge_for, published_class_names
     from gaugan.segmenters.upernet import UperNet101
 
     root, cfg, spec = workspace

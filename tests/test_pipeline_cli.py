@@ -3,15 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -84,35 +77,38 @@ def test_import_checkpoint_round_trip(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "already one of our checkpoints" in again.output
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _mlflow_accepts(command_line: list[str]) -> dict:
+    """Parse ``python -m mlflow ui ...`` with MLflow's own command definition, without starting it."""
+    import click
+    from mlflow.cli import cli
+
+    assert command_line[:4] == [sys.executable, "-m", "mlflow", "ui"]
+    ui = cli.get_command(click.Context(cli), "ui")
+    return ui.make_context("ui", command_line[4:]).params
 
 
-def test_ui_serves_the_configured_tracking_store(tmp_path: Path) -> None:
+def test_ui_serves_the_configured_tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     database = tmp_path / "elsewhere.db"
     params["tracking"]["tracking_uri"] = f"sqlite:///{database}"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    port = _free_port()
-    gaugan = shutil.which("gaugan", path=str(Path(sys.executable).parent)) or "gaugan"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    process = subprocess.Popen([gaugan, "ui", "--port", str(port)], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read().decode()
-            try:
-                url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    experiments = json.load(response)["experiments"]
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mlflow ui did not answer within 120 s"
-                time.sleep(1)
-        assert [e["name"] for e in experiments] == ["Default"] and database.is_file()
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    started = []
+    monkeypatch.setattr(subprocess, "call", lambda command_line: started.append(command_line) or 0)
+
+    result = runner.invoke(app, ["ui", "--port", "5123"])
+    assert result.exit_code == 0, result.output
+    assert f"MLflow UI on sqlite:///{database} at http://127.0.0.1:5123" in result.output
+    options = _mlflow_accepts(started[0])
+    assert options["backend_store_uri"] == f"sqlite:///{database}"
+    assert options["default_artifact_root"] == (tmp_path / "mlartifacts").resolve().as_uri()
+    assert (options["host"], options["port"]) == ("127.0.0.1", 5123)
+
+    # A tracking server is opened in the browser, not wrapped in another UI.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    params["tracking"]["tracking_uri"] = None
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = runner.invoke(app, ["ui"])
+    assert result.exit_code == 0 and "open http://tracking.example:5000" in result.output and len(started) == 1

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from gaugan.checkpoint import load_state_dict_exactly
 from gaugan.config import SegmenterConfig
 from gaugan.data.registry import PUBLISHED, DatasetSpec
 from gaugan.segmenters.base import IGNORE_INDEX
@@ -23,7 +24,6 @@ from gaugan.segmenters.published import (
     SegmenterWeightsError,
     ensure_weights,
     load_published_segmenter,
-    load_strict,
     read_state_dict,
 )
 from gaugan.segmenters.trained import (
@@ -214,7 +214,7 @@ def test_strict_loading_roundtrip_and_published_file_conventions(tmp_path):
                "epoch": 50}
     torch.save(wrapped, tmp_path / "encoder.pth")
     target = UperNet101(SHALLOW)
-    load_strict(target.encoder, read_state_dict(tmp_path / "encoder.pth"), tmp_path / "encoder.pth")
+    load_state_dict_exactly(target.encoder, read_state_dict(tmp_path / "encoder.pth"), tmp_path / "encoder.pth")
     assert all(torch.equal(a, b) for a, b in zip(source.encoder.state_dict().values(), target.encoder.state_dict().values())
                if a.dtype.is_floating_point)
 
@@ -225,10 +225,12 @@ def test_strict_loading_reports_mismatches_key_by_key(tmp_path):
     state["extra.weight"] = torch.zeros(1)
     state["conv_last.1.weight"] = torch.zeros(151, 512, 1, 1)
     with pytest.raises(SegmenterWeightsError) as info:
-        load_strict(UperNet101(SHALLOW).decoder, state, tmp_path / "decoder.pth")
+        load_state_dict_exactly(UperNet101(SHALLOW).decoder, state, tmp_path / "decoder.pth",
+                                error=SegmenterWeightsError)
     message = str(info.value)
-    assert "decoder.pth" in message and "missing keys: conv_last.1.bias" in message
-    assert "unexpected keys: extra.weight" in message and "conv_last.1.weight (file (151, 512, 1, 1)" in message
+    assert "decoder.pth" in message and "missing keys (1):\n    conv_last.1.bias" in message
+    assert "unexpected keys (1):\n    extra.weight" in message
+    assert "conv_last.1.weight: checkpoint (151, 512, 1, 1)" in message
 
 
 def test_missing_user_supplied_weights_say_where_to_put_them(tmp_path):

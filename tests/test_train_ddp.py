@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+from gaugan import checkpoint as ckpt
 from gaugan.config import Config, replace
-from gaugan.train import checkpoint as ckpt
 from gaugan.train.loop import train
 from tests.test_train_loop import checkpoint_tensors, make_store, tiny_train_config
 

@@ -9,23 +9,28 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from gaugan import checkpoint as ckpt
 from gaugan import losses
 from gaugan.config import Config, replace
 from gaugan.data.registry import resolve_dataset
-from gaugan.data.store import StoreDataset, read_manifest, spec_from_manifest
+from gaugan.data.dataset import StoreDataset
+from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.models.loading import load_generator
-from gaugan.train import checkpoint as ckpt
+from gaugan.train import loop
 from gaugan.train.bench import synthetic_batch
-from gaugan.train.loop import TrainingDiverged, build_training_models, make_optimizers, train
+from gaugan.train.guard import TrainingDiverged
+from gaugan.train.loop import build_training_models, make_optimizers, train
 from gaugan.train.steps import Networks, StepSettings, discriminator_step, generator_step, prepare_batch
-from pipeline.params import load_config
+from pipeline.params import dump_config, load_config
 from stages import download as download_stage
 from stages import preprocess as preprocess_stage
+from stages import train as train_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +74,7 @@ def store(tmp_path_factory) -> Path:
 
 def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint's models and optimiser states, by a flat name."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = ckpt.read_torch_file(path)
     flat = {}
     for model, state in payload["models"].items():
         flat.update({f"{model}.{key}": value for key, value in state.items()})
@@ -241,6 +246,30 @@ def test_resume_refuses_a_checkpoint_from_another_training_config(store, tmp_pat
     assert fresh.resumed_from_step == 0 and fresh.step == 4
 
 
+def test_train_stage_refuses_a_crafted_last_pt_without_running_its_code(tmp_path, write_crafted_checkpoint):
+    """``python -m stages.train`` reads last.pt to resume only through the safe reader: a
+    pickle calling os.system never runs; the message names it and says how to start afresh."""
+    cfg = tiny_train_config()
+    make_store(tmp_path)
+    (tmp_path / "params.yaml").write_text(dump_config(cfg))
+    last, marker = tmp_path / cfg.train.checkpoint_dir / "last.pt", tmp_path / "command_ran"
+    write_crafted_checkpoint(last, marker)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DVC")}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "stages.train"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert not marker.exists(), "unpickling last.pt ran the command"
+    assert result.returncode != 0
+    assert f"disallowed Python object ({os.system.__module__}.system)" in result.stderr, result.stderr[-2000:]
+    assert "could run code" in result.stderr and "set train.resume=false or delete" in result.stderr
+
+    # The stage first looks whether a finished run (generator.pt beside last.pt) is stale: safely too.
+    (last.parent / "generator.pt").write_bytes(b"")
+    with pytest.raises(ckpt.CheckpointError, match="disallowed Python object"):
+        train_stage.run(cfg, tmp_path)
+    assert not marker.exists()
+
+
 def test_non_finite_loss_stops_naming_loss_and_step_and_keeps_the_good_checkpoint(store, tmp_path, monkeypatch):
     cfg = tiny_train_config(checkpoint_every=2, log_every=4)
     calls = {"count": 0}
@@ -259,6 +288,67 @@ def test_non_finite_loss_stops_naming_loss_and_step_and_keeps_the_good_checkpoin
     assert kept["progress"]["step"] == 2
     assert all(torch.isfinite(v).all() for v in kept["models"]["G"].values() if v.is_floating_point())
     assert not (tmp_path / "generator.pt").exists()
+
+
+def test_divergence_before_any_checkpoint_says_a_rerun_starts_afresh(store, tmp_path, monkeypatch):
+    cfg = tiny_train_config(checkpoint_every=100, log_every=2)
+    real_feature_matching = losses.feature_matching_loss
+    monkeypatch.setattr(losses, "feature_matching_loss", lambda *args: real_feature_matching(*args) * float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"became non-finite at step 1;") as caught:
+        train(cfg, store, tmp_path, show_progress=False)
+    message = str(caught.value)
+    assert "no checkpoint of this run had been written yet" in message and "it starts afresh" in message
+    assert "resumes" not in message and not (tmp_path / "last.pt").exists()
+
+
+def test_non_finite_weights_are_never_checkpointed(store, tmp_path, monkeypatch):
+    """D's weights turn NaN in the D update of step 4, a checkpoint step, while every loss up to
+    then was finite: the checkpoint of step 2 must stay the last one."""
+    cfg = tiny_train_config(checkpoint_every=2, log_every=100)
+    calls = {"count": 0}
+    real_discriminator_step = loop.discriminator_step
+
+    def poisoned(networks, *args):
+        step_losses = real_discriminator_step(networks, *args)
+        calls["count"] += 1
+        if calls["count"] == 4:
+            with torch.no_grad():
+                next(networks.D_module.parameters()).fill_(float("nan"))
+        return step_losses
+
+    monkeypatch.setattr(loop, "discriminator_step", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"the weights of D became non-finite at step 4 \(the losses") as caught:
+        train(cfg, store, tmp_path, show_progress=False)
+    assert f"the last good checkpoint {tmp_path / 'last.pt'} (step 2) is kept" in str(caught.value)
+    assert "it resumes from that checkpoint" in str(caught.value)
+    kept = ckpt.load_checkpoint(tmp_path / "last.pt")
+    assert kept["progress"]["step"] == 2
+    assert all(torch.isfinite(v).all() for v in kept["models"]["D"].values() if v.is_floating_point())
+
+
+def test_headline_speed_is_the_whole_runs_average_not_the_last_window(store, tmp_path, monkeypatch):
+    """perf/images_per_s is images trained / wall time of the loop so far (after the last step:
+    the run's average); the rate of the steps since the previous log is perf/images_per_s_window."""
+    cfg = tiny_train_config(max_steps=4, log_every=2)
+    calls = {"count": 0}
+    real_generator_step = loop.generator_step
+
+    def slow_first_window(*args):
+        calls["count"] += 1
+        if calls["count"] <= 2:
+            time.sleep(0.5)
+        return real_generator_step(*args)
+
+    monkeypatch.setattr(loop, "generator_step", slow_first_window)
+    reported = []
+    result = train(cfg, store, tmp_path, report=lambda metrics, step: reported.append(metrics), show_progress=False)
+    first, last = reported
+    assert first["perf/images_per_s"] == pytest.approx(first["perf/images_per_s_window"], rel=0.01)
+    # Two windows of 2 steps of 2 images: the run's rate is 8 images over both windows' time.
+    seconds = 4 / first["perf/images_per_s_window"] + 4 / last["perf/images_per_s_window"]
+    assert last["perf/images_per_s"] == pytest.approx(8 / seconds, rel=0.05)
+    assert last["perf/images_per_s"] < last["perf/images_per_s_window"]
+    assert result.metrics["perf/images_per_s"] == last["perf/images_per_s"]
 
 
 def test_metrics_and_sample_grids_are_reported(store, tmp_path):

@@ -1,11 +1,10 @@
 """Training pieces without a training run: lr schedule, TTUR, global-batch sampler, EMA,
-checkpoint writing and the resume-compatibility rule, the sync-BN guard."""
+the sync-BN guard (checkpoint writing and the resume-compatibility rule: test_checkpoint.py)."""
 
 from __future__ import annotations
 
 import copy
 import functools
-import os
 import sys
 from pathlib import Path
 
@@ -13,8 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from gaugan.config import Config, ConfigError, OptimConfig, config_to_dict, replace
-from gaugan.train import checkpoint as ckpt
+from gaugan.config import ConfigError, OptimConfig
 from gaugan.train.distributed import (
     DistributedContext,
     GlobalBatchSampler,
@@ -22,6 +20,7 @@ from gaugan.train.distributed import (
     local_batch_size,
 )
 from gaugan.train.ema import GeneratorEMA
+from gaugan.train.jobs import PeriodicJob, due_jobs
 from gaugan.train.schedule import adam_betas, base_lr, learning_rates
 
 
@@ -99,33 +98,11 @@ def test_ema_averages_parameters_and_copies_buffers():
         GeneratorEMA(net, decay=1.0)
 
 
-def test_atomic_save_leaves_no_temporary_file_and_keeps_the_old_one_on_failure(tmp_path):
-    path = tmp_path / "last.pt"
-    ckpt.atomic_torch_save({"format": ckpt.CHECKPOINT_FORMAT, "value": 1}, path)
-    assert ckpt.load_checkpoint(path)["value"] == 1
-    with pytest.raises(Exception):
-        ckpt.atomic_torch_save({"format": ckpt.CHECKPOINT_FORMAT, "bad": lambda: None}, path)  # unpicklable
-    assert ckpt.load_checkpoint(path)["value"] == 1
-    assert os.listdir(tmp_path) == ["last.pt"]
-    (tmp_path / "other.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ckpt.CheckpointError, match="other.pt: cannot read"):
-        ckpt.load_checkpoint(tmp_path / "other.pt")
-
-
-def test_config_differences_that_change_training_are_listed_others_allowed():
-    base = Config()
-    saved = config_to_dict(base)
-    harmless = replace(base, train={"log_every": 1, "sample_every": 5, "checkpoint_every": 7, "max_steps": 3},
-                       data={"num_workers": 0}, tracking={"enabled": False}, evaluate={"batch_size": 2})
-    assert ckpt.training_config_differences(saved, config_to_dict(harmless)) == []
-    changed = replace(base, optim={"lr": 1e-3}, train={"batch_size": 4}, generator={"ngf": 8})
-    assert ckpt.training_config_differences(saved, config_to_dict(changed)) == [
-        "generator.ngf", "optim.lr", "train.batch_size"]
-    payload = {"config": saved, "spec": {"name": "x"}}
-    with pytest.raises(ckpt.CheckpointError, match=r"optim\.lr: 0\.0002 -> 0\.001.*train\.resume=false"):
-        ckpt.check_resumable(payload, config_to_dict(changed), {"name": "x"}, ckpt.Path("last.pt"))
-    with pytest.raises(ckpt.CheckpointError, match="dataset spec differs"):
-        ckpt.check_resumable(payload, saved, {"name": "y"}, ckpt.Path("last.pt"))
+def test_periodic_jobs_are_due_at_their_interval_and_after_the_last_step():
+    jobs = [PeriodicJob("log", 2, print), PeriodicJob("sample", 5, print), PeriodicJob("checkpoint", 3, print)]
+    due = {step: [job.name for job in due_jobs(jobs, step, total_steps=7)] for step in range(1, 8)}
+    assert due == {1: [], 2: ["log"], 3: ["checkpoint"], 4: ["log"], 5: ["sample"], 6: ["log", "checkpoint"],
+                   7: ["log", "sample", "checkpoint"]}
 
 
 def test_spectral_norm_power_iteration_runs_without_autocast(monkeypatch):

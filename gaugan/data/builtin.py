@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gaugan.data.io import replace_dir
+from gaugan.data.io import OutputMarker, check_replaceable, replace_dir
 from gaugan.data.registry import LANDSCAPE_CLASSES
 
 SKY, CLOUD, MOUNTAIN, SNOW, WATER, SAND, GRASS, TREE, ROCK, BUSH = range(10)
@@ -445,6 +445,10 @@ def _write_one(args: tuple[Path, str, int, int, int]) -> str:
     return sample.style
 
 
+# builtin.json marks a generated landscapes folder, the only kind write_landscapes replaces.
+LANDSCAPES_MARKER = OutputMarker("builtin.json", "landscapes", "data.root", key="dataset")
+
+
 def write_landscapes(out_dir: str | os.PathLike, num_train: int, num_val: int, size: int, seed: int,
                      progress: bool = False, num_workers: int = 0) -> dict:
     """Generate the dataset into ``out_dir/{train,val}/{images,labels,instances}/``.
@@ -456,6 +460,7 @@ def write_landscapes(out_dir: str | os.PathLike, num_train: int, num_val: int, s
     from gaugan.data.check import parallel_map
 
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, LANDSCAPES_MARKER)
     tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     start = time.perf_counter()
@@ -486,5 +491,5 @@ def write_landscapes(out_dir: str | os.PathLike, num_train: int, num_val: int, s
     (tmp_dir / "builtin.json").write_text(json.dumps(info, indent=2) + "\n")
     info = dict(info, seconds=round(seconds, 3), num_workers=num_workers,
                 images_per_s_with_png_writing=round(len(jobs) / max(seconds, 1e-9), 1))
-    replace_dir(tmp_dir, out_dir)
+    replace_dir(tmp_dir, out_dir, LANDSCAPES_MARKER)
     return info

@@ -3,7 +3,7 @@
 Every problem is collected before anything fails (a user fixing a dataset wants the whole
 list, not one error per run), and each names the file, the offending value and the
 setting to change: label values outside ``[0, label_nc)`` other than the don't-care value
-(REFERENCE.md section 3 for each dataset's convention), an image whose size differs from
+(docs/SPADE.md section 3 for each dataset's convention), an image whose size differs from
 its label map, an instance map of another size, pairs with a missing half, and files that
 cannot be read (with the reason). Nothing is ever dropped silently.
 """
@@ -21,12 +21,22 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import numpy as np
 from PIL import Image
 
-from gaugan.config import ConfigError, DataConfig
-from gaugan.data.classes import class_names
-from gaugan.data.io import DataError, read_image, read_index_map, map_labels
-from gaugan.data.registry import DatasetSpec, resolve_dataset
+from gaugan.config import DataConfig
+from gaugan.data.classes import class_names, named_class_count, read_class_file
+from gaugan.data.diagnose import (
+    LabelStatistics,
+    describe_aspects,
+    describe_storage,
+    distortion_warning,
+    label_statistics,
+    stray_value_warning,
+    void_warning,
+)
+from gaugan.data.io import DataError, image_size, read_image, read_index_map, map_labels
+from gaugan.data.registry import ASPECT_MULTIPLE, DatasetSpec, resolve_dataset
 from gaugan.data.sources import Listing, Pair, list_dataset
 
+EXIF_ORIENTATION = 0x0112
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -40,21 +50,24 @@ class LoadedPair:
     instance: np.ndarray | None  # (H, W) int64 as read (only edges matter)
 
 
-def load_pair(pair: Pair, spec: DatasetSpec, setting: str | None = None) -> tuple[LoadedPair | None, list[str]]:
-    """Read and check one pair; return it (or None) and every problem found in it."""
+def load_pair(pair: Pair, spec: DatasetSpec, max_pixels: int | None = None) -> tuple[LoadedPair | None, list[str]]:
+    """Read and check one pair; return it (or None) and every problem found in it.
+
+    ``max_pixels`` (data.max_image_pixels) refuses larger files before decoding them.
+    """
     problems: list[str] = []
     label = image = instance = None
     try:
-        label = map_labels(read_index_map(pair.label), spec, pair.label, setting)
+        label = map_labels(read_index_map(pair.label, max_pixels=max_pixels), spec, pair.label)
     except DataError as err:
         problems.append(str(err))
     try:
-        image = read_image(pair.image)
+        image = read_image(pair.image, max_pixels)
     except DataError as err:
         problems.append(str(err))
     if spec.use_instance and pair.instance is not None:
         try:
-            instance = read_index_map(pair.instance, what="instance map")
+            instance = read_index_map(pair.instance, what="instance map", max_pixels=max_pixels)
         except DataError as err:
             problems.append(str(err))
     if label is not None:
@@ -62,7 +75,7 @@ def load_pair(pair: Pair, spec: DatasetSpec, setting: str | None = None) -> tupl
         if image is not None and image.size != (width, height):
             problems.append(
                 f"{pair.image}: image is {image.size[0]}x{image.size[1]} (WxH) but its label map {pair.label} is "
-                f"{width}x{height}; they must be the same size"
+                f"{width}x{height}; they must be the same size{_orientation_hint(pair.image)}"
             )
         if instance is not None and instance.shape != label.shape:
             problems.append(
@@ -72,6 +85,19 @@ def load_pair(pair: Pair, spec: DatasetSpec, setting: str | None = None) -> tupl
     if problems:
         return None, problems
     return LoadedPair(image, label, instance), problems
+
+
+def _orientation_hint(path: Path) -> str:
+    """Why a photo may look the right size in a viewer: an EXIF orientation tag, which we ignore."""
+    try:
+        with Image.open(path) as image:
+            orientation = image.getexif().get(EXIF_ORIENTATION)
+    except Exception:  # noqa: BLE001 - only a hint; the file's own problems are reported elsewhere
+        return ""
+    if orientation in (None, 1):
+        return ""
+    return (f" (the photo has EXIF orientation {orientation}: viewers show it rotated or mirrored, but its pixels "
+            f"are used as stored; rotate the pixels themselves, e.g. with `mogrify -auto-orient`, or fix the label map)")
 
 
 def parallel_map(function: Callable[[T], R], items: Iterable[T], num_workers: int, chunksize: int = 4) -> Iterator[R]:
@@ -87,28 +113,69 @@ def parallel_map(function: Callable[[T], R], items: Iterable[T], num_workers: in
 # Resolving the spec of a folder (custom datasets: instance maps and classes found there).
 
 
-def infer_num_classes(pairs: list[Pair], dontcare_value: int | None, num_workers: int = 0) -> tuple[int | None, list[str]]:
-    """max label value + 1 over the given label maps, the don't-care value excluded."""
+def infer_num_classes(pairs: list[Pair], dontcare_value: int | None, root: Path, num_workers: int = 0,
+                      max_pixels: int | None = None) -> tuple[int | None, list[str], str | None]:
+    """max label value + 1 over the given label maps (the don't-care value excluded), the
+    problems of unreadable maps, and a warning when a few stray values make the count jump."""
     problems: list[str] = []
-    highest = -1
-    for result in parallel_map(_max_label, [(p.label, dontcare_value) for p in pairs], num_workers):
+    files_by_value: dict[int, list[Path]] = {}
+    count_by_value: Counter = Counter()
+    results = parallel_map(_label_values, [(p.label, dontcare_value, max_pixels) for p in pairs], num_workers)
+    for pair, result in zip(pairs, results):
         if isinstance(result, str):
             problems.append(result)
-        else:
-            highest = max(highest, result)
-    return (highest + 1 if highest >= 0 else None), problems
+            continue
+        for value in result:
+            count_by_value[value] += 1
+            files = files_by_value.setdefault(value, [])
+            if len(files) < 3:
+                files.append(pair.label.relative_to(root) if pair.label.is_relative_to(root) else pair.label)
+    if not count_by_value:
+        return None, problems, None
+    warning = stray_value_warning(files_by_value, count_by_value, len(pairs) - len(problems))
+    return max(count_by_value) + 1, problems, warning
 
 
-def _max_label(args: tuple[Path, int | None]) -> int | str:
-    path, dontcare = args
+def _label_values(args: tuple[Path, int | None, int | None]) -> list[int] | str:
+    path, dontcare, max_pixels = args
     try:
-        raw = read_index_map(path)
+        raw = read_index_map(path, max_pixels=max_pixels)
     except DataError as err:
         return str(err)
     values = np.unique(raw)
     if dontcare is not None:
         values = values[values != dontcare]
-    return int(values.max()) if values.size else -1
+    return values.tolist()
+
+
+def photo_aspect_ratio(pairs: list[Pair], num_workers: int = 0) -> float | None:
+    """The most common width / height (to 2 decimals) of the photos, from their headers."""
+    aspects: Counter = Counter()
+    for size in parallel_map(image_size, [pair.image for pair in pairs], num_workers, chunksize=64):
+        if size is not None and size[1] > 0:
+            aspects[round(size[0] / size[1], 2)] += 1
+    return aspects.most_common(1)[0][0] if aspects else None
+
+
+def _custom_class_count(data: DataConfig, listing: Listing, folder: Path, num_workers: int) -> int | None:
+    """A custom dataset's class count when data.custom.num_classes is null: the classes
+    file's, else the training labels' (with their read problems and a stray-value warning)."""
+    if data.custom.num_classes is not None:
+        return None
+    if listing.classes is not None:
+        count = named_class_count(listing.classes, data.custom.dontcare_label)
+        listing.notes.append(f"classes: {count} named in {listing.classes.path.name} (data.custom.num_classes is null)")
+        return count
+    count, problems, warning = infer_num_classes(listing.splits.get("train", []), data.custom.dontcare_label, folder,
+                                                 num_workers, data.max_image_pixels)
+    listing.problems.extend(problems)
+    listing.warnings.extend([warning] if warning else [])
+    if count is None:
+        raise DataError(f"{folder}: cannot infer the number of classes (no readable training label maps); "
+                        f"set data.custom.num_classes")
+    listing.notes.append(f"classes inferred from the training labels: {count} "
+                         f"(max label value + 1, don't-care {data.custom.dontcare_label} excluded)")
+    return count
 
 
 def resolve_folder(data: DataConfig, folder: Path, repo_root: Path | None = None,
@@ -116,8 +183,10 @@ def resolve_folder(data: DataConfig, folder: Path, repo_root: Path | None = None
     """The spec and the listing of ``data.dataset`` in ``folder``.
 
     For custom datasets the instance edge channel is on when the folder has any instance
-    maps (unless data.use_instance says otherwise), and the class count is inferred from the
-    training labels when data.custom.num_classes is null.
+    maps (unless data.use_instance says otherwise), class names come from a
+    ``classes.txt`` / ``classes.csv`` beside the splits, and when data.custom.num_classes is
+    null the class count is the number of names in that file, or else inferred from the
+    training labels.
     """
     if data.dataset == "custom":
         use_instance = data.use_instance
@@ -127,16 +196,19 @@ def resolve_folder(data: DataConfig, folder: Path, repo_root: Path | None = None
             # a missing one is a problem, not a reason to silently train without edges)
             use_instance = any(p.instance is not None for pairs in probe.splits.values() for p in pairs)
         listing = list_dataset("custom", folder, data, use_instance=use_instance, repo_root=repo_root)
-        inferred = None
-        if data.custom.num_classes is None:
-            inferred, problems = infer_num_classes(listing.splits.get("train", []), data.custom.dontcare_label, num_workers)
-            listing.problems.extend(problems)
-            if inferred is None:
-                raise DataError(f"{folder}: cannot infer the number of classes (no readable training label maps); "
-                                f"set data.custom.num_classes")
-            listing.notes.append(f"classes inferred from the training labels: {inferred} "
-                                 f"(max label value + 1, don't-care {data.custom.dontcare_label} excluded)")
-        spec = resolve_dataset(dataclasses.replace(data, use_instance=use_instance), inferred_num_classes=inferred)
+        listing.classes = read_class_file(folder)
+        inferred = _custom_class_count(data, listing, folder, num_workers)
+        aspect = None
+        if data.aspect_ratio is None and data.preprocess_mode is None:
+            aspect = photo_aspect_ratio(listing.splits.get("train", []), num_workers)
+        spec = resolve_dataset(dataclasses.replace(data, use_instance=use_instance), inferred_num_classes=inferred,
+                               photo_aspect_ratio=aspect)
+        if aspect is not None:
+            listing.notes.append(
+                f"aspect ratio {spec.aspect_ratio:.2f} (W/H): the training photos' most common {aspect:.2f}"
+                + (f", as near as crops {spec.image_size[1]}x{spec.image_size[0]} (WxH, height a multiple of "
+                   f"{ASPECT_MULTIPLE}) allow" if abs(spec.aspect_ratio / aspect - 1) > 0.01 else "")
+                + "; preprocess_mode 'fixed' (data.aspect_ratio and data.preprocess_mode are null)")
         return spec, listing
     spec = resolve_dataset(data)
     return spec, list_dataset(data.dataset, folder, data, use_instance=spec.use_instance, repo_root=repo_root)
@@ -151,61 +223,79 @@ class CheckReport:
     spec: DatasetSpec
     listing: Listing
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # likely mistakes that are not errors (gaugan.data.diagnose)
     pairs: dict[str, int] = field(default_factory=dict)
     image_sizes: dict[str, Counter] = field(default_factory=dict)  # split -> Counter of (width, height)
-    class_pixels: dict[str, np.ndarray] = field(default_factory=dict)  # split -> pixels per stored index
+    labels: dict[str, LabelStatistics] = field(default_factory=dict)  # split -> pixels per stored index
     instance_maps: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def class_pixels(self) -> dict[str, np.ndarray]:
+        return {split: statistics.pixels for split, statistics in self.labels.items()}
 
-def _inspect(args: tuple[Pair, DatasetSpec]) -> tuple[list[str], tuple[int, int] | None, np.ndarray | None, bool]:
-    pair, spec = args
-    loaded, problems = load_pair(pair, spec)
+
+def _inspect(args: tuple[Pair, DatasetSpec, int | None]) -> tuple[list[str], tuple[int, int] | None,
+                                                                  LabelStatistics | None, bool]:
+    pair, spec, max_pixels = args
+    loaded, problems = load_pair(pair, spec, max_pixels)
     if loaded is None:
         return problems, None, None, False
-    counts = np.bincount(loaded.label.ravel(), minlength=spec.num_label_values)
-    return problems, loaded.image.size, counts, loaded.instance is not None
+    return problems, loaded.image.size, label_statistics(loaded.label, spec.num_label_values), loaded.instance is not None
 
 
-def check_listing(listing: Listing, spec: DatasetSpec, num_workers: int = 0, progress: bool = False) -> CheckReport:
-    """Read every file of the listing and collect all problems and the summary statistics."""
+def dataset_warnings(listing: Listing, spec: DatasetSpec, train_labels: LabelStatistics | None,
+                     image_sizes: dict[str, Counter]) -> list[str]:
+    """The listing's warnings and those of the label statistics and photo sizes (check-data and preprocess)."""
+    found = [void_warning(spec, listing.classes, train_labels) if train_labels is not None else None,
+             distortion_warning(spec, image_sizes)]
+    return list(listing.warnings) + [warning for warning in found if warning]
+
+
+def check_listing(listing: Listing, spec: DatasetSpec, num_workers: int = 0, progress: bool = False,
+                  max_pixels: int | None = None) -> CheckReport:
+    """Read every file of the listing and collect all problems, warnings and the summary statistics."""
     report = CheckReport(spec, listing, problems=list(listing.problems))
     for split, pairs in listing.splits.items():
         report.pairs[split] = len(pairs)
         report.image_sizes[split] = Counter()
-        report.class_pixels[split] = np.zeros(spec.num_label_values, dtype=np.int64)
+        report.labels[split] = LabelStatistics.zeros(spec.num_label_values)
         report.instance_maps[split] = 0
         if not pairs:
             report.problems.append(f"{listing.root}: no pairs found for split {split!r}")
             continue
-        results = parallel_map(_inspect, [(p, spec) for p in pairs], num_workers)
+        results = parallel_map(_inspect, [(p, spec, max_pixels) for p in pairs], num_workers)
         if progress:
             from tqdm import tqdm
 
             results = tqdm(results, total=len(pairs), desc=f"check {split}", unit="pair")
-        for problems, size, counts, has_instance in results:
+        for problems, size, statistics, has_instance in results:
             report.problems.extend(problems)
             if size is not None:
                 report.image_sizes[split][size] += 1
-                report.class_pixels[split] += counts
+                report.labels[split].add(statistics)
                 report.instance_maps[split] += int(has_instance)
+    report.warnings = dataset_warnings(listing, spec, report.labels.get("train"), report.image_sizes)
+    report.problems = list(dict.fromkeys(report.problems))  # inferring the class count read the train labels once already
     return report
 
 
 def check_dataset(data: DataConfig, folder: str | os.PathLike, repo_root: Path | None = None, num_workers: int = 0,
                   progress: bool = False) -> CheckReport:
-    """Resolve, list and check a dataset folder in its official layout (what check-data runs)."""
-    try:
-        spec, listing = resolve_folder(data, Path(folder), repo_root, num_workers)
-    except ConfigError as err:
-        raise DataError(str(err)) from err
-    return check_listing(listing, spec, num_workers, progress)
+    """Resolve, list and check a dataset folder in its official layout (what check-data runs).
+
+    A folder without the dataset's layout raises :class:`DataError`; a bad setting
+    raises :class:`gaugan.config.ConfigError`.
+    """
+    spec, listing = resolve_folder(data, Path(folder), repo_root, num_workers)
+    return check_listing(listing, spec, num_workers, progress, data.max_image_pixels)
 
 
 def format_problems(problems: list[str], limit: int | None = None) -> str:
+    problems = list(dict.fromkeys(problems))  # the same problem found by two passes is one problem
     shown = problems if limit is None else problems[:limit]
     lines = [f"{len(problems)} problem(s) found:"] + [f"  - {p}" for p in shown]
     if limit is not None and len(problems) > limit:
@@ -221,10 +311,11 @@ def format_report(report: CheckReport, max_classes: int = 40) -> str:
         f"  label_nc={spec.label_nc} contain_dontcare={spec.contain_dontcare} dontcare_value={spec.dontcare_value} "
         f"use_instance={spec.use_instance} -> {spec.label_channels} label channels",
     ]
+    lines.append(f"  stored: {describe_storage(spec)}")
     if not spec.comparable_to_paper:
         lines.append("  note: results on this dataset are not comparable to the paper's numbers")
     lines += [f"  note: {note}" for note in report.listing.notes]
-    names = class_names(spec)
+    names = class_names(spec, report.listing.classes)
     for split in report.pairs:
         sizes = report.image_sizes[split]
         lines.append(f"{split}: {report.pairs[split]} pairs, {report.instance_maps[split]} instance maps")
@@ -232,6 +323,7 @@ def format_report(report: CheckReport, max_classes: int = 40) -> str:
             common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(5))
             more = f" and {len(sizes) - 5} more sizes" if len(sizes) > 5 else ""
             lines.append(f"  image sizes (WxH): {common}{more}")
+            lines.append(f"  aspect ratios (W/H): {describe_aspects(sizes)}")
         pixels = report.class_pixels[split]
         total = int(pixels.sum())
         if total:
@@ -241,8 +333,9 @@ def format_report(report: CheckReport, max_classes: int = 40) -> str:
                 lines.append(f"    {i:4d} {names[i]:<24s} {100 * pixels[i] / total:6.2f}%")
             if len(present) > max_classes:
                 lines.append(f"    ... {len(present) - max_classes} more")
+    lines += [f"warning: {warning}" for warning in report.warnings]
     if report.problems:
         lines.append(format_problems(report.problems))
     else:
-        lines.append("no problems found")
+        lines.append("no problems found" + (f" ({len(report.warnings)} warning(s) above)" if report.warnings else ""))
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Class names of every dataset, indexed by the stored label index (REFERENCE.md section 3).
+"""Class names of every dataset, indexed by the stored label index (docs/SPADE.md section 3).
 
 Used for the class histogram, check-data's summary, per-class IoU tables and the colour
 legend of sample grids. Index ``i`` is the value the store holds, i.e. what
@@ -13,13 +13,27 @@ legend of sample grids. Index ``i`` is the value the store holds, i.e. what
   label_nc = 35 and is never present (license plate has id -1 in that table).
 - Facades (CMP base): 1..12 as in the base's label list; index 0 is never present.
 - landscapes: :data:`gaugan.data.registry.LANDSCAPE_CLASSES`.
+- custom: the names (and optional colours) of a ``classes.txt`` or ``classes.csv`` beside the
+  splits (:func:`read_class_file`), else ``class_<index>``. The store's manifest keeps the
+  names and colours it was written with (``class_names``, ``class_colours``), which is
+  where everything downstream reads them.
 """
 
 from __future__ import annotations
 
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
+from gaugan.data.io import DataError
 from gaugan.data.registry import LANDSCAPE_CLASSES, DatasetSpec
+
+Colour = tuple[int, int, int]
+CLASS_FILES = ("classes.txt", "classes.csv")
 
 ADE20K_CLASSES = ("other",) + (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
@@ -94,22 +108,124 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
-def class_names(spec: DatasetSpec) -> list[str]:
+@dataclass(frozen=True)
+class ClassFile:
+    """A custom dataset's class names, indexed by raw label value, and the colours it gives."""
+
+    path: Path
+    names: tuple[str, ...]
+    colours: tuple[Colour | None, ...]  # one per name; None: the default palette's colour
+
+
+def read_class_file(folder: str | os.PathLike) -> ClassFile | None:
+    """``classes.txt`` or ``classes.csv`` in a dataset folder (None when it has neither).
+
+    ``classes.txt``: one class name per line, the line order is the label value (0 first);
+    blank lines and lines starting with ``#`` are skipped. ``classes.csv``: one row
+    ``name,r,g,b`` (or just ``name``) per class in label-value order, colours 0..255, an
+    optional header row ``name,r,g,b``. A malformed line is an error naming file and line.
+    """
+    folder = Path(folder)
+    found = [folder / name for name in CLASS_FILES if (folder / name).is_file()]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise DataError(f"{found[0]} and {found[1]}: two class files in {folder}; keep one")
+    path = found[0]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read the class names ({err})") from err
+    rows = _csv_rows(path, text) if path.suffix == ".csv" else _txt_rows(text)
+    names: list[str] = []
+    colours: list[Colour | None] = []
+    seen: dict[str, int] = {}
+    for number, name, colour in rows:
+        if not name:
+            raise DataError(f"{path}:{number}: empty class name (one class per line, in label-value order)")
+        if name in seen:
+            raise DataError(f"{path}:{number}: class name {name!r} repeats line {seen[name]}; names must be unique")
+        seen[name] = number
+        names.append(name)
+        colours.append(colour)
+    if not names:
+        raise DataError(f"{path}: no class names in the file (one class per line, in label-value order)")
+    return ClassFile(path, tuple(names), tuple(colours))
+
+
+def _txt_rows(text: str) -> list[tuple[int, str, Colour | None]]:
+    return [(number, line.strip(), None) for number, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.strip().startswith("#")]
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[int, str, Colour | None]]:
+    rows: list[tuple[int, str, Colour | None]] = []
+    for number, fields in enumerate(csv.reader(text.splitlines()), 1):
+        fields = [field.strip() for field in fields]
+        if not any(fields) or fields[0].startswith("#"):
+            continue
+        if not rows and [f.lower() for f in fields] in (["name"], ["name", "r", "g", "b"]):
+            continue  # the header
+        colour = None
+        if len(fields) == 4:
+            try:
+                colour = tuple(int(v) for v in fields[1:])
+            except ValueError:
+                colour = None
+            if colour is None or not all(0 <= v <= 255 for v in colour):
+                raise DataError(f"{path}:{number}: expected name,r,g,b with r, g, b integers 0..255, got "
+                                f"{','.join(fields)!r}")
+        elif len(fields) != 1:
+            raise DataError(f"{path}:{number}: expected name or name,r,g,b ({len(fields)} fields), got "
+                            f"{','.join(fields)!r}")
+        rows.append((number, fields[0], colour))
+    return rows
+
+
+def named_class_count(classes: ClassFile, dontcare_value: int | None) -> int:
+    """label_nc of a class file: every name is a class, except a last one naming the don't-care value."""
+    return len(classes.names) - int(dontcare_value == len(classes.names) - 1)
+
+
+def _stored_to_raw(spec: DatasetSpec, index: int) -> int | None:
+    """The raw label value a stored index came from (None for the don't-care channel without a value)."""
+    if spec.contain_dontcare and index == spec.label_nc:
+        return spec.dontcare_value
+    return index
+
+
+def class_names(spec: DatasetSpec, custom: ClassFile | None = None) -> list[str]:
     """Names of every stored index ``0 .. spec.num_label_values - 1`` (don't-care included).
 
-    Custom datasets (and any index beyond a dataset's list, e.g. after an override of
-    label_nc) are named ``class_<index>``; the don't-care channel is named ``dontcare``
-    unless the dataset's list names that index: ADE20K's values 0..150 are all real
-    ("other", 150 classes up to "flag"), its don't-care channel coincides with "flag".
+    ``custom`` (a custom dataset's :func:`read_class_file`) names the indices it covers; the
+    don't-care channel takes the name of the don't-care value when the file has one.
+    Otherwise custom datasets (and any index beyond a dataset's list, e.g. after an
+    override of label_nc) are named ``class_<index>``; the don't-care channel is named
+    ``dontcare`` unless the dataset's list names that index: ADE20K's values 0..150 are all
+    real ("other", 150 classes up to "flag"), its don't-care channel coincides with "flag".
     """
-    known = CLASS_NAMES.get(spec.name, ())
+    known: Sequence[str] = CLASS_NAMES.get(spec.name, ())
 
     def name(index: int) -> str:
+        raw = _stored_to_raw(spec, index)
+        if custom is not None and raw is not None and raw < len(custom.names):
+            return custom.names[raw]
         if index < len(known):
             return known[index]
         return "dontcare" if spec.contain_dontcare and index == spec.label_nc else f"class_{index}"
 
     return [name(i) for i in range(spec.num_label_values)]
+
+
+def class_colours(spec: DatasetSpec, custom: ClassFile | None = None) -> np.ndarray:
+    """(num_label_values, 3) uint8 colours of the stored indices: the class file's where it gives one."""
+    palette = label_palette(spec.num_label_values, spec.name)
+    if custom is not None:
+        for index in range(spec.num_label_values):
+            raw = _stored_to_raw(spec, index)
+            if raw is not None and raw < len(custom.colours) and custom.colours[raw] is not None:
+                palette[index] = custom.colours[raw]
+    return palette
 
 
 def label_palette(num_values: int, dataset: str | None = None) -> np.ndarray:
@@ -139,3 +255,20 @@ LANDSCAPE_PALETTE = np.array(
      [230, 210, 150], [80, 180, 60], [20, 90, 30], [140, 140, 140], [150, 200, 60]],
     dtype=np.uint8,
 )
+
+
+def class_table(spec: DatasetSpec, manifest: dict | None = None) -> tuple[list[str], np.ndarray]:
+    """Names and (n, 3) uint8 colours of every stored index, as the store was written with.
+
+    ``manifest`` is a store's ``manifest.json`` (``gaugan.data.store.read_manifest``): when it
+    was written for this spec (same dataset and label values), its ``class_names`` and
+    ``class_colours`` are used, so a custom dataset's classes file shows its names and
+    colours everywhere; otherwise the dataset's defaults.
+    """
+    if manifest is not None and manifest.get("dataset") == spec.name \
+            and manifest.get("num_label_values") == spec.num_label_values:
+        names = manifest.get("class_names") or []
+        colours = manifest.get("class_colours") or []
+        if len(names) == spec.num_label_values and len(colours) == spec.num_label_values:
+            return list(names), np.asarray(colours, dtype=np.uint8)
+    return class_names(spec), label_palette(spec.num_label_values, spec.name)

@@ -175,8 +175,7 @@ def extract(archive: Path, out_dir: Path) -> list[str]:
     try:
         with zipfile.ZipFile(archive) as bundle:
             for member in bundle.namelist():
-                target = (tmp / member).resolve()
-                if not str(target).startswith(str(tmp.resolve())):
+                if not (tmp / member).resolve().is_relative_to(tmp.resolve()):
                     raise DownloadError(f"{archive}: unsafe path {member!r} in the archive; refusing to extract")
             bundle.extractall(tmp)
     except zipfile.BadZipFile as err:
@@ -251,12 +250,6 @@ def _write_marker(dataset_dir: Path, marker: dict) -> None:
     atomic_write_json(dataset_dir / MARKER, marker)
 
 
-def write_marker(dataset_dir: str | os.PathLike, marker: dict) -> Path:
-    """Write ``download.json`` atomically (also for datasets that are generated or supplied)."""
-    _write_marker(Path(dataset_dir), marker)
-    return Path(dataset_dir) / MARKER
-
-
 def locate_cityscapes(dataset_dir: str | os.PathLike, progress: bool = True) -> dict:
     """Extract the user's Cityscapes archives from ``dataset_dir``, or say what is missing.
 
@@ -264,9 +257,8 @@ def locate_cityscapes(dataset_dir: str | os.PathLike, progress: bool = True) -> 
     """
     dataset_dir = Path(dataset_dir)
     if (dataset_dir / "gtFine").is_dir() and (dataset_dir / "leftImg8bit").is_dir():
-        marker = {"dataset": "cityscapes", "files": [], "note": "gtFine/ and leftImg8bit/ found already extracted"}
-        _write_marker(dataset_dir, marker)
-        return marker
+        # nothing is written: an extracted Cityscapes may be a read-only shared folder
+        return {"dataset": "cityscapes", "files": [], "note": "gtFine/ and leftImg8bit/ found already extracted"}
     missing = [name for name in CITYSCAPES_ARCHIVES if not (dataset_dir / name).is_file()]
     if missing:
         raise DownloadError(

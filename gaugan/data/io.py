@@ -7,9 +7,14 @@ error, because guessing a colour-to-class mapping silently would corrupt trainin
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,20 +28,48 @@ class DataError(UserError, ValueError):
     """A data file is unreadable or violates the dataset's conventions."""
 
 
-def _open(path: str | os.PathLike) -> Image.Image:
+@contextmanager
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """With our own limit, PIL's (a warning, then an error at twice its size) stands aside.
+
+    PIL keeps the limit in a module global; the data is read in worker processes, one
+    file at a time, so setting it around one open is safe.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = None
     try:
-        img = Image.open(path)
-        img.load()
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
+    """Open and decode an image; ``max_pixels`` (data.max_image_pixels) is checked from the
+    header, before anything is decompressed."""
+    try:
+        with _pixel_limit(max_pixels):
+            img = Image.open(path)
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise DataError(
+                    f"{path}: {width}x{height} = {width * height:,} pixels, more than data.max_image_pixels "
+                    f"({max_pixels:,}); a file this large is likely corrupt or a decompression bomb (raise "
+                    f"data.max_image_pixels if the image is genuine)"
+                )
+            img.load()
         return img
     except FileNotFoundError as err:
         raise DataError(f"{path}: file not found") from err
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{path}: refused as a possible decompression bomb ({err})") from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"{path}: unreadable image ({err})") from err
 
 
-def read_index_map(path: str | os.PathLike, what: str = "label map") -> np.ndarray:
+def read_index_map(path: str | os.PathLike, what: str = "label map", max_pixels: int | None = None) -> np.ndarray:
     """A single-channel index image as int64 (H, W): P, L, I;16, I modes."""
-    img = _open(path)
+    img = _open(path, max_pixels)
     if img.mode in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
         return np.asarray(img, dtype=np.int64) if img.mode != "P" else np.asarray(img).astype(np.int64)
     if img.mode in ("RGB", "RGBA", "LA"):
@@ -54,34 +87,48 @@ def read_index_map(path: str | os.PathLike, what: str = "label map") -> np.ndarr
     raise DataError(f"{path}: unsupported {what} image mode {img.mode!r}")
 
 
-def read_image(path: str | os.PathLike) -> Image.Image:
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) from the file's header without decoding it; None when unreadable
+    (the check that reads every file reports why)."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - any failure is reported by the full check, with its reason
+        return None
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
     """A photo as an RGB PIL image."""
-    return _open(path).convert("RGB")
+    return _open(path, max_pixels).convert("RGB")
 
 
 def map_labels(raw: np.ndarray, spec: DatasetSpec, source: str | os.PathLike, setting: str | None = None) -> np.ndarray:
     """Raw label values -> stored indices in ``[0, spec.num_label_values)``.
 
     The don't-care value (255 for COCO-Stuff) becomes index ``label_nc``. Any other value
-    outside ``[0, label_nc)`` (or ``label_nc`` itself when the dataset has a don't-care
-    channel) is an error naming the file, the value and the setting to change.
+    outside ``[0, label_nc)`` (``label_nc`` itself included: it would silently merge into
+    the don't-care class) is an error naming the file, the value and the setting to change.
+    Datasets with a don't-care channel but no don't-care value (ADE20K) keep every value in
+    ``[0, num_label_values)`` as it is.
     """
     labels = raw.astype(np.int64, copy=True)
     if spec.dontcare_value is not None:
-        labels[raw == spec.dontcare_value] = spec.label_nc
-    bad = (labels < 0) | (labels >= spec.num_label_values)
+        dontcare = raw == spec.dontcare_value
+        labels[dontcare] = spec.label_nc
+        bad = ~dontcare & ((raw < 0) | (raw >= spec.label_nc))
+        allowed = f"0..{spec.label_nc - 1} or the don't-care value {spec.dontcare_value}"
+    else:
+        bad = (labels < 0) | (labels >= spec.num_label_values)
+        allowed = f"0..{spec.num_label_values - 1}"
     if bad.any():
         values = np.unique(raw[bad])
         shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
         if setting is None:
             setting = (
-                "data.custom.num_classes or data.custom.dontcare_label"
+                "data.custom.num_classes, data.custom.dontcare_label or the dataset's classes.txt / classes.csv"
                 if spec.name == "custom"
                 else f"data.dataset (is {spec.name!r} the right dataset for this file?)"
             )
-        allowed = f"0..{spec.num_label_values - 1}"
-        if spec.dontcare_value is not None:
-            allowed += f" or the don't-care value {spec.dontcare_value}"
         raise DataError(
             f"{source}: label value(s) {shown} outside the valid range {allowed} for dataset "
             f"{spec.name!r} (label_nc={spec.label_nc}, contain_dontcare={spec.contain_dontcare}); "
@@ -99,36 +146,123 @@ def check_same_size(label: np.ndarray, other: np.ndarray, label_path: str | os.P
         )
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file via a temporary file beside it and a rename: never half-written."""
+# Image formats an output file may be written in, by suffix (PIL writes each).
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Create ``path`` by ``write(temporary path)`` and a rename: never a half-written file.
+
+    The temporary file lies beside ``path`` (the same file system, so the rename is atomic)
+    and is removed on every failure. Errors name ``path``, never the temporary file.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; name a file (inside it, for example)", str(path))
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(folder))
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err  # the same subclass (PermissionError, ...)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def atomic_write_json(path: str | os.PathLike, data: object) -> None:
-    """``data`` as indented JSON, written atomically (:func:`atomic_write_text`)."""
+    """``data`` as indented JSON, written atomically (:func:`atomic_write`)."""
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def image_format(path: str | os.PathLike) -> str:
+    """The PIL format that ``path``'s suffix names; a ValueError for any other suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"{path}: cannot tell the image format from the suffix {suffix or '(none)'!r}; "
+                         f"use one of {', '.join(IMAGE_FORMATS)}")
+    return IMAGE_FORMATS[suffix]
+
+
+def atomic_save_image(img: Image.Image, path: str | os.PathLike) -> None:
+    """Write an image in the format its suffix names (PNG, JPEG, WebP), atomically."""
+    format_name = image_format(path)
+    atomic_write(path, lambda tmp: img.save(tmp, format=format_name))
+
+
 def atomic_save_png(img: Image.Image, path: str | os.PathLike) -> None:
-    """Write a PNG via a temporary file and rename, so no half-written file is ever left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    """Write a PNG atomically, whatever the suffix (:func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
-def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Put the finished folder ``new`` at ``target``, replacing what was there.
+@dataclass(frozen=True)
+class OutputMarker:
+    """The file by which the project recognises a folder it wrote itself, and so may replace.
+
+    ``file`` is a JSON file at the top of the folder whose ``key`` (``"format"`` unless
+    said otherwise) is ``format``; ``setting`` names the setting that chose the folder, for
+    messages.
+    """
+
+    file: str
+    format: str
+    setting: str
+    key: str = "format"
+
+    def found_in(self, folder: str | os.PathLike) -> bool:
+        try:
+            content = json.loads((Path(folder) / self.file).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(content, dict) and content.get(self.key) == self.format
+
+    def write(self, folder: str | os.PathLike, **info: object) -> None:
+        atomic_write_json(Path(folder) / self.file, {self.key: self.format, **info})
+
+
+def check_replaceable(target: str | os.PathLike, marker: OutputMarker) -> None:
+    """Refuse to replace ``target`` unless it is absent, an empty folder, or carries ``marker``.
+
+    A setting that names an existing folder of the user's (a typo of ``/datasets`` for
+    ``/datasets/store``) must never have its contents deleted.
+    """
+    target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_dir() and (marker.found_in(target) or not any(target.iterdir())):
+        return
+    what = "folder" if target.is_dir() else "file"
+    raise DataError(
+        f"{target}: {marker.setting} names an existing {what} that this project did not write (it has no "
+        f"{marker.file} with {marker.key} {marker.format!r}); refusing to replace it, which would delete its contents. "
+        f"Set {marker.setting} to a new or empty folder (or remove {target} yourself if it is an old output)"
+    )
+
+
+def replace_dir(new: str | os.PathLike, target: str | os.PathLike, marker: OutputMarker) -> None:
+    """Put the finished folder ``new`` at ``target``, replacing an earlier output of the project.
 
     Outputs are built in a temporary folder beside the target and swapped in by renames,
     so an interrupted stage never leaves a half-written folder where a finished one was.
+    Only a folder carrying ``marker`` (or an empty one) is ever replaced
+    (:func:`check_replaceable`); ``new`` must carry the marker itself.
     """
     new, target = Path(new), Path(target)
+    if not marker.found_in(new):
+        raise ValueError(f"{new}: the new folder has no {marker.file} with {marker.key} {marker.format!r}")
+    check_replaceable(target, marker)
     if target.exists():
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)

@@ -9,10 +9,13 @@ the ``data`` section of the config (where a size left ``null`` means "as publish
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from gaugan.config import DATASET_NAMES, ConfigError, DataConfig
 
+# Custom data: crop heights are multiples of this (the default generator's 5 upsamplings).
+ASPECT_MULTIPLE = 32
 LANDSCAPE_CLASSES = ("sky", "cloud", "mountain", "snow", "water", "sand", "grass", "tree", "rock", "bush")
 
 
@@ -63,11 +66,25 @@ PUBLISHED: dict[str, DatasetSpec] = {
 }
 
 
-def resolve_dataset(data: DataConfig, inferred_num_classes: int | None = None) -> DatasetSpec:
+def snapped_aspect_ratio(photo_aspect_ratio: float, crop_size: int) -> float:
+    """The aspect ratio (W/H) nearest to the photos' whose crop height is a multiple of
+    :data:`ASPECT_MULTIPLE` (or of the crop size, for crops smaller than that)."""
+    step = min(ASPECT_MULTIPLE, crop_size)
+    heights = range(step, 16 * crop_size + step, step)
+    height = min(heights, key=lambda h: abs(math.log(crop_size / h / photo_aspect_ratio)))
+    return crop_size / height
+
+
+def resolve_dataset(data: DataConfig, inferred_num_classes: int | None = None,
+                    photo_aspect_ratio: float | None = None) -> DatasetSpec:
     """The concrete spec for ``data.dataset`` with the config's size overrides applied.
 
     ``inferred_num_classes`` is what preprocessing found in a custom dataset's labels;
-    it is used when ``data.custom.num_classes`` is null.
+    it is used when ``data.custom.num_classes`` is null. Custom datasets are stored with
+    ``preprocess_mode`` "fixed": with data.preprocess_mode and data.aspect_ratio both
+    null, at ``photo_aspect_ratio`` (the training photos' most common W/H, found by
+    preprocessing) snapped by :func:`snapped_aspect_ratio`, so that training and
+    validation keep the photos' shape alike.
     """
     if data.dataset not in DATASET_NAMES:
         raise ConfigError(f"data.dataset: got {data.dataset!r}, expected one of {', '.join(DATASET_NAMES)}")
@@ -80,8 +97,11 @@ def resolve_dataset(data: DataConfig, inferred_num_classes: int | None = None) -
             )
         base = DatasetSpec(
             "custom", num_classes, data.custom.dontcare_label is not None, data.custom.dontcare_label,
-            True, 286, 256, 1.0, "resize_and_crop", comparable_to_paper=False,
+            True, 286, 256, 1.0, "fixed", comparable_to_paper=False,
         )
+        if photo_aspect_ratio is not None and data.aspect_ratio is None and data.preprocess_mode is None:
+            aspect = snapped_aspect_ratio(photo_aspect_ratio, data.crop_size or base.crop_size)
+            base = dataclasses.replace(base, aspect_ratio=aspect)
     elif data.dataset == "landscapes":
         size = data.builtin.size
         base = dataclasses.replace(PUBLISHED["landscapes"], load_size=size, crop_size=size)

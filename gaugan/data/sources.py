@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gaugan.config import DataConfig
+from gaugan.data.classes import ClassFile
 from gaugan.data.io import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -84,15 +85,29 @@ class Listing:
     splits: dict[str, list[Pair]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # likely mistakes that are not errors (gaugan.data.diagnose)
+    classes: ClassFile | None = None  # custom: classes.txt / classes.csv beside the splits
 
     def files(self, split: str) -> list[Path]:
         return [p for pair in self.splits.get(split, []) for p in (pair.image, pair.label, pair.instance) if p]
 
 
+def dataset_folder_name(dataset: str) -> str:
+    """The folder a dataset lives in under ``data.root``; ADE20K-outdoor lives in the ADE20K folder."""
+    return "ade20k" if dataset == "ade20k_outdoor" else dataset
+
+
 def dataset_dir(data: DataConfig, root: Path) -> Path:
-    """``<root>/<data.root>/<dataset>``; ADE20K-outdoor lives in the ADE20K folder."""
-    name = "ade20k" if data.dataset == "ade20k_outdoor" else data.dataset
-    return Path(root) / data.root / name
+    """``<root>/<data.root>/<dataset>``."""
+    return Path(root) / data.root / dataset_folder_name(data.dataset)
+
+
+def locate_dataset(dataset: str, folder: str | os.PathLike) -> Path:
+    """The dataset folder, given either what ``data.root`` names (the folder holding
+    ``<dataset>/``, e.g. ``data/raw``) or the dataset folder itself."""
+    folder = Path(folder)
+    nested = folder / dataset_folder_name(dataset)
+    return nested if nested.is_dir() else folder
 
 
 def _files_by_stem(folder: Path, extensions: tuple[str, ...], problems: list[str], suffix: str = "",

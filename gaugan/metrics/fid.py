@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import Tensor
-
 import pytorch_fid
+import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
+from torch import Tensor
 
+from gaugan.data.io import atomic_write
 from gaugan.metrics.registry import Metric, register
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -253,12 +253,11 @@ def load_cached_features(path: str | os.PathLike, key: dict[str, object]) -> np.
 
 def store_features(path: str | os.PathLike, key: dict[str, object], features: np.ndarray) -> None:
     """Write features with their key, atomically (a temporary file renamed over ``path``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, features=features, key=np.str_(json.dumps(key, sort_keys=True)))
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file handle: np.savez would add ".npz" to a path
+            np.savez(handle, features=features, key=np.str_(json.dumps(key, sort_keys=True)))
+
+    atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------------------

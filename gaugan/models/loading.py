@@ -1,10 +1,9 @@
 """A ready generator (and style encoder) from a checkpoint file: ours or the authors'.
 
-Ours (docs/ARCHITECTURE.md "Checkpoints"): one ``torch.save`` dict ``{"format":
-"gaugan-checkpoint-v1", "config": <config dict>, "spec": <DatasetSpec dict>, "models": {"G",
-"G_ema"?, "E"?, ...}, ...}``; it carries everything needed to rebuild the networks. The
-authors' ``latest_net_G.pth`` (REFERENCE.md section 1) is a bare state dict and needs the
-dataset's spec (channel count, size) from the caller; see :mod:`gaugan.models.official`.
+Ours (:mod:`gaugan.checkpoint`, docs/ARCHITECTURE.md "Checkpoints") carries the config and
+dataset spec that rebuild the networks. The authors' ``latest_net_G.pth`` (docs/SPADE.md
+section 1) is a bare state dict and needs the dataset's spec (channel count, size) from the
+caller; see :mod:`gaugan.models.official`. Both are read by the same safe reader.
 
 Used by ``gaugan synthesize`` and by evaluation.
 """
@@ -20,13 +19,20 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from gaugan.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    is_gaugan_checkpoint,
+    load_state_dict_exactly,
+    read_torch_file,
+    validate_payload,
+)
 from gaugan.config import Config, ConfigError, EncoderConfig, GeneratorConfig, replace
 from gaugan.data.registry import DatasetSpec
 from gaugan.models import build_encoder, build_generator, published_generator_config
 from gaugan.models.encoder import ConvEncoder
-from gaugan.models.official import CheckpointError, build_official_generator, load_state_dict_exactly, read_torch_file
+from gaugan.models.official import build_official_generator
 
-CHECKPOINT_FORMAT = "gaugan-checkpoint-v1"
 OFFICIAL_ENCODER_SUFFIX = ("_net_G", "_net_E")  # latest_net_G.pth -> latest_net_E.pth
 
 
@@ -49,10 +55,6 @@ class LoadedGenerator:
     @property
     def image_size(self) -> tuple[int, int]:
         return self.spec.image_size
-
-
-def is_gaugan_checkpoint(payload: Any) -> bool:
-    return isinstance(payload, dict) and "format" in payload
 
 
 def load_generator(
@@ -89,10 +91,7 @@ def load_generator(
 
 
 def _load_ours(path: Path, payload: dict[str, Any], prefer_ema: bool) -> LoadedGenerator:
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path}: checkpoint format {payload.get('format')!r} is not supported (expected {CHECKPOINT_FORMAT!r})"
-        )
+    validate_payload(payload, path, CHECKPOINT_FORMAT, ("config", "spec"))
     config = checkpoint_config(path, payload)
     saved_spec = checkpoint_spec(path, payload)
     models = payload.get("models")
@@ -146,6 +145,7 @@ def load_encoder(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     path = Path(path)
     payload = read_torch_file(path)
     if is_gaugan_checkpoint(payload):
+        validate_payload(payload, path, CHECKPOINT_FORMAT, ("config", "spec"))
         config = checkpoint_config(path, payload)
         models = payload.get("models") or {}
         if not config.encoder.use_vae or "E" not in models:

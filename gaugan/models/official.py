@@ -1,11 +1,12 @@
-"""Loading the authors' pretrained generators (``latest_net_G.pth``; REFERENCE.md section 1).
+"""Loading the authors' pretrained generators (``latest_net_G.pth``; docs/SPADE.md section 1).
 
 An official checkpoint is a plain state dict saved from the CPU: no config, no channel
 count, no image size. The networks here use the official submodule names and PyTorch's
 hook-based spectral norm, so the file loads with ``strict=True`` into a
 :class:`~gaugan.models.generator.SPADEGenerator` built for the dataset's channel count at
 the published configuration. Any disagreement is reported key by key (missing, unexpected,
-shape mismatches with both shapes) in one error naming the file.
+shape mismatches with both shapes) in one error naming the file; files are read by
+:func:`gaugan.checkpoint.read_torch_file`, which never runs pickled code.
 
 What a state dict can tell about the network that built it (width, VAE, "most", SPADE
 kernel and hidden width, batch vs instance norm, spectral norm) is read from the file, so a
@@ -18,110 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
-import re
-from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from gaugan.checkpoint import CheckpointError, load_state_dict_exactly, read_torch_file, strip_wrapper_prefixes
 from gaugan.config import GeneratorConfig
-from gaugan.errors import UserError
 from gaugan.models.generator import SPADEGenerator
-
-# Wrappers whose prefixes can end up in saved keys: DataParallel / DDP and torch.compile.
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-MAX_LISTED_KEYS = 50
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint file cannot be read or does not fit the network it is loaded into."""
-
-
-def read_torch_file(path: str | os.PathLike) -> Any:
-    """``torch.load`` on the CPU without executing arbitrary pickled code.
-
-    Tensors, containers, numbers and strings load as usual; NumPy arrays are allowed too (our
-    resumable checkpoints hold NumPy's random state). Anything else is refused.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    # np.ndarray pickles through a reconstruct function whose module moved in NumPy 2.
-    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
-    allowed = [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)), type(np.dtype(np.float64))]
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found is None:  # not a pickle torch understands at all
-            raise CheckpointError(f"{path}: unreadable checkpoint (not a PyTorch file)") from err
-        raise CheckpointError(
-            f"{path}: the checkpoint holds a Python object ({found.group(1)}) besides tensors and plain data; "
-            f"refusing to unpickle it, as that could run arbitrary code"
-        ) from err
-    except Exception as err:  # truncated / not a torch file: zip, EOF, runtime errors alike
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from err
-
-
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
-
-
-def strip_wrapper_prefixes(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Keys without a leading ``module.`` (DataParallel / DDP) or ``_orig_mod.`` (torch.compile).
-
-    The per-module version metadata that ``state_dict()`` attaches is kept (re-keyed too):
-    PyTorch's loading hooks use it to convert files written by older versions.
-    """
-    stripped = OrderedDict((_strip(key), value) for key, value in state_dict.items())
-    metadata = getattr(state_dict, "_metadata", None)
-    if metadata is not None:
-        stripped._metadata = OrderedDict(  # type: ignore[attr-defined]
-            (_strip(name + ".")[:-1] if name else name, value) for name, value in metadata.items()
-        )
-    return stripped
-
-
-def load_state_dict_exactly(module: nn.Module, state_dict: dict[str, Tensor], source: str | os.PathLike,
-                            what: str = "generator") -> None:
-    """``module.load_state_dict(state_dict, strict=True)``, with one key-by-key error on mismatch.
-
-    A missing ``num_batches_tracked`` is tolerated: PyTorch fills it for files saved before
-    it existed, as its own strict loading does.
-    """
-    if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
-        raise CheckpointError(f"{source}: expected a state dict (names -> tensors) for the {what}")
-    state_dict = strip_wrapper_prefixes(state_dict)
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state_dict and state_dict[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = [f"{source}: the checkpoint does not fit the {what} ({type(module).__name__}, {len(expected)} keys; "
-                 f"the file has {len(state_dict)} keys)."]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", mismatched)):
-            if items:
-                shown = items[:MAX_LISTED_KEYS]
-                more = f"\n    ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
-                parts.append(f"  {title} ({len(items)}):\n    " + "\n    ".join(shown) + more)
-        raise CheckpointError("\n".join(parts))
-    module.load_state_dict(state_dict, strict=True)
 
 
 def official_structure(state_dict: dict[str, Tensor], base: GeneratorConfig) -> tuple[GeneratorConfig, int | None,

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from gaugan.checkpoint import CheckpointError, load_state_dict_exactly, read_torch_file
 from gaugan.errors import UserError
 from gaugan.segmenters.base import Segmenter
 from gaugan.segmenters.deeplab import WEIGHTS_URL as DEEPLAB_URL
@@ -82,9 +82,16 @@ SEGMENTER_FOR_DATASET = {
 }
 
 
+class NoPublishedSegmenter(UserError, KeyError):
+    """``evaluate.segmenter: published`` for a dataset that has none (a setting to change)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 def published_segmenter_for(dataset: str) -> PublishedSegmenter:
     if dataset not in SEGMENTER_FOR_DATASET:
-        raise KeyError(
+        raise NoPublishedSegmenter(
             f"no published segmenter for dataset {dataset!r}; published ones exist for "
             f"{', '.join(sorted(SEGMENTER_FOR_DATASET))}. Use evaluate.segmenter: trained (the pipeline's own) "
             "or auto"
@@ -121,9 +128,9 @@ def ensure_weights(entry: PublishedSegmenter, weights_dir: str | os.PathLike) ->
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A plain state dict from a published file: unwraps ``{"state_dict": ...}``, strips ``module.``."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling raises many types; all mean "unreadable"
-        raise SegmenterWeightsError(f"{path}: cannot read the weight file ({err})") from err
+        payload = read_torch_file(path)
+    except CheckpointError as err:
+        raise SegmenterWeightsError(f"cannot read the weight file: {err}") from err
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]
     if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -133,40 +140,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return payload
 
 
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """``load_state_dict(strict=True)`` with a key-by-key report of any mismatch."""
-    expected = module.state_dict()
-    state = dict(state)
-    for key, value in expected.items():
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = value  # absent from files saved before PyTorch 0.4.1; unused in eval
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(
-        f"{key} (file {tuple(state[key].shape)}, network {tuple(expected[key].shape)})"
-        for key in set(state) & set(expected)
-        if state[key].shape != expected[key].shape
-    )
-    if missing or unexpected or wrong_shape:
-        def show(keys: list[str]) -> str:
-            return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
-
-        problems = []
-        if missing:
-            problems.append(f"missing keys: {show(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys: {show(unexpected)}")
-        if wrong_shape:
-            problems.append(f"shape mismatches: {show(wrong_shape)}")
-        raise SegmenterWeightsError(f"{source}: does not fit the network ({'; '.join(problems)})")
-    module.load_state_dict(state, strict=True)
-
-
 def load_published_segmenter(dataset: str, weights_dir: str | os.PathLike, device: torch.device) -> Segmenter:
     """The published segmenter for ``dataset`` with its weights, in eval mode on ``device``."""
     entry = published_segmenter_for(dataset)
     paths = ensure_weights(entry, weights_dir)
     segmenter = entry.build()
     for file in entry.files:
-        load_strict(getattr(segmenter, file.submodule), read_state_dict(paths[file.name]), paths[file.name])
+        load_state_dict_exactly(getattr(segmenter, file.submodule), read_state_dict(paths[file.name]), paths[file.name],
+                                what=f"segmenter's {file.submodule}", error=SegmenterWeightsError)
     return segmenter.to(device).eval()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gaugan.callbacks import MetricsCallback
+from gaugan.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    load_state_dict_exactly,
+    read_torch_file,
+    validate_payload,
+)
 from gaugan.config import SegmenterConfig
 from gaugan.data.registry import DatasetSpec
-from gaugan.errors import UserError
 from gaugan.segmenters.base import IGNORE_INDEX, Segmenter, stored_target_table
 
 SEGMENTER_FORMAT = "gaugan-segmenter-v1"
@@ -121,9 +128,6 @@ class TrainedSegmenter(Segmenter):
         }
 
 
-MetricsCallback = Callable[[dict[str, float], int], None]
-
-
 def balanced_class_weights(pixel_counts: Tensor) -> Tensor:
     """Cross-entropy weights ``sqrt(median frequency / frequency)``, clipped to [0.1, 10].
 
@@ -211,7 +215,7 @@ def train_segmenter(
 
 
 def save_trained_segmenter(segmenter: TrainedSegmenter, path: str | os.PathLike, extra: dict[str, Any]) -> None:
-    """One ``torch.save`` dict, written to a temporary file and renamed."""
+    """One ``torch.save`` dict, written atomically (temporary file, fsync, rename)."""
     payload = {
         "format": SEGMENTER_FORMAT,
         "spec": dataclasses.asdict(segmenter.spec),
@@ -220,14 +224,10 @@ def save_trained_segmenter(segmenter: TrainedSegmenter, path: str | os.PathLike,
         "state_dict": {key: value.cpu() for key, value in segmenter.network.state_dict().items()},
         **extra,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(payload, path)
 
 
-class SegmenterCheckpointError(UserError, ValueError):
+class SegmenterCheckpointError(CheckpointError):
     """segmenter.pt is missing, unreadable or was trained for another dataset spec."""
 
 
@@ -240,11 +240,9 @@ def load_trained_segmenter(path: str | os.PathLike, spec: DatasetSpec, device: t
             "or set evaluate.segmenter to 'published' or 'none'"
         )
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - unpickling raises many types; all mean "unreadable"
-        raise SegmenterCheckpointError(f"{path}: cannot read the segmenter checkpoint ({err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != SEGMENTER_FORMAT:
-        raise SegmenterCheckpointError(f"{path}: not a {SEGMENTER_FORMAT} file")
+        payload = validate_payload(read_torch_file(path), path, SEGMENTER_FORMAT, ("spec", "width", "state_dict"))
+    except CheckpointError as err:
+        raise SegmenterCheckpointError(f"{err}; rerun the segmenter stage (python -m stages.segmenter)") from err
     saved = payload["spec"]
     for key in ("label_nc", "contain_dontcare", "dontcare_value"):
         if saved.get(key) != getattr(spec, key):
@@ -253,5 +251,6 @@ def load_trained_segmenter(path: str | os.PathLike, spec: DatasetSpec, device: t
                 f"{key}={getattr(spec, key)!r}; rerun the segmenter stage"
             )
     segmenter = TrainedSegmenter(spec, int(payload["width"]), list(payload["class_names"]))
-    segmenter.network.load_state_dict(payload["state_dict"], strict=True)
+    load_state_dict_exactly(segmenter.network, payload["state_dict"], path, what="segmenter",
+                            error=SegmenterCheckpointError)
     return segmenter.to(device).eval()

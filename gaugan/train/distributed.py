@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from gaugan.config import ConfigError
+from gaugan.data.seeding import epoch_permutation
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,15 @@ class DistributedContext:
         return self.world_size > 1
 
 
-def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available; ``cuda`` without a GPU is a clear error."""
+def resolve_device(requested: str, local_rank: int = 0, setting: str = "train.device") -> torch.device:
+    """``auto`` -> CUDA when available; ``cuda`` without a GPU, or another name, is an error naming ``setting``."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"{setting}: got {requested!r}, expected cpu, cuda or auto")
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("train.device: got 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+            raise ConfigError(f"{setting}: got 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
@@ -114,14 +117,6 @@ def all_gather_objects(value: Any, context: DistributedContext) -> list[Any]:
     return gathered
 
 
-def broadcast_object(value: Any, context: DistributedContext) -> Any:
-    if not context.is_distributed:
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def barrier(context: DistributedContext) -> None:
     if context.is_distributed:
         dist.barrier()
@@ -130,7 +125,8 @@ def barrier(context: DistributedContext) -> None:
 class GlobalBatchSampler(Sampler[int]):
     """Deterministic order of sample indices for one rank (use as ``make_loader``'s ``sampler``).
 
-    The epoch's permutation depends only on (seed, epoch). Global batch ``b`` is
+    The epoch's permutation is :func:`gaugan.data.seeding.epoch_permutation` of (seed, epoch),
+    the data pipeline's one seeding scheme. Global batch ``b`` is
     ``perm[b*B:(b+1)*B]`` (B the global batch size; the incomplete last batch is dropped, as
     the official training loader does); rank r takes the r-th contiguous slice of it. So any
     number of processes trains on exactly the global batches one process would see.
@@ -157,8 +153,7 @@ class GlobalBatchSampler(Sampler[int]):
     def epoch_order(self) -> list[int]:
         if not self.shuffle:
             return list(range(self.num_samples))
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.num_samples, generator=generator).tolist()
+        return epoch_permutation(self.num_samples, self.seed, self.epoch)
 
     def __iter__(self) -> Iterator[int]:
         order = self.epoch_order()

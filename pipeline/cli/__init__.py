@@ -6,11 +6,11 @@ happen inside the commands, so that ``gaugan --help`` stays instant. One module 
 registered in the order ``gaugan --help`` lists them: :mod:`.networks` (synthesize,
 params, import-checkpoint, classes), :mod:`.data` (check-data, bench-loader),
 :mod:`.training` (bench), :mod:`.evaluation` (evaluate), :mod:`.experiments` (preset, ui,
-link-experiments).
+link-experiments), :mod:`.studio` (studio, bench-studio).
 """
 
 # isort: off
-from pipeline.cli import networks, data, training, evaluation, experiments  # noqa: F401  (registers the commands)
+from pipeline.cli import networks, data, training, evaluation, experiments, studio  # noqa: F401  (registers the commands)
 # isort: on
 from pipeline.cli.app import app
 

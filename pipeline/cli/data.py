@@ -7,13 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
+from gaugan.config import DataConfig
 from pipeline.cli.app import check_dataset_name, command, fail
 
 
 @command("check-data")
 def check_data_command(
     dataset: Annotated[str, typer.Option(help="landscapes, ade20k, ade20k_outdoor, coco, cityscapes, facades or custom")],
-    root: Annotated[Path, typer.Option(help="the dataset folder in its official layout (or the custom layout)")],
+    root: Annotated[Path, typer.Option(
+        help="what data.root names (the folder holding <dataset>/, e.g. data/raw) or the dataset folder itself")],
     num_classes: Annotated[Optional[int], typer.Option(help="custom: number of classes (default: inferred)")] = None,
     dontcare: Annotated[Optional[int], typer.Option(help="custom: the label value meaning don't care (default 255)")] = None,
     no_dontcare: Annotated[bool, typer.Option("--no-dontcare", help="custom: no value means don't care")] = False,
@@ -21,20 +23,36 @@ def check_data_command(
         "--instance/--no-instance", help="check instance maps (default: the dataset's convention)")] = None,
     outdoor_list: Annotated[Optional[Path], typer.Option(help="ade20k_outdoor: a file of image stems")] = None,
     num_workers: Annotated[int, typer.Option(help="processes reading files")] = 2,
+    max_image_pixels: Annotated[int, typer.Option(
+        help="larger images are problems (corrupt files, decompression bombs); data.max_image_pixels")
+    ] = DataConfig.max_image_pixels,
 ) -> None:
-    """Check a dataset folder as preprocessing would: summary, or every problem (exit 1)."""
+    """Check a dataset folder as preprocessing would and print a summary.
+
+    Exit code 0: no problems; 1: problems in the data (every one is listed); 2: a usage
+    error (a bad option value, a folder that does not exist).
+    """
     from gaugan.config import Config, replace
-    from gaugan.data.check import check_dataset, format_report
+    from gaugan.data.check import check_dataset, format_problems, format_report
+    from gaugan.data.io import DataError
+    from gaugan.data.sources import locate_dataset
 
     check_dataset_name(dataset)
+    if not root.is_dir():
+        fail(f"--root {root}: folder not found")
     custom = {"num_classes": num_classes}
     if no_dontcare:
         custom["dontcare_label"] = None
     elif dontcare is not None:
         custom["dontcare_label"] = dontcare
     cfg = replace(Config(), data={"dataset": dataset, "use_instance": use_instance, "custom": custom,
-                                  "outdoor_list": str(outdoor_list) if outdoor_list else None})
-    report = check_dataset(cfg.data, root, repo_root=Path.cwd(), num_workers=num_workers)
+                                  "outdoor_list": str(outdoor_list) if outdoor_list else None,
+                                  "max_image_pixels": max_image_pixels})
+    try:
+        report = check_dataset(cfg.data, locate_dataset(dataset, root), repo_root=Path.cwd(), num_workers=num_workers)
+    except DataError as err:  # the folder is there but does not hold the dataset's layout
+        typer.echo(format_problems([str(err)]))
+        raise typer.Exit(1)
     typer.echo(format_report(report))
     if not report.ok:
         raise typer.Exit(1)

@@ -18,18 +18,28 @@ def ui_command(
 ) -> None:
     """Open the MLflow UI on the project's tracking store (the same URI the stages log to)."""
     import subprocess
-    import sys
 
     from pipeline.params import load_config, repo_root
-    from pipeline.tracking import resolve_tracking_uri, tracking_root
+    from pipeline.tracking import resolve_tracking_uri
 
     cfg = load_config(params)
     uri = resolve_tracking_uri(cfg, repo_root())
-    artifacts = (tracking_root(repo_root()) / "mlartifacts").as_uri()
+    if uri.startswith(("http://", "https://")):
+        typer.echo(f"the tracking store is a server already: open {uri} in a browser")
+        return
     typer.echo(f"MLflow UI on {uri} at http://{host}:{port} (Ctrl-C stops it)")
-    command_line = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                    "--default-artifact-root", artifacts, "--host", host, "--port", str(port)]
-    raise typer.Exit(subprocess.call(command_line))
+    raise typer.Exit(subprocess.call(ui_command_line(uri, repo_root(), host, port)))
+
+
+def ui_command_line(uri: str, root: Path, host: str, port: int) -> list[str]:
+    """``mlflow ui`` on the store ``uri``, with new experiments' artifacts where the stages put them."""
+    import sys
+
+    from pipeline.tracking import tracking_root
+
+    artifacts = (tracking_root(root) / "mlartifacts").as_uri()
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root", artifacts,
+            "--host", host, "--port", str(port)]
 
 
 @command("preset")

@@ -16,17 +16,21 @@ def synthesize_command(
     checkpoint: Annotated[Path, typer.Option(help="one of our checkpoints or an official latest_net_G.pth")],
     dataset: Annotated[str, typer.Option(help="the dataset whose label conventions the label map follows")],
     label: Annotated[Path, typer.Option(help="label map PNG (class indices, any size)")],
-    output: Annotated[Path, typer.Option(help="where to write the generated PNG")],
+    output: Annotated[Path, typer.Option(help="where to write the image: .png, .jpg/.jpeg or .webp")],
     instance: Annotated[Optional[Path], typer.Option(help="instance map PNG (datasets with instance edges)")] = None,
     style: Annotated[Optional[Path], typer.Option(help="style photo (VAE generators only)")] = None,
     seed: Annotated[int, typer.Option(help="seed of z (VAE generators)")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
     use_ema: Annotated[bool, typer.Option("--ema/--no-ema", help="use the EMA weights when the checkpoint has them")] = True,
+    threads: Annotated[Optional[int], typer.Option(
+        help="CPU threads for torch (default: OMP_NUM_THREADS, else all available cores)")] = None,
 ) -> None:
-    """Generate one image from one label map."""
+    """Generate one image from one label map (PNG, JPEG or WebP, as --output's suffix says)."""
     from gaugan.synthesize import synthesize_file
+    from gaugan.threads import configure_threads
 
     check_dataset_name(dataset)
+    configure_threads(threads, setting="--threads")
     try:
         written = synthesize_file(checkpoint, dataset, label, output, instance, style, seed, device, use_ema)
     except OSError as err:
@@ -86,22 +90,36 @@ def import_checkpoint_command(
 def classes_command(
     dataset: Annotated[str, typer.Option(help="landscapes, ade20k, ade20k_outdoor, coco, cityscapes, facades or custom")],
     num_classes: Annotated[Optional[int], typer.Option(help="custom datasets: the number of classes")] = None,
+    root: Annotated[Optional[Path], typer.Option(
+        help="custom datasets: what data.root names or the dataset folder; its classes.txt / classes.csv gives "
+             "the names, colours and (without --num-classes) the class count")] = None,
 ) -> None:
     """Print a dataset's class table: stored label index, colour in sample grids, name."""
     from gaugan.config import Config, ConfigError, replace
-    from gaugan.data.classes import class_names, label_palette
+    from gaugan.data.classes import class_colours, class_names, named_class_count, read_class_file
     from gaugan.data.registry import resolve_dataset
+    from gaugan.data.sources import locate_dataset
 
+    classes = None
+    if root is not None and dataset != "custom":
+        fail(f"--root is for custom datasets (their classes file); {dataset} has published classes")
+    if root is not None:
+        folder = locate_dataset(dataset, root)
+        classes = read_class_file(folder)
+        if classes is None:
+            fail(f"--root {root}: no classes.txt or classes.csv in {folder}")
+        if num_classes is None:
+            num_classes = named_class_count(classes, Config().data.custom.dontcare_label)
     if dataset == "custom" and num_classes is None:
-        fail("--dataset custom needs --num-classes N (the preprocess stage infers it from "
-             "the training labels and records it in <data.processed_dir>/manifest.json)")
+        fail("--dataset custom needs --num-classes N or --root with a classes.txt (the preprocess stage infers the "
+             "count from the training labels and records it in <data.processed_dir>/manifest.json)")
     try:
         cfg = replace(Config(), data={"dataset": dataset, "custom": {"num_classes": num_classes}})
         spec = resolve_dataset(cfg.data)
     except ConfigError as err:
         fail(f"--dataset {dataset}: {err}")
-    names = class_names(spec)
-    palette = label_palette(len(names), spec.name)
+    names = class_names(spec, classes)
+    palette = class_colours(spec, classes)
     typer.echo(f"{spec.name}: {spec.label_nc} classes"
                + (f", index {spec.label_nc} = don't care" if spec.contain_dontcare else "")
                + (", + 1 instance edge channel" if spec.use_instance else "")

@@ -27,17 +27,17 @@ def bench_command(
     repeats: Annotated[int, typer.Option(
         help="with --compare: alternate the two schedules this many times each and compare medians")] = 1,
     count_flops: Annotated[bool, typer.Option("--flops/--no-flops", help="count model FLOPs of one step (MFU on GPU)")] = True,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice)")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        help="CPU threads for torch (default: train.num_threads, else OMP_NUM_THREADS, else all available cores)")] = None,
     output: Annotated[Optional[Path], typer.Option(help="also write the JSON here")] = None,
 ) -> None:
     """Training speed of G step + D step on synthetic batches: images/s, step time, peak memory, MFU.
 
     E.g. the CPU target configuration: gaugan bench -S data.dataset=custom -S data.custom.num_classes=8
     -S data.custom.dontcare_label=null -S data.load_size=64 -S data.crop_size=64 --compare"""
-    import os
-
     from gaugan.data.io import atomic_write_json
     from gaugan.data.registry import resolve_dataset
+    from gaugan.threads import configure_threads
     from gaugan.train.bench import BenchSettings, compare_schedules, run_benchmark
     from gaugan.train.distributed import resolve_device
     from pipeline.params import load_config
@@ -46,14 +46,12 @@ def bench_command(
         fail(f"--steps must be >= 1 and --warmup >= 0, got --steps {steps} --warmup {warmup}")
     if repeats < 1 or (repeats > 1 and not compare):
         fail(f"--repeats must be >= 1 and needs --compare when above 1, got --repeats {repeats}")
-    if threads is not None:
-        if threads < 1:
-            fail(f"--threads must be >= 1, got {threads}")
-        import torch
-
-        torch.set_num_threads(threads)
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by --compare's child processes
     cfg = load_config(params, overrides)
+    # Synthetic batches: no loader workers. Exported to --compare's child processes.
+    if threads is not None:
+        configure_threads(threads, export=True, setting="--threads")
+    else:
+        configure_threads(cfg.train.num_threads, export=True)
     spec = resolve_dataset(cfg.data)
     torch_device = resolve_device(device)
     settings = BenchSettings(steps=steps, warmup=warmup, reference_schedule=reference_schedule, count_flops=count_flops)

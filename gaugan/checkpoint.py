@@ -1,0 +1,488 @@
+"""Checkpoint files: the one place that knows their format, writes them and reads them safely.
+
+Ours (``gaugan-checkpoint-v1``, docs/ARCHITECTURE.md "Checkpoints") is one ``torch.save``
+dict: the format tag, the config and dataset spec that built the networks, their state
+dicts and, in the resumable ``last.pt``, everything a bit-for-bit continuation on CPU
+needs: optimiser and gradient-scaler states, the position in the data order and every
+random-number generator state. The official code saves network weights only, so a resume
+there restarts Adam and the data order (docs/SPADE.md section 2); its ``latest_net_G.pth``
+files (bare state dicts) and the segmenter stage's ``gaugan-segmenter-v1`` files are read
+through the same reader.
+
+Reading never runs code: :func:`read_torch_file` is ``torch.load(weights_only=True)``
+(tensors, containers, numbers, strings), so a file whose pickle names another Python
+object (``os.system``, a class) is refused, and a file that is not a PyTorch checkpoint at
+all (text, empty, truncated) gets a message that says what it is. Payloads hold plain data
+only; random states are stored as tensors and numbers, not NumPy objects. Writing goes to a
+temporary file in the same folder, is fsynced and renamed, so a crash (even kill -9) leaves
+the previous complete file or the new complete one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import random
+import re
+import tempfile
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gaugan.config import Config, config_to_dict, flatten
+from gaugan.errors import UserError
+
+CHECKPOINT_FORMAT = "gaugan-checkpoint-v1"
+LAST_CHECKPOINT = "last.pt"
+GENERATOR_CHECKPOINT = "generator.pt"
+REQUIRED_KEYS = ("config", "spec", "models")
+TRAINING_KEYS = ("optimizers", "progress", "rng")  # present in a resumable last.pt only
+GENERATION_MODELS = ("G", "G_ema", "E")
+
+# Keys that may change between an interrupted run and its continuation: they change how
+# often things are logged or saved, where, how fast, or when to stop, but not the maths
+# of a training step. Everything else must match (prefix match on the flattened keys).
+RESUMABLE_DIFFERENCES = (
+    "train.log_every",
+    "train.sample_every",
+    "train.checkpoint_every",
+    "train.checkpoint_dir",
+    "train.resume",
+    "train.max_steps",
+    "train.compile",
+    "train.cudnn_benchmark",
+    "train.channels_last",  # memory layout: the same maths (float rounding may differ)
+    "train.device",
+    "train.num_threads",
+    "data.num_workers",
+    "data.root",
+    "data.processed_dir",
+    "segmenter.",
+    "evaluate.",
+    "tracking.",
+)
+
+# Wrappers whose prefixes can end up in saved keys: DataParallel / DDP and torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+MAX_LISTED_KEYS = 50
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint file cannot be read, is not of the expected kind, or does not fit."""
+
+
+# --------------------------------------------------------------------------------------
+# Reading any PyTorch file safely.
+
+# Checkpoints written before random states were stored as tensors hold NumPy's MT19937
+# state as an ndarray. These are the constructors of plain arrays and dtypes (no code of
+# the file's choosing runs); allowed so that such a last.pt still resumes.
+_NUMPY_ARRAY_GLOBALS = [
+    np.ndarray.__reduce__(np.zeros(1))[0],  # the array reconstruct function (its module moved in NumPy 2)
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+    type(np.dtype(np.float64)),
+]
+
+
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with errors that say what the file is.
+
+    Tensors, containers, numbers and strings load; a pickle naming any other Python object
+    is refused (unpickling it could run code), naming the object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    not_torch = _why_not_a_torch_file(path)
+    if not_torch is not None:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({not_torch})")
+    try:
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found is not None:
+            raise CheckpointError(
+                f"{path}: refused: the file holds a disallowed Python object ({found.group(1)}) besides tensors and "
+                "plain data; loading it could run code. This project never writes such objects: use a checkpoint "
+                "from a source you trust"
+            ) from err
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_unpickler_reason(err)})") from err
+    except Exception as err:  # torch raises RuntimeError, OSError, EOFError, ... for damaged archives
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint, or a damaged one ({type(err).__name__}: {_first_line(err)})"
+        ) from err
+
+
+def _why_not_a_torch_file(path: Path) -> str | None:
+    """What the file is, when it is plainly not a ``torch.save`` file; None when it may be one."""
+    with open(path, "rb") as file:
+        head = file.read(256)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip archive
+        if not zipfile.is_zipfile(path):
+            return "a truncated or damaged zip archive: its end is missing, as after an interrupted copy or write"
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("/data.pkl") for name in archive.namelist()):
+                return "a zip archive, but not one written by torch.save (no data.pkl)"
+        return None
+    if head.startswith(b"\x80"):  # a pickle: torch's legacy format or a plain pickle; torch decides
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"unrecognised binary content, first bytes {head[:8].hex(' ')}"
+    first_line = text.strip().splitlines()[0][:60] if text.strip() else ""
+    return f"a text file, beginning {first_line!r}"
+
+
+def _unpickler_reason(err: Exception) -> str:
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = text.split(marker, 1)[1].strip().splitlines()
+        stopped = detail[0] if detail else "an unknown instruction"
+        return f"a pickle torch.save did not write, or a damaged one; the weights-only reader stopped at: {stopped}"
+    return _first_line(err)
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(err).__name__
+
+
+# --------------------------------------------------------------------------------------
+# Writing.
+
+
+def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temp_name, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary output file
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temporary_files(folder: Path) -> None:
+    """The remains of saves killed mid-write (``.<name>.<random>.tmp``)."""
+    for stale in folder.glob(".*.pt.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------
+# Our format: build, check, load.
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands: the next batch to train is ``batch_in_epoch`` of ``epoch``."""
+
+    epoch: int = 0
+    step: int = 0
+    batch_in_epoch: int = 0
+
+    def advanced(self) -> Progress:
+        """After one more step."""
+        return Progress(self.epoch, self.step + 1, self.batch_in_epoch + 1)
+
+    def continuation(self, batches_per_epoch: int) -> Progress:
+        """Where to continue from: after an epoch's last batch, the start of the next epoch."""
+        if self.batch_in_epoch >= batches_per_epoch:
+            return Progress(self.epoch + 1, self.step, 0)
+        return self
+
+
+def _state(holder: Any) -> Any:
+    return holder.state_dict() if hasattr(holder, "state_dict") else holder
+
+
+def build_checkpoint(
+    config: Config | Mapping[str, Any],
+    spec: Any,
+    models: Mapping[str, Any],
+    optimizers: Mapping[str, Any] | None = None,
+    scalers: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+    rng: Sequence[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Our checkpoint payload.
+
+    ``models``, ``optimizers`` and ``scalers`` map names (``G``, ``D``, ``E``, ``G_ema``) to
+    objects with ``state_dict()`` or to state dicts. ``spec`` is a DatasetSpec or its dict.
+    ``rng`` holds one :func:`capture_rng_state` per process. A resumable checkpoint has
+    optimizers, progress and rng; a generator-only one (generator.pt, an import) has not.
+    """
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "config": config_to_dict(config) if isinstance(config, Config) else dict(config),
+        "spec": dataclasses.asdict(spec) if dataclasses.is_dataclass(spec) else dict(spec),
+        "models": {name: _state(holder) for name, holder in models.items()},
+    }
+    if optimizers is not None:
+        payload["optimizers"] = {name: _state(optimizer) for name, optimizer in optimizers.items()}
+        payload["scaler"] = {name: _state(scaler) for name, scaler in scalers.items()} if scalers else None
+    if progress is not None:
+        payload["progress"] = dataclasses.asdict(progress)
+    if rng is not None:
+        payload["rng"] = {"per_rank": list(rng)}
+    payload.update(extra)
+    return payload
+
+
+def generator_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """The final ``generator.pt``: same format, the models for generation only, no optimisers."""
+    kept = {key: payload[key] for key in ("format", *REQUIRED_KEYS, "progress") if key in payload}
+    kept["models"] = {name: state for name, state in payload["models"].items() if name in GENERATION_MODELS}
+    return kept
+
+
+def is_gaugan_checkpoint(payload: Any) -> bool:
+    """Ours (a dict with a format tag) rather than an official bare state dict."""
+    return isinstance(payload, dict) and "format" in payload
+
+
+def validate_payload(payload: Any, path: str | os.PathLike, expected_format: str,
+                     required: Sequence[str]) -> dict[str, Any]:
+    """``payload`` if it is a dict with ``expected_format`` and every ``required`` key."""
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not a {expected_format} file (it holds a {type(payload).__name__})")
+    found = payload.get("format")
+    if found is None:
+        raise CheckpointError(f"{path}: not a {expected_format} file (no format tag: a bare state dict, such as an "
+                              "official latest_net_G.pth?)")
+    if found != expected_format:
+        raise CheckpointError(f"{path}: checkpoint format {found!r} is not supported (expected {expected_format!r})")
+    missing = [key for key in required if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete {expected_format} file: no {', '.join(missing)}")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, resumable: bool = False) -> dict[str, Any]:
+    """One of our checkpoints, read safely and checked (``resumable``: with the training state)."""
+    required = REQUIRED_KEYS + (TRAINING_KEYS if resumable else ())
+    return validate_payload(read_torch_file(path), path, CHECKPOINT_FORMAT, required)
+
+
+def load_for_resume(path: Path) -> dict[str, Any]:
+    """``last.pt`` for a continuation; an unusable one says how to start afresh instead."""
+    try:
+        return load_checkpoint(path, resumable=True)
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"{err}. To start afresh instead, set train.resume=false or delete {path}"
+        ) from err
+
+
+# --------------------------------------------------------------------------------------
+# Resume compatibility.
+
+_ABSENT = object()
+
+
+def _may_differ(key: str) -> bool:
+    return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed))
+               for allowed in RESUMABLE_DIFFERENCES)
+
+
+def _flat_with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    # A key added to the schema after the checkpoint was written: the run trained as that
+    # key's default, so the default stands in for it (not a spurious difference).
+    return {**flatten(config_to_dict(Config())), **flatten(dict(config))}
+
+
+def training_config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Flattened config keys whose values differ and that change training, sorted."""
+    saved_flat, current_flat = _flat_with_defaults(saved), _flat_with_defaults(current)
+    return [
+        key for key in sorted(set(saved_flat) | set(current_flat))
+        if not _may_differ(key) and saved_flat.get(key, _ABSENT) != current_flat.get(key, _ABSENT)
+    ]
+
+
+def check_resumable(payload: dict[str, Any], config: dict[str, Any], spec: dict[str, Any], path: Path) -> None:
+    """Refuse to continue from a checkpoint whose config or dataset spec changes training."""
+    differing = training_config_differences(payload["config"], config)
+    if differing:
+        saved_flat, current_flat = _flat_with_defaults(payload["config"]), _flat_with_defaults(config)
+
+        def shown(flat: dict[str, Any], key: str) -> str:
+            return repr(flat[key]) if key in flat else "(not a setting of this version)"
+
+        details = "; ".join(f"{key}: {shown(saved_flat, key)} -> {shown(current_flat, key)}" for key in differing)
+        raise CheckpointError(
+            f"{path}: cannot resume, the configuration differs in keys that change training: {details}. "
+            "Restore those values, or set train.resume=false (or delete the checkpoint) to start afresh."
+        )
+    if payload.get("spec") != spec:
+        raise CheckpointError(
+            f"{path}: cannot resume, the dataset spec differs (checkpoint {payload.get('spec')}, "
+            f"store {spec}). Set train.resume=false to start afresh."
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Random-number generator states, as tensors and numbers.
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's torch, NumPy, Python (and CUDA) random states as plain data."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "bit_generator": numpy_state["bit_generator"],
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        key = numpy_state["key"].numpy().astype(np.uint32)
+        np.random.set_state((numpy_state["bit_generator"], key, numpy_state["pos"], numpy_state["has_gauss"],
+                             numpy_state["gauss"]))
+    else:  # an older checkpoint: NumPy's own tuple
+        np.random.set_state(numpy_state)
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            torch.cuda.set_rng_state(cuda_states[0])
+
+
+# --------------------------------------------------------------------------------------
+# Restoring a training.
+
+
+def restore_training(
+    payload: dict[str, Any],
+    path: Path,
+    models: Mapping[str, Any],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    scalers: Mapping[str, torch.amp.GradScaler] | None,
+    rank: int,
+    world_size: int,
+    seed: int,
+) -> Progress:
+    """Load networks, optimisers, scalers and random states from ``payload``; the progress.
+
+    With another process count than the checkpoint's, the data order is still exact (it
+    depends on (seed, epoch) only) but the random streams are reseeded from the step.
+    """
+    saved_models = payload["models"]
+    for name, holder in models.items():
+        if name not in saved_models:
+            raise CheckpointError(f"{path}: the checkpoint has no models[{name!r}]")
+        load_state_dict_exactly(holder, saved_models[name], f"{path} (models[{name!r}])", what=name)
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(payload["optimizers"][name])
+    if scalers and payload.get("scaler"):
+        for name, scaler in scalers.items():
+            scaler.load_state_dict(payload["scaler"][name])
+    progress = Progress(**payload["progress"])
+    rng = payload["rng"]
+    rng_states = rng.get("per_rank") or [rng]  # older single-process files: the state itself
+    if len(rng_states) == world_size:
+        restore_rng_state(rng_states[rank])
+    else:
+        seed_everything(seed + rank + progress.step)
+    return progress
+
+
+# --------------------------------------------------------------------------------------
+# Strict state-dict loading, with one error listing every disagreement.
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, Tensor]) -> OrderedDict[str, Tensor]:
+    """Keys without a leading ``module.`` (DataParallel / DDP) or ``_orig_mod.`` (torch.compile).
+
+    The per-module version metadata that ``state_dict()`` attaches is kept (re-keyed too):
+    PyTorch's loading hooks use it to convert files written by older versions.
+    """
+    stripped = OrderedDict((_strip(key), value) for key, value in state_dict.items())
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        stripped._metadata = OrderedDict(  # type: ignore[attr-defined]
+            (_strip(name + ".")[:-1] if name else name, value) for name, value in metadata.items()
+        )
+    return stripped
+
+
+def load_state_dict_exactly(module: nn.Module, state_dict: Any, source: str | os.PathLike, what: str = "generator",
+                            error: type[Exception] = CheckpointError) -> None:
+    """``module.load_state_dict(state_dict, strict=True)``, with one key-by-key ``error`` on mismatch.
+
+    Wrapper prefixes are stripped. A missing ``num_batches_tracked`` is tolerated: PyTorch
+    fills it for files saved before it existed, as its own strict loading does.
+    """
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, Tensor) for v in state_dict.values()):
+        raise error(f"{source}: expected a state dict (names -> tensors) for the {what}")
+    state_dict = strip_wrapper_prefixes(state_dict)
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and state_dict[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = [f"{source}: the checkpoint does not fit the {what} ({type(module).__name__}, {len(expected)} keys; "
+                 f"the file has {len(state_dict)} keys)."]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("shape mismatches", mismatched)):
+            if items:
+                shown = items[:MAX_LISTED_KEYS]
+                more = f"\n    ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
+                parts.append(f"  {title} ({len(items)}):\n    " + "\n    ".join(shown) + more)
+        raise error("\n".join(parts))
+    for key in expected.keys() - state_dict.keys():  # num_batches_tracked only, after the check above
+        state_dict[key] = expected[key]
+    module.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,185 @@
+"""What the studio accepts from a browser or a script, checked before anything reaches the model.
+
+Every problem becomes a :class:`StudioInputError` with an HTTP status and a message that
+names the form field, the file and the value: a file over the size limit (413), a label
+or instance map that is not a PNG (415), a value outside the model's classes or an
+unreadable file (422), a missing field or a bad seed (400). The label conventions
+themselves (don't-care value, valid range, nearest-neighbour resize to the network size)
+are :func:`gaugan.synthesize.read_label_input`'s, as for ``gaugan synthesize``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from gaugan.data.io import read_index_map
+from gaugan.data.registry import DatasetSpec
+from gaugan.errors import UserError
+from gaugan.synthesize import read_label_input, resize_nearest
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per file
+MAX_PIXELS = 4096 * 4096  # decoded size of one upload: a small PNG can hold a huge image
+MAX_SEED = 2**31 - 1
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class StudioInputError(UserError, ValueError):
+    """A request the studio cannot serve as sent; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file: the form field it came in, the name the client gave it, its bytes."""
+
+    field: str
+    filename: str | None
+    data: bytes
+
+    def __str__(self) -> str:
+        return f"{self.field} ({self.filename})" if self.filename else self.field
+
+
+class NamedBytes(io.BytesIO):
+    """An upload as a file object that names itself in the library's error messages.
+
+    The readers in :mod:`gaugan.data.io` start their messages with the path they were
+    given; for an upload that is the form field and file name, not an object repr.
+    """
+
+    def __init__(self, upload: Upload) -> None:
+        super().__init__(upload.data)
+        self.label = str(upload)
+
+    def __str__(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True)
+class LabelInput:
+    """Label indices (and instance ids) at the network size, and what was done to get there."""
+
+    labels: np.ndarray
+    instance: np.ndarray | None
+    notes: list[str] = field(default_factory=list)
+
+
+def check_upload(upload: Upload, png_only: bool) -> tuple[int, int]:
+    """Size limits (bytes and pixels) and, for maps of indices, the PNG signature; returns (W, H).
+
+    Only the header is decoded here, so an oversized image is refused before it is inflated.
+    """
+    if len(upload.data) > MAX_UPLOAD_BYTES:
+        raise StudioInputError(
+            f"{upload}: {len(upload.data) / 2**20:.1f} MB is over the {MAX_UPLOAD_BYTES // 2**20} MB limit per file",
+            413,
+        )
+    if not upload.data:
+        raise StudioInputError(f"{upload}: the file is empty", 400)
+    if png_only and not upload.data.startswith(PNG_SIGNATURE):
+        raise StudioInputError(
+            f"{upload}: not a PNG; send class indices as a PNG (8-bit greyscale or palette): other formats "
+            f"are lossy or cannot hold indices",
+            415,
+        )
+    try:
+        with Image.open(NamedBytes(upload)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as err:
+        raise StudioInputError(f"{upload}: {err}", 413) from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise StudioInputError(f"{upload}: unreadable image ({err})", 422) from err
+    if width * height > MAX_PIXELS:
+        raise StudioInputError(
+            f"{upload}: {width}x{height} pixels is over the limit of {MAX_PIXELS:,} pixels per image", 413
+        )
+    return width, height
+
+
+def resize_note(what: str, size: tuple[int, int], spec: DatasetSpec) -> str | None:
+    """The note sent back when an upload had another size than the model's (W, H)."""
+    height, width = spec.image_size
+    if size == (width, height):
+        return None
+    return f"{what} is {size[0]}x{size[1]}; resized (nearest neighbour) to the model's {width}x{height}"
+
+
+def read_label_upload(spec: DatasetSpec, label: Upload | None, instance: Upload | None = None) -> LabelInput:
+    """A label map (and instance map) upload -> indices at the network size, with notes.
+
+    Models with an instance edge channel get the label map itself as the instance map when
+    none is sent: every connected class region is then one object, so edges fall on class
+    boundaries (as for stuff classes in the datasets' own instance maps); a note says so.
+    """
+    if label is None:
+        raise StudioInputError("form field 'label' is missing: send the label map as a PNG of class indices", 400)
+    size = check_upload(label, png_only=True)
+    notes = [note for note in [resize_note("the label map", size, spec)] if note]
+    if instance is not None:
+        if not spec.use_instance:
+            raise StudioInputError(
+                f"{instance}: dataset {spec.name!r} has no instance edge channel in this model; leave 'instance' out",
+                400,
+            )
+        check_upload(instance, png_only=True)
+    elif spec.use_instance:
+        notes.append("no instance map sent: each class region counts as one object (edges on class boundaries)")
+    instance_source = instance if instance is not None else label
+    setting = f"the label map (the model's classes are 0..{spec.num_label_values - 1}; GET /api/info lists them)"
+    try:
+        labels, instance_ids = read_label_input(
+            spec, NamedBytes(label), NamedBytes(instance_source) if spec.use_instance else None, setting
+        )
+    except UserError as err:
+        raise StudioInputError(str(err), 422) from err
+    return LabelInput(labels, instance_ids, notes)
+
+
+def read_instance_upload(spec: DatasetSpec, instance: Upload | None) -> tuple[np.ndarray, list[str]]:
+    """An instance map upload alone -> ids renumbered 0..n-1 at the network size, and notes.
+
+    For the page's editor: renumbering keeps every edge (edges only compare neighbouring
+    ids) and lets the ids fit a 16-bit PNG.
+    """
+    if instance is None:
+        raise StudioInputError("form field 'instance' is missing: send the instance map as a PNG", 400)
+    if not spec.use_instance:
+        raise StudioInputError(f"{instance}: dataset {spec.name!r} has no instance edge channel in this model", 400)
+    size = check_upload(instance, png_only=True)
+    try:
+        ids = read_index_map(NamedBytes(instance), "instance map")
+    except UserError as err:
+        raise StudioInputError(str(err), 422) from err
+    _, compact = np.unique(resize_nearest(ids, spec.image_size), return_inverse=True)
+    if compact.max(initial=0) > np.iinfo(np.uint16).max:
+        raise StudioInputError(f"{instance}: more than 65536 distinct instance ids", 422)
+    notes = [note for note in [resize_note("the instance map", size, spec)] if note]
+    return compact.reshape(spec.image_size), notes
+
+
+def read_photo_upload(photo: Upload | None, field_name: str) -> NamedBytes:
+    """A photo (any format Pillow reads) within the limits, ready for :func:`gaugan.data.io.read_image`."""
+    if photo is None:
+        raise StudioInputError(f"form field {field_name!r} is missing: send a photo (PNG or JPEG)", 400)
+    check_upload(photo, png_only=False)
+    return NamedBytes(photo)
+
+
+def parse_seed(value: str | None) -> int:
+    """The ``seed`` form field: an integer 0..2**31-1; absent means 0."""
+    if value is None or value.strip() == "":
+        return 0
+    try:
+        seed = int(value.strip())
+    except ValueError:
+        raise StudioInputError(f"seed: got {value!r}, expected an integer 0..{MAX_SEED}", 400) from None
+    if not 0 <= seed <= MAX_SEED:
+        raise StudioInputError(f"seed: got {seed}, expected an integer 0..{MAX_SEED}", 400)
+    return seed

@@ -1,0 +1,407 @@
+"""The studio's HTTP API on tiny generators: shapes, determinism, every error path, serialised device use."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from starlette.testclient import TestClient
+
+from gaugan.data.classes import label_palette
+from gaugan.data.registry import published_spec
+from gaugan.models.loading import load_generator
+from gaugan.segmenters.trained import TrainedSegmenter, save_trained_segmenter
+from gaugan.studio.app import studio_for_checkpoint
+from gaugan.studio.inputs import MAX_UPLOAD_BYTES, LabelInput
+from gaugan.studio.service import StudioService, StudioSetupError
+from gaugan.synthesize import synthesize_image
+from tests.studio_support import landscapes_spec, serve_in_thread, write_checkpoint
+
+SPEC = landscapes_spec(32)  # 10 classes + instance edges
+FACADES = dataclasses.replace(published_spec("facades"), load_size=32, crop_size=32)  # 13 classes, no instances
+CPU = torch.device("cpu")
+
+
+def png(array: np.ndarray, mode: str | None = None, palette: np.ndarray | None = None) -> bytes:
+    image = Image.fromarray(array, mode) if mode else Image.fromarray(array)
+    if palette is not None:
+        image.putpalette(palette.reshape(-1).tolist())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def scene(size: int = 32) -> np.ndarray:
+    labels = np.zeros((size, size), np.uint8)
+    labels[size // 2:, :] = 6  # grass under sky
+    labels[size // 4: size // 2, size // 3: 2 * size // 3] = 2  # a mountain
+    return labels
+
+
+def decode(content: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(content)))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("studio")
+    return {
+        "plain": write_checkpoint(root / "plain.pt", SPEC),
+        "vae": write_checkpoint(root / "vae.pt", SPEC, use_vae=True),
+        "facades": write_checkpoint(root / "facades.pt", FACADES),
+        "root": root,
+    }
+
+
+def make_client(checkpoints, name: str = "plain", segmenter=None, **kwargs) -> TestClient:
+    app = studio_for_checkpoint(checkpoints[name], None, CPU, checkpoints["root"] / "weights",
+                                segmenter or checkpoints["root"] / "no-segmenter.pt")
+    return TestClient(app, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def client(checkpoints):
+    with make_client(checkpoints) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def vae_client(checkpoints):
+    with make_client(checkpoints, "vae") as test_client:
+        yield test_client
+
+
+def generate(client: TestClient, label: bytes | None, **fields):
+    files = {} if label is None else {"label": ("label.png", label, "image/png")}
+    data = {}
+    for name, value in fields.items():
+        if isinstance(value, bytes):
+            files[name] = (f"{name}.png", value, "application/octet-stream")
+        else:
+            data[name] = value
+    return client.post("/api/generate", files=files, data=data)
+
+
+def error_of(response) -> str:
+    return response.json()["error"]
+
+
+def test_info_describes_the_model(client):
+    info = client.get("/api/info").json()
+    assert info["dataset"] == "landscapes" and info["image_size"] == {"height": 32, "width": 32}
+    assert info["use_instance"] is True and info["vae"] is False
+    assert [entry["name"] for entry in info["classes"]][:3] == ["sky", "cloud", "mountain"]
+    palette = label_palette(10, "landscapes")
+    assert info["classes"][4]["colour"] == "#{:02x}{:02x}{:02x}".format(*palette[4])
+    assert "not a VAE" in info["style"]["seed_reason"] and info["style"]["photo_reason"]
+    assert info["device"].startswith("cpu (")
+
+
+def test_a_stores_class_table_names_and_colours_the_palette(checkpoints):
+    """A custom dataset's classes file reaches the page through the store's manifest."""
+    names = [f"part {index}" for index in range(SPEC.num_label_values)]
+    colours = [[index, 2 * index, 3 * index] for index in range(SPEC.num_label_values)]
+    manifest = {"dataset": SPEC.name, "num_label_values": SPEC.num_label_values, "class_names": names,
+                "class_colours": colours}
+    app = studio_for_checkpoint(checkpoints["plain"], None, CPU, checkpoints["root"] / "weights",
+                                checkpoints["root"] / "no-segmenter.pt", manifest=manifest)
+    with TestClient(app) as test_client:
+        classes = test_client.get("/api/info").json()["classes"]
+    assert [entry["name"] for entry in classes] == names
+    assert classes[3]["colour"] == "#030609"
+    other = {**manifest, "dataset": "facades"}  # a store of another dataset keeps the model's own table
+    app = studio_for_checkpoint(checkpoints["plain"], None, CPU, checkpoints["root"] / "weights",
+                                checkpoints["root"] / "no-segmenter.pt", manifest=other)
+    with TestClient(app) as test_client:
+        assert test_client.get("/api/info").json()["classes"][0]["name"] == "sky"
+
+
+def test_generate_matches_synthesize_image(client, checkpoints):
+    """The photo is the one gaugan.synthesize computes: same labels, instance edges, weights."""
+    labels = scene()
+    instance = (labels == 2).astype(np.uint8) + 5 * (np.arange(32)[None, :] > 20)
+    response = generate(client, png(labels), instance=png(instance.astype(np.uint8)))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert re.fullmatch(r"generate;dur=[0-9.]+", response.headers["server-timing"])
+    assert json.loads(response.headers["x-studio-notes"]) == []
+    photo = decode(response.content)
+    assert photo.shape == (32, 32, 3) and photo.dtype == np.uint8
+    loaded = load_generator(checkpoints["plain"])
+    expected = np.asarray(synthesize_image(loaded, labels.astype(np.int64), instance.astype(np.int64)))
+    # The studio folds spectral norm and runs channels-last: the same maths, equal to float rounding.
+    np.testing.assert_allclose(photo.astype(int), expected.astype(int), atol=1)
+
+
+def test_generate_accepts_palette_pngs_and_derives_instances(client):
+    labels = scene()
+    palette = label_palette(10, "landscapes")
+    as_palette = generate(client, png(labels, "P", palette))
+    as_grey = generate(client, png(labels))
+    with_label_as_instance = generate(client, png(labels), instance=png(labels))
+    assert as_palette.status_code == as_grey.status_code == 200
+    assert as_palette.content == as_grey.content == with_label_as_instance.content
+    notes = json.loads(as_grey.headers["x-studio-notes"])
+    assert any("each class region counts as one object" in note for note in notes)
+
+
+def test_generate_changes_with_the_label_map(client):
+    first = generate(client, png(scene())).content
+    edited = scene()
+    edited[2:6, 2:6] = 4
+    assert generate(client, png(edited)).content != first
+
+
+def test_wrong_size_is_resized_with_a_note(client):
+    labels = scene(32)
+    large = np.kron(labels, np.ones((2, 2), np.uint8))  # 64x64, the same map at twice the size
+    response = generate(client, png(large))
+    assert response.status_code == 200
+    assert decode(response.content).shape == (32, 32, 3)
+    notes = json.loads(response.headers["x-studio-notes"])
+    assert any("64x64; resized (nearest neighbour) to the model's 32x32" in note for note in notes)
+    assert response.content == generate(client, png(labels)).content
+
+
+def test_vae_seed_is_deterministic_and_style_changes_the_photo(vae_client):
+    info = vae_client.get("/api/info").json()
+    assert info["vae"] is True and info["style"] == {"seed_reason": None, "photo_reason": None}
+    label = png(scene())
+    seed_3 = generate(vae_client, label, seed="3")
+    assert seed_3.headers["x-studio-seed"] == "3"
+    assert seed_3.content == generate(vae_client, label, seed="3").content
+    assert seed_3.content != generate(vae_client, label, seed="4").content
+    style = png(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    styled = generate(vae_client, label, seed="3", style=style)
+    assert styled.status_code == 200, styled.text
+    assert styled.content != seed_3.content
+    assert styled.content == generate(vae_client, label, seed="3", style=style).content
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "fragments"),
+    [
+        ("missing_label", 400, ["'label' is missing"]),
+        ("not_png", 415, ["label (label.png)", "not a PNG"]),
+        ("jpeg", 415, ["not a PNG"]),
+        ("truncated", 422, ["label (label.png)", "unreadable image"]),
+        ("out_of_range", 422, ["label (label.png)", "label value(s) 12", "valid range 0..9", "GET /api/info"]),
+        ("colour", 422, ["label (label.png)", "colour (RGB) image", "class indices"]),
+        ("too_large", 413, ["label (label.png)", "over the 20 MB limit"]),
+        ("too_many_pixels", 413, ["label (label.png)", "5000x5000 pixels", "over the limit"]),
+        ("instance_size", 422, ["instance (instance.png)", "same size"]),
+        ("bad_seed", 400, ["seed", "'abc'", "expected an integer"]),
+        ("negative_seed", 400, ["seed", "-1"]),
+        ("style_without_vae", 400, ["style (style.png)", "not a VAE"]),
+        ("label_as_text", 400, ["'label' must be a file upload"]),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(client, case, status, fragments):
+    labels = scene()
+    good = png(labels)
+    bad = labels.copy()
+    bad[0, 0] = 12
+    files = {
+        "not_png": {"label": b"GIF89a not a png at all"},
+        "jpeg": {"label": jpeg_bytes()},
+        "truncated": {"label": good[:60]},
+        "out_of_range": {"label": png(bad)},
+        "colour": {"label": png(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8))},
+        "too_large": {"label": good + b"\0" * (MAX_UPLOAD_BYTES + 1)},
+        "too_many_pixels": {"label": png(np.zeros((5000, 5000), np.uint8))},
+        "instance_size": {"label": good, "instance": png(np.zeros((20, 20), np.uint8))},
+        "bad_seed": {"label": good, "seed": "abc"},
+        "negative_seed": {"label": good, "seed": "-1"},
+        "style_without_vae": {"label": good, "style": good},
+        "missing_label": {},
+    }.get(case, {})
+    if case == "label_as_text":
+        response = client.post("/api/generate", data={"label": "sky"})
+    else:
+        label = files.pop("label", None)
+        response = generate(client, label, **files)
+    assert response.status_code == status, response.text
+    for fragment in fragments:
+        assert fragment in error_of(response), (fragment, error_of(response))
+    assert generate(client, good).status_code == 200  # the server keeps serving
+
+
+def jpeg_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(scene()).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_instance_for_a_model_without_instance_edges_is_refused(checkpoints):
+    with make_client(checkpoints, "facades") as facades:
+        labels = np.full((32, 32), 2, np.uint8)
+        assert generate(facades, png(labels)).status_code == 200
+        response = generate(facades, png(labels), instance=png(labels))
+        assert response.status_code == 400 and "no instance edge channel" in error_of(response)
+
+
+def test_oversized_body_is_refused_before_parsing(client):
+    body = b"x" * (3 * MAX_UPLOAD_BYTES + 2**20 + 10)
+    response = client.post("/api/generate", content=body, headers={"content-type": "multipart/form-data; boundary=x"})
+    assert response.status_code == 413 and "request body" in error_of(response)
+
+
+def test_an_internal_error_answers_500_and_the_server_keeps_serving(checkpoints, monkeypatch):
+    with make_client(checkpoints, raise_server_exceptions=False) as test_client:
+        service = test_client.app.state.service
+        monkeypatch.setattr(service.loaded.generator, "forward", lambda *args: 1 / 0)
+        response = generate(test_client, png(scene()))
+        assert response.status_code == 500 and "ZeroDivisionError" in error_of(response)
+        monkeypatch.undo()
+        assert generate(test_client, png(scene())).status_code == 200
+
+
+def test_concurrent_requests_never_overlap_on_the_device(checkpoints):
+    """Eight clients at once: every request answered, the generator never runs twice at the same time."""
+    with make_client(checkpoints) as test_client:
+        generator = test_client.app.state.service.loaded.generator
+        forward = generator.forward
+        active, overlaps, calls = [0], [0], [0]
+        guard = threading.Lock()
+
+        def watched_forward(*args, **kwargs):
+            with guard:
+                active[0] += 1
+                calls[0] += 1
+                overlaps[0] = max(overlaps[0], active[0])
+            time.sleep(0.02)  # widen the window in which a second call would overlap
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                with guard:
+                    active[0] -= 1
+
+        generator.forward = watched_forward
+        statuses = []
+
+        def request() -> None:
+            statuses.append(generate(test_client, png(scene())).status_code)
+
+        threads = [threading.Thread(target=request) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert statuses == [200] * 8
+    assert calls[0] == 8 and overlaps[0] == 1
+
+
+def test_segment_without_a_segmenter_is_503_with_the_reason(client):
+    photo = png(np.random.default_rng(2).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    response = client.post("/api/segment", files={"photo": ("photo.png", photo, "image/png")})
+    assert response.status_code == 503
+    assert "no segmenter for dataset 'landscapes'" in error_of(response)
+    assert "no-segmenter.pt" in error_of(response) and "segmenter stage" in error_of(response)
+
+
+def test_segment_returns_a_label_map_from_the_trained_segmenter(checkpoints):
+    torch.manual_seed(0)
+    segmenter = TrainedSegmenter(SPEC, width=4)
+    path = checkpoints["root"] / "segmenter.pt"
+    save_trained_segmenter(segmenter, path, {})
+    photo_array = np.random.default_rng(3).integers(0, 255, (48, 40, 3), dtype=np.uint8)
+    with make_client(checkpoints, segmenter=path) as test_client:
+        response = test_client.post("/api/segment", files={"photo": ("photo.png", png(photo_array), "image/png")})
+        assert response.status_code == 200, response.text
+        missing = test_client.post("/api/segment", files={})
+        assert missing.status_code == 400 and "'photo' is missing" in error_of(missing)
+    image = Image.open(io.BytesIO(response.content))
+    assert image.mode == "P" and image.size == (32, 32)
+    labels = np.asarray(image)
+    resized = Image.fromarray(photo_array).resize((32, 32), Image.Resampling.BICUBIC)
+    batch = torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1)[None]
+    np.testing.assert_array_equal(labels, segmenter.eval().predict(batch)[0].numpy())
+
+
+def test_label_and_instance_maps_are_normalised_for_the_editor(client):
+    labels = np.kron(scene(16), np.ones((4, 4), np.uint8))  # 64x64 -> the model's 32x32
+    response = client.post("/api/label", files={"label": ("map.png", png(labels), "image/png")})
+    assert response.status_code == 200
+    image = Image.open(io.BytesIO(response.content))
+    assert image.mode == "P" and image.size == (32, 32)
+    assert response.content[24] == 8  # IHDR bit depth: 8 bits per index, as the page's decoder reads them
+    np.testing.assert_array_equal(np.asarray(image), np.kron(scene(16), np.ones((2, 2), np.uint8)))
+    assert any("resized" in note for note in json.loads(response.headers["x-studio-notes"]))
+    ids = np.full((32, 32), 26001, np.uint16)  # Cityscapes-style ids: renumbered from 0, edges kept
+    ids[:, 16:] = 40000
+    response = client.post("/api/instance", files={"instance": ("ids.png", png(ids), "image/png")})
+    assert response.status_code == 200
+    compact = np.asarray(Image.open(io.BytesIO(response.content)))
+    assert set(np.unique(compact)) == {0, 1} and (compact[:, :16] == 0).all() and (compact[:, 16:] == 1).all()
+
+
+def test_the_page_is_served_without_external_resources(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "GauGAN" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for name in ("studio.js", "studio.css", "favicon.svg"):
+        response = client.get(f"/{name}")
+        assert response.status_code == 200
+        assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", response.text), name
+    assert not re.search(r"https?://", page.text)
+
+
+def test_a_request_cancelled_while_waiting_is_dropped(client):
+    """The page cancels stale generations; one whose client left before its turn never reaches the device."""
+    service = client.app.state.service
+    labels = scene().astype(np.int64)
+    label_input = LabelInput(labels, labels)
+    assert service.generate(label_input, 0, is_cancelled=lambda: True) is None
+    assert service.generate(label_input, 0, is_cancelled=lambda: False).png.startswith(b"\x89PNG")
+
+
+def test_a_class_table_beyond_8_bits_is_refused_at_start():
+    spec = dataclasses.replace(FACADES, name="custom", label_nc=300)
+    with pytest.raises(StudioSetupError, match="300 label values; the studio paints 8-bit indices"):
+        StudioService(None, spec, CPU)
+
+
+def multipart_request(port: int, label: bytes) -> bytes:
+    boundary = "studio-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"label\"; filename=\"label.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + label + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
+    return head + body
+
+
+def test_a_client_that_leaves_while_waiting_costs_no_generation(checkpoints):
+    """Over a real connection: the page aborts a stale request; the server skips it when its turn comes."""
+    import socket
+
+    app = studio_for_checkpoint(checkpoints["plain"], None, CPU, checkpoints["root"], checkpoints["root"] / "none.pt")
+    generator = app.state.service.loaded.generator
+    forward, calls = generator.forward, []
+
+    def slow_forward(*args, **kwargs):
+        calls.append(time.monotonic())
+        time.sleep(0.6)
+        return forward(*args, **kwargs)
+
+    generator.forward = slow_forward
+    with serve_in_thread(app) as url:
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        first = socket.create_connection(("127.0.0.1", port))
+        first.sendall(multipart_request(port, png(scene())))
+        time.sleep(0.2)  # the first request holds the device
+        stale = socket.create_connection(("127.0.0.1", port))
+        stale.sendall(multipart_request(port, png(scene())))
+        time.sleep(0.1)
+        stale.close()  # as the page's AbortController does
+        assert first.recv(12) == b"HTTP/1.1 200"
+        time.sleep(0.5)  # the stale request's turn has come and gone
+        first.close()
+    assert len(calls) == 1

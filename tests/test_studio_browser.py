@@ -1,0 +1,231 @@
+"""The studio page end to end in a real headless browser (Chromium through Playwright).
+
+A person's session, checked pixel by pixel: paint strokes with two classes, flood-fill a
+region, undo once, load a label map. After every edit the photo must change (and be the
+generation of the new map), and the saved label map must hold exactly the class indices
+the tools paint: the brush is a disc of the chosen diameter, strokes leave no gaps, the
+bucket fills the 4-connected region. Any anti-aliasing (blended colours, stray indices at
+stroke edges, a smoothed upscale on screen) or a photo that does not follow the edits
+fails the test.
+
+Environment: ``GAUGAN_STUDIO_CHECKPOINT`` serves that checkpoint (a trained 64x64 landscapes
+generator) instead of a tiny random one; ``GAUGAN_STUDIO_SCREENSHOT`` writes the final
+screenshot of the page there (the README's docs/studio.png is made this way).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gaugan.data.builtin import generate_landscape
+from gaugan.data.classes import label_palette
+from gaugan.studio.app import studio_for_checkpoint
+from tests.studio_support import landscapes_spec, serve_in_thread, write_checkpoint
+
+SIZE = 64
+GRASS, TREE, WATER = 6, 7, 4
+PALETTE = label_palette(10, "landscapes")
+
+WAIT_FOR_PHOTO = """() => {
+  const canvas = document.getElementById("label-canvas"), photo = document.getElementById("photo");
+  return photo.dataset.version === canvas.dataset.version && document.getElementById("busy").hidden;
+}"""
+PHOTO_BYTES = """async () => {
+  const response = await fetch(document.getElementById("photo").src);
+  return Array.from(new Uint8Array(await response.arrayBuffer()));
+}"""
+CANVAS_PIXELS = """() => {
+  const canvas = document.getElementById("label-canvas");
+  return Array.from(canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data);
+}"""
+
+
+def stamp_offsets(size: int) -> list[tuple[int, int]]:
+    """The brush: a disc of odd diameter ``size`` (dx² + dy² <= r² + r, r = (size - 1) / 2)."""
+    r = (size - 1) // 2
+    return [(dx, dy) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if dx * dx + dy * dy <= r * r + r]
+
+
+def paint_stroke(labels: np.ndarray, points: list[tuple[int, int]], size: int, value: int) -> np.ndarray:
+    """What a brush stroke through these (consecutive, 8-adjacent) pixels paints."""
+    out = labels.copy()
+    for x, y in points:
+        for dx, dy in stamp_offsets(size):
+            if 0 <= x + dx < SIZE and 0 <= y + dy < SIZE:
+                out[y + dy, x + dx] = value
+    return out
+
+
+def flood_fill(labels: np.ndarray, x: int, y: int, value: int) -> np.ndarray:
+    out = labels.copy()
+    target = labels[y, x]
+    queue, seen = deque([(x, y)]), {(x, y)}
+    while queue:
+        px, py = queue.popleft()
+        out[py, px] = value
+        for nx, ny in ((px - 1, py), (px + 1, py), (px, py - 1), (px, py + 1)):
+            if 0 <= nx < SIZE and 0 <= ny < SIZE and (nx, ny) not in seen and labels[ny, nx] == target:
+                seen.add((nx, ny))
+                queue.append((nx, ny))
+    return out
+
+
+class Studio:
+    """The page, driven as a person would: clicks on controls, mouse strokes over the canvas."""
+
+    def __init__(self, page, url: str) -> None:
+        self.page = page
+        self.url = url
+
+    def wait_for_photo(self) -> np.ndarray:
+        """The photo once it shows the current label map."""
+        self.page.wait_for_function(WAIT_FOR_PHOTO, timeout=30000)
+        return np.asarray(Image.open(io.BytesIO(bytes(self.page.evaluate(PHOTO_BYTES)))))
+
+    def save(self, button: str) -> Image.Image:
+        with self.page.expect_download() as download:
+            self.page.click(button)
+        return Image.open(download.value.path())
+
+    def select_class(self, name: str) -> None:
+        self.page.fill("#class-search", name)
+        self.page.click(f"#palette li:not([hidden]) >> text={name}")
+        self.page.fill("#class-search", "")
+
+    def screen(self, x: int, y: int) -> tuple[float, float]:
+        """The screen position of the centre of canvas pixel (x, y)."""
+        box = self.page.locator("#overlay-canvas").bounding_box()
+        scale = box["width"] / SIZE
+        return box["x"] + (x + 0.5) * scale, box["y"] + (y + 0.5) * scale
+
+    def stroke(self, start: tuple[int, int], end: tuple[int, int]) -> None:
+        mouse = self.page.mouse
+        mouse.move(*self.screen(*start))
+        mouse.down()
+        mouse.move(*self.screen(*end), steps=12)
+        mouse.up()
+
+    def click_pixel(self, x: int, y: int) -> None:
+        self.page.mouse.click(*self.screen(x, y))
+
+
+def check_exact(studio: Studio, expected: np.ndarray) -> None:
+    """The saved maps, the canvas and the screen all hold exactly ``expected``."""
+    saved = studio.save("#save-label")
+    assert saved.mode == "P" and saved.size == (SIZE, SIZE)
+    np.testing.assert_array_equal(np.asarray(saved), expected)
+    instance = np.asarray(studio.save("#save-instance"))
+    np.testing.assert_array_equal(instance, expected)  # one object per class region: id = class index
+    canvas = np.array(studio.page.evaluate(CANVAS_PIXELS), np.uint8).reshape(SIZE, SIZE, 4)
+    np.testing.assert_array_equal(canvas[..., :3], PALETTE[expected])  # no blended colour anywhere
+    studio.page.mouse.move(0, 0)  # no brush outline over the canvas
+    shot = np.asarray(Image.open(io.BytesIO(studio.page.locator("#stage").screenshot())).convert("RGB"))
+    scale = shot.shape[0] // SIZE
+    assert scale >= 4 and shot.shape[:2] == (SIZE * scale, SIZE * scale)
+    np.testing.assert_array_equal(shot, PALETTE[np.kron(expected, np.ones((scale, scale), np.int64))])
+
+
+def test_painting_filling_and_undo_are_exact_and_update_the_photo(browser_page, tmp_path):
+    checkpoint = os.environ.get("GAUGAN_STUDIO_CHECKPOINT") or write_checkpoint(
+        tmp_path / "generator.pt", landscapes_spec(SIZE))
+    app = studio_for_checkpoint(checkpoint, None, torch.device("cpu"), tmp_path / "weights", tmp_path / "none.pt")
+    with serve_in_thread(app) as url:
+        studio = Studio(browser_page, url)
+        browser_page.goto(url)
+        photos = [studio.wait_for_photo()]
+        maps = [np.asarray(studio.save("#save-label")).astype(np.int64)]
+        assert photos[0].shape == (SIZE, SIZE, 3)
+
+        def after_edit(expected: np.ndarray) -> None:
+            photo = studio.wait_for_photo()
+            assert not np.array_equal(photo, photos[-1]), "the photo did not change after the edit"
+            check_exact(studio, expected)
+            photos.append(photo)
+            maps.append(expected)
+
+        # A grass stroke (brush 5) and a tree stroke (brush 3) across it.
+        studio.select_class("grass")
+        browser_page.click("#sizes [data-size='5']")
+        studio.stroke((8, 20), (50, 20))
+        after_edit(paint_stroke(maps[-1], [(x, 20) for x in range(8, 51)], 5, GRASS))
+        studio.select_class("tree")
+        browser_page.click("#sizes [data-size='3']")
+        studio.stroke((30, 4), (30, 36))
+        after_edit(paint_stroke(maps[-1], [(30, y) for y in range(4, 37)], 3, TREE))
+
+        # The bucket: water into the sky region above the grass stroke.
+        studio.select_class("water")
+        browser_page.click("[data-tool='fill']")
+        studio.click_pixel(2, 2)
+        after_edit(flood_fill(maps[-1], 2, 2, WATER))
+
+        # Undo the fill: the tree stroke's map and photo come back.
+        browser_page.click("#undo")
+        photo = studio.wait_for_photo()
+        assert not np.array_equal(photo, photos[-1]), "the photo did not change after undo"
+        np.testing.assert_array_equal(photo, photos[2])  # the same map gives the same photo
+        check_exact(studio, maps[2])
+
+        # The photo shown is the server's generation of the saved map.
+        saved = io.BytesIO()
+        Image.fromarray(maps[2].astype(np.uint8)).save(saved, format="PNG")
+        response = browser_page.request.post(url + "api/generate", multipart={
+            "label": {"name": "label.png", "mimeType": "image/png", "buffer": saved.getvalue()}})
+        assert response.ok
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(response.body()))), photo)
+
+        # Load a built-in landscape's label map: the canvas holds it exactly, a new photo follows.
+        landscape = generate_landscape(0, "val", 3, size=SIZE).label.astype(np.uint8)
+        Image.fromarray(landscape).save(tmp_path / "landscape.png")
+        browser_page.set_input_files("#load-label-file", str(tmp_path / "landscape.png"))
+        after_edit(landscape.astype(np.int64))
+        screenshot_path = Path(os.environ.get("GAUGAN_STUDIO_SCREENSHOT") or tmp_path / "studio.png")
+        browser_page.screenshot(path=str(screenshot_path))
+        assert Image.open(screenshot_path).size == (1440, 900)
+
+
+def test_style_controls_follow_the_generator(browser_page, tmp_path):
+    """VAE: a typed seed and "new style" change the photo; non-VAE: the controls are off and say why."""
+    spec = landscapes_spec(32)
+    vae = studio_for_checkpoint(write_checkpoint(tmp_path / "vae.pt", spec, use_vae=True), None,
+                                torch.device("cpu"), tmp_path, tmp_path / "none.pt")
+    with serve_in_thread(vae) as url:
+        studio = Studio(browser_page, url)
+        browser_page.goto(url)
+        first = studio.wait_for_photo()
+        assert browser_page.is_enabled("#seed") and browser_page.is_enabled("#new-style")
+        assert browser_page.is_hidden("#style-reason")
+        browser_page.fill("#seed", "7")
+        browser_page.press("#seed", "Enter")
+        browser_page.wait_for_function("() => document.getElementById('photo').dataset.generations === '2'")
+        seeded = studio.wait_for_photo()
+        assert not np.array_equal(seeded, first)
+        browser_page.click("#new-style")
+        browser_page.wait_for_function("() => document.getElementById('photo').dataset.generations === '3'")
+        assert browser_page.input_value("#seed") != "7"
+        assert not np.array_equal(studio.wait_for_photo(), seeded)
+    plain = studio_for_checkpoint(write_checkpoint(tmp_path / "plain.pt", spec), None, torch.device("cpu"),
+                                  tmp_path, tmp_path / "none.pt")
+    with serve_in_thread(plain) as url:
+        browser_page.goto(url)
+        Studio(browser_page, url).wait_for_photo()
+        for control in ("#seed", "#new-style", "#style-photo"):
+            assert browser_page.is_disabled(control), control
+        assert "not a VAE" in browser_page.inner_text("#style-reason")
+        browser_page.set_input_files("#segment-photo-file", files=[{
+            "name": "photo.png", "mimeType": "image/png", "buffer": tiny_photo()}])
+        browser_page.wait_for_selector("#segment-reason:not([hidden])")
+        assert "No segmenter available" in browser_page.inner_text("#segment-reason")
+
+
+def tiny_photo() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
