@@ -6,7 +6,7 @@ message that names the key, the value and what is allowed. Derived numbers (labe
 channels, the start size of the generator) are computed from the config and the dataset
 spec, never written back into it.
 
-Defaults follow the official SPADE code (REFERENCE.md sections 1-2) except where the
+Defaults follow the official SPADE code (docs/SPADE.md sections 1-2) except where the
 built-in dataset needs a CPU-sized run; those places say so.
 """
 

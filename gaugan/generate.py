@@ -8,7 +8,7 @@ checkpoints, EMA weights preferred, or an official ``latest_net_G.pth``).
 
 VAE generators (paper section 3.3) need a z per image. By default it comes from the prior
 N(0, I) with a fixed seed, and z for image ``i`` depends only on ``(seed, i)``, so the
-images do not change with the batch size or the device (REFERENCE.md section 4: never
+images do not change with the batch size or the device (docs/SPADE.md section 4: never
 evaluate by encoding the ground-truth photo). With a style image, every z is sampled from
 the encoder's posterior for that one photo.
 

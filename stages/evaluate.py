@@ -11,13 +11,7 @@ during training. When there is no such run, or ``evaluate.checkpoint`` names ano
 generator (e.g. an official one), a separate evaluation run is opened and tagged with the
 checkpoint it scored.
 
-DVC:
-  params: data.processed_dir, train.checkpoint_dir, train.device, train.num_threads,
-          segmenter.checkpoint_dir, evaluate, tracking
-  deps:   ${data.processed_dir}, ${evaluate.output_dir}, reports/generation.json,
-          ${segmenter.checkpoint_dir}, reports/segmenter.json, reports/train.json,
-          reports/weights/{inception,segmenter}.json, gaugan code it imports
-  outs:   reports/per_class_iou.csv, reports/metrics.json
+Its params, data and code deps and outputs are listed once, in dvc.yaml (stage ``evaluate``).
 """
 
 from __future__ import annotations

@@ -7,12 +7,7 @@ Table 1 can be re-measured), else the file ``evaluate.checkpoint_choice`` names 
 weights when present and ``evaluate.use_ema``; eval mode; on ``train.device``
 (pipeline/evaluation.py, shared with `gaugan evaluate`).
 
-DVC:
-  params: data.processed_dir, train.checkpoint_dir, train.device, train.num_threads,
-          evaluate.batch_size, evaluate.seed, evaluate.use_ema, evaluate.output_dir, evaluate.checkpoint,
-          evaluate.checkpoint_choice, evaluate.selection_split, evaluate.style_image
-  deps:   ${data.processed_dir}, ${train.checkpoint_dir} (the generator files), gaugan code it imports
-  outs:   ${evaluate.output_dir} (the PNGs), reports/generated_grid.png, reports/generation.json
+Its params, data and code deps and outputs are listed once, in dvc.yaml (stage ``generate``).
 """
 
 from __future__ import annotations

@@ -21,15 +21,7 @@ the curves during training come from reports/train.json. Runs are read at the mo
 runs: after a queued sweep, run `gaugan link-experiments` and then `dvc repro --force
 --single-item report` to see every experiment side by side (README "Sweeps").
 
-DVC:
-  params: tracking, train.checkpoint_dir
-  deps:   reports/metrics.json, reports/per_class_iou.csv, reports/train.json,
-          reports/generated_grid.png, reports/data/samples.png, ${train.checkpoint_dir}/run.json,
-          ${train.checkpoint_dir}/samples, gaugan code it imports
-  outs:   reports/index.html, reports/ablations.md, reports/ablations.csv
-  plots:  reports/plots/losses.png, reports/plots/metrics.png, reports/plots/training_metrics.png
-  metrics: reports/headline.json (cache: false): this run's metrics, images/s and training
-          minutes, what `dvc metrics show` and `dvc exp show` list
+Its params, data and code deps and outputs are listed once, in dvc.yaml (stage ``report``).
 """
 
 from __future__ import annotations

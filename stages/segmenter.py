@@ -10,12 +10,7 @@ MLflow entry; this stage opens no run of its own (it would be a row without resu
 the ablation tables). Otherwise (the paper's datasets under 'auto', or 'published' /
 'none') it trains nothing and says so in its report.
 
-DVC:
-  params: data.dataset, data.processed_dir, data.num_workers, data.flip, train.device,
-          train.num_threads, segmenter, evaluate.segmenter
-  deps:   ${data.processed_dir}, gaugan code it imports
-  outs:   ${segmenter.checkpoint_dir} (folder: segmenter.pt when trained, segmenter.json always)
-  metrics: reports/segmenter.json (cache: false)
+Its params, data and code deps and outputs are listed once, in dvc.yaml (stage ``segmenter``).
 """
 
 from __future__ import annotations

@@ -10,11 +10,7 @@ runs this module; only rank 0 talks to MLflow and writes files:
 
     torchrun --standalone --nproc_per_node=N -m stages.train
 
-DVC:
-  params: data, generator, discriminator, encoder, loss, optim, train, tracking
-  deps:   ${data.processed_dir}, gaugan/models, gaugan/losses.py, gaugan/train, stages/train.py
-  outs:   ${train.checkpoint_dir} (persist: true, so that an interrupted run resumes from
-          last.pt instead of DVC deleting it), reports/train.json (metrics, cache: false)
+Its params, data and code deps and outputs are listed once, in dvc.yaml (stage ``train``).
 """
 
 from __future__ import annotations

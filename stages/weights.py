@@ -9,12 +9,7 @@ the stage still succeeds: the pipeline completes, and the metric that needs the 
 why it is missing. After placing a file by hand: ``dvc repro --force --single-item weights``
 then ``dvc repro``.
 
-DVC:
-  params: data.dataset, loss.use_vgg_loss, loss.vgg_weights, evaluate.fid_weights,
-          evaluate.segmenter, evaluate.segmenter_weights_dir, weights
-  deps:   gaugan code it imports
-  outs:   reports/weights/{inception,vgg19,segmenter}.json (what, where, checksum, source,
-          status; one per group so that train re-runs only for VGG19)
+Its params, data and code deps and outputs are listed once, in dvc.yaml (stage ``weights``).
 """
 
 from __future__ import annotations

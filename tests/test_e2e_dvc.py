@@ -3,7 +3,7 @@
 The working tree (tracked and new, not ignored files) is copied into a temporary git
 repository, params.yaml is shrunk to 32x32 images and a few training steps with
 tracking on, and DVC runs the real stages. The sweep then checks the traps of
-REFERENCE.md section 6: every queued experiment's MLflow run, with its artifacts, ends up
+docs/SPADE.md section 6: every queued experiment's MLflow run, with its artifacts, ends up
 under the real root, and an experiment that DVC completes without running anything is
 listed as such by `gaugan link-experiments`.
 """

@@ -1,6 +1,6 @@
 """Resumable, checksummed downloads of the paper's datasets, and extraction.
 
-The archives and their md5 sums are those of REFERENCE.md section 3. A download goes to
+The archives and their md5 sums are those of docs/SPADE.md section 3. A download goes to
 ``<file>.partial`` and resumes from there with an HTTP Range request; only a complete
 file whose md5 matches is renamed to its final name. A file whose md5 does not match is
 moved aside to ``<file>.md5-mismatch`` (never used, never resumed) and the download
@@ -42,11 +42,11 @@ class Resource:
 
     filename: str
     url: str
-    md5: str | None  # None: REFERENCE.md gives no checksum (size and zip integrity are still checked)
+    md5: str | None  # None: no checksum is published (size and zip integrity are still checked)
     extract_to: str = "."  # folder (relative to the dataset folder) the archive is extracted into
 
 
-# The official archives (REFERENCE.md section 3). Tests pass their own table pointing at a
+# The official archives (docs/SPADE.md section 3). Tests pass their own table pointing at a
 # local server instead of changing these.
 RESOURCES: dict[str, tuple[Resource, ...]] = {
     "ade20k": (

@@ -1,6 +1,6 @@
 """The network input built from a label map: one-hot classes plus the instance edge map.
 
-Paper section 3 / REFERENCE.md section 3. Done on the device inside the step: a stored
+Paper section 3 / docs/SPADE.md section 3. Done on the device inside the step: a stored
 one-hot map would be 151-184x larger than the index map it comes from.
 """
 

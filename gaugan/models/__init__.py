@@ -3,7 +3,7 @@
 ``build_generator`` picks the generator named by ``generator.arch`` (an unknown name is an
 error listing the valid ones); ``build_discriminator`` and ``build_encoder`` take their own
 section of the config plus derived numbers. ``published_*`` give the official configuration
-of a dataset (REFERENCE.md section 1) for parameter counts and official checkpoints.
+of a dataset (docs/SPADE.md section 1) for parameter counts and official checkpoints.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Generators: the SPADE generator (paper section 3.2, Fig. 4 and appendix A) and the baseline.
 
-``SPADEResBlock`` and ``SPADEGenerator`` follow REFERENCE.md section 1 layer for layer, with
+``SPADEResBlock`` and ``SPADEGenerator`` follow docs/SPADE.md section 1 layer for layer, with
 the official submodule names (``fc``, ``head_0``, ``G_middle_0/1``, ``up_0..up_4``,
 ``conv_img``) so that the authors' ``latest_net_G.pth`` loads with ``strict=True``. The
 normalisation inside the blocks is SPADE or, as a drop-in, CLADE (``generator.arch``).
@@ -23,7 +23,7 @@ from gaugan.models.init import init_weights
 from gaugan.models.layers import conv_norm, maybe_spectral_norm
 from gaugan.models.spade import CLADE, SPADE, resize_segmap
 
-# Number of x2 upsamplings from the start size to the output (REFERENCE.md section 1).
+# Number of x2 upsamplings from the start size to the output (docs/SPADE.md section 1).
 NUM_UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
 
 NormFactory = Callable[[int], nn.Module]

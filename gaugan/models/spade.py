@@ -1,6 +1,6 @@
 """Spatially-adaptive normalization layers: SPADE (paper section 3.1) and CLADE.
 
-SPADE (Park et al. 2019, eq. 1; REFERENCE.md section 1): a parameter-free normalisation of
+SPADE (Park et al. 2019, eq. 1; docs/SPADE.md section 1): a parameter-free normalisation of
 the activations, then a per-pixel scale and bias predicted from the label map by a small
 convolutional network:
 

@@ -1,6 +1,6 @@
 """DeepLab v2 ResNet-101 MSC (kazuto1011/deeplab-pytorch v1.0) for scoring COCO-Stuff syntheses.
 
-Paper section 4 / REFERENCE.md section 4: COCO-Stuff mIoU and accuracy come from
+Paper section 4 / docs/SPADE.md section 4: COCO-Stuff mIoU and accuracy come from
 DeepLab v2 (Chen et al., TPAMI 2018) trained on COCO-Stuff 164k, the release file
 ``deeplabv2_resnet101_msc-cocostuff164k-100000.pth``. Its key layout, reproduced here so
 the file loads with ``strict=True``:

@@ -1,6 +1,6 @@
 """DRN-D-105 (fyu/drn) for scoring Cityscapes syntheses on the 19 train ids.
 
-Paper section 4 / REFERENCE.md section 4: Cityscapes mIoU and accuracy come from the
+Paper section 4 / docs/SPADE.md section 4: Cityscapes mIoU and accuracy come from the
 dilated residual network DRN-D-105 (Yu et al., CVPR 2017) trained on Cityscapes fine
 annotations. No public URL serves its weights: the user supplies the file. The key layout
 of fyu/drn's ``DRNSeg`` is reproduced so that it loads with ``strict=True``:

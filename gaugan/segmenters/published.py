@@ -73,7 +73,7 @@ PUBLISHED_SEGMENTERS: dict[str, PublishedSegmenter] = {
     ),
 }
 
-# The segmenter each paper dataset is scored with (REFERENCE.md section 4).
+# The segmenter each paper dataset is scored with (docs/SPADE.md section 4).
 SEGMENTER_FOR_DATASET = {
     "ade20k": "upernet101_ade20k",
     "ade20k_outdoor": "upernet101_ade20k",

@@ -1,6 +1,6 @@
 """UperNet-101 (CSAIL semantic-segmentation-pytorch) for scoring ADE20K syntheses.
 
-Paper section 4 / REFERENCE.md section 4: ADE20K mIoU and accuracy are measured with the
+Paper section 4 / docs/SPADE.md section 4: ADE20K mIoU and accuracy are measured with the
 CSAIL scene-parsing model "ade20k-resnet101-upernet" (Xiao et al., ECCV 2018). Its
 weights come as two files, ``encoder_epoch_50.pth`` and ``decoder_epoch_50.pth``, whose
 key layout this module reproduces so that both load with ``strict=True``:

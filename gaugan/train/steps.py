@@ -1,5 +1,5 @@
 """One generator step and one discriminator step on the same batch (paper section 3, 4;
-REFERENCE.md section 2).
+docs/SPADE.md section 2).
 
 G step: fake = G(seg[, z]); D sees fake and real in one concatenated batch; loss = GAN
 (hinge by default) + lambda_feat/num_D * feature matching + lambda_vgg * VGG (optional) +
