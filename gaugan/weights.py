@@ -26,13 +26,13 @@ from typing import Any
 
 from gaugan.config import Config
 from gaugan.data.download import DownloadError, download_file, md5_of
+from gaugan.data.io import file_digest
 from gaugan.losses import VGG19_FILE, VGG19_URL, default_vgg_weights_path
 from gaugan.metrics.fid import (
     FID_WEIGHTS_BYTES,
     FID_WEIGHTS_FILE,
     FID_WEIGHTS_SHA256_PREFIX,
     FID_WEIGHTS_URL,
-    sha256_of,
 )
 from gaugan.segmenters.loading import resolve_choice
 from gaugan.segmenters.published import published_segmenter_for, weight_path
@@ -103,7 +103,7 @@ def verify(file: WeightFile, path: Path) -> tuple[str, str]:
     size = path.stat().st_size
     if file.num_bytes is not None and size != file.num_bytes:
         return "", f"{size:,} bytes, expected {file.num_bytes:,}"
-    digest = sha256_of(path)
+    digest = file_digest(path)
     if file.sha256_prefix and not digest.startswith(file.sha256_prefix):
         return digest, f"sha256 {digest[:16]}... does not start with {file.sha256_prefix}"
     if file.md5 and (md5 := md5_of(path)) != file.md5:

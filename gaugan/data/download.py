@@ -16,7 +16,6 @@ the user's archives and says exactly what is missing and where to get it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from gaugan.data.io import DataError, atomic_write_json
+from gaugan.data.io import DataError, atomic_write_json, file_digest
 
 CHUNK = 1 << 20
 
@@ -75,11 +74,7 @@ MARKER = "download.json"
 
 
 def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, progress: bool = True,

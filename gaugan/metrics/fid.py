@@ -44,7 +44,7 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 from torch import Tensor
 
-from gaugan.data.io import atomic_write
+from gaugan.data.io import atomic_write, file_digest
 from gaugan.metrics.registry import Metric, register
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -82,14 +82,6 @@ def how_to_provide_weights(setting: str = "evaluate.fid_weights") -> str:
     )
 
 
-def sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_weights_file(path: Path) -> str:
     """'' when ``path`` is the published pytorch-fid Inception file, else what is wrong."""
     if not path.is_file():
@@ -97,7 +89,7 @@ def check_weights_file(path: Path) -> str:
     size = path.stat().st_size
     if size != FID_WEIGHTS_BYTES:
         return f"{path}: {size:,} bytes, expected {FID_WEIGHTS_BYTES:,} (not the pytorch-fid Inception weights)"
-    digest = sha256_of(path)
+    digest = file_digest(path)
     if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
         return f"{path}: SHA-256 {digest[:16]}... does not start with {FID_WEIGHTS_SHA256_PREFIX}"
     return ""
