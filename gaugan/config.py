@@ -6,7 +6,7 @@ message that names the key, the value and what is allowed. Derived numbers (labe
 channels, the start size of the generator) are computed from the config and the dataset
 spec, never written back into it.
 
-Defaults follow the official SPADE code (REFERENCE.md sections 1-2) except where the
+Defaults follow the official SPADE code (docs/SPADE.md sections 1-2) except where the
 built-in dataset needs a CPU-sized run; those places say so.
 """
 
@@ -158,7 +158,7 @@ class SegmenterConfig:
     """The segmenter the pipeline trains for datasets without a published one."""
 
     width: int = 32
-    num_epochs: int = 10
+    num_steps: int = 3000  # optimiser steps (as many epochs as they take: small splits get trained enough)
     batch_size: int = 16
     lr: float = 1e-3
     seed: int = 0
@@ -172,11 +172,24 @@ class EvaluateConfig:
     use_ema: bool = True  # use EMA weights when the checkpoint has them
     output_dir: str = "outputs/generated"
     fid_weights: str | None = None  # pt_inception-2015-12-05-6726825d.pth; None: torch hub cache
-    segmenter: Literal["auto", "published", "trained", "none"] = "auto"
+    segmenter: Literal["auto", "published", "trained", "torchscript", "none"] = "auto"
+    segmenter_path: str | None = None  # evaluate.segmenter=torchscript: the user's TorchScript module
     segmenter_weights_dir: str = "data/weights"
-    fid_stats_dir: str = "data/fid_stats"  # cached real-image FID statistics, <dataset>_<H>x<W>.npz
+    fid_stats_dir: str = "data/fid_stats"  # cached real-image Inception features, <dataset>_<H>x<W>.npz
     checkpoint: str | None = None  # generator to evaluate (ours or an official latest_net_G.pth); None: train's generator.pt
     style_image: str | None = None  # VAE only: sample every z from this photo's posterior instead of the prior
+    every_epochs: int = 0  # score the generator every N epochs during training (0: off)
+    during_training_images: int = 500  # the fixed subset scored during training
+    checkpoint_choice: Literal["final", "best_fid", "best_miou"] = "final"  # the generator generate uses
+    selection_split: Literal["val", "train_holdout"] = "val"  # where the during-training subset comes from
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    """Pretrained files evaluation and training need (the weights stage)."""
+
+    download: bool = True  # fetch missing files from their published URLs (false: only check what is there)
+    mirror: str | None = None  # a base URL serving the same file names (an internal mirror), instead of the published URLs
 
 
 @dataclass(frozen=True)
@@ -197,6 +210,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -291,8 +305,8 @@ def _check_ranges(obj: Any, prefix: str) -> None:
         DiscriminatorConfig: ("ndf", "num_discriminators", "num_layers"),
         EncoderConfig: ("nef", "z_dim"),
         TrainConfig: ("batch_size", "log_every", "sample_every", "checkpoint_every"),
-        SegmenterConfig: ("width", "num_epochs", "batch_size"),
-        EvaluateConfig: ("batch_size",),
+        SegmenterConfig: ("width", "num_steps", "batch_size"),
+        EvaluateConfig: ("batch_size", "during_training_images"),
     }.get(type(obj), ())
     for name in positive_ints:
         value = getattr(obj, name)
@@ -319,6 +333,11 @@ def _check_ranges(obj: Any, prefix: str) -> None:
         require(0.0 <= obj.ema_decay < 1.0, "ema_decay", obj.ema_decay, "a number in [0, 1)")
         require(obj.max_steps is None or obj.max_steps >= 1, "max_steps", obj.max_steps, "null or >= 1")
         require(obj.num_threads is None or obj.num_threads >= 1, "num_threads", obj.num_threads, "null or >= 1")
+    if isinstance(obj, EvaluateConfig):
+        require(obj.every_epochs >= 0, "every_epochs", obj.every_epochs, "an integer >= 0 (0: off)")
+        require(obj.checkpoint_choice == "final" or obj.every_epochs > 0, "checkpoint_choice", obj.checkpoint_choice,
+                "'final' while evaluate.every_epochs is 0 (the best generators are kept only when scored during "
+                "training)")
     if isinstance(obj, GeneratorConfig):
         require(obj.pix2pixhd_num_downsample >= 0, "pix2pixhd_num_downsample", obj.pix2pixhd_num_downsample, ">= 0")
 

@@ -1,27 +1,26 @@
-"""Scoring generated validation images: FID, mIoU and pixel accuracy, with their protocol.
+"""Scoring generated validation images with every registered metric, with their protocol.
 
-Paper section 4 ("Performance metrics") and REFERENCE.md section 4. The generated PNGs
-(:mod:`gaugan.generate`) are compared with the validation split of the store, i.e. the
-real photos and label maps preprocessed exactly like the model's inputs:
-
-- FID (:mod:`gaugan.metrics.fid`): generated vs real photos, pytorch-fid's Inception;
-  the real statistics are cached per dataset and resolution. Without the verified
-  Inception file FID is recorded as unavailable, with the reason.
-- mIoU and pixel accuracy (:mod:`gaugan.metrics.segmentation`): a segmenter
-  (:mod:`gaugan.segmenters`) on the generated photos against the label maps, and the same
-  segmenter on the real photos as the ceiling.
+Paper section 4 and docs/SPADE.md section 4. The generated PNGs (:mod:`gaugan.generate`)
+are compared with the validation split of the store, i.e. the real photos and label maps
+preprocessed exactly like the model's inputs. The numbers are the metrics of the registry
+(:mod:`gaugan.metrics.registry`: FID, KID, mIoU, pixel accuracy, the segmenter's
+ceiling on real photos); each is computed, or recorded as unavailable with the reason
+(no Inception weights, no segmenter). The judges, the networks the images are measured
+with, are loaded by :func:`inception_judge` and
+:func:`gaugan.segmenters.loading.judge_for`.
 
 :func:`evaluate` returns the content of ``reports/metrics.json``: numbers in the units of
 the paper's Table 1 (mIoU and accuracy in percent), next to everything needed to
 interpret them (segmenter, preprocessing, class mapping, resolution, number of images,
-pytorch-fid version).
+pytorch-fid version), and the per-class table with the classes the segmenter does not
+recognise reliably even on real photos.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,15 +32,15 @@ from gaugan.data.registry import DatasetSpec
 from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.generated import read_generated, split_stems
 from gaugan.metrics import fid as fid_metric
-from gaugan.metrics.segmentation import ConfusionMatrix, SegmentationScores, per_class_table
-from gaugan.segmenters.base import IGNORE_INDEX, Segmenter
-from gaugan.segmenters.published import (
-    SEGMENTER_FOR_DATASET,
-    Downloader,
-    SegmenterWeightsError,
-    load_published_segmenter,
+from gaugan.metrics.inputs import Judges, MetricInputs, missing_judge
+from gaugan.metrics.registry import Metric, compute_metrics, registered_metrics
+from gaugan.metrics.segmentation import (
+    RELIABLE_REAL_IOU,
+    ConfusionMatrix,
+    SegmentationScores,
+    per_class_table,
 )
-from gaugan.segmenters.trained import load_trained_segmenter
+from gaugan.segmenters.base import IGNORE_INDEX, Segmenter
 
 MIOU_CONVENTION = (
     "one confusion matrix over all validation pixels; ground-truth pixels mapped to the ignore index are "
@@ -74,32 +73,9 @@ def validation_batches(
         }
 
 
-# --------------------------------------------------------------------------------------
-# Segmentation.
-
-
-@dataclass(frozen=True)
-class SegmentationOutcome:
-    generated: SegmentationScores | None
-    real: SegmentationScores | None
-    class_names: list[str]
-    protocol: dict[str, Any]
-    status: str  # "ok", "unavailable" or "disabled"
-    reason: str = ""
-
-
-def segmentation_scores(
-    segmenter: Segmenter, store_dir: Path, generated_dir: Path, spec: DatasetSpec, device: torch.device,
-    batch_size: int,
-) -> tuple[SegmentationScores, SegmentationScores]:
-    """Scores of the segmenter on the generated photos and on the real ones (the ceiling)."""
-    generated = ConfusionMatrix(segmenter.num_classes, IGNORE_INDEX)
-    real = ConfusionMatrix(segmenter.num_classes, IGNORE_INDEX)
-    for batch in validation_batches(store_dir, generated_dir, spec, batch_size):
-        target = segmenter.map_target(batch["label"].to(device, non_blocking=True))
-        generated.update(segmenter.predict(batch["generated"].to(device, non_blocking=True)), target)
-        real.update(segmenter.predict(batch["real"].to(device, non_blocking=True)), target)
-    return generated.scores(), real.scores()
+def real_batches(store_dir: Path, spec: DatasetSpec, batch_size: int, split: str = "val") -> Iterator[Tensor]:
+    for batch in make_loader(StoreDataset(store_dir, split, spec, train=False), batch_size, False, 0):
+        yield batch["image"]
 
 
 def real_image_scores(
@@ -114,137 +90,39 @@ def real_image_scores(
     return confusion.scores()
 
 
-def choose_segmenter(choice: str, dataset: str) -> str:
-    """``auto``: the published segmenter for the paper's datasets, the pipeline's own otherwise."""
-    if choice == "auto":
-        return "published" if dataset in SEGMENTER_FOR_DATASET else "trained"
-    return choice
-
-
-def segmentation_outcome(
-    choice: str,
-    spec: DatasetSpec,
-    store_dir: Path,
-    generated_dir: Path,
-    device: torch.device,
-    batch_size: int,
-    weights_dir: Path,
-    trained_path: Path,
-    download: Downloader | None,
-) -> SegmentationOutcome:
-    """Load the chosen segmenter and score; a missing published weight file under ``auto``
-    is recorded as unavailable (the other metrics still complete), under ``published`` it
-    is an error."""
-    resolved = choose_segmenter(choice, spec.name)
-    if resolved == "none":
-        return SegmentationOutcome(None, None, [], {"segmenter": "none"}, "disabled",
-                                   "evaluate.segmenter is 'none'")
-    if resolved == "published":
-        try:
-            segmenter = load_published_segmenter(spec.name, weights_dir, device, download)
-        except SegmenterWeightsError as err:
-            if choice == "published":
-                raise
-            return SegmentationOutcome(None, None, [], {"segmenter": f"published for {spec.name}"}, "unavailable",
-                                       str(err))
-        names = _published_class_names(segmenter, spec)
-    else:
-        segmenter = load_trained_segmenter(trained_path, spec, device)
-        names = segmenter.class_names()
-    generated, real = segmentation_scores(segmenter, store_dir, generated_dir, spec, device, batch_size)
-    protocol = {**segmenter.protocol(), "choice": choice, "resolved": resolved}
-    return SegmentationOutcome(generated, real, names, protocol, "ok")
-
-
-def _published_class_names(segmenter: Segmenter, spec: DatasetSpec) -> list[str]:
-    """Names in the segmenter's class space, from the names of the stored indices that map to them.
-
-    The dataset's full name list is used (ADE20K index 150 is "flag": with ADE20K's
-    convention index 0 is "other" and there is no separate don't-care index).
-    """
-    from gaugan.data.classes import CLASS_NAMES, class_names
-
-    known = CLASS_NAMES.get(spec.name, ())
-    stored = class_names(spec)
-    names = segmenter.class_names()
-    for index, target in enumerate(segmenter.target_table.cpu().tolist()):
-        if target != IGNORE_INDEX and target < len(names):
-            names[target] = known[index] if index < len(known) else stored[index]
-    return names
-
-
 # --------------------------------------------------------------------------------------
-# FID.
+# The Inception judge and its cache of real-image features.
 
 
-@dataclass(frozen=True)
-class FidOutcome:
-    value: float | None
-    status: str  # "ok" or "unavailable"
-    reason: str
-    protocol: dict[str, Any]
+def inception_judge(
+    weights: fid_metric.WeightsLookup,
+    device: torch.device,
+    make_extractor: Callable[[Path, torch.device], fid_metric.FeatureExtractor] = fid_metric.inception_feature_extractor,
+) -> tuple[fid_metric.FeatureExtractor | None, str]:
+    """pytorch-fid's Inception from the verified file, or None and why not.
+
+    ``make_extractor`` exists for the tests (a tiny stand-in network); the stages always
+    use pytorch-fid's Inception from the verified file.
+    """
+    if not weights.available:
+        return None, weights.reason
+    return make_extractor(weights.path, device), ""
 
 
-def fid_statistics_path(stats_dir: Path, spec: DatasetSpec) -> Path:
+def real_features_path(stats_dir: Path, spec: DatasetSpec) -> Path:
     height, width = spec.image_size
     return stats_dir / f"{spec.name}_{height}x{width}.npz"
 
 
-def fid_outcome(
-    spec: DatasetSpec,
-    store_dir: Path,
-    generated_dir: Path,
-    batch_size: int,
-    stats_dir: Path,
-    weights: fid_metric.WeightsLookup,
-    device: torch.device,
-    make_extractor: Callable[[Path, torch.device], fid_metric.FeatureExtractor] = fid_metric.inception_feature_extractor,
-) -> FidOutcome:
-    """FID of generated vs real validation photos, or the reason it is unavailable.
-
-    ``make_extractor`` exists for the tests (a tiny stand-in network); the stage always
-    uses pytorch-fid's Inception from the verified file.
-    """
-    version = fid_metric.pytorch_fid_version()
-    stats_path = fid_statistics_path(stats_dir, spec)
-    protocol: dict[str, Any] = {
-        "implementation": f"pytorch-fid {version}",
-        "pytorch_fid_version": version,
-        "weights_file": fid_metric.FID_WEIGHTS_FILE,
-        "feature_dims": fid_metric.FID_FEATURE_DIMS,
-        "images": "generated PNGs vs the real validation photos of the store, both at the model's resolution "
-                  f"{spec.image_size[0]}x{spec.image_size[1]} (pytorch-fid resizes to 299x299 itself)",
-        # The file name only: metrics.json must not depend on where the repository lives.
-        "real_statistics": stats_path.name,
-    }
-    if not weights.available:
-        return FidOutcome(None, "unavailable", weights.reason, protocol)
-    extract = make_extractor(weights.path, device)
-
-    def real_batches() -> Iterator[Tensor]:
-        for batch in make_loader(StoreDataset(store_dir, "val", spec, train=False), batch_size, False, 0):
-            yield batch["image"]
-
-    def generated_batches() -> Iterator[Tensor]:
-        for batch in validation_batches(store_dir, generated_dir, spec, batch_size):
-            yield batch["generated"]
-
-    key = {
+def real_features_key(spec: DatasetSpec, store_dir: Path, batch_size: int, split: str = "val") -> dict[str, object]:
+    """Everything the real-image Inception features depend on (the cache key)."""
+    return {
         "dataset": spec.name,
         "image_size": list(spec.image_size),
-        "images_sha256": fid_metric.fingerprint_images(real_batches()),
-        "pytorch_fid_version": version,
+        "images_sha256": fid_metric.fingerprint_images(real_batches(store_dir, spec, batch_size, split)),
+        "pytorch_fid_version": fid_metric.pytorch_fid_version(),
         "weights_file": fid_metric.FID_WEIGHTS_FILE,
     }
-    real, cached = fid_metric.load_or_compute_statistics(
-        stats_path, key, lambda: fid_metric.activation_statistics(real_batches(), extract)
-    )
-    generated = fid_metric.activation_statistics(generated_batches(), extract)
-    if generated.num_images != real.num_images:
-        raise ValueError(f"{generated.num_images} generated images for {real.num_images} real ones")
-    protocol["real_statistics_cached"] = cached
-    protocol["num_images"] = generated.num_images
-    return FidOutcome(fid_metric.frechet_distance(generated, real), "ok", "", protocol)
 
 
 # --------------------------------------------------------------------------------------
@@ -255,14 +133,12 @@ def fid_outcome(
 class EvaluationReport:
     metrics: dict[str, Any]  # the content of reports/metrics.json
     per_class_rows: list[dict[str, object]]  # reports/per_class_iou.csv (empty without a segmenter)
+    tracking: dict[str, float]  # MLflow keys of the registry -> the values of metrics.json (unavailable ones left out)
 
-    def tracking_metrics(self) -> dict[str, float]:
-        """Namespaced numbers for MLflow (what gaugan.report reads), nulls left out."""
-        names = {
-            "fid": "fid/val", "miou": "miou/val", "accuracy": "accuracy/val",
-            "real_miou": "miou/real_val", "real_accuracy": "accuracy/real_val",
-        }
-        return {key: float(self.metrics[field]) for field, key in names.items() if self.metrics.get(field) is not None}
+
+def needs_of(metrics: Sequence[Metric], judges: Judges) -> set[str]:
+    """What to compute: the needs of the metrics whose judges are there."""
+    return set().union(*(metric.needs for metric in metrics if missing_judge(judges, metric.needs) is None))
 
 
 def evaluate(
@@ -271,35 +147,45 @@ def evaluate(
     generated_dir: str | os.PathLike,
     device: torch.device,
     batch_size: int,
-    segmenter_choice: str,
-    segmenter_weights_dir: str | os.PathLike,
-    trained_segmenter_path: str | os.PathLike,
-    fid_weights: fid_metric.WeightsLookup,
-    fid_stats_dir: str | os.PathLike,
+    judges: Judges,
+    fid_stats_dir: str | os.PathLike | None = None,
     generation: dict[str, Any] | None = None,
-    download: Downloader | None = None,
-    make_extractor: Callable[[Path, torch.device], fid_metric.FeatureExtractor] = fid_metric.inception_feature_extractor,
+    metrics: Sequence[Metric] | None = None,
 ) -> EvaluationReport:
-    """Score ``generated_dir`` against the store's validation split; see the module docstring."""
+    """Score ``generated_dir`` against the store's validation split with ``metrics`` (default:
+    every registered one); see the module docstring. Real-image Inception features are cached
+    in ``fid_stats_dir`` (keyed by a fingerprint of the images) when it is given."""
     store_dir, generated_dir = Path(store_dir), Path(generated_dir)
-    num_images = len(split_stems(store_dir, "val"))
-    segmentation = segmentation_outcome(
-        segmenter_choice, spec, store_dir, generated_dir, device, batch_size, Path(segmenter_weights_dir),
-        Path(trained_segmenter_path), download,
+    metrics = registered_metrics() if metrics is None else tuple(metrics)
+    needs = needs_of(metrics, judges)
+
+    cache: dict[str, Any] = {}
+    real_features = None
+    if "inception" in needs and fid_stats_dir is not None:
+        cache["path"] = real_features_path(Path(fid_stats_dir), spec)
+        cache["key"] = real_features_key(spec, store_dir, batch_size)
+        real_features = fid_metric.load_cached_features(cache["path"], cache["key"])
+
+    inputs = MetricInputs(
+        lambda: validation_batches(store_dir, generated_dir, spec, batch_size), judges, device, needs,
+        real_features=real_features,
+        on_real_features=(lambda features: fid_metric.store_features(cache["path"], cache["key"], features))
+        if cache else None,
     )
-    fid = fid_outcome(spec, store_dir, generated_dir, batch_size, Path(fid_stats_dir), fid_weights, device,
-                      make_extractor)
-    generated, real = segmentation.generated, segmentation.real
-    metrics: dict[str, Any] = {
-        "fid": None if fid.value is None else round(fid.value, 4),
-        "miou": percent(generated.miou) if generated else None,
-        "accuracy": percent(generated.accuracy) if generated else None,
-        "real_miou": percent(real.miou) if real else None,
-        "real_accuracy": percent(real.accuracy) if real else None,
-        "fid_status": fid.status,
-        "fid_reason": fid.reason,
-        "segmentation_status": segmentation.status,
-        "segmentation_reason": segmentation.reason,
+    num_images = inputs.num_images
+    values = compute_metrics(metrics, inputs)
+
+    rows: list[dict[str, object]] = []
+    unreliable: list[str] = []
+    if "segmenter" in needs:
+        pair = inputs.segmentation()
+        rows = per_class_table({"generated": pair.generated, "real": pair.real}, judges.segmenter.class_names())
+        unreliable = [row["class_name"] for row in rows if row["judged_reliably"] == "no"]
+    document: dict[str, Any] = {
+        **{metric.name: None if values.values[metric.name] is None else round(values.values[metric.name], 4)
+           for metric in metrics},
+        "unavailable": values.unavailable,
+        "classes_not_judged_reliably": unreliable,
         "protocol": {
             "dataset": spec.name,
             "comparable_to_paper": spec.comparable_to_paper,
@@ -307,16 +193,34 @@ def evaluate(
             "num_images": num_images,
             "resolution": f"{spec.image_size[0]}x{spec.image_size[1]} (HxW), the model's input size; label maps "
                           "nearest-resized, photos bicubic (as the model's inputs)",
-            "units": {"fid": "FID", "miou": "percent", "accuracy": "percent"},
+            "metrics": {metric.name: {"label": metric.heading, "mlflow_key": metric.tracking_key,
+                                      "description": metric.description, **metric.protocol} for metric in metrics},
             "miou_convention": MIOU_CONVENTION,
-            "num_classes_scored": generated.num_classes_scored if generated else None,
-            "segmenter": segmentation.protocol,
-            "fid": fid.protocol,
+            "judged_reliably": f"a class is judged reliably when the segmenter's IoU on the real photos is at least "
+                               f"{100 * RELIABLE_REAL_IOU:.0f}%",
+            "num_classes_scored": inputs.segmentation().generated.num_classes_scored if "segmenter" in needs else None,
+            "segmenter": judges.segmenter_protocol or {"segmenter": judges.segmenter_reason},
+            "inception": inception_protocol(spec, judges, cache, inputs),
             "generation": generation or {},
             "spec": dataclasses.asdict(spec),
         },
     }
-    rows = []
-    if generated is not None and real is not None:
-        rows = per_class_table({"generated": generated, "real": real}, segmentation.class_names)
-    return EvaluationReport(metrics, rows)
+    tracking = {metric.tracking_key: document[metric.name] for metric in metrics if document[metric.name] is not None}
+    return EvaluationReport(document, rows, tracking)
+
+
+def inception_protocol(spec: DatasetSpec, judges: Judges, cache: dict[str, Any], inputs: MetricInputs) -> dict:
+    if judges.extract is None:
+        return {"status": "unavailable", "reason": judges.inception_reason}
+    protocol: dict[str, Any] = {
+        "status": "ok",
+        "weights_file": fid_metric.FID_WEIGHTS_FILE,
+        "images": "generated PNGs vs the real validation photos of the store, both at the model's resolution "
+                  f"{spec.image_size[0]}x{spec.image_size[1]} (pytorch-fid resizes to 299x299 itself)",
+    }
+    if cache:
+        # The file name only: metrics.json must not depend on where the repository lives.
+        protocol["real_features"] = cache["path"].name
+        protocol["real_features_cached"] = inputs.real_features_given
+    return protocol
+

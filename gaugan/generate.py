@@ -8,7 +8,7 @@ checkpoints, EMA weights preferred, or an official ``latest_net_G.pth``).
 
 VAE generators (paper section 3.3) need a z per image. By default it comes from the prior
 N(0, I) with a fixed seed, and z for image ``i`` depends only on ``(seed, i)``, so the
-images do not change with the batch size or the device (REFERENCE.md section 4: never
+images do not change with the batch size or the device (docs/SPADE.md section 4: never
 evaluate by encoding the ground-truth photo). With a style image, every z is sampled from
 the encoder's posterior for that one photo.
 
@@ -92,6 +92,35 @@ def latent_for(indices: Tensor, z_dim: int, seed: int) -> Tensor:
 
 
 @torch.no_grad()
+def synthesize_batch(
+    generator: torch.nn.Module,
+    batch: dict[str, Tensor],
+    num_label_values: int,
+    device: torch.device,
+    z_dim: int | None,
+    seed: int,
+    mu: Tensor | None = None,
+    logvar: Tensor | None = None,
+) -> Tensor:
+    """uint8 (B, 3, H, W) images for a store batch, the generator in whatever mode it is in.
+
+    VAE generators: z of image ``i`` from ``(seed, i)`` (:func:`latent_for`): the prior, or,
+    with a style's ``mu`` and ``logvar``, the encoder's reparameterisation
+    ``mu + eps * exp(logvar / 2)`` with that same per-image noise, so the images never
+    depend on the batching.
+    """
+    instance = batch.get("instance")
+    instance = instance.to(device, non_blocking=True) if instance is not None else None
+    seg = semantic_input(batch["label"].to(device, non_blocking=True), num_label_values, instance)
+    z = None
+    if z_dim is not None:
+        z = latent_for(batch["index"], z_dim, seed).to(device)
+        if mu is not None:
+            z = mu + z * torch.exp(0.5 * logvar)
+    return to_uint8(generator(seg, z))
+
+
+@torch.no_grad()
 def generate_split(
     loaded: LoadedGenerator,
     store_dir: str | os.PathLike,
@@ -141,19 +170,8 @@ def generate_split(
     count = 0
     try:
         for batch in loader:
-            label = batch["label"].to(device, non_blocking=True)
-            instance = batch.get("instance")
-            seg = semantic_input(label, store_spec.num_label_values,
-                                 instance.to(device, non_blocking=True) if instance is not None else None)
-            z = None
-            if loaded.z_dim is not None:
-                if mu is None:
-                    z = latent_for(batch["index"], loaded.z_dim, seed).to(device)
-                else:
-                    # The encoder's reparameterisation, z = mu + eps * exp(logvar / 2), with the
-                    # per-image noise of latent_for so the images do not depend on the batching.
-                    z = mu + latent_for(batch["index"], loaded.z_dim, seed).to(device) * torch.exp(0.5 * logvar)
-            fake = to_uint8(generator(seg, z))
+            fake = synthesize_batch(generator, batch, store_spec.num_label_values, device, loaded.z_dim, seed, mu,
+                                    logvar)
             for image, index in zip(fake, batch["index"].tolist()):
                 Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_dir / f"{stems[index]}.png", format="PNG")
             count += fake.shape[0]

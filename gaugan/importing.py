@@ -13,13 +13,13 @@ published spec supplies the channels and size. With a VAE generator, the style e
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 from gaugan.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, build_checkpoint
 from gaugan.config import Config, EncoderConfig, replace
+from gaugan.data.io import file_digest
 from gaugan.data.registry import DatasetSpec
 from gaugan.models import count_parameters
 from gaugan.models.encoder import ConvEncoder
@@ -33,14 +33,6 @@ def _encoder_config(encoder: ConvEncoder) -> EncoderConfig:
         EncoderConfig(), use_vae=True, nef=encoder.fc_mu.in_features // (8 * 4 * 4),
         z_dim=encoder.fc_mu.out_features, use_spectral_norm="layer1.0.weight_orig" in state,
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def import_official_generator(source: str | os.PathLike, destination: str | os.PathLike,
@@ -62,7 +54,7 @@ def import_official_generator(source: str | os.PathLike, destination: str | os.P
         models["E"] = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
     config = replace(Config(), data={"dataset": spec.name}, generator=dataclasses.asdict(loaded.config),
                      encoder=dataclasses.asdict(encoder_config))
-    payload = build_checkpoint(config, spec, models, imported_from={"path": str(source), "sha256": _sha256(source)})
+    payload = build_checkpoint(config, spec, models, imported_from={"path": str(source), "sha256": file_digest(source)})
     atomic_torch_save(payload, destination)
 
     reloaded = load_generator(destination)

@@ -1,4 +1,4 @@
-"""The training losses of the paper (section 3 and appendix A; REFERENCE.md section 2).
+"""The training losses of the paper (section 3 and appendix A; docs/SPADE.md section 2).
 
 Each function returns the UNWEIGHTED term; the generator step multiplies by the config's
 weights (``loss.lambda_feat / num_discriminators`` for feature matching, ``loss.lambda_vgg``,

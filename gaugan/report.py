@@ -25,6 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from gaugan.data.io import atomic_write
+from gaugan.metrics.registry import registered_metrics
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,18 @@ class Headline:
     digits: int
 
 
-HEADLINES = (
-    Headline("FID", "fid", "fid/val", 1.0, False, 2),
-    Headline("mIoU (%)", "miou", "miou/val", 1.0, True, 2),
-    Headline("accuracy (%)", "accuracy", "accuracy/val", 1.0, True, 2),
+TRAINING_HEADLINES = (
     Headline("images/s", "images_per_s", "perf/images_per_s", 1.0, None, 1),
     Headline("train time (min)", "train_minutes", "time/train_seconds", 1 / 60, None, 1),
 )
+
+
+def headlines() -> tuple[Headline, ...]:
+    """The table's metric columns: every registered evaluation metric (gaugan.metrics.registry),
+    then training speed and time."""
+    evaluation = tuple(Headline(metric.heading, metric.name, metric.tracking_key, 1.0, metric.higher_is_better,
+                                metric.digits) for metric in registered_metrics())
+    return evaluation + TRAINING_HEADLINES
 
 # Parameters that never distinguish experiments (where things are written, logging).
 IGNORED_PARAM_PREFIXES = ("tracking.", "train.log_every", "train.sample_every", "train.checkpoint_every")
@@ -78,9 +84,9 @@ def differing_params(runs: pd.DataFrame, ignore: Sequence[str] = IGNORED_PARAM_P
 
 
 def headline_values(runs: pd.DataFrame) -> pd.DataFrame:
-    """One column per :data:`HEADLINES` entry (NaN where a run did not log it)."""
+    """One column per :func:`headlines` entry (NaN where a run did not log it)."""
     columns = {}
-    for headline in HEADLINES:
+    for headline in headlines():
         column = f"metrics.{headline.key}"
         values = pd.to_numeric(runs[column], errors="coerce") if column in runs.columns else pd.Series(
             np.nan, index=runs.index)
@@ -91,7 +97,7 @@ def headline_values(runs: pd.DataFrame) -> pd.DataFrame:
 def headline_json(row: pd.Series) -> dict[str, float | None]:
     """One table row's headline numbers by JSON name, rounded as displayed; missing -> None."""
     values = {}
-    for headline in HEADLINES:
+    for headline in headlines():
         value = row.get(headline.label)
         values[headline.name] = None if value is None or pd.isna(value) else round(float(value), headline.digits)
     return values
@@ -128,7 +134,7 @@ def _cell(value: object, digits: int | None) -> str:
 
 
 def _formatted(table: pd.DataFrame) -> list[list[str]]:
-    digits = {headline.label: headline.digits for headline in HEADLINES}
+    digits = {headline.label: headline.digits for headline in headlines()}
     return [[_cell(row[column], digits.get(column)) for column in table.columns] for _, row in table.iterrows()]
 
 
@@ -147,7 +153,7 @@ def table_markdown(table: pd.DataFrame) -> str:
 def table_html(table: pd.DataFrame, highlight_row: int | None = None) -> str:
     """The table as an HTML ``<table>``, the best value of each quality metric in bold."""
     best: dict[str, int] = {}
-    for headline in HEADLINES:
+    for headline in headlines():
         values = table.get(headline.label)
         if headline.higher_is_better is None or values is None or values.notna().sum() < 2:
             continue
@@ -196,19 +202,29 @@ def _placeholder(path: Path, message: str) -> None:
 def plot_loss_curves(history: pd.DataFrame, labels: dict[str, str], path: Path, prefix: str = "loss/") -> bool:
     """One panel per ``prefix*`` metric, one line per run. Returns False (and writes a
     placeholder saying so) when no run logged such a metric."""
-    history = history[history["key"].str.startswith(prefix)] if len(history) else history
+    keys = sorted(key for key in history["key"].unique() if key.startswith(prefix)) if len(history) else []
+    return plot_curves(history, labels, path, keys,
+                       f"no {prefix}* metrics were logged (tracking off, or no training run)")
+
+
+def plot_curves(history: pd.DataFrame, labels: dict[str, str], path: Path, keys: Sequence[str],
+                empty_message: str) -> bool:
+    """One panel per metric of ``keys`` against the step, one line (with markers) per run.
+    Returns False (and writes a placeholder with ``empty_message``) when none was logged."""
+    history = history[history["key"].isin(list(keys))] if len(history) else history
     if not len(history):
-        _placeholder(path, f"no {prefix}* metrics were logged (tracking off, or no training run)")
+        _placeholder(path, empty_message)
         return False
     plt = _pyplot()
-    keys = sorted(history["key"].unique())
+    keys = [key for key in keys if key in set(history["key"])]
     columns = min(3, len(keys))
     rows = math.ceil(len(keys) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.0 * rows), squeeze=False)
     for axis, key in zip(axes.flat, keys):
         for run_id, curve in history[history["key"] == key].groupby("run_id", sort=False):
             curve = curve.sort_values("step")
-            axis.plot(curve["step"], curve["value"], linewidth=1.0, label=labels.get(run_id, str(run_id)[:8]))
+            axis.plot(curve["step"], curve["value"], linewidth=1.0, marker="o" if len(curve) < 30 else None,
+                      markersize=3, label=labels.get(run_id, str(run_id)[:8]))
         axis.set_title(key, fontsize=10)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
@@ -225,7 +241,7 @@ def plot_loss_curves(history: pd.DataFrame, labels: dict[str, str], path: Path, 
 def plot_headlines(table: pd.DataFrame, path: Path) -> bool:
     """A bar chart per headline metric, one bar per experiment. Returns False (and writes a
     placeholder saying so) when no run has any."""
-    present = [h for h in HEADLINES if h.label in table.columns and table[h.label].notna().any()]
+    present = [h for h in headlines() if h.label in table.columns and table[h.label].notna().any()]
     if not present:
         _placeholder(path, "no run has FID, mIoU, accuracy, speed or training time yet")
         return False
@@ -254,6 +270,8 @@ def plot_headlines(table: pd.DataFrame, path: Path) -> bool:
 class Section:
     title: str
     body_html: str  # trusted HTML built by this module (tables, figures, escaped text)
+    collapsed: bool = False  # a closed <details> the reader opens (the full protocol)
+    anchor: str = ""  # the section's id
 
 
 def figure_html(path: Path, caption: str, scale: int = 1) -> str:
@@ -270,6 +288,12 @@ def figure_html(path: Path, caption: str, scale: int = 1) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+def readable_scale(path: Path, columns: int = 3, tile_pixels: int = 192) -> int:
+    """The integer zoom that shows each tile of a ``columns``-wide grid about ``tile_pixels`` wide."""
+    with Image.open(path) as image:
+        return max(1, tile_pixels // max(1, image.width // columns))
+
+
 def text_html(text: str) -> str:
     return "".join(f"<p>{html.escape(paragraph)}</p>" for paragraph in text.split("\n\n") if paragraph.strip())
 
@@ -279,6 +303,50 @@ def definition_list_html(items: dict[str, object]) -> str:
     return f"<dl>{rows}</dl>"
 
 
+def headline_html(values: dict[str, object], unavailable: dict[str, str], context: Sequence[str]) -> str:
+    """The run's numbers first: one card per registered metric (value, unit, which way is
+    better), then why any is missing (metrics with the same reason together), then one line
+    of context (dataset, images, judge)."""
+    cards = []
+    for metric in registered_metrics():
+        value = values.get(metric.name)
+        direction = {True: "higher is better", False: "lower is better", None: "the judge's ceiling"}[
+            metric.higher_is_better]
+        shown = metric.format(value if isinstance(value, (int, float)) else None)
+        unit = f'<span class="unit">{html.escape(metric.unit)}</span>' if metric.unit and value is not None else ""
+        css = "card missing" if value is None else "card"
+        cards.append(f'<div class="{css}" data-metric="{html.escape(metric.name)}"><div class="label">'
+                     f'{html.escape(metric.label)}</div><div class="value">{html.escape(shown)}{unit}</div>'
+                     f'<div class="note">{html.escape(direction)}</div></div>')
+    reasons: dict[str, list[str]] = {}
+    for name, reason in unavailable.items():
+        label = next((m.label for m in registered_metrics() if m.name == name), name)
+        reasons.setdefault(reason, []).append(label)
+    missing = "".join(f"<li><b>{html.escape(', '.join(labels))}</b> unavailable: {html.escape(reason)}</li>"
+                      for reason, labels in reasons.items())
+    return (f'<div class="cards">{"".join(cards)}</div>' + (f'<ul class="missing">{missing}</ul>' if missing else "")
+            + "".join(f'<p class="context">{html.escape(line)}</p>' for line in context))
+
+
+def per_class_html(rows: Sequence[dict[str, str]]) -> str:
+    """The judge class by class: generated vs real IoU (percent), pixels, and the classes the
+    segmenter does not recognise on real photos flagged "not judged reliably"."""
+    def percent(text: str) -> str:
+        return "-" if text in ("", None) else f"{100 * float(text):.1f}"
+
+    body = []
+    for row in rows:
+        unreliable = row.get("judged_reliably") == "no"
+        note = "not judged reliably (real-photo IoU below 20%)" if unreliable else ""
+        css = ' class="unreliable"' if unreliable else ""
+        body.append(f'<tr{css}><td>{html.escape(row["class_name"])}</td>'
+                    f'<td>{percent(row["generated_iou"])}</td><td>{percent(row["real_iou"])}</td>'
+                    f'<td>{int(row["ground_truth_pixels"]):,}</td><td>{html.escape(note)}</td></tr>')
+    header = ("<tr><th>class</th><th>IoU generated (%)</th><th>IoU real (%)</th><th>pixels</th>"
+              "<th>note</th></tr>")
+    return f'<table class="per-class"><thead>{header}</thead><tbody>{"".join(body)}</tbody></table>'
+
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
@@ -286,19 +354,34 @@ table { border-collapse: collapse; font-size: .85em; display: block; overflow-x:
 th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: right; white-space: nowrap; }
 th { background: #f3f3f3; } tr.current td { background: #fff8d6; }
 td:first-child, th:first-child { text-align: left; }
+tr.unreliable td { color: #888; font-style: italic; } tr.unreliable td:last-child { color: #a33; }
 figure { margin: 1em 0; display: inline-block; vertical-align: top; } img { max-width: 100%; height: auto; }
 img.pixels { image-rendering: pixelated; }
 figcaption { font-size: .85em; color: #555; }
+.cards { display: flex; flex-wrap: wrap; gap: .8em; margin: 1em 0; }
+.card { border: 1px solid #ccc; border-radius: 6px; padding: .6em 1em; min-width: 8.5em; background: #fafafa; }
+.card .label { font-size: .85em; color: #555; } .card .value { font-size: 1.9em; font-weight: 600; }
+.card .unit { font-size: .55em; font-weight: 400; margin-left: .15em; } .card .note { font-size: .75em; color: #777; }
+.card.missing .value { color: #aaa; } ul.missing { font-size: .85em; color: #844; } p.context { font-size: .9em; }
+details > summary { cursor: pointer; } details > summary h2 { display: inline; border: none; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; font-size: .9em; }
 dt { font-weight: 600; } dd { margin: 0; font-family: ui-monospace, monospace; }
 """
 
 
 def render_page(title: str, sections: Sequence[Section]) -> str:
-    """A complete, self-contained HTML document (no scripts, no external resources)."""
-    body = "\n".join(f"<section><h2>{html.escape(s.title)}</h2>\n{s.body_html}\n</section>" for s in sections)
+    """A complete, self-contained HTML document (no scripts, no external resources); a
+    collapsed section is a closed ``<details>`` whose summary is its heading."""
+    parts = []
+    for section in sections:
+        anchor = f' id="{html.escape(section.anchor)}"' if section.anchor else ""
+        heading = f"<h2>{html.escape(section.title)}</h2>"
+        if section.collapsed:
+            parts.append(f"<section{anchor}><details><summary>{heading}</summary>\n{section.body_html}\n"
+                         "</details></section>")
+        else:
+            parts.append(f"<section{anchor}>{heading}\n{section.body_html}\n</section>")
+    body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
             f"<h1>{html.escape(title)}</h1>\n{body}\n</body>\n</html>\n")
-
-

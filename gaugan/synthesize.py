@@ -24,6 +24,7 @@ from gaugan.errors import UserError
 from gaugan.models.encoder import ConvEncoder, reparameterize
 from gaugan.models.loading import LoadedGenerator, load_encoder, load_generator
 from gaugan.train.distributed import resolve_device
+from gaugan.visualize import to_uint8
 
 
 class SynthesisError(UserError, ValueError):
@@ -79,8 +80,7 @@ def style_tensor(style_path: str | os.PathLike, size: tuple[int, int], device: t
 
 def to_pil(image: Tensor) -> Image.Image:
     """(3, H, W) in [-1, 1] -> an RGB image."""
-    array = image.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
+    return Image.fromarray(to_uint8(image[None])[0].permute(1, 2, 0).numpy())
 
 
 @torch.no_grad()

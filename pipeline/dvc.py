@@ -1,6 +1,6 @@
 """Where a stage runs under DVC, which code it runs, and which DVC experiment an MLflow run belongs to.
 
-Facts measured with dvc 3.67 (REFERENCE.md section 6) that this module is built around:
+Facts measured with dvc 3.67 (docs/SPADE.md section 6) that this module is built around:
 
 - ``dvc repro`` runs a stage with ``DVC_ROOT`` and ``DVC_STAGE`` set; ``dvc exp run`` adds
   ``DVC_EXP_NAME`` and ``DVC_EXP_BASELINE_REV``. A queued experiment runs in a temporary

@@ -31,9 +31,22 @@ def _module_file(name: str, root: Path) -> Path | None:
     return None
 
 
-def _imported_names(path: Path) -> set[str]:
+def _imports_all_its_modules(tree: ast.AST) -> bool:
+    """A package __init__ that imports every module of the package (``pkgutil.iter_modules(__path__)``,
+    e.g. gaugan/metrics/: a metric is a file): all of them are its dependencies."""
+    return any(isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+               and node.func.attr == "iter_modules" and any(isinstance(a, ast.Name) and a.id == "__path__"
+                                                            for a in node.args)
+               for node in ast.walk(tree))
+
+
+def _imported_names(path: Path, root: Path) -> set[str]:
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    if path.name == "__init__.py" and _imports_all_its_modules(tree):
+        package = path.parent
+        names.update(".".join((*package.relative_to(root).parts, module.stem)) for module in package.glob("[!_]*.py"))
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -53,7 +66,7 @@ def code_closure(start: Path, root: Path) -> list[str]:
         if path in seen:
             continue
         seen.add(path)
-        for name in _imported_names(path):
+        for name in _imported_names(path, root):
             parts = name.split(".")
             # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
             for depth in range(1, len(parts) + 1):

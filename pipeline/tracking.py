@@ -18,7 +18,6 @@ read-only is handled in pipeline/tracking_store.py.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gaugan.config import Config, config_to_dict, flatten
-from gaugan.data.io import atomic_write_json
+from gaugan.data.io import atomic_write_json, file_digest
 from pipeline.dvc import current_context
 from pipeline.stage import sigterm_unwinds
 from pipeline.tracking_store import (
@@ -67,7 +66,7 @@ def resolve_tracking_uri(cfg: Config, root: Path) -> str:
 def file_sha256(path: Path) -> str | None:
     if not path.is_file():
         return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_digest(path)
 
 
 def run_tags(cfg: Config, root: Path, stage: str) -> dict[str, str]:

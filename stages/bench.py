@@ -1,15 +1,9 @@
 """Bench stage: training speed of the configuration in params.yaml, ours against the official
-code's schedule measured on the same machine (the CPU speed target of README "Speed"),
-written to ``reports/bench.json``. Synthetic batches: no dataset needed. The same measurement from the
+code's schedule measured on the same machine (README "Speed"), written to
+``reports/bench.json``. Synthetic batches: no dataset needed. The same measurement from the
 command line: ``gaugan bench --compare -S section.key=value``.
 
-DVC:
-  params: data, generator, discriminator, encoder, loss, optim, train.batch_size, train.seed,
-          train.device, train.num_threads, train.precision, train.channels_last, train.compile,
-          train.cuda_graph, train.label_conv, train.cudnn_benchmark
-  deps:   gaugan/models, gaugan/losses.py, gaugan/train, stages/bench.py
-  outs:   reports/bench.json (metrics, cache: false; machine-dependent: always re-run it
-          rather than trusting a cached result from another machine)
+Its params, data and code deps and outputs are listed once, in bench/dvc.yaml (stage ``bench``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 - landscapes (the default): generated, not downloaded (gaugan.data.builtin), in the custom
   layout, deterministically from ``data.builtin`` (seed, counts, size).
-- ade20k, ade20k_outdoor, coco, facades: the official archives of REFERENCE.md section 3,
+- ade20k, ade20k_outdoor, coco, facades: the official archives of docs/SPADE.md section 3,
   resumable, md5-checked where a checksum is published, extracted; COCO-Stuff's instance
   maps are then built from the COCO annotations (gaugan.data.coco_instances).
 - cityscapes: needs a login; the user puts gtFine_trainvaltest.zip and
@@ -17,14 +17,7 @@ verified or generated, written last: a failed run leaves no record. (A
 download also keeps its own ``download.json`` beside the archives it fetched, to skip
 what is already extracted.)
 
-DVC:
-  params: data.dataset, data.root, data.builtin, data.custom
-  outs: data/download.json (cache: false), the only output: the raw folders are never in
-        the DVC cache (tens of GB) nor deleted by DVC; the preprocess stage depends on
-        ${data.root} itself, so editing a custom dataset re-runs the chain. Neither cached
-        nor in git (data/ is ignored), the record is absent from a queued experiment's
-        temporary copy, so the stage runs there and puts the raw data in place, as it did
-        when ${data.root} itself was its output.
+Its params, data and code deps and outputs are listed once, in dvc.yaml (stage ``download``).
 """
 
 from __future__ import annotations

@@ -7,13 +7,7 @@ writes the store to ``<data.processed_dir>/`` through a temporary folder renamed
 end (gaugan.data.preprocess). The store's ``manifest.json`` holds the resolved dataset spec;
 for custom datasets with inferred classes it is the source of truth downstream.
 
-DVC:
-  params: data
-  deps: the code it imports, data/download.json (the download stage's record) and
-        ${data.root} itself (editing a custom dataset re-runs the chain)
-  outs: ${data.processed_dir} (cache it for the built-in dataset; for the paper's
-        datasets it is several GB: `cache: false`), reports/data/class_histogram.csv,
-        reports/data/samples.png
+Its params, data and code deps and outputs are listed once, in dvc.yaml (stage ``preprocess``).
 """
 
 from __future__ import annotations

@@ -10,12 +10,7 @@ MLflow entry; this stage opens no run of its own (it would be a row without resu
 the ablation tables). Otherwise (the paper's datasets under 'auto', or 'published' /
 'none') it trains nothing and says so in its report.
 
-DVC:
-  params: data.dataset, data.processed_dir, data.num_workers, data.flip, train.device,
-          train.num_threads, segmenter, evaluate.segmenter
-  deps:   ${data.processed_dir}, gaugan code it imports
-  outs:   ${segmenter.checkpoint_dir} (folder: segmenter.pt when trained, segmenter.json always)
-  metrics: reports/segmenter.json (cache: false)
+Its params, data and code deps and outputs are listed once, in dvc.yaml (stage ``segmenter``).
 """
 
 from __future__ import annotations
@@ -27,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from gaugan.config import Config
-from gaugan.data.io import atomic_write_text
 from gaugan.data.dataset import StoreDataset, make_loader
+from gaugan.data.io import atomic_write_text
 from gaugan.data.store import read_manifest, spec_from_manifest
-from gaugan.evaluate import choose_segmenter, percent, real_image_scores
+from gaugan.evaluate import percent, real_image_scores
+from gaugan.segmenters.loading import resolve_choice
 from gaugan.segmenters.trained import SEGMENTER_FILE, save_trained_segmenter, train_segmenter
 from gaugan.threads import configure_threads
 from gaugan.train.distributed import resolve_device
@@ -53,7 +49,7 @@ def run(cfg: Config, root: Path) -> None:
     spec = spec_from_manifest(manifest)
     out_dir = root / cfg.segmenter.checkpoint_dir
     checkpoint = out_dir / SEGMENTER_FILE
-    resolved = choose_segmenter(cfg.evaluate.segmenter, spec.name)
+    resolved = resolve_choice(cfg.evaluate.segmenter, spec.name)
     if resolved != "trained":
         checkpoint.unlink(missing_ok=True)  # never leave a stale segmenter that evaluation could pick up
         write_json(

@@ -10,11 +10,7 @@ runs this module; only rank 0 talks to MLflow and writes files:
 
     torchrun --standalone --nproc_per_node=N -m stages.train
 
-DVC:
-  params: data, generator, discriminator, encoder, loss, optim, train, tracking
-  deps:   ${data.processed_dir}, gaugan/models, gaugan/losses.py, gaugan/train, stages/train.py
-  outs:   ${train.checkpoint_dir} (persist: true, so that an interrupted run resumes from
-          last.pt instead of DVC deleting it), reports/train.json (metrics, cache: false)
+Its params, data and code deps and outputs are listed once, in dvc.yaml (stage ``train``).
 """
 
 from __future__ import annotations
@@ -37,6 +33,8 @@ from gaugan.data.io import atomic_write_json
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.threads import configure_threads
 from gaugan.train.loop import planned_steps, train
+from gaugan.training_evaluation import training_evaluator_summary
+from pipeline.evaluation import training_evaluator
 from pipeline.stage import run_stage
 from pipeline.tracking import RUN_FILE, open_run, read_run_file, write_run_file
 
@@ -91,7 +89,8 @@ def run(cfg: Config, root: Path) -> None:
 
     run_file = out_dir / RUN_FILE
     resume_run_id = None
-    if train_cfg.train.resume and (out_dir / LAST_CHECKPOINT).is_file():
+    resuming = train_cfg.train.resume and (out_dir / LAST_CHECKPOINT).is_file()
+    if resuming:
         previous = read_run_file(run_file)
         resume_run_id = previous["run_id"] if previous else None
     if not cfg.tracking.enabled:
@@ -100,15 +99,17 @@ def run(cfg: Config, root: Path) -> None:
         write_run_file(tracker, run_file)
         tracker.log_config(cfg)
         tracker.log_params({f"runtime.{key}": value for key, value in threads.as_dict().items()})
+        evaluator = training_evaluator(train_cfg, root, out_dir, resume=resuming)  # None unless evaluate.every_epochs
         started = time.perf_counter()
         result = train(train_cfg, store_dir, out_dir, report=tracker.training_reporter(),
-                       report_image=tracker.log_image)
+                       report_image=tracker.log_image, evaluate_during_training=evaluator)
         # Wall time of this invocation (a resumed run: of its continuation only); the report's
         # "training time" column.
         train_seconds = time.perf_counter() - started
         tracker.log_artifact(result.generator_checkpoint, "checkpoints")
         summary = {"step": result.step, "epoch": result.epoch, "resumed_from_step": result.resumed_from_step,
-                   **result.metrics, "time/train_seconds": train_seconds, "num_threads": threads.num_threads}
+                   **result.metrics, "time/train_seconds": train_seconds, "num_threads": threads.num_threads,
+                   "evaluation_during_training": training_evaluator_summary(evaluator)}
         tracker.log_metrics({"final/step": result.step, "time/train_seconds": train_seconds}, step=result.step)
     summary_path = root / SUMMARY_PATH
     atomic_write_json(summary_path, summary)

@@ -23,7 +23,7 @@ from gaugan.models import build_discriminator, build_encoder, build_generator, p
 from gaugan.models.loading import load_encoder, load_generator
 from gaugan.models.official import load_official_generator, official_structure
 
-# ---- the official layout, written out from REFERENCE.md section 1 -------------------------
+# ---- the official layout, written out from docs/SPADE.md section 1 -------------------------
 
 
 def official_generator_layout(label_channels: int, ngf: int = 64, hidden: int = 128, kernel: int = 3,

@@ -100,7 +100,7 @@ def test_segmenter_reports_per_class_iou_under_the_file_names(tmp_path, monkeypa
     (raw / "classes.txt").write_text("sky\nroad\ntree\n")
     base = config("custom", root="data/raw", processed_dir="data/processed", load_size=16, crop_size=16,
                   custom={"dontcare_label": None})
-    cfg = replace(base, train={"device": "cpu"}, segmenter={"width": 4, "num_epochs": 1, "batch_size": 2})
+    cfg = replace(base, train={"device": "cpu"}, segmenter={"width": 4, "num_steps": 2, "batch_size": 2})
     preprocess(cfg.data, tmp_path, progress=False)
     segmenter_stage.run(cfg, tmp_path)
     report = json.loads((tmp_path / "reports" / "segmenter.json").read_text())

@@ -3,7 +3,7 @@
 The working tree (tracked and new, not ignored files) is copied into a temporary git
 repository, params.yaml is shrunk to 32x32 images and a few training steps with
 tracking on, and DVC runs the real stages. The sweep then checks the traps of
-REFERENCE.md section 6: every queued experiment's MLflow run, with its artifacts, ends up
+docs/SPADE.md section 6: every queued experiment's MLflow run, with its artifacts, ends up
 under the real root, and an experiment that DVC completes without running anything is
 listed as such by `gaugan link-experiments`.
 """
@@ -38,7 +38,7 @@ TINY = [
     "optim.num_epochs_constant=1", "optim.num_epochs_decay=1",
     "train.batch_size=4", "train.log_every=1", "train.sample_every=4", "train.checkpoint_every=4",
     "train.device=cpu",
-    "segmenter.width=8", "segmenter.num_epochs=1", "segmenter.batch_size=8",
+    "segmenter.width=8", "segmenter.num_steps=2", "segmenter.batch_size=8",
     "evaluate.batch_size=8",
 ]
 

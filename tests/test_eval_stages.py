@@ -1,13 +1,15 @@
 """The segmenter, generate and evaluate stages end to end on a tiny built-in dataset, with a
 tiny generator checkpoint in the gaugan-checkpoint-v1 format; FID's unavailable path (an
 empty TORCH_HOME) and its computed path (a stand-in feature extractor, tests only); MLflow
-logging into the training run; VAE latents independent of the batching; error paths."""
+logging into the training run; `gaugan evaluate` without stages or MLflow; VAE latents
+independent of the batching; error paths."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +21,11 @@ from gaugan.checkpoint import Progress, atomic_torch_save, build_checkpoint
 from gaugan.config import Config, replace
 from gaugan.data.io import DataError
 from gaugan.data.store import read_manifest, spec_from_manifest
-from gaugan.evaluate import evaluate, fid_statistics_path
+from gaugan.evaluate import evaluate, real_features_path
 from gaugan.generate import GenerationError, generate_split
 from gaugan.generated import split_stems
-from gaugan.metrics.fid import FID_WEIGHTS_URL, WeightsLookup
+from gaugan.metrics.fid import FID_WEIGHTS_URL, pytorch_fid_version
+from gaugan.metrics.inputs import Judges
 from gaugan.models import build_encoder, build_generator
 from gaugan.models.loading import load_encoder, load_generator
 from stages import download as download_stage
@@ -61,7 +64,7 @@ def workspace(tmp_path_factory):
         generator={"ngf": 4, "spade_hidden": 8, "param_free_norm": "batch"},
         encoder={"nef": 4, "z_dim": 8},
         train={"device": "cpu", "checkpoint_dir": "checkpoints/train"},
-        segmenter={"width": 4, "num_epochs": 2, "batch_size": 5},
+        segmenter={"width": 4, "num_steps": 4, "batch_size": 5},
         evaluate={"batch_size": 2, "output_dir": "outputs/generated"},
         tracking={"enabled": False},
     )
@@ -95,19 +98,22 @@ def test_stages_end_to_end_with_fid_unavailable(workspace, tmp_path, monkeypatch
 
     evaluate_stage.run(cfg, root)
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
-    assert metrics["fid"] is None and metrics["fid_status"] == "unavailable"
-    assert FID_WEIGHTS_URL in metrics["fid_reason"] and "evaluate.fid_weights" in metrics["fid_reason"]
+    assert metrics["fid"] is None and metrics["kid"] is None and set(metrics["unavailable"]) == {"fid", "kid"}
+    assert FID_WEIGHTS_URL in metrics["unavailable"]["fid"] and "evaluate.fid_weights" in metrics["unavailable"]["fid"]
     assert 0 <= metrics["miou"] <= 100 and 0 <= metrics["accuracy"] <= 100
     assert metrics["real_miou"] == segmenter_report["real_miou"]  # the same segmenter, the same real photos
-    assert metrics["segmentation_status"] == "ok"
     protocol = metrics["protocol"]
     assert protocol["num_images"] == 5 and protocol["resolution"].startswith("32x32")
     assert protocol["segmenter"]["resolved"] == "trained" and "class_mapping" in protocol["segmenter"]
-    assert protocol["fid"]["pytorch_fid_version"] == "0.3.0" and protocol["comparable_to_paper"] is False
-    assert protocol["generation"]["weights"] == "G_ema" and protocol["units"]["miou"] == "percent"
+    assert protocol["comparable_to_paper"] is False and protocol["inception"]["status"] == "unavailable"
+    assert protocol["metrics"]["fid"]["pytorch_fid_version"] == pytorch_fid_version() != ""  # recorded, whatever it is
+    assert protocol["generation"]["weights"] == "G_ema" and protocol["metrics"]["miou"]["label"] == "mIoU (%)"
     with open(root / "reports" / "per_class_iou.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["class_name"] for row in rows][:3] == ["sky", "cloud", "mountain"] and len(rows) == 10
+    flagged = [row["class_name"] for row in rows if row["judged_reliably"] == "no"]
+    assert metrics["classes_not_judged_reliably"] == flagged
+    assert all(float(row["real_iou"]) < 0.2 for row in rows if row["class_name"] in flagged)
     assert not (root / cfg.evaluate.fid_stats_dir).exists()  # nothing computed without the weights
 
 
@@ -132,12 +138,12 @@ def test_evaluate_logs_into_the_training_run(workspace, tmp_path, monkeypatch):
     generate_stage.run(tracked, root)
     evaluate_stage.run(tracked, root)
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
-    assert metrics["miou"] is None and metrics["segmentation_status"] == "disabled"
+    assert metrics["miou"] is None and metrics["unavailable"]["miou"] == "evaluate.segmenter is 'none'"
     with open(root / "reports" / "per_class_iou.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 0
     run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
-    assert run.data.tags["evaluate.fid_status"] == "unavailable"
-    assert run.data.tags["evaluate.pytorch_fid_version"] == "0.3.0"
+    assert "Inception weights" in run.data.tags["evaluate.unavailable.fid"]
+    assert run.data.tags["evaluate.pytorch_fid_version"] == pytorch_fid_version()
     assert run.data.params["evaluate.segmenter"] == "none" and run.info.status == "FINISHED"
     assert "fid/val" not in run.data.metrics  # unavailable is never logged as a number
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -162,19 +168,18 @@ def test_fid_computed_and_real_statistics_cached(workspace, tmp_path):
     store, generated = root / cfg.data.processed_dir, tmp_path / "generated"
     loaded = load_generator(root / cfg.train.checkpoint_dir / "generator.pt", spec, device=CPU)
     generate_split(loaded, store, generated, CPU, batch_size=3)
-    weights = WeightsLookup(tmp_path / "stand_in.pth", "")
-    arguments = dict(spec=spec, store_dir=store, generated_dir=generated, device=CPU, batch_size=2,
-                     segmenter_choice="none", segmenter_weights_dir=tmp_path, trained_segmenter_path=tmp_path / "x.pt",
-                     fid_weights=weights, fid_stats_dir=tmp_path / "fid_stats", make_extractor=stand_in_extractor)
+    judges = Judges(extract=stand_in_extractor(tmp_path / "stand_in.pth", CPU), segmenter_reason="none here")
+    arguments = dict(spec=spec, store_dir=store, generated_dir=generated, device=CPU, batch_size=2, judges=judges,
+                     fid_stats_dir=tmp_path / "fid_stats")
     first = evaluate(**arguments)
-    assert first.metrics["fid_status"] == "ok" and first.metrics["fid"] > 0
-    assert fid_statistics_path(tmp_path / "fid_stats", spec).name == "landscapes_32x32.npz"
-    assert fid_statistics_path(tmp_path / "fid_stats", spec).is_file()
-    assert first.metrics["protocol"]["fid"]["real_statistics_cached"] is False
+    assert first.metrics["fid"] > 0 and first.metrics["kid"] is not None and "fid" not in first.metrics["unavailable"]
+    assert real_features_path(tmp_path / "fid_stats", spec).name == "landscapes_32x32.npz"
+    assert real_features_path(tmp_path / "fid_stats", spec).is_file()
+    assert first.metrics["protocol"]["inception"]["real_features_cached"] is False
     second = evaluate(**arguments)
-    assert second.metrics["protocol"]["fid"]["real_statistics_cached"] is True
-    assert second.metrics["fid"] == first.metrics["fid"]
-    assert second.tracking_metrics() == {"fid/val": second.metrics["fid"]}
+    assert second.metrics["protocol"]["inception"]["real_features_cached"] is True
+    assert second.metrics["fid"] == first.metrics["fid"] and second.metrics["kid"] == first.metrics["kid"]
+    assert second.tracking == {"fid/val": second.metrics["fid"], "kid/val": second.metrics["kid"]}
     # real photos scored as "generated": the distance to themselves is zero
     real_as_generated = tmp_path / "real_as_generated"
     real_as_generated.mkdir()
@@ -183,6 +188,7 @@ def test_fid_computed_and_real_statistics_cached(workspace, tmp_path):
         Image.fromarray(image).save(real_as_generated / f"{stem}.png")
     same = evaluate(**{**arguments, "generated_dir": real_as_generated})
     assert same.metrics["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert same.metrics["kid"] < first.metrics["kid"]
 
 
 def test_vae_latents_do_not_depend_on_batching_and_style_images_work(workspace, tmp_path):
@@ -239,26 +245,23 @@ def test_generator_for_another_dataset_is_a_clear_error(workspace, tmp_path):
 
 def test_missing_generated_images_are_a_clear_error(workspace, tmp_path):
     root, cfg, spec = workspace
+    judges = Judges(extract=stand_in_extractor(tmp_path / "w.pth", CPU))
     with pytest.raises(DataError, match="generated image missing; run the generate stage"):
-        evaluate(spec, root / cfg.data.processed_dir, tmp_path / "nothing", CPU, 2, "none", tmp_path,
-                 tmp_path / "x.pt", WeightsLookup(tmp_path / "w.pth", ""), tmp_path / "stats",
-                 make_extractor=stand_in_extractor)
+        evaluate(spec, root / cfg.data.processed_dir, tmp_path / "nothing", CPU, 2, judges, tmp_path / "stats")
 
 
 def test_published_segmenter_missing_under_auto_is_recorded_not_fatal(workspace, tmp_path, monkeypatch):
     """'auto' on a paper dataset without the weight file: mIoU unavailable with the reason;
     'published' asked for explicitly: an error."""
-    from gaugan.evaluate import segmentation_outcome
+    from gaugan.segmenters.loading import judge_for
     from gaugan.segmenters.published import SegmenterWeightsError
 
     root, cfg, spec = workspace
     cityscapes_like = dataclasses.replace(spec, name="cityscapes")
-    outcome = segmentation_outcome("auto", cityscapes_like, root, tmp_path, CPU, 2, tmp_path / "weights",
-                                   tmp_path / "x.pt", download=None)
-    assert outcome.status == "unavailable" and "drn_d_105_cityscapes.pth" in outcome.reason
+    judge = judge_for(cityscapes_like, "auto", CPU, weights_dir=tmp_path / "weights", trained_path=tmp_path / "x.pt")
+    assert judge.segmenter is None and judge.status == "unavailable" and "drn_d_105_cityscapes.pth" in judge.reason
     with pytest.raises(SegmenterWeightsError):
-        segmentation_outcome("published", cityscapes_like, root, tmp_path, CPU, 2, tmp_path / "weights",
-                             tmp_path / "x.pt", download=None)
+        judge_for(cityscapes_like, "published", CPU, weights_dir=tmp_path / "weights", trained_path=tmp_path / "x.pt")
 
 
 def test_cli_evaluate_scores_any_checkpoint(workspace, tmp_path, monkeypatch):
@@ -270,18 +273,52 @@ def test_cli_evaluate_scores_any_checkpoint(workspace, tmp_path, monkeypatch):
     root, cfg, spec = workspace
     monkeypatch.chdir(root)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
-    (root / "params.yaml").write_text(dump_config(replace(cfg, evaluate={"segmenter": "none"})))
+    (root / "params.yaml").write_text(dump_config(replace(cfg, evaluate={"segmenter": "none"},
+                                                          weights={"download": False})))
     other = write_generator_checkpoint(cfg, spec, tmp_path / "elsewhere" / "generator.pt", seed=5)
-    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(other), "-S", "evaluate.batch_size=3"])
+    out = tmp_path / "scored"
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(other), "--out", str(out),
+                                      "-S", "evaluate.batch_size=3"])
     assert result.exit_code == 0, result.output
-    printed = json.loads(result.output.strip().splitlines()[-1])
-    assert printed["fid_status"] == "unavailable" and printed["segmentation_status"] == "disabled"
-    generation = json.loads((root / "reports" / "generation.json").read_text())
-    assert generation["checkpoint"] == str(other)
+    assert "FID: -  (unavailable: " in result.output and "mIoU (%): -  (unavailable: evaluate.segmenter is 'none')" \
+        in result.output
+    printed = json.loads(result.output.strip().splitlines()[-1].split(": ", 1)[1])
+    assert printed["fid"] is None and printed["miou"] is None
+    assert json.loads((out / "metrics.json").read_text())["unavailable"]["miou"] == "evaluate.segmenter is 'none'"
+    generation = json.loads((out / "generation.json").read_text())
+    assert generation["checkpoint"] == str(other) and len(list((out / "generated").glob("*.png"))) == 5
+    assert (out / "per_class_iou.csv").is_file() and (out / "generated_grid.png").is_file()
     missing = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "nope.pt")])
     assert missing.exit_code == 2 and "nope.pt: checkpoint file not found" in missing.output
     bad = CliRunner().invoke(app, ["evaluate", "-S", "evaluate.batch_size=0"])
     assert bad.exit_code == 2 and "evaluate.batch_size" in bad.output
+
+
+def test_cli_evaluate_runs_no_stage_code_and_no_mlflow(workspace, tmp_path):
+    """`gaugan evaluate` calls pipeline/library functions: no stages package (whose import runs
+    DVC's git guard) and no MLflow, checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    from pipeline.params import dump_config
+
+    root, cfg, _ = workspace
+    params = tmp_path / "params.yaml"
+    params.write_text(dump_config(replace(cfg, evaluate={"segmenter": "none"}, weights={"download": False})))
+    script = (
+        "import json, sys\n"
+        "from typer.testing import CliRunner\n"
+        "from pipeline.cli import app\n"
+        f"result = CliRunner().invoke(app, ['evaluate', '--params', {str(params)!r}, '--out', {str(tmp_path / 'out')!r}])\n"
+        "print(json.dumps({'code': result.exit_code, 'output': result.output, 'loaded': sorted(\n"
+        "    m for m in sys.modules if m.split('.')[0] in ('stages', 'mlflow', 'dvc'))}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TORCH_HOME": str(tmp_path / "th")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["code"] == 0, result["output"]
+    assert result["loaded"] == [] and (tmp_path / "out" / "metrics.json").is_file()
 
 
 def test_published_segmenter_path_with_user_supplied_weights(workspace, tmp_path, monkeypatch):
@@ -290,9 +327,10 @@ def test_published_segmenter_path_with_user_supplied_weights(workspace, tmp_path
     stands in for the 54 M-parameter one to keep the file small)."""
     import functools
 
-    from gaugan.evaluate import _published_class_names, segmentation_outcome
+    from gaugan.metrics.registry import registered_metrics
     from gaugan.segmenters import published
     from gaugan.segmenters.drn import DRND105Cityscapes
+    from gaugan.segmenters.loading import judge_for, published_class_names
     from gaugan.segmenters.upernet import UperNet101
 
     root, cfg, spec = workspace
@@ -308,11 +346,14 @@ def test_published_segmenter_path_with_user_supplied_weights(workspace, tmp_path
     generate_split(load_generator(root / cfg.train.checkpoint_dir / "generator.pt", spec, device=CPU), store,
                    generated, CPU, batch_size=5)
     # the landscapes store under Cityscapes' name: label ids 7 and 8 are the only scored ones
-    outcome = segmentation_outcome("auto", dataclasses.replace(spec, name="cityscapes"), store, generated, CPU, 5,
-                                   weights, tmp_path / "x.pt", download=None)
-    assert outcome.status == "ok" and outcome.protocol["resolved"] == "published"
-    assert outcome.class_names[:2] == ["road", "sidewalk"] and len(outcome.class_names) == 19
-    scored = [i for i, iou in enumerate(outcome.real.per_class_iou) if outcome.real.ground_truth_pixels[i] > 0]
-    assert set(scored) <= {0, 1}
-    ade_names = _published_class_names(UperNet101((1, 1, 1, 1)), dataclasses.replace(spec, name="ade20k"))
+    cityscapes_like = dataclasses.replace(spec, name="cityscapes")
+    judge = judge_for(cityscapes_like, "auto", CPU, weights_dir=weights, trained_path=tmp_path / "x.pt")
+    assert judge.status == "ok" and judge.protocol["resolved"] == "published"
+    assert judge.segmenter.class_names()[:2] == ["road", "sidewalk"] and len(judge.segmenter.class_names()) == 19
+    judges = Judges(segmenter=judge.segmenter, segmenter_protocol=judge.protocol)
+    report = evaluate(cityscapes_like, store, generated, CPU, 5, judges)
+    scored = [row["class_name"] for row in report.per_class_rows if row["ground_truth_pixels"] > 0]
+    assert set(scored) <= {"road", "sidewalk"} and report.metrics["protocol"]["segmenter"]["resolved"] == "published"
+    assert set(report.metrics["unavailable"]) == {m.name for m in registered_metrics() if "inception" in m.needs}
+    ade_names = published_class_names(UperNet101((1, 1, 1, 1)), dataclasses.replace(spec, name="ade20k"))
     assert ade_names[0] == "wall" and ade_names[149] == "flag"  # CSAIL class k-1 = ADE20K class k

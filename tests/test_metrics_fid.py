@@ -56,43 +56,35 @@ def stand_in_extractor(images: torch.Tensor) -> torch.Tensor:
     return torch.cat([means, (x[:, :, :, :4].mean(dim=(1, 2, 3)) - x.mean(dim=(1, 2, 3)))[:, None]], dim=1)
 
 
-def test_activation_statistics_equal_numpy_on_the_stacked_features():
+def test_feature_statistics_equal_numpy_on_the_stacked_features():
     generator = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=generator) for n in (3, 5, 2)]
-    stats = fid.activation_statistics(batches, stand_in_extractor)
-    features = torch.cat([stand_in_extractor(b) for b in batches]).numpy()
-    np.testing.assert_allclose(stats.mu, features.mean(0))
-    np.testing.assert_allclose(stats.sigma, np.cov(features, rowvar=False))
+    features = fid.extract_features(batches, stand_in_extractor)
+    stats = fid.feature_statistics(features)
+    expected = torch.cat([stand_in_extractor(b) for b in batches]).numpy()
+    np.testing.assert_allclose(features, expected)
+    np.testing.assert_allclose(stats.mu, expected.mean(0))
+    np.testing.assert_allclose(stats.sigma, np.cov(expected, rowvar=False))
     assert stats.num_images == 10
     with pytest.raises(ValueError, match="at least 2"):
-        fid.activation_statistics([batches[0][:1]], stand_in_extractor)
+        fid.feature_statistics(features[:1])
 
 
-def test_real_statistics_are_cached_and_recomputed_when_the_images_change(tmp_path):
+def test_real_features_are_cached_under_a_key_of_the_exact_images(tmp_path):
     generator = torch.Generator().manual_seed(0)
     images = [torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=generator)]
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return fid.activation_statistics(images, stand_in_extractor)
-
+    features = fid.extract_features(images, stand_in_extractor)
     path = tmp_path / "fid_stats" / "landscapes_8x8.npz"
     key = {"images_sha256": fid.fingerprint_images(images), "pytorch_fid_version": fid.pytorch_fid_version()}
-    first, cached = fid.load_or_compute_statistics(path, key, compute)
-    assert not cached and path.is_file() and len(calls) == 1
-    again, cached = fid.load_or_compute_statistics(path, key, compute)
-    assert cached and len(calls) == 1
-    np.testing.assert_array_equal(again.sigma, first.sigma)
+    assert fid.load_cached_features(path, key) is None
+    fid.store_features(path, key, features)
+    np.testing.assert_array_equal(fid.load_cached_features(path, key), features)
     changed = [images[0].clone()]
-    changed[0][0, 0, 0, 0] ^= 1  # one pixel differs: another fingerprint, recomputed
+    changed[0][0, 0, 0, 0] ^= 1  # one pixel differs: another fingerprint, a miss
     other_key = {**key, "images_sha256": fid.fingerprint_images(changed)}
-    assert other_key != key
-    _, cached = fid.load_or_compute_statistics(path, other_key, compute)
-    assert not cached and len(calls) == 2
-    path.write_bytes(b"not an npz")  # a damaged cache is recomputed, not trusted
-    _, cached = fid.load_or_compute_statistics(path, other_key, compute)
-    assert not cached and len(calls) == 3
+    assert other_key != key and fid.load_cached_features(path, other_key) is None
+    path.write_bytes(b"not an npz")  # a damaged cache is a miss, not trusted
+    assert fid.load_cached_features(path, key) is None
 
 
 @pytest.fixture
@@ -143,8 +135,15 @@ def test_pytorch_fid_finds_the_linked_file_in_the_temporary_hub_dir(tmp_path, mo
     assert torch.hub.get_dir() == str(tmp_path / "home" / "hub")
 
 
-def test_version_is_recorded():
-    assert fid.pytorch_fid_version() == "0.3.0"
+def test_version_is_recorded_with_the_metric():
+    """Whatever pytorch-fid is installed, its version travels with every FID (and KID) number."""
+    from importlib.metadata import version
+
+    from gaugan.metrics.registry import get_metric
+
+    assert fid.pytorch_fid_version() == version("pytorch-fid")
+    assert get_metric("fid").protocol["pytorch_fid_version"] == fid.pytorch_fid_version()
+    assert fid.pytorch_fid_version() in get_metric("kid").protocol["features"]
 
 
 def test_feature_extractor_feeds_pytorch_fid_images_in_0_1(monkeypatch):

@@ -366,7 +366,7 @@ def test_published_generator_parameter_counts(dataset, millions):
 
 def test_published_discriminator_and_encoder_parameter_counts():
     counts = published_parameter_counts(published_spec("ade20k"))
-    # Worked out by hand from REFERENCE.md section 1 (input 151 + 3 channels, ndf 64, nef 64):
+    # Worked out by hand from docs/SPADE.md section 1 (input 151 + 3 channels, ndf 64, nef 64):
     # D per scale: 154*64*16+64 + 64*128*16 + 128*256*16 + 256*512*16 + 512*16+1, two scales.
     assert counts["D"] == 2 * (157_760 + 131_072 + 524_288 + 2_097_152 + 8_193) == 5_836_930
     # E: convs 3*64*9 + 64*128*9 + 128*256*9 + 256*512*9 + 2 * 512*512*9, heads 2 * (8192*256 + 256).

@@ -85,3 +85,20 @@ def test_rewrite_replaces_code_deps_and_keeps_the_rest(tmp_path: Path) -> None:
 def test_dvc_yaml_is_what_the_rewrite_produces(path: str) -> None:
     text = (ROOT / path).read_text()
     assert rewrite_code_deps(text, ROOT) == text, f"run `python -m pipeline.stage_deps --write {path}`"
+
+
+def test_a_package_that_imports_all_its_modules_depends_on_all_of_them(tmp_path: Path) -> None:
+    """gaugan/metrics/ imports every module it holds (a metric is a file): a stage importing the
+    package depends on each of them, also on one added later."""
+    package = tmp_path / "gaugan" / "plugins"
+    package.mkdir(parents=True)
+    (tmp_path / "gaugan" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("import importlib\nimport pkgutil\n\nfor _m in pkgutil.iter_modules(__path__):\n"
+                                         "    importlib.import_module(f'{__name__}.{_m.name}')\n")
+    for name in ("first", "second"):
+        (package / f"{name}.py").write_text("")
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "probe.py").write_text("import gaugan.plugins\n")
+    assert code_closure(tmp_path / "stages" / "probe.py", tmp_path) == [
+        "gaugan/__init__.py", "gaugan/plugins/__init__.py", "gaugan/plugins/first.py", "gaugan/plugins/second.py",
+        "stages/probe.py"]

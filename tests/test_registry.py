@@ -1,4 +1,4 @@
-"""Dataset label conventions (REFERENCE.md section 3) and label mapping errors."""
+"""Dataset label conventions (docs/SPADE.md section 3) and label mapping errors."""
 
 from __future__ import annotations
 

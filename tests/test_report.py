@@ -44,13 +44,16 @@ def test_ablation_table_lists_differing_params_and_headlines() -> None:
     assert table["FID"].tolist() == [95.0, 70.5, 80.123]
     assert table["train time (min)"].fillna(-1).tolist() == [-1, 10.0, 2.0]  # seconds logged, minutes shown
     assert report.headline_json(table.iloc[2]) == {
-        "fid": 80.12, "miou": 0.41, "accuracy": None, "images_per_s": 12.0, "train_minutes": 2.0}
+        "fid": 80.12, "miou": 0.41, "accuracy": None, "real_miou": None, "real_accuracy": None, "kid": None,
+        "images_per_s": 12.0, "train_minutes": 2.0}
 
     markdown = report.table_markdown(table).splitlines()
     assert markdown[0].startswith("| experiment | commit | run | generator.ngf |")
-    assert markdown[0].endswith("| FID | mIoU (%) | accuracy (%) | images/s | train time (min) |")
+    # every registered metric (gaugan.metrics.registry), then training speed and time
+    assert markdown[0].endswith("| FID | mIoU (%) | accuracy (%) | judge mIoU on real (%) | judge accuracy on real (%) "
+                                "| KID | images/s | train time (min) |")
     assert "---:" in markdown[1]  # numeric columns right-aligned
-    assert markdown[3] == "| ngf-32 | 1234567 | cccccccc | 32 | syncbatch | 70.50 | - | - | 7.2 | 10.0 |"
+    assert markdown[3] == "| ngf-32 | 1234567 | cccccccc | 32 | syncbatch | 70.50 | - | - | - | - | - | 7.2 | 10.0 |"
 
     page_table = report.table_html(table, highlight_row=2)
     # best FID (lowest, ngf-32) and best mIoU (highest, norm-instance) are bold

@@ -1,15 +1,13 @@
 """Segmenters: the published networks' key layout (names, shapes, counts as read from
 CSAILVision/semantic-segmentation-pytorch, kazuto1011/deeplab-pytorch v1.0 and fyu/drn),
-forwards, preprocessing and class mappings; strict loading and weight files (download from
-a local server, offline errors, user-supplied files); the pipeline's own segmenter."""
+forwards, preprocessing and class mappings; strict loading and weight files (missing files,
+user-supplied files; downloads: test_weights.py); the pipeline's own segmenter; a user's
+TorchScript segmenter; choosing one (gaugan.segmenters.loading)."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import http.server
 import math
-import threading
 
 import pytest
 import torch
@@ -23,14 +21,10 @@ from gaugan.segmenters.drn import DRND105Cityscapes, bilinear_upsampling_kernel
 from gaugan.segmenters.published import (
     PUBLISHED_SEGMENTERS,
     SEGMENTER_FOR_DATASET,
-    PublishedSegmenter,
     SegmenterWeightsError,
-    WeightFile,
-    download_weights,
     ensure_weights,
     load_published_segmenter,
     read_state_dict,
-    weight_path,
 )
 from gaugan.segmenters.trained import (
     SegmenterCheckpointError,
@@ -211,13 +205,6 @@ def test_every_paper_dataset_has_a_segmenter_and_a_protocol():
 # ---- weight files and strict loading ----
 
 
-def shallow_entry(name: str, url: str | None = None) -> PublishedSegmenter:
-    return PublishedSegmenter(name, functools.partial(UperNet101, SHALLOW),
-                              (WeightFile("encoder.pth", "encoder", url and f"{url}/encoder.pth"),
-                               WeightFile("decoder.pth", "decoder", url and f"{url}/decoder.pth")),
-                              "the test's own files")
-
-
 def test_strict_loading_roundtrip_and_published_file_conventions(tmp_path):
     torch.manual_seed(0)
     source = UperNet101(SHALLOW)
@@ -256,54 +243,10 @@ def test_missing_user_supplied_weights_say_where_to_put_them(tmp_path):
         load_published_segmenter("landscapes", tmp_path, torch.device("cpu"))
 
 
-def test_no_download_when_forbidden(tmp_path):
+def test_missing_published_weights_name_the_weights_stage(tmp_path):
     entry = PUBLISHED_SEGMENTERS["upernet101_ade20k"]
-    with pytest.raises(SegmenterWeightsError, match="encoder_epoch_50.pth.*sceneparsing.csail.mit.edu"):
-        ensure_weights(entry, tmp_path, download=None)
-
-
-@pytest.fixture
-def file_server(tmp_path):
-    """Serves tmp_path/served over HTTP on 127.0.0.1; stopped after the test."""
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *args: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
-
-
-def test_weights_are_downloaded_where_a_url_exists(tmp_path, file_server):
-    served, url = file_server
-    torch.manual_seed(1)
-    source = UperNet101(SHALLOW)
-    torch.save(source.encoder.state_dict(), served / "encoder.pth")
-    torch.save(source.decoder.state_dict(), served / "decoder.pth")
-    entry = shallow_entry("test_upernet", url)
-    paths = ensure_weights(entry, tmp_path / "weights", download=download_weights)
-    assert paths["encoder.pth"] == weight_path(entry, entry.files[0], tmp_path / "weights") and paths["encoder.pth"].is_file()
-    segmenter = entry.build()
-    for file in entry.files:
-        path = paths[file.name]
-        load_state_dict_exactly(getattr(segmenter, file.submodule), read_state_dict(path), path)
-    images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
-    assert torch.equal(segmenter.eval().predict(images), source.eval().predict(images))
-
-
-def test_offline_download_is_a_clear_error(tmp_path, file_server):
-    _, url = file_server
-    entry = shallow_entry("test_upernet", url + "/missing")
-    with pytest.raises(SegmenterWeightsError, match="HTTP 404.*place it at"):
-        ensure_weights(entry, tmp_path / "weights", download=download_weights)
-    closed = shallow_entry("test_upernet", "http://127.0.0.1:9")  # nothing listens on the discard port
-    with pytest.raises(SegmenterWeightsError, match="cannot connect"):
-        ensure_weights(closed, tmp_path / "weights2", download=download_weights)
-    assert not (tmp_path / "weights2" / "test_upernet" / "encoder.pth").exists()
+    with pytest.raises(SegmenterWeightsError, match="encoder_epoch_50.pth.*weights stage.*sceneparsing.csail.mit.edu"):
+        ensure_weights(entry, tmp_path)
 
 
 # ---- the pipeline's own segmenter ----
@@ -334,10 +277,10 @@ def stripes(count: int, seed: int) -> list[dict[str, torch.Tensor]]:
 def test_trained_segmenter_learns_and_round_trips(tmp_path):
     spec = tiny_spec()
     reported = []
-    cfg = SegmenterConfig(width=8, num_epochs=6, batch_size=4, lr=1e-2, seed=0)
+    cfg = SegmenterConfig(width=8, num_steps=33, batch_size=4, lr=1e-2, seed=0)  # 6 batches per epoch: 5.5 epochs
     segmenter = train_segmenter(stripes(6, 0), spec, cfg, torch.device("cpu"), ["red", "green", "blue"],
                                 report=lambda metrics, step: reported.append((step, metrics)))
-    assert [step for step, _ in reported] == [6 * (e + 1) for e in range(6)]
+    assert [step for step, _ in reported] == [6, 12, 18, 24, 30, 33]  # per epoch; the last one cut at num_steps
     assert reported[-1][1]["segmenter/loss"] < 0.5 * reported[0][1]["segmenter/loss"]
     test = stripes(2, 99)
     correct = sum(int((segmenter.predict(b["image"]) == b["label"].long()).sum()) for b in test)
@@ -368,12 +311,84 @@ def test_balanced_class_weights():
         balanced_class_weights(torch.zeros(3))
 
 
-def test_a_segmenter_must_define_all_four_parts():
+def test_a_segmenter_must_define_its_three_parts():
     from gaugan.segmenters.base import Segmenter
 
     class OnlyPreprocess(Segmenter):
         def preprocess(self, images):
             return images
 
-    with pytest.raises(TypeError, match="logits, map_target, protocol"):
+    with pytest.raises(TypeError, match="logits, protocol"):
         OnlyPreprocess()
+
+
+# ---- a user's own segmenter (TorchScript) ----
+
+
+class ColourScores(torch.nn.Module):
+    """Scores (B, 3, h, w) for red/green/blue from the input in [0, 1], at half resolution."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(images, 2) * 10.0
+
+
+class ColourIds(torch.nn.Module):
+    """Class ids; all 0 unless the input is in [0, 1] as the contract says."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        ids = images.argmax(dim=1)
+        return torch.where(images.amax(dim=1) <= 1.0, ids, torch.zeros_like(ids))
+
+
+def scripted(module: torch.nn.Module, path) -> str:
+    torch.jit.save(torch.jit.script(module), str(path))
+    return str(path)
+
+
+def test_torchscript_segmenter_scores_or_ids_under_the_contract(tmp_path):
+    from gaugan.segmenters.loading import load_segmenter_for
+
+    spec = tiny_spec(contain_dontcare=True)
+    batch = stripes(1, 3)[0]
+    exported = torch.export.export(ColourScores(), (batch["image"].float() / 255,),
+                                   dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(exported, tmp_path / "exported.pt2")
+    paths = [scripted(ColourScores(), tmp_path / "scores.pt"), scripted(ColourIds(), tmp_path / "ids.pt"),
+             tmp_path / "exported.pt2"]
+    for path in paths:
+        segmenter = load_segmenter_for(spec, "torchscript", "cpu", torchscript_path=path)
+        prediction = segmenter.predict(batch["image"])
+        assert prediction.shape == (4, 16, 16) and prediction.dtype == torch.int64
+        assert (prediction == batch["label"].long()).float().mean() > 0.9
+        assert segmenter.map_target(torch.tensor([0, 2, 3])).tolist() == [0, 2, IGNORE_INDEX]  # 3 = don't-care
+        assert segmenter.protocol()["segmenter"].startswith("user-supplied TorchScript module")
+
+
+def test_choosing_a_segmenter():
+    from gaugan.errors import UserError
+    from gaugan.segmenters.loading import resolve_choice
+
+    assert resolve_choice("auto", "ade20k") == "published" and resolve_choice("auto", "custom") == "trained"
+    assert resolve_choice("torchscript", "landscapes") == "torchscript"
+    with pytest.raises(UserError, match="no published segmenter exists for dataset 'landscapes'"):
+        resolve_choice("published", "landscapes")
+    with pytest.raises(UserError, match="evaluate.segmenter: got 'mine'"):
+        resolve_choice("mine", "landscapes")
+
+
+def test_torchscript_segmenter_breaking_the_contract_is_a_clear_error(tmp_path):
+    from gaugan.segmenters.torchscript import TorchScriptSegmenterError, load_torchscript_segmenter
+
+    images = stripes(1, 0)[0]["image"]
+    four_classes = load_torchscript_segmenter(scripted(ColourScores(), tmp_path / "s.pt"),
+                                              dataclasses.replace(tiny_spec(), label_nc=4), torch.device("cpu"))
+    with pytest.raises(TorchScriptSegmenterError, match=r"s.pt \(evaluate.segmenter_path\).*scores of shape \(4, 3, 8, 8\); "
+                                                        r"expected \(4, 4, h, w\)"):
+        four_classes.predict(images)
+    (tmp_path / "bad.pt").write_bytes(b"not torchscript")
+    with pytest.raises(TorchScriptSegmenterError, match="bad.pt.*neither a TorchScript module nor an exported program"):
+        load_torchscript_segmenter(tmp_path / "bad.pt", tiny_spec(), torch.device("cpu"))
+    with pytest.raises(TorchScriptSegmenterError, match="evaluate.segmenter_path is null"):
+        load_torchscript_segmenter(None, tiny_spec(), torch.device("cpu"))
+    with pytest.raises(TorchScriptSegmenterError, match="no such file"):
+        load_torchscript_segmenter(tmp_path / "none.pt", tiny_spec(), torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""One-hot + instance edge input (paper section 3, REFERENCE.md section 3)."""
+"""One-hot + instance edge input (paper section 3, docs/SPADE.md section 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MLflow tracking (REFERENCE.md section 6) through the train stage, on a temporary sqlite store."""
+"""MLflow tracking (docs/SPADE.md section 6) through the train stage, on a temporary sqlite store."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The built-in "landscapes" dataset: procedurally generated label maps and photos.
 
 Semantic image synthesis (paper section 3) needs pairs of label maps and photos; the
-paper's datasets need downloads of tens of gigabytes (REFERENCE.md section 3). This
+paper's datasets need downloads of tens of gigabytes (docs/SPADE.md section 3). This
 module generates a small dataset in the spirit of the GauGAN demo in seconds, with no
 download, so that the whole pipeline runs on a laptop CPU:
 

@@ -1,4 +1,4 @@
-"""COCO-Stuff instance maps built from the COCO annotations (REFERENCE.md section 3).
+"""COCO-Stuff instance maps built from the COCO annotations (docs/SPADE.md section 3).
 
 The official SPADE COCO-Stuff setup feeds an instance edge map; COCO ships instances as
 polygons (and, for crowds, uncompressed run-length encodings) in

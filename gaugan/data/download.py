@@ -1,6 +1,6 @@
 """Resumable, checksummed downloads of the paper's datasets, and extraction.
 
-The archives and their md5 sums are those of REFERENCE.md section 3. A download goes to
+The archives and their md5 sums are those of docs/SPADE.md section 3. A download goes to
 ``<file>.partial`` and resumes from there with an HTTP Range request; only a complete
 file whose md5 matches is renamed to its final name. A file whose md5 does not match is
 moved aside to ``<file>.md5-mismatch`` (never used, never resumed) and the download
@@ -16,7 +16,6 @@ the user's archives and says exactly what is missing and where to get it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from gaugan.data.io import DataError, atomic_write_json
+from gaugan.data.io import DataError, atomic_write_json, file_digest
 
 CHUNK = 1 << 20
 
@@ -42,11 +41,11 @@ class Resource:
 
     filename: str
     url: str
-    md5: str | None  # None: REFERENCE.md gives no checksum (size and zip integrity are still checked)
+    md5: str | None  # None: no checksum is published (size and zip integrity are still checked)
     extract_to: str = "."  # folder (relative to the dataset folder) the archive is extracted into
 
 
-# The official archives (REFERENCE.md section 3). Tests pass their own table pointing at a
+# The official archives (docs/SPADE.md section 3). Tests pass their own table pointing at a
 # local server instead of changing these.
 RESOURCES: dict[str, tuple[Resource, ...]] = {
     "ade20k": (
@@ -75,11 +74,7 @@ MARKER = "download.json"
 
 
 def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, progress: bool = True,

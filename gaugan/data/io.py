@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -148,6 +149,12 @@ def check_same_size(label: np.ndarray, other: np.ndarray, label_path: str | os.P
 
 # Image formats an output file may be written in, by suffix (PIL writes each).
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes, read in chunks (every checksum of the project)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, algorithm).hexdigest()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:

@@ -1,4 +1,4 @@
-"""Label conventions and published sizes of every dataset (REFERENCE.md section 3).
+"""Label conventions and published sizes of every dataset (docs/SPADE.md section 3).
 
 A :class:`DatasetSpec` is the resolved, concrete description a network and a loader
 need: how many classes, whether there is a don't-care channel, whether instance edges are

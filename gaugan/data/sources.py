@@ -1,6 +1,6 @@
 """Readers of each dataset's on-disk layout: folders -> lists of (image, label, instance) pairs.
 
-The layouts are those of the official archives (REFERENCE.md section 3) plus the custom
+The layouts are those of the official archives (docs/SPADE.md section 3) plus the custom
 layout for a user's own data:
 
 - ADE20K: ``ADEChallengeData2016/images/{training,validation}/*.jpg`` with

@@ -1,24 +1,28 @@
 """Frechet Inception Distance with pytorch-fid and its standard Inception weights.
 
 Paper section 4 reports FID (Heusel et al. 2017) between synthesised and real validation
-images; REFERENCE.md section 4 fixes the implementation everyone compares against:
+images; docs/SPADE.md section 4 fixes the implementation everyone compares against:
 pytorch-fid, its port of the TensorFlow Inception (``pt_inception-2015-12-05-6726825d.pth``),
 2048-d pool features, images fed in [0, 1] (pytorch-fid resizes them to 299x299 and
 rescales them itself).
 
 What this module guarantees:
 
-- The weights are never downloaded here. :func:`find_inception_weights` looks for the
-  file (a configured path, else the torch hub cache), checks its size and the SHA-256
-  prefix in its name, and otherwise returns the reason and how to provide it. A number
-  computed with any other network is never called FID: without the file the caller
-  records FID as unavailable.
+- The weights are never downloaded here (the weights stage does, :mod:`gaugan.weights`).
+  :func:`find_inception_weights` looks for the file (a configured path, else the torch
+  hub cache), checks its size and the SHA-256 prefix in its name, and otherwise returns
+  the reason and how to provide it. A number computed with any other network is never
+  called FID: without the file the caller records FID as unavailable.
 - pytorch-fid has no weights-path argument; :func:`inception_feature_extractor` builds
   its network inside a temporary torch hub directory holding a link to the verified
   file, so pytorch-fid finds it "cached" and never reaches for the network.
-- Real-image statistics depend only on the dataset, the resolution and the weights:
-  :func:`load_or_compute_statistics` caches them in an ``.npz`` keyed by a fingerprint
-  of the exact images, so a changed validation set is never scored against stale ones.
+- Real-image features depend only on the dataset, the resolution and the weights:
+  :func:`load_cached_features` / :func:`store_features` cache them in an ``.npz`` keyed by
+  a fingerprint of the exact images, so a changed validation set is never scored against
+  stale ones. Features, not only their mean and covariance, so that KID
+  (:mod:`gaugan.metrics.kid`) reuses them.
+
+Registers the metric ``fid`` (:mod:`gaugan.metrics.registry`).
 """
 
 from __future__ import annotations
@@ -34,14 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import Tensor
-
 import pytorch_fid
+import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
+from torch import Tensor
 
-from gaugan.data.io import atomic_write
+from gaugan.data.io import atomic_write, file_digest
+from gaugan.metrics.registry import Metric, register
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_BYTES = 95_628_359
@@ -72,17 +76,10 @@ class WeightsLookup:
 
 def how_to_provide_weights(setting: str = "evaluate.fid_weights") -> str:
     return (
-        f"download {FID_WEIGHTS_URL} ({FID_WEIGHTS_BYTES:,} bytes) and either put it in "
-        f"$TORCH_HOME/hub/checkpoints/ (default ~/.cache/torch/hub/checkpoints/) or set {setting} to its path"
+        f"run the weights stage with internet access (dvc repro weights), or download {FID_WEIGHTS_URL} "
+        f"({FID_WEIGHTS_BYTES:,} bytes) and either put it in $TORCH_HOME/hub/checkpoints/ (default "
+        f"~/.cache/torch/hub/checkpoints/) or set {setting} to its path"
     )
-
-
-def sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_weights_file(path: Path) -> str:
@@ -92,7 +89,7 @@ def check_weights_file(path: Path) -> str:
     size = path.stat().st_size
     if size != FID_WEIGHTS_BYTES:
         return f"{path}: {size:,} bytes, expected {FID_WEIGHTS_BYTES:,} (not the pytorch-fid Inception weights)"
-    digest = sha256_of(path)
+    digest = file_digest(path)
     if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
         return f"{path}: SHA-256 {digest[:16]}... does not start with {FID_WEIGHTS_SHA256_PREFIX}"
     return ""
@@ -196,15 +193,19 @@ class FeatureStatistics:
     num_images: int
 
 
-def activation_statistics(batches: Iterable[Tensor], extract: FeatureExtractor) -> FeatureStatistics:
-    """Mean and covariance (``np.cov``, unbiased, as pytorch-fid) of the features of every image."""
+def feature_statistics(features: np.ndarray) -> FeatureStatistics:
+    """Mean and covariance (``np.cov``, unbiased, as pytorch-fid) of (N, D) features."""
+    if features.shape[0] < 2:
+        raise ValueError(f"FID needs at least 2 images, got {features.shape[0]}")
+    return FeatureStatistics(features.mean(axis=0), np.cov(features, rowvar=False), int(features.shape[0]))
+
+
+def extract_features(batches: Iterable[Tensor], extract: FeatureExtractor) -> np.ndarray:
+    """(N, D) float64 features of every image of ``batches``."""
     features = [extract(batch).numpy().astype(np.float64) for batch in batches]
     if not features:
-        raise ValueError("no images to compute FID statistics from")
-    stacked = np.concatenate(features, axis=0)
-    if stacked.shape[0] < 2:
-        raise ValueError(f"FID needs at least 2 images, got {stacked.shape[0]}")
-    return FeatureStatistics(stacked.mean(axis=0), np.cov(stacked, rowvar=False), int(stacked.shape[0]))
+        raise ValueError("no images to compute features from")
+    return np.concatenate(features, axis=0)
 
 
 def frechet_distance(a: FeatureStatistics, b: FeatureStatistics) -> float:
@@ -213,7 +214,7 @@ def frechet_distance(a: FeatureStatistics, b: FeatureStatistics) -> float:
 
 
 def fingerprint_images(batches: Iterable[Tensor]) -> str:
-    """SHA-256 over the exact uint8 pixels and shapes, in order (the real-statistics cache key)."""
+    """SHA-256 over the exact uint8 pixels and shapes, in order (the real-features cache key)."""
     digest = hashlib.sha256()
     count = 0
     for batch in batches:
@@ -224,30 +225,52 @@ def fingerprint_images(batches: Iterable[Tensor]) -> str:
     return f"{digest.hexdigest()}-{count}"
 
 
-def load_or_compute_statistics(
-    path: str | os.PathLike, key: dict[str, object], compute: Callable[[], FeatureStatistics]
-) -> tuple[FeatureStatistics, bool]:
-    """Statistics cached at ``path`` when stored with exactly ``key``, else computed and stored.
+def load_cached_features(path: str | os.PathLike, key: dict[str, object]) -> np.ndarray | None:
+    """The real-image features cached at ``path`` when stored with exactly ``key``, else None.
 
-    Returns the statistics and whether they came from the cache. ``key`` should name
-    everything the statistics depend on (image fingerprint, resolution, weights,
-    pytorch-fid version); a mismatch recomputes and overwrites, atomically.
+    ``key`` names everything the features depend on (image fingerprint, resolution,
+    weights, pytorch-fid version); an unreadable file or another key is a miss.
     """
     path = Path(path)
-    key_text = json.dumps(key, sort_keys=True)
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as stored:
-                if str(stored["key"]) == key_text:
-                    return FeatureStatistics(stored["mu"], stored["sigma"], int(stored["num_images"])), True
-        except (OSError, KeyError, ValueError):
-            pass  # unreadable or from another version of this code: recompute below
-    stats = compute()
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if str(stored["key"]) == json.dumps(key, sort_keys=True):
+                return stored["features"]
+    except (OSError, KeyError, ValueError):
+        pass  # unreadable or from another version of this code: a miss
+    return None
 
+
+def store_features(path: str | os.PathLike, key: dict[str, object], features: np.ndarray) -> None:
+    """Write features with their key, atomically (a temporary file renamed over ``path``)."""
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:  # a file handle: np.savez would add ".npz" to a path
-            np.savez(handle, mu=stats.mu, sigma=stats.sigma, num_images=np.int64(stats.num_images),
-                     key=np.str_(key_text))
+            np.savez(handle, features=features, key=np.str_(json.dumps(key, sort_keys=True)))
 
     atomic_write(path, write)
-    return stats, False
+
+
+# --------------------------------------------------------------------------------------
+# The metric.
+
+
+def _fid(inputs) -> float:
+    generated, real = inputs.features("generated"), inputs.features("real")
+    return frechet_distance(feature_statistics(generated), feature_statistics(real))
+
+
+register(Metric(
+    name="fid",
+    compute=_fid,
+    needs=frozenset({"generated", "real", "inception"}),
+    tracking_key="fid/val",
+    label="FID",
+    description="Frechet Inception distance between generated and real images (pytorch-fid); "
+                "biased upwards for small sets: compare at equal numbers of images",
+    higher_is_better=False,
+    rank=10,
+    protocol={"implementation": f"pytorch-fid {pytorch_fid_version()}", "pytorch_fid_version": pytorch_fid_version(),
+              "weights_file": FID_WEIGHTS_FILE, "feature_dims": FID_FEATURE_DIMS},
+))

@@ -20,6 +20,14 @@ Conventions (written down because papers differ on them):
   errors).
 - mIoU is the mean IoU over the classes that are defined; pixel accuracy is
   ``trace(C) / sum(C)`` over the non-ignored pixels.
+
+The same segmenter on the real photos gives the ceiling (``real_miou``): what a perfect
+generator could reach under this judge. A class whose real-photo IoU is below
+:data:`RELIABLE_REAL_IOU` is flagged as not judged reliably: its generated IoU says more
+about the segmenter than about the generator.
+
+Registers the metrics ``miou``, ``accuracy``, ``real_miou`` and ``real_accuracy``
+(:mod:`gaugan.metrics.registry`).
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ import torch
 from torch import Tensor
 
 from gaugan.data.io import atomic_write_text
+from gaugan.metrics.registry import Metric, MetricUnavailable, register
+
+RELIABLE_REAL_IOU = 0.20
 
 
 class ConfusionMatrix:
@@ -120,13 +131,21 @@ def scores_from_confusion(confusion: Tensor) -> SegmentationScores:
     )
 
 
+def judged_reliably(real_iou: float | None) -> str:
+    """'yes' when the segmenter reaches :data:`RELIABLE_REAL_IOU` on the real photos, 'no' below, '' undefined."""
+    if real_iou is None:
+        return ""
+    return "yes" if real_iou >= RELIABLE_REAL_IOU else "no"
+
+
 def per_class_table(
     columns: dict[str, SegmentationScores], class_names: Sequence[str]
 ) -> list[dict[str, object]]:
-    """Rows ``{class_index, class_name, <column>_iou..., gt_pixels}`` for a CSV table.
+    """Rows ``{class_index, class_name, <column>_iou..., ground_truth_pixels[, judged_reliably]}``.
 
     ``columns`` maps a column prefix (e.g. ``"generated"``, ``"real"``) to its scores;
-    undefined IoUs are left empty rather than written as 0.
+    undefined IoUs are left empty rather than written as 0. With a ``"real"`` column,
+    ``judged_reliably`` says whether the segmenter recognises the class on real photos.
     """
     if not columns:
         raise ValueError("per_class_table needs at least one column of scores")
@@ -140,11 +159,14 @@ def per_class_table(
             iou = scores.per_class_iou[index]
             row[f"{prefix}_iou"] = "" if iou is None else round(iou, 6)
         row["ground_truth_pixels"] = next(iter(columns.values())).ground_truth_pixels[index]
+        if "real" in columns:
+            row["judged_reliably"] = judged_reliably(columns["real"].per_class_iou[index])
         rows.append(row)
     return rows
 
 
-PER_CLASS_COLUMNS = ("class_index", "class_name", "generated_iou", "real_iou", "ground_truth_pixels")
+PER_CLASS_COLUMNS = ("class_index", "class_name", "generated_iou", "real_iou", "ground_truth_pixels",
+                     "judged_reliably")
 
 
 def write_csv_atomic(rows: list[dict[str, object]], path: str | os.PathLike,
@@ -162,3 +184,37 @@ def write_csv_atomic(rows: list[dict[str, object]], path: str | os.PathLike,
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
+
+
+# --------------------------------------------------------------------------------------
+# The metrics (in percent, as the paper's Table 1).
+
+
+def _percent(value: float) -> float:
+    if value != value:  # NaN: no pixel was scored
+        raise MetricUnavailable("no pixel of the split was scored (every label maps to the ignore index)")
+    return 100.0 * value
+
+
+SEGMENTATION_NEEDS = frozenset({"generated", "real", "labels", "segmenter"})
+
+register(Metric(
+    name="miou", compute=lambda inputs: _percent(inputs.segmentation().generated.miou), needs=SEGMENTATION_NEEDS,
+    tracking_key="miou/val", label="mIoU", unit="%", higher_is_better=True, rank=20,
+    description="mean IoU of the segmenter's prediction on the generated images vs their label maps",
+))
+register(Metric(
+    name="accuracy", compute=lambda inputs: _percent(inputs.segmentation().generated.accuracy),
+    needs=SEGMENTATION_NEEDS, tracking_key="accuracy/val", label="accuracy", unit="%", higher_is_better=True,
+    rank=30, description="pixel accuracy of the segmenter's prediction on the generated images",
+))
+register(Metric(
+    name="real_miou", compute=lambda inputs: _percent(inputs.segmentation().real.miou), needs=SEGMENTATION_NEEDS,
+    tracking_key="miou/real_val", label="judge mIoU on real", unit="%", higher_is_better=None, rank=40,
+    description="the same segmenter on the real photos: the ceiling the generated mIoU is measured against",
+))
+register(Metric(
+    name="real_accuracy", compute=lambda inputs: _percent(inputs.segmentation().real.accuracy),
+    needs=SEGMENTATION_NEEDS, tracking_key="accuracy/real_val", label="judge accuracy on real", unit="%",
+    higher_is_better=None, rank=50, description="the segmenter's pixel accuracy on the real photos (the ceiling)",
+))

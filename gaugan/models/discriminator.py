@@ -1,6 +1,6 @@
 """The multi-scale PatchGAN discriminator (paper section 4 "Multi-scale discriminator"; pix2pixHD).
 
-REFERENCE.md section 1: ``num_discriminators`` N-layer PatchGANs, the second one on the
+docs/SPADE.md section 1: ``num_discriminators`` N-layer PatchGANs, the second one on the
 input average-pooled by 2, each returning every intermediate feature (for the feature
 matching loss) and its final patch map. Layer names ``discriminator_<k>.model<n>`` and the
 nesting ``model1.0.0`` (conv inside the norm wrapper inside the layer) are the official

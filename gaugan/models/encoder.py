@@ -1,4 +1,4 @@
-"""The VAE style encoder (paper section 3.3 "Multi-modal synthesis", appendix B; REFERENCE.md section 1).
+"""The VAE style encoder (paper section 3.3 "Multi-modal synthesis", appendix B; docs/SPADE.md section 1).
 
 ``E(image) -> (mu, logvar)``: six stride-2 3x3 convolutions with spectral norm and instance
 norm on a 256x256 input (other sizes are resized bilinearly first, as published), then two

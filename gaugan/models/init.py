@@ -1,4 +1,4 @@
-"""Weight initialisation as published (REFERENCE.md section 1: ``init_type=xavier``, ``init_variance=0.02``).
+"""Weight initialisation as published (docs/SPADE.md section 1: ``init_type=xavier``, ``init_variance=0.02``).
 
 Every convolution (plain and transposed) and linear layer gets ``xavier_normal`` weights
 with gain 0.02 and zero biases; affine batch-norm weights (none in the published networks,

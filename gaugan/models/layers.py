@@ -2,7 +2,7 @@
 
 Spectral normalisation (Miyato et al. 2018) uses ``torch.nn.utils.spectral_norm``, the
 hook-based API, on purpose: it stores ``weight_orig`` / ``weight_u`` / ``weight_v``, the
-state-dict keys of the official checkpoints (REFERENCE.md section 1). The newer
+state-dict keys of the official checkpoints (docs/SPADE.md section 1). The newer
 parametrization API names them ``parametrizations.weight.original`` and would break loading
 the authors' pretrained files.
 """

@@ -16,15 +16,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gaugan.data.registry import DatasetSpec
+
 IGNORE_INDEX = 255  # target value of pixels that are left out of the scores
 
 
 class Segmenter(nn.Module, abc.ABC):
-    """Base class: subclasses define :meth:`preprocess`, :meth:`logits`, :meth:`map_target` and
-    :meth:`protocol` (abstract, so a subclass missing one cannot be instantiated)."""
+    """Base class: subclasses define :meth:`preprocess`, :meth:`logits` and :meth:`protocol`
+    (abstract, so a subclass missing one cannot be instantiated) and pass their class
+    mapping, a :func:`lookup_table` from stored label indices to their class ids, to
+    ``__init__``."""
 
     num_classes: int
     name: str
+    names: list[str] | None = None  # class names in the segmenter's class space, when known
+
+    def __init__(self, target_table: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("target_table", target_table, persistent=False)
 
     @abc.abstractmethod
     def preprocess(self, images: Tensor) -> Tensor:
@@ -34,16 +43,16 @@ class Segmenter(nn.Module, abc.ABC):
     def logits(self, inputs: Tensor) -> Tensor:
         """Preprocessed input -> (B, num_classes, h, w) class scores at any resolution."""
 
-    @abc.abstractmethod
     def map_target(self, labels: Tensor) -> Tensor:
         """Stored label indices (B, H, W) -> this segmenter's class ids, IGNORE_INDEX where unscored."""
+        return apply_table(labels, self.target_table)
 
     @abc.abstractmethod
     def protocol(self) -> dict[str, Any]:
         """What is needed to interpret the numbers: weights, preprocessing, class mapping."""
 
     def class_names(self) -> list[str]:
-        return [str(index) for index in range(self.num_classes)]
+        return list(self.names) if self.names is not None else [str(index) for index in range(self.num_classes)]
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
@@ -67,6 +76,12 @@ def lookup_table(mapping: dict[int, int], num_values: int, device: torch.device 
     for source, target in mapping.items():
         table[source] = target
     return table
+
+
+def stored_target_table(spec: DatasetSpec) -> Tensor:
+    """Segmenters trained on the dataset's own labels: stored index k -> class k for the
+    ``label_nc`` classes, the don't-care index unscored."""
+    return lookup_table({k: k for k in range(spec.label_nc)}, spec.num_label_values)
 
 
 def apply_table(labels: Tensor, table: Tensor) -> Tensor:

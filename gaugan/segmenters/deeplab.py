@@ -1,6 +1,6 @@
 """DeepLab v2 ResNet-101 MSC (kazuto1011/deeplab-pytorch v1.0) for scoring COCO-Stuff syntheses.
 
-Paper section 4 / REFERENCE.md section 4: COCO-Stuff mIoU and accuracy come from
+Paper section 4 / docs/SPADE.md section 4: COCO-Stuff mIoU and accuracy come from
 DeepLab v2 (Chen et al., TPAMI 2018) trained on COCO-Stuff 164k, the release file
 ``deeplabv2_resnet101_msc-cocostuff164k-100000.pth``. Its key layout, reproduced here so
 the file loads with ``strict=True``:
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gaugan.segmenters.base import IGNORE_INDEX, Segmenter, apply_table, lookup_table
+from gaugan.segmenters.base import IGNORE_INDEX, Segmenter, lookup_table
 
 WEIGHTS_URL = (
     "https://github.com/kazuto1011/deeplab-pytorch/releases/download/v1.0/"
@@ -143,10 +143,9 @@ class DeepLabV2COCOStuff(Segmenter):
     num_classes = NUM_CLASSES
 
     def __init__(self, blocks_per_stage: tuple[int, ...] = RESNET101_BLOCKS) -> None:
-        super().__init__()
+        super().__init__(cocostuff_target_table())
         self.network = MultiScale(DeepLabV2(NUM_CLASSES, blocks_per_stage))
         self.register_buffer("mean_bgr", torch.tensor(MEAN_BGR).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("target_table", cocostuff_target_table(), persistent=False)
 
     def preprocess(self, images: Tensor) -> Tensor:
         bgr = images.to(self.mean_bgr.device).flip(1).float()  # RGB -> BGR, as the release reads with OpenCV
@@ -154,9 +153,6 @@ class DeepLabV2COCOStuff(Segmenter):
 
     def logits(self, inputs: Tensor) -> Tensor:
         return self.network(inputs)
-
-    def map_target(self, labels: Tensor) -> Tensor:
-        return apply_table(labels, self.target_table)
 
     def protocol(self) -> dict[str, Any]:
         return {

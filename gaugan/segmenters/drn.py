@@ -1,6 +1,6 @@
 """DRN-D-105 (fyu/drn) for scoring Cityscapes syntheses on the 19 train ids.
 
-Paper section 4 / REFERENCE.md section 4: Cityscapes mIoU and accuracy come from the
+Paper section 4 / docs/SPADE.md section 4: Cityscapes mIoU and accuracy come from the
 dilated residual network DRN-D-105 (Yu et al., CVPR 2017) trained on Cityscapes fine
 annotations. No public URL serves its weights: the user supplies the file. The key layout
 of fyu/drn's ``DRNSeg`` is reproduced so that it loads with ``strict=True``:
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gaugan.segmenters.base import IGNORE_INDEX, Bottleneck, Segmenter, apply_table, lookup_table
+from gaugan.segmenters.base import IGNORE_INDEX, Bottleneck, Segmenter, lookup_table
 
 WEIGHT_FILES = ("drn_d_105_cityscapes.pth",)
 NUM_CLASSES = 19
@@ -124,20 +124,16 @@ class DRND105Cityscapes(Segmenter):
     num_classes = NUM_CLASSES
 
     def __init__(self, blocks: tuple[int, ...] = DRN_D_105_BLOCKS) -> None:
-        super().__init__()
+        super().__init__(cityscapes_target_table())
         self.network = DRNSegmentation(NUM_CLASSES, blocks)
         self.register_buffer("mean", torch.tensor(CITYSCAPES_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CITYSCAPES_STD).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("target_table", cityscapes_target_table(), persistent=False)
 
     def preprocess(self, images: Tensor) -> Tensor:
         return (images.to(self.mean.device).float() / 255.0 - self.mean) / self.std
 
     def logits(self, inputs: Tensor) -> Tensor:
         return self.network(inputs)
-
-    def map_target(self, labels: Tensor) -> Tensor:
-        return apply_table(labels, self.target_table)
 
     def class_names(self) -> list[str]:
         return list(TRAIN_ID_NAMES)

@@ -1,6 +1,6 @@
 """The published segmenters of paper section 4, their weight files and how they load.
 
-REFERENCE.md section 4 names one segmenter per paper dataset. Each entry here says which
+docs/SPADE.md section 4 names one segmenter per paper dataset. Each entry here says which
 network to build, which weight files it needs, where each file comes from (a URL, or the
 user for DRN-D-105), which submodule it loads into, and where it lives on disk:
 ``<evaluate.segmenter_weights_dir>/<segmenter name>/<file>``.
@@ -73,7 +73,7 @@ PUBLISHED_SEGMENTERS: dict[str, PublishedSegmenter] = {
     ),
 }
 
-# The segmenter each paper dataset is scored with (REFERENCE.md section 4).
+# The segmenter each paper dataset is scored with (docs/SPADE.md section 4).
 SEGMENTER_FOR_DATASET = {
     "ade20k": "upernet101_ade20k",
     "ade20k_outdoor": "upernet101_ade20k",
@@ -103,44 +103,24 @@ def weight_path(entry: PublishedSegmenter, file: WeightFile, weights_dir: str | 
     return Path(weights_dir) / entry.name / file.name
 
 
-Downloader = Callable[[str, Path], None]
+def ensure_weights(entry: PublishedSegmenter, weights_dir: str | os.PathLike) -> dict[str, Path]:
+    """The local path of every weight file of ``entry``; a missing file is an error saying how to get it.
 
-
-def download_weights(url: str, destination: Path) -> None:
-    """Resumable download with a progress bar (:func:`gaugan.data.download.download_file`);
-    any failure (offline, HTTP error, cut connection) becomes a clear error naming the file."""
-    from gaugan.data.download import DownloadError, download_file
-
-    try:
-        download_file(url, destination, md5=None, progress=True)
-    except DownloadError as err:
-        raise SegmenterWeightsError(
-            f"{err}; without internet, download {url} elsewhere and place it at {destination}"
-        ) from err
-
-
-def ensure_weights(
-    entry: PublishedSegmenter,
-    weights_dir: str | os.PathLike,
-    download: Downloader | None = download_weights,
-) -> dict[str, Path]:
-    """The local path of every weight file of ``entry``, downloading where a URL exists.
-
-    ``download=None`` never touches the network: a missing file is an error saying where
-    to put it.
+    Nothing is downloaded here: the weights stage fetches and verifies the files
+    (:mod:`gaugan.weights`).
     """
     paths = {}
     for file in entry.files:
         path = weight_path(entry, file, weights_dir)
         if not path.is_file():
-            if file.url is None or download is None:
-                source = file.url or entry.where_to_get
-                raise SegmenterWeightsError(
-                    f"{path}: weight file of segmenter {entry.name!r} not found. Get it from {source} and place it "
-                    f"there (the folder is evaluate.segmenter_weights_dir = {str(weights_dir)!r}), or set "
-                    f"evaluate.segmenter to 'trained' or 'none'"
-                )
-            download(file.url, path)
+            source = file.url or entry.where_to_get
+            how = ("run the weights stage with internet access (dvc repro weights), or get it from "
+                   f"{source} and place it there" if file.url else f"get it from {source} and place it there")
+            raise SegmenterWeightsError(
+                f"{path}: weight file of segmenter {entry.name!r} not found; {how} (the folder is "
+                f"evaluate.segmenter_weights_dir = {str(weights_dir)!r}), or set evaluate.segmenter to 'trained', "
+                "'torchscript' or 'none'"
+            )
         paths[file.name] = path
     return paths
 
@@ -160,15 +140,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return payload
 
 
-def load_published_segmenter(
-    dataset: str,
-    weights_dir: str | os.PathLike,
-    device: torch.device,
-    download: Downloader | None = download_weights,
-) -> Segmenter:
+def load_published_segmenter(dataset: str, weights_dir: str | os.PathLike, device: torch.device) -> Segmenter:
     """The published segmenter for ``dataset`` with its weights, in eval mode on ``device``."""
     entry = published_segmenter_for(dataset)
-    paths = ensure_weights(entry, weights_dir, download)
+    paths = ensure_weights(entry, weights_dir)
     segmenter = entry.build()
     for file in entry.files:
         load_state_dict_exactly(getattr(segmenter, file.submodule), read_state_dict(paths[file.name]), paths[file.name],

@@ -7,8 +7,12 @@ the store. Its mIoU on the real validation images is the ceiling that generated 
 are measured against: a generated mIoU close to it means the generator respects the
 layout as well as real photos "do" for this segmenter.
 
-Sized for a CPU: at 64x64 with ``segmenter.width`` 16 the default training takes about a
-minute on two cores.
+A judge must be strong enough to tell generators apart: trained for 6 epochs this network
+found no bush at all on the built-in photos. The budget is counted in optimiser steps
+(``segmenter.num_steps``: 1500 by default, 24 epochs of the built-in 1000 images, 65 of a
+367-image custom split, so small splits are trained enough too), and predictions average the
+scores of the image and of its mirror image. docs/EVALUATION.md ("The pipeline's own
+segmenter") has the measurements behind these choices.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from gaugan.checkpoint import (
 )
 from gaugan.config import SegmenterConfig
 from gaugan.data.registry import DatasetSpec
-from gaugan.segmenters.base import IGNORE_INDEX, Segmenter, apply_table, lookup_table
+from gaugan.segmenters.base import IGNORE_INDEX, Segmenter, stored_target_table
 
 SEGMENTER_FORMAT = "gaugan-segmenter-v1"
 SEGMENTER_FILE = "segmenter.pt"
@@ -85,18 +89,13 @@ class CompactUNet(nn.Module):
         return self.head(x)
 
 
-def stored_target_table(spec: DatasetSpec) -> Tensor:
-    """Stored index -> training class: the label_nc classes as they are, don't-care unscored."""
-    return lookup_table({k: k for k in range(spec.label_nc)}, spec.num_label_values)
-
-
 class TrainedSegmenter(Segmenter):
     """:class:`CompactUNet` on images in [-1, 1] (the generator's own range), one class per stored index."""
 
     name = "trained_compact_unet"
 
     def __init__(self, spec: DatasetSpec, width: int, class_names: list[str] | None = None) -> None:
-        super().__init__()
+        super().__init__(stored_target_table(spec))
         self.num_classes = spec.label_nc
         self.width = width
         self.spec = spec
@@ -104,26 +103,22 @@ class TrainedSegmenter(Segmenter):
         if len(self.names) != spec.label_nc:
             raise ValueError(f"{len(self.names)} class names for {spec.label_nc} classes")
         self.network = CompactUNet(spec.label_nc, width)
-        self.register_buffer("target_table", stored_target_table(spec), persistent=False)
 
     def preprocess(self, images: Tensor) -> Tensor:
         device = self.target_table.device
         return images.to(device, non_blocking=True).float().div(127.5).sub(1.0)
 
     def logits(self, inputs: Tensor) -> Tensor:
-        return self.network(inputs)
-
-    def map_target(self, labels: Tensor) -> Tensor:
-        return apply_table(labels, self.target_table)
-
-    def class_names(self) -> list[str]:
-        return list(self.names)
+        """Scores averaged over the image and its mirror image (test-time flip; training calls the
+        network directly): a cheap, standard gain for a small network."""
+        return (self.network(inputs) + self.network(inputs.flip(-1)).flip(-1)) / 2
 
     def protocol(self) -> dict[str, Any]:
         return {
             "segmenter": f"pipeline-trained compact U-Net (width {self.width}) on the real training images",
             "weights": "trained by the segmenter stage",
-            "preprocessing": "RGB/127.5 - 1 at the model's resolution; single scale",
+            "preprocessing": "RGB/127.5 - 1 at the model's resolution; single scale; scores averaged with "
+                             "those of the horizontally flipped image",
             "class_mapping": (
                 f"stored index k in 0..{self.spec.label_nc - 1} -> class k"
                 + (f"; don't-care index {self.spec.label_nc} ignored" if self.spec.contain_dontcare else "")
@@ -171,46 +166,42 @@ def train_segmenter(
     class_names: list[str] | None = None,
     report: MetricsCallback | None = None,
 ) -> TrainedSegmenter:
-    """Train on ``loader`` (batches with uint8 ``image`` and ``label``) for ``cfg.num_epochs``.
+    """Train on ``loader`` (batches with uint8 ``image`` and ``label``) for ``cfg.num_steps`` steps.
 
-    Adam at ``cfg.lr`` with cosine decay to zero over all steps; cross-entropy that
-    ignores the don't-care index, weighted by :func:`balanced_class_weights` of the
-    training labels. ``report(metrics, step)`` gets ``segmenter/loss`` once
-    per epoch (mean over the epoch) and ``segmenter/images_per_s``.
+    The budget is in optimiser steps, not epochs, so that a small training split (a few
+    hundred images) still gets trained long enough: the loader is run through as many
+    epochs as the steps need. Adam at ``cfg.lr`` with cosine decay to zero; cross-entropy
+    that ignores the don't-care index, weighted by :func:`balanced_class_weights` of the
+    training labels. ``report(metrics, step)`` gets ``segmenter/loss`` once per epoch (mean
+    over the epoch) and ``segmenter/images_per_s``.
     """
     torch.manual_seed(cfg.seed)
     segmenter = TrainedSegmenter(spec, cfg.width, class_names).to(device)
     class_weights = balanced_class_weights(class_pixel_counts(loader, segmenter)).to(device)
     optimizer = torch.optim.Adam(segmenter.parameters(), lr=cfg.lr)
-    steps_per_epoch = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    total_steps = steps_per_epoch * cfg.num_epochs if steps_per_epoch else None
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps) if total_steps else None
-    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.num_steps)
     segmenter.train()
     # The store's loader derives crops, flips and order from (seed, epoch): tell it the epoch.
     set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
-    step = 0
-    for epoch in range(cfg.num_epochs):
+    step, epoch = 0, 0
+    while step < cfg.num_steps:
         if set_epoch is not None:
             set_epoch(epoch)
         loss_sum = torch.zeros((), device=device)
-        num_batches = 0
-        num_images = 0
+        num_batches = num_images = 0
         start = time.perf_counter()
         for batch in loader:
             inputs = segmenter.preprocess(batch["image"])
             target = segmenter.map_target(batch["label"].to(device, non_blocking=True))
-            loss = F.cross_entropy(segmenter.logits(inputs), target, weight=class_weights, ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(segmenter.network(inputs), target, weight=class_weights, ignore_index=IGNORE_INDEX)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+            scheduler.step()
             loss_sum += loss.detach()
-            num_batches += 1
-            num_images += inputs.shape[0]
-            step += 1
+            num_batches, num_images, step = num_batches + 1, num_images + inputs.shape[0], step + 1
+            if step == cfg.num_steps:
+                break
         if num_batches == 0:
             raise ValueError("the segmenter's training loader yielded no batches (empty training split?)")
         mean_loss = float(loss_sum) / num_batches
@@ -219,6 +210,7 @@ def train_segmenter(
         if report is not None:
             seconds = time.perf_counter() - start
             report({"segmenter/loss": mean_loss, "segmenter/images_per_s": num_images / max(seconds, 1e-9)}, step)
+        epoch += 1
     return segmenter.eval()
 
 

@@ -1,6 +1,6 @@
 """UperNet-101 (CSAIL semantic-segmentation-pytorch) for scoring ADE20K syntheses.
 
-Paper section 4 / REFERENCE.md section 4: ADE20K mIoU and accuracy are measured with the
+Paper section 4 / docs/SPADE.md section 4: ADE20K mIoU and accuracy are measured with the
 CSAIL scene-parsing model "ade20k-resnet101-upernet" (Xiao et al., ECCV 2018). Its
 weights come as two files, ``encoder_epoch_50.pth`` and ``decoder_epoch_50.pth``, whose
 key layout this module reproduces so that both load with ``strict=True``:
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gaugan.segmenters.base import IGNORE_INDEX, Bottleneck, Segmenter, apply_table, lookup_table
+from gaugan.segmenters.base import IGNORE_INDEX, Bottleneck, Segmenter, lookup_table
 
 WEIGHTS_URL = "http://sceneparsing.csail.mit.edu/model/pytorch/ade20k-resnet101-upernet/{part}_epoch_50.pth"
 WEIGHT_FILES = ("encoder_epoch_50.pth", "decoder_epoch_50.pth")
@@ -143,12 +143,11 @@ class UperNet101(Segmenter):
     num_classes = NUM_CLASSES
 
     def __init__(self, blocks_per_stage: tuple[int, ...] = RESNET101_BLOCKS) -> None:
-        super().__init__()
+        super().__init__(ade20k_target_table())
         self.encoder = DeepStemResNet(blocks_per_stage)
         self.decoder = UPerNetDecoder()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("target_table", ade20k_target_table(), persistent=False)
 
     def preprocess(self, images: Tensor) -> Tensor:
         x = (images.to(self.mean.device).float() / 255.0 - self.mean) / self.std
@@ -160,9 +159,6 @@ class UperNet101(Segmenter):
 
     def logits(self, inputs: Tensor) -> Tensor:
         return self.decoder(self.encoder(inputs))
-
-    def map_target(self, labels: Tensor) -> Tensor:
-        return apply_table(labels, self.target_table)
 
     def protocol(self) -> dict[str, Any]:
         return {

@@ -16,10 +16,8 @@ from PIL import Image
 
 from gaugan.data.registry import DatasetSpec
 from gaugan.errors import UserError
-from gaugan.evaluate import choose_segmenter
 from gaugan.segmenters.base import IGNORE_INDEX, Segmenter
-from gaugan.segmenters.published import load_published_segmenter
-from gaugan.segmenters.trained import load_trained_segmenter
+from gaugan.segmenters.loading import load_segmenter_for, resolve_choice
 
 
 class SegmenterUnavailable(UserError, RuntimeError):
@@ -31,13 +29,13 @@ def load_dataset_segmenter(
 ) -> Segmenter:
     """The segmenter for ``spec``'s dataset: published (weights under ``weights_dir``), else ours."""
     problems = []
-    if choose_segmenter("auto", spec.name) == "published":
+    if resolve_choice("auto", spec.name) == "published":
         try:
-            return load_published_segmenter(spec.name, weights_dir, device, download=None)
+            return load_segmenter_for(spec, "published", device, weights_dir=weights_dir)
         except UserError as err:
             problems.append(str(err))
     try:
-        return load_trained_segmenter(trained_path, spec, device)
+        return load_segmenter_for(spec, "trained", device, trained_path=trained_path)
     except UserError as err:
         problems.append(str(err))
     raise SegmenterUnavailable(f"no segmenter for dataset {spec.name!r}: " + "; ".join(problems))

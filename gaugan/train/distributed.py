@@ -1,6 +1,6 @@
 """Data-parallel training over processes started by ``torchrun`` (DDP).
 
-The paper trained on 8 GPUs with synchronised BatchNorm in SPADE (REFERENCE.md section 1);
+The paper trained on 8 GPUs with synchronised BatchNorm in SPADE (docs/SPADE.md section 1);
 the official code used DataParallel and a vendored SyncBN. Here: one process per device,
 ``torch.distributed`` with NCCL on CUDA and gloo on CPU, torch's own ``SyncBatchNorm``,
 and a sampler that splits every *global* batch over the ranks so that N processes see

@@ -4,8 +4,9 @@ A job is a :class:`PeriodicJob`: a name, an interval in steps and a callable
 ``run(progress, losses)`` that gets the position after the step and the step's loss
 tensors (on the device). Every job also runs after the last step. The loop runs, in order:
 log (the divergence check, mean losses, learning rates, speed, through the injected
-``report`` callback), sample grid (rank 0), checkpoint (the divergence and weight checks,
-then ``last.pt``; ``generator.pt`` too after the last step).
+``report`` callback), sample grid (rank 0), metrics at epoch ends (rank 0, when an
+evaluator is given), checkpoint (the divergence and weight checks, then ``last.pt``;
+``generator.pt`` too after the last step).
 
 An epoch is ``batches_per_epoch`` steps, so a job every N epochs is a job every
 N * batches_per_epoch steps.
@@ -49,6 +50,28 @@ class PeriodicJob:
 def due_jobs(jobs: Sequence[PeriodicJob], step: int, total_steps: int) -> list[PeriodicJob]:
     """The jobs due after ``step``, in their order: each at its interval, all after the last step."""
     return [job for job in jobs if step % job.every == 0 or step == total_steps]
+
+
+class EpochEndEvaluation:
+    """At an epoch's end, the evaluator's metrics of the generator, reported at that step.
+
+    ``evaluate(generator, finished epochs, step)`` returns ``{}`` when no evaluation is due
+    (:class:`gaugan.training_evaluation.TrainingEvaluator` decides). Runs on rank 0 only;
+    the other ranks wait at their next collective. A run that stops mid-epoch (``max_steps``)
+    is not scored there.
+    """
+
+    def __init__(self, evaluate: Callable[[nn.Module, int, int], dict[str, float]], generator: nn.Module,
+                 batches_per_epoch: int, report: MetricsCallback | None) -> None:
+        self.evaluate, self.generator, self.batches_per_epoch, self.report = (
+            evaluate, generator, batches_per_epoch, report)
+
+    def __call__(self, progress: Progress, losses: Mapping[str, Tensor]) -> None:
+        if progress.batch_in_epoch < self.batches_per_epoch:
+            return
+        scores = self.evaluate(self.generator, progress.epoch + 1, progress.step)
+        if scores and self.report is not None:
+            self.report(scores, progress.step)
 
 
 # --------------------------------------------------------------------------------------

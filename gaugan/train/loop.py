@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.models import build_discriminator, build_encoder, build_generator
+from gaugan.selection import num_training_samples
 from gaugan.train.distributed import (
     DistributedContext,
     GlobalBatchSampler,
@@ -54,6 +56,7 @@ from gaugan.train.ema import GeneratorEMA
 from gaugan.train.guard import FinitenessGuard
 from gaugan.train.jobs import (
     Checkpointer,
+    EpochEndEvaluation,
     MetricsLogger,
     PeriodicJob,
     SampleGrids,
@@ -63,6 +66,10 @@ from gaugan.train.performance import autocast_dtype, configure_device, spectral_
 from gaugan.train.runner import StepRunner, make_step_runner
 from gaugan.train.schedule import adam_betas, learning_rates, set_learning_rate
 from gaugan.train.steps import Optimizers, StepSettings
+
+# (generator in its current state, finished epochs, step) -> metrics to report, {} when none
+# are due (gaugan.training_evaluation.TrainingEvaluator).
+EpochEvaluator = Callable[[nn.Module, int, int], dict[str, float]]
 
 NUM_SAMPLE_ROWS = 4
 
@@ -138,7 +145,9 @@ def _training_data(cfg: Config, store_dir: Path, spec: DatasetSpec,
                    context: DistributedContext) -> tuple[StoreDataset, GlobalBatchSampler, torch.utils.data.DataLoader]:
     """The training split, this rank's share of every global batch, and its loader."""
     dataset = StoreDataset(store_dir, "train", spec, train=True, seed=cfg.train.seed, flip=cfg.data.flip)
-    sampler = GlobalBatchSampler(len(dataset), cfg.train.batch_size, context.rank, context.world_size, cfg.train.seed)
+    # evaluate.selection_split: train_holdout keeps the last images out of training.
+    sampler = GlobalBatchSampler(num_training_samples(cfg, len(dataset)), cfg.train.batch_size, context.rank,
+                                 context.world_size, cfg.train.seed)
     if sampler.batches_per_epoch == 0:
         raise ConfigError(
             f"{store_dir}: the training split has {len(dataset)} samples, fewer than train.batch_size "
@@ -163,7 +172,7 @@ def _fixed_sample_batch(store_dir: Path, spec: DatasetSpec, count: int) -> dict[
 def planned_steps(cfg: Config, num_train_samples: int) -> int:
     """G+D steps of a whole training: every epoch's full global batches, capped by max_steps."""
     num_epochs = cfg.optim.num_epochs_constant + cfg.optim.num_epochs_decay
-    total = num_epochs * (num_train_samples // cfg.train.batch_size)
+    total = num_epochs * (num_training_samples(cfg, num_train_samples) // cfg.train.batch_size)
     return total if cfg.train.max_steps is None else min(total, cfg.train.max_steps)
 
 
@@ -174,10 +183,13 @@ def train(
     report: MetricsCallback | None = None,
     report_image: ImageCallback | None = None,
     show_progress: bool = True,
+    evaluate_during_training: EpochEvaluator | None = None,
 ) -> TrainResult:
     """Train G, D (and E) on the store at ``store_dir``; checkpoints go to ``out_dir``.
 
     Under ``torchrun`` every process calls this; only rank 0 reports and writes files.
+    ``evaluate_during_training`` is called on rank 0 at every epoch end with the generator
+    (the EMA one when kept); what it returns is reported at that step.
     Continues from ``out_dir/last.pt`` when ``train.resume`` is true and the file exists.
     Raises :class:`gaugan.train.guard.TrainingDiverged` on a non-finite loss or weight and
     :class:`gaugan.checkpoint.CheckpointError` for a checkpoint that does not fit.
@@ -185,7 +197,8 @@ def train(
     joined_here = not torch.distributed.is_initialized()
     context = init_distributed(cfg.train.device)
     try:
-        return _train(cfg, Path(store_dir), Path(out_dir), context, report, report_image, show_progress)
+        return _train(cfg, Path(store_dir), Path(out_dir), context, report, report_image, show_progress,
+                      evaluate_during_training)
     finally:
         if joined_here:
             shutdown_distributed()
@@ -199,6 +212,7 @@ def _train(
     report: MetricsCallback | None,
     report_image: ImageCallback | None,
     show_progress: bool,
+    evaluate_during_training: EpochEvaluator | None,
 ) -> TrainResult:
     device, main = context.device, context.is_main
     spec = spec_from_manifest(read_manifest(store_dir))
@@ -254,9 +268,9 @@ def _train(
                                 wrap=lambda module: wrap_ddp(module, context), num_processes=context.world_size)
     train_step = functools.partial(_train_step, run_step=run_step, ema=ema, generator=G)
 
-    # Periodic jobs, in this order, each every N steps and after the last step. Another
-    # job (e.g. an evaluation every N epochs: every N * sampler.batches_per_epoch steps)
-    # goes in this list, before the checkpoint.
+    # Periodic jobs, in this order, each every N steps and after the last step. The
+    # evaluation's interval is one epoch (sampler.batches_per_epoch steps); the evaluator
+    # decides at which epoch ends it scores.
     bar = tqdm(total=total_steps, initial=progress.step, unit="step", dynamic_ncols=True,
                disable=not (main and show_progress))
     guard = FinitenessGuard(context, last_path, progress.step if resumed else None)
@@ -267,6 +281,10 @@ def _train(
         samples = SampleGrids(ema.module if ema is not None else G, sample_batch, spec, device, dtype, z_dim,
                               cfg.train.seed, out_dir / "samples", report_image)
         jobs.append(PeriodicJob("sample", cfg.train.sample_every, samples))
+    if main and evaluate_during_training is not None:
+        jobs.append(PeriodicJob("evaluate", sampler.batches_per_epoch,
+                                EpochEndEvaluation(evaluate_during_training, ema.module if ema is not None else G,
+                                                   sampler.batches_per_epoch, report)))
     checkpointer = Checkpointer(last_path, generator_path, config_dict, spec_dict, models, optimizer_map, scaler_map,
                                 context, guard, sampler.batches_per_epoch, total_steps)
     jobs.append(PeriodicJob("checkpoint", cfg.train.checkpoint_every, checkpointer))

@@ -1,4 +1,4 @@
-"""Learning rates per epoch: constant, then linear decay to zero (REFERENCE.md section 2).
+"""Learning rates per epoch: constant, then linear decay to zero (docs/SPADE.md section 2).
 
 The official code keeps ``lr`` for ``niter`` epochs and then, at the end of every later
 epoch, subtracts ``lr / niter_decay``; the TTUR split (G at lr/2, D at 2*lr) is re-applied

@@ -15,24 +15,37 @@ from pipeline.cli.app import command
 def evaluate_command(
     checkpoint: Annotated[Optional[Path], typer.Option(
         help="generator to score: one of ours or an official latest_net_G.pth "
-             "(default: evaluate.checkpoint, else <train.checkpoint_dir>/generator.pt)")] = None,
+             "(default: evaluate.checkpoint, else the one evaluate.checkpoint_choice names)")] = None,
+    out: Annotated[Path, typer.Option(
+        help="folder for generated/, metrics.json, per_class_iou.csv, generated_grid.png, generation.json")] = Path(
+        "outputs/evaluation"),
     overrides: Annotated[list[str], typer.Option(
         "-S", "--set", help="params override section.key=value (repeatable)")] = [],  # noqa: B006 (typer reads it)
     params: Annotated[Path, typer.Option(help="the parameters file")] = Path("params.yaml"),
 ) -> None:
-    """Generate the validation set and score it (FID, mIoU, accuracy): the generate and evaluate
-    stages outside DVC, e.g. `gaugan evaluate --checkpoint latest_net_G.pth -S data.dataset=ade20k`
-    after `dvc repro preprocess`, to re-measure the paper's Table 1. Writes reports/metrics.json."""
+    """Generate the validation set and score it with every registered metric, outside DVC, e.g.
+    `gaugan evaluate --checkpoint latest_net_G.pth -S data.dataset=ade20k` after `dvc repro
+    preprocess`, to re-measure the paper's Table 1. Fetches the weights evaluation needs (as the
+    weights stage does), writes into --out and logs nothing to MLflow (the stages do)."""
+    from gaugan.data.io import atomic_write_json
+    from gaugan.metrics.registry import registered_metrics
+    from pipeline.evaluation import evaluate_generated, write_evaluation
+    from pipeline.generation import generate
     from pipeline.params import load_config, repo_root
-    from stages import evaluate as evaluate_stage
-    from stages import generate as generate_stage
+    from pipeline.weights import fetch_for_run
 
     if checkpoint is not None:
         overrides = [*overrides, f"evaluate.checkpoint={checkpoint.resolve()}"]
     cfg = load_config(params, overrides)
     root = repo_root()
-    generate_stage.run(cfg, root)
-    evaluate_stage.run(cfg, root)
-    metrics = json.loads((root / evaluate_stage.METRICS_PATH).read_text())
-    typer.echo(json.dumps({key: metrics[key] for key in ("fid", "miou", "accuracy", "real_miou", "real_accuracy",
-                                                         "fid_status", "segmentation_status")}))
+    out = out if out.is_absolute() else root / out
+    fetch_for_run(cfg, root, groups=("inception", "segmenter"), write=False)
+    generation = generate(cfg, root, out / "generated", out / "generated_grid.png")
+    atomic_write_json(out / "generation.json", generation)
+    report = evaluate_generated(cfg, root, out / "generated", generation)
+    write_evaluation(report, out / "metrics.json", out / "per_class_iou.csv")
+    for metric in registered_metrics():
+        reason = report.metrics["unavailable"].get(metric.name)
+        typer.echo(f"{metric.heading}: {metric.format(report.metrics[metric.name])}"
+                   + (f"  (unavailable: {reason})" if reason else ""))
+    typer.echo(f"written to {out}: " + json.dumps({m.name: report.metrics[m.name] for m in registered_metrics()}))

@@ -1,0 +1,126 @@
+"""Metrics during training in a tiny run: the loop's evaluate_during_training hook, the curves it
+reports, the best generators kept (and generated from), resume, the held-out training images,
+and the errors that stop a run before it wastes its time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gaugan.config import ConfigError, replace
+from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.errors import UserError
+from gaugan.metrics.inputs import Judges
+from gaugan.models.loading import load_generator
+from gaugan.segmenters.trained import TrainedSegmenter
+from gaugan.selection import SELECTION_FILE, num_training_samples
+from gaugan.train.loop import planned_steps, train
+from gaugan.training_evaluation import TrainingEvaluator, subset_indices
+from tests.test_eval_stages import stand_in_extractor
+from tests.test_train_loop import make_store, one_thread, tiny_train_config  # noqa: F401 (fixture)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return make_store(tmp_path_factory.mktemp("evaltrainroot"))
+
+
+def judges(spec) -> Judges:
+    torch.manual_seed(0)
+    return Judges(segmenter=TrainedSegmenter(spec, width=4).eval(), extract=stand_in_extractor(Path("unused"), CPU))
+
+
+def evaluated_config(**evaluate):
+    """8 training images, batch 2, 1 + 2 epochs (12 steps), scored every 2 epochs and after the last."""
+    return replace(tiny_train_config(max_steps=None),
+                   evaluate={"every_epochs": 2, "during_training_images": 3, **evaluate})
+
+
+def test_scores_are_reported_at_due_epoch_ends_and_the_best_generators_kept(store, tmp_path):
+    cfg = evaluated_config()
+    spec = spec_from_manifest(read_manifest(store))
+    evaluator = TrainingEvaluator(cfg, spec, store, tmp_path, judges(spec), CPU, resume=False)
+    calls, reported = [], []
+
+    def recording(generator, epoch, step):
+        scores = evaluator(generator, epoch, step)
+        calls.append((epoch, step, generator.training))  # evaluated in eval mode, handed back in training mode
+        return scores
+
+    train(cfg, store, tmp_path, report=lambda metrics, step: reported.append((step, metrics)), show_progress=False,
+          evaluate_during_training=recording)
+    assert calls == [(1, 4, True), (2, 8, True), (3, 12, True)]  # every epoch end
+    curves = [(step, metrics) for step, metrics in reported if "fid/val" in metrics]
+    assert [step for step, _ in curves] == [8, 12]  # every 2 epochs, and the last
+    assert {"fid/val", "kid/val", "miou/val", "accuracy/val", "miou/real_val"} <= set(curves[0][1])
+    assert evaluator.split == "val" and len(evaluator.items["index"]) == 3
+
+    selection = json.loads((tmp_path / SELECTION_FILE).read_text())
+    best_fid = min(curves, key=lambda curve: curve[1]["fid/val"])
+    assert selection["best_fid"]["step"] == best_fid[0] and selection["best_fid"]["value"] == best_fid[1]["fid/val"]
+    assert selection["best_miou"]["metric"] == "miou" and selection["best_miou"]["num_images"] == 3
+    loaded = load_generator(tmp_path / "generator_best_fid.pt", device=CPU)
+    assert loaded.spec == spec and loaded.weights == "G"
+
+    resumed = TrainingEvaluator(cfg, spec, store, tmp_path, judges(spec), CPU, resume=True)
+    assert resumed.best == selection  # an interrupted run keeps its best scores
+    TrainingEvaluator(cfg, spec, store, tmp_path, judges(spec), CPU, resume=False)
+    assert not (tmp_path / "generator_best_fid.pt").exists() and not (tmp_path / SELECTION_FILE).exists()
+
+
+def test_metrics_without_a_judge_are_left_out(store, tmp_path):
+    cfg = evaluated_config()
+    spec = spec_from_manifest(read_manifest(store))
+    evaluator = TrainingEvaluator(cfg, spec, store, tmp_path, Judges(inception_reason="offline"), CPU, resume=False)
+    assert evaluator.unavailable()["fid"] == "offline" and "miou" in evaluator.unavailable()
+    assert evaluator.metrics == () and evaluator(torch.nn.Identity(), 2, 8) == {}  # due, but nothing to score
+    assert not (tmp_path / SELECTION_FILE).exists()
+
+
+def test_train_holdout_keeps_the_scored_images_out_of_training(store, tmp_path):
+    cfg = evaluated_config(selection_split="train_holdout", during_training_images=2)
+    assert num_training_samples(cfg, 8) == 6 and planned_steps(cfg, 8) == 3 * (6 // 2)
+    assert subset_indices(cfg, num_val=4, num_train=8) == ("train", [6, 7])
+    spec = spec_from_manifest(read_manifest(store))
+    evaluator = TrainingEvaluator(cfg, spec, store, tmp_path, judges(spec), CPU, resume=False)
+    assert evaluator.items["index"].tolist() == [6, 7]
+    result = train(cfg, store, tmp_path, show_progress=False, evaluate_during_training=evaluator)
+    assert result.step == 9  # 3 epochs of 6 images in batches of 2: images 6 and 7 were never trained on
+    with pytest.raises(ValueError, match="leaving none to train on"):
+        num_training_samples(evaluated_config(selection_split="train_holdout", during_training_images=8), 8)
+
+
+def test_choices_that_cannot_work_fail_before_training(store, tmp_path, monkeypatch):
+    from pipeline.evaluation import training_evaluator
+
+    with pytest.raises(ConfigError, match="checkpoint_choice.*'final' while evaluate.every_epochs is 0"):
+        replace(tiny_train_config(), evaluate={"checkpoint_choice": "best_fid"})
+    root = store.parent.parent
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    cfg = replace(evaluated_config(checkpoint_choice="best_fid"), evaluate={"segmenter": "none"})
+    with pytest.raises(UserError, match="best_fid.*best fid during training, but it cannot be computed: "
+                                        "Inception weights for FID unavailable"):
+        training_evaluator(cfg, root, tmp_path, resume=False)
+    assert training_evaluator(replace(cfg, evaluate={"every_epochs": 0, "checkpoint_choice": "final"}), root,
+                              tmp_path, resume=False) is None
+
+
+def test_generate_uses_the_chosen_best_generator(store, tmp_path):
+    from pipeline.generation import generate
+
+    cfg = replace(evaluated_config(checkpoint_choice="best_miou"),
+                  train={"checkpoint_dir": str(tmp_path / "ckpt")}, evaluate={"output_dir": str(tmp_path / "out")})
+    root = store.parent.parent
+    with pytest.raises(UserError, match="generator_best_miou.pt: evaluate.checkpoint_choice='best_miou' needs"):
+        generate(cfg, root, tmp_path / "out", None)
+    spec = spec_from_manifest(read_manifest(store))
+    evaluator = TrainingEvaluator(cfg, spec, store, tmp_path / "ckpt", judges(spec), CPU, resume=False)
+    train(cfg, store, tmp_path / "ckpt", show_progress=False, evaluate_during_training=evaluator)
+    summary = generate(cfg, root, tmp_path / "out", None)
+    assert summary["checkpoint"].endswith("generator_best_miou.pt") and summary["checkpoint_choice"] == "best_miou"
+    assert summary["selection"] == evaluator.best["best_miou"] and summary["num_images"] == 4
