@@ -7,8 +7,8 @@
 Prints (and with --output writes as JSON) the top ops by self time over ``--steps`` profiled
 steps after one warm-up step, and with ``--flops`` the FLOPs of each part of a step: G's
 forward, the G step's backward (through G, and through D and VGG to the fake), D's forward
-on fake and real, VGG's forward, the D step's regenerated fake and D's backward. The
-README's speed section quotes its output.
+on fake and real, VGG's forward, the D step's regenerated fake and D's backward.
+docs/SPEED.md ("Measured on the CPU") quotes its output.
 """
 
 from __future__ import annotations
