@@ -28,10 +28,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from gaugan.data.classes import class_table
+from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.io import DataError, OutputMarker, atomic_save_png, check_replaceable, replace_dir
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.semantic import semantic_input
-from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.errors import UserError
 from gaugan.generated import split_stems
@@ -141,7 +142,8 @@ def generate_split(
     """
     store_dir, output_dir = Path(store_dir), Path(output_dir)
     check_replaceable(output_dir, GENERATED_MARKER)
-    store_spec = spec_from_manifest(read_manifest(store_dir))
+    manifest = read_manifest(store_dir)
+    store_spec = spec_from_manifest(manifest)
     check_generator_fits_store(loaded, store_spec, store_dir)
     stems = split_stems(store_dir, split)
     dataset = StoreDataset(store_dir, split, store_spec, train=False)
@@ -189,5 +191,5 @@ def generate_split(
 
     if grid_path is not None and grid_rows:
         labels, fakes, reals = (torch.cat(parts)[:GRID_ROWS] for parts in zip(*grid_rows))
-        atomic_save_png(sample_grid(labels, fakes, reals, store_spec.num_label_values, store_spec.name), grid_path)
+        atomic_save_png(sample_grid(labels, fakes, reals, class_table(store_spec, manifest)[1]), grid_path)
     return GenerationResult(output_dir, count, seconds, loaded.weights, latent)

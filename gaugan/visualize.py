@@ -6,11 +6,9 @@ One implementation for the training samples and the generation grid, so both rea
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image
 from torch import Tensor
-import torch
-
-from gaugan.data.classes import label_palette
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -18,9 +16,12 @@ def to_uint8(images: Tensor) -> Tensor:
     return images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()
 
 
-def sample_grid(labels: Tensor, generated: Tensor, real: Tensor, num_label_values: int, dataset: str) -> Image.Image:
-    """Rows of (coloured label map | generated | real) from uint8 images and label indices."""
-    palette = label_palette(num_label_values, dataset)
+def sample_grid(labels: Tensor, generated: Tensor, real: Tensor, palette: np.ndarray) -> Image.Image:
+    """Rows of (coloured label map | generated | real) from uint8 images and label indices.
+
+    ``palette`` is the (num_label_values, 3) uint8 colour of every stored index: the store's
+    own (``gaugan.data.classes.class_table``), so a classes file's colours appear here too.
+    """
     colour = palette[labels.long().cpu().numpy()]  # (B, H, W, 3)
     rows = [
         np.concatenate([c, g.permute(1, 2, 0).numpy(), r.permute(1, 2, 0).numpy()], axis=1)

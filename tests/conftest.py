@@ -22,6 +22,7 @@ def one_thread_per_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     thread count a test leaves behind (a stage, `gaugan bench`) is restored."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # also for the library code that tests call directly
     yield
     torch.set_num_threads(threads)
 

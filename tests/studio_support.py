@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from starlette.applications import Starlette
 
-from gaugan.config import Config, config_to_dict, replace
+from gaugan.checkpoint import build_checkpoint
+from gaugan.config import Config, replace
 from gaugan.data.registry import DatasetSpec, published_spec
 from gaugan.data.semantic import semantic_input
 from gaugan.models import build_encoder, build_generator
-from gaugan.models.loading import CHECKPOINT_FORMAT
 from gaugan.studio.server import make_server, open_socket, url_of
 
 
@@ -51,9 +51,7 @@ def write_checkpoint(path: Path, spec: DatasetSpec, use_vae: bool = False, seed:
     models = {"G": generator.state_dict()}
     if use_vae:
         models["E"] = build_encoder(cfg.encoder).state_dict()
-    payload = {"format": CHECKPOINT_FORMAT, "config": config_to_dict(cfg), "spec": dataclasses.asdict(spec),
-               "models": models}
-    torch.save(payload, path)
+    torch.save(build_checkpoint(cfg, spec, models), path)
     return path
 
 

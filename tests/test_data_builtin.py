@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 
 from gaugan.data.builtin import (
-    BUSH, CLOUD, GRASS, MOUNTAIN, ROCK, SAND, SKY, SNOW, TREE, WATER, generate_landscape, write_landscapes,
+    BUSH,
+    CLOUD,
+    GRASS,
+    MOUNTAIN,
+    ROCK,
+    SAND,
+    SKY,
+    SNOW,
+    TREE,
+    WATER,
+    generate_landscape,
+    write_landscapes,
 )
 from gaugan.data.registry import LANDSCAPE_CLASSES
 

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from gaugan.config import replace
@@ -106,3 +107,20 @@ def test_segmenter_reports_per_class_iou_under_the_file_names(tmp_path, monkeypa
     report = json.loads((tmp_path / "reports" / "segmenter.json").read_text())
     assert list(report["per_class_iou"]) == ["sky", "road", "tree"]
     assert np.isfinite(report["real_miou"])
+
+
+def test_training_sample_grids_use_the_classes_file_colours(tmp_path):
+    from gaugan.train.loop import train
+
+    raw = make_custom(tmp_path / "raw" / "custom", values=[0, 1, 2])
+    (raw / "classes.csv").write_text("name,r,g,b\nsky,70,130,180\nroad,128,64,128\ntree,250,10,10\n")
+    base = config("custom", root="raw", processed_dir="store", load_size=32, crop_size=32,
+                  preprocess_mode="fixed", aspect_ratio=1.0, custom={"dontcare_label": None})
+    preprocess(base.data, tmp_path, progress=False)
+    cfg = replace(base, generator={"ngf": 8, "spade_hidden": 16}, discriminator={"ndf": 8}, loss={"use_vgg_loss": False},
+                  train={"batch_size": 2, "max_steps": 1, "log_every": 1, "sample_every": 1, "checkpoint_every": 100,
+                         "device": "cpu"}, tracking={"enabled": False})
+    train(cfg, tmp_path / "store", tmp_path / "ckpt", show_progress=False)
+    grid = np.asarray(Image.open(tmp_path / "ckpt" / "samples" / "step_0000001.png"))
+    label_tiles = grid[:, : grid.shape[1] // 3].reshape(-1, 3)  # rows of (label | generated | real)
+    assert {tuple(colour) for colour in label_tiles} <= {(70, 130, 180), (128, 64, 128), (250, 10, 10)}

@@ -7,8 +7,8 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
-from pipeline.cli import app
 from gaugan.data.bench import benchmark_loader, build_benchmark_store
+from pipeline.cli import app
 from tests.test_data_layouts import label_map, make_cityscapes, make_custom, save_index
 
 runner = CliRunner()

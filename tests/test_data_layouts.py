@@ -15,10 +15,10 @@ from PIL import Image
 
 from gaugan.config import Config, replace
 from gaugan.data.check import check_dataset, format_report
-from gaugan.data.io import DataError
-from gaugan.data.sources import stable_val_split
 from gaugan.data.dataset import StoreDataset
+from gaugan.data.io import DataError
 from gaugan.data.preprocess import preprocess
+from gaugan.data.sources import stable_val_split
 from gaugan.data.store import read_manifest, spec_from_manifest
 
 W, H = 24, 16  # every photo/label below is W x H unless a test says otherwise

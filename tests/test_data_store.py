@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from gaugan.data.builtin import write_landscapes
-from gaugan.data.io import DataError
-from gaugan.data.registry import DatasetSpec
 from gaugan.data.dataset import StoreDataset, make_loader
+from gaugan.data.io import DataError
 from gaugan.data.preprocess import preprocess
+from gaugan.data.registry import DatasetSpec
 from gaugan.data.resize import nearest_resize, train_shape
 from gaugan.data.store import read_manifest, spec_from_manifest
 from tests.test_data_layouts import config, make_cityscapes, make_custom

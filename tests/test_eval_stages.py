@@ -198,8 +198,8 @@ def test_vae_latents_do_not_depend_on_batching_and_style_images_work(workspace, 
     loaded = load_generator(path, spec, device=CPU)
     assert loaded.z_dim == 8
     one = generate_split(loaded, store, tmp_path / "one", CPU, batch_size=1, seed=3)
-    three = generate_split(loaded, store, tmp_path / "three", CPU, batch_size=3, seed=3)
-    other_seed = generate_split(loaded, store, tmp_path / "other", CPU, batch_size=3, seed=4)
+    generate_split(loaded, store, tmp_path / "three", CPU, batch_size=3, seed=3)
+    generate_split(loaded, store, tmp_path / "other", CPU, batch_size=3, seed=4)
     assert "prior" in one.latent and one.num_images == 5
     for stem in split_stems(store):
         a, b = (np.asarray(Image.open(d / f"{stem}.png")) for d in (tmp_path / "one", tmp_path / "three"))

@@ -12,11 +12,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.cli import app
 from gaugan.config import GeneratorConfig
 from gaugan.data.registry import published_spec
 from gaugan.models import build_generator
 from gaugan.models.loading import load_generator
+from pipeline.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

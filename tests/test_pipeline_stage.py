@@ -76,8 +76,7 @@ def test_report_names_a_missing_input_and_the_stage_that_writes_it(missing: str,
 
 def test_generate_without_a_trained_generator_says_to_train_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture) -> None:
-    from tests.test_train_loop import make_store
-
+    from tests.training_support import make_store
     make_store(tmp_path)
     capsys.readouterr()  # preprocessing's progress bars
     write_params(tmp_path, data={"processed_dir": "data/processed"}, tracking={"enabled": False})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gaugan.config import ConfigError, DataConfig, replace, Config
+from gaugan.config import Config, ConfigError, DataConfig, replace
 from gaugan.data.io import DataError, map_labels, read_index_map
 from gaugan.data.registry import PUBLISHED, resolve_dataset
 

@@ -16,7 +16,7 @@ from gaugan.config import ConfigError, replace
 from gaugan.threads import ThreadSettingError, choose_num_threads, configure_threads
 from pipeline.cli import app
 from stages import train as train_stage
-from tests.test_train_loop import ROOT, make_store, one_thread, tiny_train_config  # noqa: F401 (fixture)
+from tests.training_support import ROOT, make_store, tiny_train_config
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_every_computing_stage_applies_the_setting_first(stage: str, workers: in
     assert calls == [(7, workers)]
 
 
-def test_train_records_the_thread_count(tmp_path: Path, one_thread) -> None:  # noqa: F811
+def test_train_records_the_thread_count(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     make_store(root)
     train_stage.run(tiny_train_config(max_steps=1, num_threads=1), root)

@@ -21,7 +21,7 @@ from gaugan.config import replace
 from pipeline import tracking
 from pipeline.tracking_store import BackgroundWriter, TrackingError
 from stages import train as train_stage
-from tests.test_train_loop import ROOT, make_store, one_thread, tiny_train_config  # noqa: F401 (fixture)
+from tests.training_support import ROOT, make_store, tiny_train_config
 
 
 def test_tracking_uri_precedence(tmp_path, monkeypatch):
@@ -38,7 +38,7 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
     assert tracking.resolve_tracking_uri(explicit, tmp_path) == "sqlite:////explicit.db"
 
 
-def test_train_stage_logs_a_complete_run_and_resumes_into_it(tmp_path, monkeypatch, one_thread):
+def test_train_stage_logs_a_complete_run_and_resumes_into_it(tmp_path, monkeypatch):
     root = tmp_path / "repo"
     make_store(root)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -114,7 +114,7 @@ def test_a_failed_training_marks_the_run_failed(tmp_path, monkeypatch):
         tracker.log_metrics({"x": 1.0}, step=1)  # accepted, does nothing
 
 
-def test_rerun_of_a_finished_training_retrains_instead_of_keeping_stale_weights(tmp_path, capsys, one_thread):
+def test_rerun_of_a_finished_training_retrains_instead_of_keeping_stale_weights(tmp_path, capsys):
     """DVC re-runs train only when an input changed: a finished run with no steps left starts afresh."""
     root = tmp_path / "repo"
     make_store(root)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from pipeline.cli import app
 from gaugan.config import replace
+from pipeline.cli import app
 from stages import bench as bench_stage
-from tests.test_train_loop import ROOT, one_thread, tiny_train_config  # noqa: F401 (fixture)
+from tests.training_support import ROOT, tiny_train_config
 
 TINY = ["-S", "data.builtin.size=32", "-S", "generator.ngf=8", "-S", "generator.spade_hidden=16",
         "-S", "discriminator.ndf=8", "-S", "train.batch_size=2"]
@@ -30,7 +30,7 @@ FLOP_KEYS = {"flops_per_step": int, "onehot_equivalent_flops_per_step": int, "ac
              "peak_bf16_flops_per_s": type(None), "mfu": type(None), "mfu_onehot_equivalent": type(None)}
 
 
-def test_bench_command_prints_one_json_object_with_the_documented_keys(tmp_path, one_thread):
+def test_bench_command_prints_one_json_object_with_the_documented_keys(tmp_path):
     output = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", "--params", str(ROOT / "params.yaml"), *TINY, "--steps", "2",
                                       "--warmup", "1", "--device", "cpu", "--output", str(output),
@@ -101,7 +101,7 @@ def test_bench_stage_compares_both_schedules_in_their_own_processes(tmp_path: Pa
     monkeypatch.setattr(bench_stage, "NUM_STEPS", 1)
     monkeypatch.setattr(bench_stage, "NUM_WARMUP", 0)
     monkeypatch.setattr(bench_stage, "NUM_REPEATS", 2)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the child processes' torch threads (see one_thread)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the child processes' torch threads (see conftest.py)
     cfg = replace(tiny_train_config(), train={"max_steps": None})
     bench_stage.run(cfg, tmp_path)
     report = json.loads((tmp_path / "reports" / "bench.json").read_text())

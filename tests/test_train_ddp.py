@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 from gaugan import checkpoint as ckpt
 from gaugan.config import Config, replace
 from gaugan.train.loop import train
-from tests.test_train_loop import checkpoint_tensors, make_store, tiny_train_config
+from tests.training_support import checkpoint_tensors, make_store, tiny_train_config
 
 GRADIENT_RELATIVE_TOLERANCE = 1e-4  # of the tensor's largest gradient
 GRADIENT_ABSOLUTE_TOLERANCE = 1e-6  # covers the noise of zero-by-construction gradients

@@ -18,8 +18,8 @@ import torch
 from gaugan import checkpoint as ckpt
 from gaugan import losses
 from gaugan.config import Config, replace
-from gaugan.data.registry import resolve_dataset
 from gaugan.data.dataset import StoreDataset
+from gaugan.data.registry import resolve_dataset
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.models.loading import load_generator
 from gaugan.train import steps
@@ -27,68 +27,14 @@ from gaugan.train.bench import synthetic_batch
 from gaugan.train.guard import TrainingDiverged
 from gaugan.train.loop import build_training_models, make_optimizers, train
 from gaugan.train.steps import Networks, StepSettings, discriminator_step, generator_step, prepare_batch
-from pipeline.params import dump_config, load_config
-from stages import download as download_stage
-from stages import preprocess as preprocess_stage
+from pipeline.params import dump_config
 from stages import train as train_stage
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_train_config(size: int = 32, **train: object) -> Config:
-    """32x32 landscapes (8 train images), ngf/ndf 8, global batch 2: 4 steps per epoch."""
-    return replace(
-        load_config(ROOT / "params.yaml"),
-        data={"builtin": {"num_train": 8, "num_val": 4, "size": size, "seed": 0}, "num_workers": 0},
-        generator={"ngf": 8, "spade_hidden": 16},
-        discriminator={"ndf": 8},
-        encoder={"nef": 8, "z_dim": 16},
-        optim={"num_epochs_constant": 1, "num_epochs_decay": 2},
-        train={"batch_size": 2, "max_steps": 6, "log_every": 2, "sample_every": 100, "checkpoint_every": 100,
-               "device": "cpu", **train},
-        tracking={"enabled": False},
-    )
-
-
-def make_store(root: Path, size: int = 32) -> Path:
-    cfg = tiny_train_config(size)
-    download_stage.run(cfg, root, progress=False)
-    preprocess_stage.run(cfg, root)
-    return root / cfg.data.processed_dir
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny networks gain nothing from two, and on a shared,
-    loaded 2-core machine two spinning OpenMP threads made the tests several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.training_support import ROOT, assert_identical, make_store, tiny_train_config
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     return make_store(tmp_path_factory.mktemp("trainroot"))
-
-
-def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint's models and optimiser states, by a flat name."""
-    payload = ckpt.read_torch_file(path)
-    flat = {}
-    for model, state in payload["models"].items():
-        flat.update({f"{model}.{key}": value for key, value in state.items()})
-    for name, state in payload.get("optimizers", {}).items():
-        for index, param_state in state["state"].items():
-            flat.update({f"opt{name}.{index}.{key}": value for key, value in param_state.items()})
-    return flat
-
-
-def assert_identical(path_a: Path, path_b: Path) -> None:
-    a, b = checkpoint_tensors(path_a), checkpoint_tensors(path_b)
-    assert a.keys() == b.keys()
-    different = [key for key in a if not torch.equal(a[key], b[key])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
 def one_batch(store: Path, cfg: Config):
@@ -208,7 +154,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(store, tmp_path):
         sys.path.insert(0, {str(ROOT)!r})
         sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
         from pathlib import Path
-        from tests.test_train_loop import tiny_train_config
+        from tests.training_support import tiny_train_config
         from gaugan.config import replace
         from gaugan.train.loop import train
 

@@ -21,7 +21,7 @@ from gaugan.train.loop import build_training_models, make_optimizers, train
 from gaugan.train.runner import LOOKUP_MIN_LABEL_CHANNELS, make_step_runner, use_label_lookup
 from gaugan.train.schedule import set_learning_rate
 from gaugan.train.steps import StepSettings
-from tests.test_train_loop import assert_identical, make_store, one_thread, tiny_train_config  # noqa: F401 (fixture)
+from tests.training_support import assert_identical, make_store, tiny_train_config
 
 CPU = torch.device("cpu")
 

@@ -20,7 +20,7 @@ from gaugan.selection import SELECTION_FILE, num_training_samples
 from gaugan.train.loop import planned_steps, train
 from gaugan.training_evaluation import TrainingEvaluator, subset_indices
 from tests.test_eval_stages import stand_in_extractor
-from tests.test_train_loop import make_store, one_thread, tiny_train_config  # noqa: F401 (fixture)
+from tests.training_support import make_store, tiny_train_config
 
 CPU = torch.device("cpu")
 

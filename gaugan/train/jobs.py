@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
@@ -134,7 +135,7 @@ class MetricsLogger:
 @torch.no_grad()
 def render_samples(
     generator: nn.Module, batch: dict[str, Tensor], spec: DatasetSpec, device: torch.device,
-    dtype: torch.dtype | None, z_dim: int | None, seed: int,
+    dtype: torch.dtype | None, z_dim: int | None, seed: int, palette: np.ndarray,
 ) -> Image.Image:
     """Generate for a fixed batch in eval mode (as generation does), changing no state.
 
@@ -152,7 +153,7 @@ def render_samples(
             fake = generator(seg, z)
     finally:
         generator.train(was_training)
-    return sample_grid(batch["label"], to_uint8(fake), to_uint8(real), spec.num_label_values, spec.name)
+    return sample_grid(batch["label"], to_uint8(fake), to_uint8(real), palette)
 
 
 @dataclass
@@ -162,6 +163,7 @@ class SampleGrids:
     generator: nn.Module  # the EMA copy when there is one
     batch: dict[str, Tensor]
     spec: DatasetSpec
+    palette: np.ndarray  # colour of every stored index (gaugan.data.classes.class_table)
     device: torch.device
     dtype: torch.dtype | None
     z_dim: int | None
@@ -170,7 +172,8 @@ class SampleGrids:
     report_image: ImageCallback | None
 
     def __call__(self, progress: Progress, losses: Mapping[str, Tensor]) -> None:
-        grid = render_samples(self.generator, self.batch, self.spec, self.device, self.dtype, self.z_dim, self.seed)
+        grid = render_samples(self.generator, self.batch, self.spec, self.device, self.dtype, self.z_dim, self.seed,
+                              self.palette)
         path = self.folder / f"step_{progress.step:07d}.png"
         atomic_save_png(grid, path)
         if self.report_image is not None:

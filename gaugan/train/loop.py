@@ -38,6 +38,7 @@ from gaugan.checkpoint import (
     seed_everything,
 )
 from gaugan.config import Config, ConfigError, OptimConfig, config_to_dict
+from gaugan.data.classes import class_table
 from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.store import read_manifest, spec_from_manifest
@@ -215,7 +216,8 @@ def _train(
     evaluate_during_training: EpochEvaluator | None,
 ) -> TrainResult:
     device, main = context.device, context.is_main
-    spec = spec_from_manifest(read_manifest(store_dir))
+    manifest = read_manifest(store_dir)
+    spec = spec_from_manifest(manifest)
     config_dict, spec_dict = config_to_dict(cfg), dataclasses.asdict(spec)
     last_path, generator_path = out_dir / LAST_CHECKPOINT, out_dir / GENERATOR_CHECKPOINT
     check_sync_batchnorm(cfg.generator.param_free_norm, context)
@@ -278,7 +280,8 @@ def _train(
     jobs = [PeriodicJob("log", cfg.train.log_every, logger)]
     if main:
         sample_batch = _fixed_sample_batch(store_dir, spec, NUM_SAMPLE_ROWS)
-        samples = SampleGrids(ema.module if ema is not None else G, sample_batch, spec, device, dtype, z_dim,
+        palette = class_table(spec, manifest)[1]  # a custom dataset's classes file colours the grids too
+        samples = SampleGrids(ema.module if ema is not None else G, sample_batch, spec, palette, device, dtype, z_dim,
                               cfg.train.seed, out_dir / "samples", report_image)
         jobs.append(PeriodicJob("sample", cfg.train.sample_every, samples))
     if main and evaluate_during_training is not None:
