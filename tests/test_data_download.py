@@ -10,7 +10,6 @@ import io
 import json
 import re
 import socket
-import threading
 import zipfile
 
 import numpy as np
@@ -22,6 +21,7 @@ from gaugan.data.download import DownloadError, download_dataset, download_file,
 from gaugan.data.io import DataError
 from gaugan.data.semantic import instance_edges
 from stages import download as download_stage
+from tests.http_support import serving
 from tests.test_data_layouts import config, label_map, make_custom
 
 
@@ -57,16 +57,10 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     """A local HTTP server in a thread, stopped (and its socket closed) after the test."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
-    httpd.timeout = 5
-    httpd.files, httpd.requests, httpd.honour_range = {}, [], True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    httpd.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    with serving(_RangeHandler) as httpd:
+        httpd.timeout = 5
+        httpd.files, httpd.requests, httpd.honour_range = {}, [], True
+        yield httpd
 
 
 def zip_bytes(files: dict[str, bytes]) -> bytes:
@@ -99,7 +93,7 @@ def free_port() -> int:
 def test_download_verifies_md5(server, tmp_path):
     payload = bytes(range(256)) * 1000
     server.files["a.bin"] = payload
-    out = download_file(f"{server.base_url}/a.bin", tmp_path / "a.bin", md5(payload), progress=False)
+    out = download_file(f"{server.url}/a.bin", tmp_path / "a.bin", md5(payload), progress=False)
     assert out.read_bytes() == payload and not (tmp_path / "a.bin.partial").exists()
 
 
@@ -107,7 +101,7 @@ def test_resume_from_partial_file(server, tmp_path):
     payload = bytes(range(256)) * 1000
     server.files["a.bin"] = payload
     (tmp_path / "a.bin.partial").write_bytes(payload[:100_000])
-    download_file(f"{server.base_url}/a.bin", tmp_path / "a.bin", md5(payload), progress=False)
+    download_file(f"{server.url}/a.bin", tmp_path / "a.bin", md5(payload), progress=False)
     assert (tmp_path / "a.bin").read_bytes() == payload
     assert server.requests == [("a.bin", "bytes=100000-")]
 
@@ -116,7 +110,7 @@ def test_complete_partial_file_is_verified_not_refetched(server, tmp_path):
     payload = b"y" * 3000
     server.files["a.bin"] = payload
     (tmp_path / "a.bin.partial").write_bytes(payload)  # interrupted after the last byte
-    download_file(f"{server.base_url}/a.bin", tmp_path / "a.bin", md5(payload), progress=False)
+    download_file(f"{server.url}/a.bin", tmp_path / "a.bin", md5(payload), progress=False)
     assert (tmp_path / "a.bin").read_bytes() == payload  # the server answered 416: nothing left to fetch
 
 
@@ -124,14 +118,14 @@ def test_server_ignoring_range_restarts(server, tmp_path):
     payload = b"x" * 5000
     server.files["a.bin"], server.honour_range = payload, False
     (tmp_path / "a.bin.partial").write_bytes(b"garbage")
-    download_file(f"{server.base_url}/a.bin", tmp_path / "a.bin", md5(payload), progress=False)
+    download_file(f"{server.url}/a.bin", tmp_path / "a.bin", md5(payload), progress=False)
     assert (tmp_path / "a.bin").read_bytes() == payload
 
 
 def test_md5_mismatch_moves_file_aside(server, tmp_path):
     server.files["a.bin"] = b"the wrong content"
     with pytest.raises(DownloadError, match=r"md5 of the downloaded file is [0-9a-f]{32}, expected 0{32}.*moved aside"):
-        download_file(f"{server.base_url}/a.bin", tmp_path / "a.bin", "0" * 32, progress=False)
+        download_file(f"{server.url}/a.bin", tmp_path / "a.bin", "0" * 32, progress=False)
     assert not (tmp_path / "a.bin").exists()
     assert (tmp_path / "a.bin.md5-mismatch").read_bytes() == b"the wrong content"
 
@@ -146,7 +140,7 @@ def test_offline_is_a_clear_error_and_keeps_partial(tmp_path):
 
 def test_http_404_named(server, tmp_path):
     with pytest.raises(DownloadError, match="HTTP 404"):
-        download_file(f"{server.base_url}/missing.zip", tmp_path / "missing.zip", None, progress=False)
+        download_file(f"{server.url}/missing.zip", tmp_path / "missing.zip", None, progress=False)
 
 
 # ---------------------------------------------------------------- datasets
@@ -161,7 +155,7 @@ def test_facades_download_extract_and_marker(server, tmp_path):
         files[f"base/cmp_b{i:04d}.jpg"] = buffer.getvalue()
     archive = zip_bytes(files)
     server.files["CMP_facade_DB_base.zip"] = archive
-    resources = resources_with_base_url("facades", server.base_url, {"CMP_facade_DB_base.zip": md5(archive)})
+    resources = resources_with_base_url("facades", server.url, {"CMP_facade_DB_base.zip": md5(archive)})
     cfg = config("facades")
     marker = download_stage.run(cfg, tmp_path, resources=resources, progress=False)
     folder = tmp_path / "data" / "raw" / "facades"
@@ -176,7 +170,7 @@ def test_facades_download_extract_and_marker(server, tmp_path):
 
 def test_failed_checksum_reports_nothing_downloaded(server, tmp_path):
     server.files["ADEChallengeData2016.zip"] = zip_bytes({"ADEChallengeData2016/x.txt": b"x"})
-    resources = resources_with_base_url("ade20k", server.base_url)  # the real md5: cannot match
+    resources = resources_with_base_url("ade20k", server.url)  # the real md5: cannot match
     with pytest.raises(DownloadError, match="7328b3957e407ddae1d3cbf487f149ef"):
         download_stage.run(config("ade20k"), tmp_path, resources=resources, progress=False)
     folder = tmp_path / "data" / "raw" / "ade20k"
@@ -193,7 +187,7 @@ def test_real_table_untouched_by_test_tables():
 
 def test_corrupt_archive_is_a_clear_error(server, tmp_path):
     server.files["CMP_facade_DB_base.zip"] = b"not a zip"
-    resources = resources_with_base_url("facades", server.base_url)
+    resources = resources_with_base_url("facades", server.url)
     with pytest.raises(DownloadError, match="not a valid zip archive"):
         download_dataset("facades", tmp_path / "facades", resources, progress=False)
     assert not (tmp_path / "facades" / "download.json").exists()
@@ -230,7 +224,7 @@ def _coco_archives() -> dict[str, bytes]:
 def test_coco_download_builds_instance_maps_and_checks(server, tmp_path):
     archives = _coco_archives()
     server.files.update(archives)
-    resources = resources_with_base_url("coco", server.base_url, {name: md5(data) for name, data in archives.items()})
+    resources = resources_with_base_url("coco", server.url, {name: md5(data) for name, data in archives.items()})
     cfg = config("coco")
     marker = download_stage.run(cfg, tmp_path, resources=resources, progress=False)
     assert marker["built"] == {"train": {"images": 1, "annotations": 3}, "val": {"images": 1, "annotations": 3}}

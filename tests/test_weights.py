@@ -8,7 +8,6 @@ import hashlib
 import http.server
 import json
 import re
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import torch
 from gaugan.config import Config, replace
 from gaugan.weights import WeightFile, fetch, needed_weights
 from stages import weights as weights_stage
+from tests.http_support import serving
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -53,15 +53,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.files, httpd.requests, httpd.cut_once = {}, [], set()
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    with serving(_Handler) as httpd:
+        httpd.files, httpd.requests, httpd.cut_once = {}, [], set()
+        yield httpd
 
 
 PAYLOAD = bytes(range(256)) * 400
