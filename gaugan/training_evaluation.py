@@ -86,8 +86,8 @@ class TrainingEvaluator:
 
     def unavailable(self) -> dict[str, str]:
         """Registered metrics that cannot be scored during training, with the reason."""
-        return {m.name: missing_judge(self.judges, m.needs) for m in registered_metrics()
-                if missing_judge(self.judges, m.needs) is not None}
+        return {m.name: reason for m in registered_metrics()
+                if (reason := missing_judge(self.judges, m.needs)) is not None}
 
     def due(self, epoch: int) -> bool:
         return self.every > 0 and (epoch % self.every == 0 or epoch == self.num_epochs)
