@@ -77,14 +77,19 @@ class DataConfig:
 @dataclass(frozen=True)
 class GeneratorConfig:
     # "spade": the paper's generator; "clade": class-adaptive normalization (Tan et al.
-    # 2020) in place of SPADE; "pix2pixhd": the baseline fed the label map only at its input.
-    arch: Literal["spade", "clade", "pix2pixhd"] = "spade"
+    # 2020) in place of SPADE; "pix2pixhd": the baseline fed the label map only at its input;
+    # "oasis": the OASIS generator (Sushko et al. 2021; docs/OASIS.md): SPADE blocks, no
+    # encoder, one block fewer than SPADE's.
+    arch: Literal["spade", "clade", "pix2pixhd", "oasis"] = "spade"
     ngf: int = 64
     num_upsampling_layers: Literal["normal", "more", "most"] = "normal"
     param_free_norm: Literal["instance", "batch", "syncbatch"] = "syncbatch"
     spade_kernel_size: Literal[1, 3, 5] = 3
     spade_hidden: int = 128
     use_spectral_norm: bool = True
+    # 3D noise (OASIS): channels of N(0, 1) noise concatenated with the label map at G's
+    # input and in every SPADE layer (spade and oasis generators; OASIS uses 64); 0: none.
+    noise_channels: int = 0
     # pix2pixHD baseline only
     pix2pixhd_num_downsample: int = 4
     pix2pixhd_num_blocks: int = 9
@@ -92,11 +97,16 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    ndf: int = 64
-    num_discriminators: int = 2  # num_D
-    num_layers: int = 4  # n_layers_D
+    # "multiscale": the paper's PatchGANs on (label map, image), hinge loss (+ feature
+    # matching); "oasis": the OASIS segmentation discriminator on the image alone, trained
+    # with the class-balanced N+1 cross-entropy (and LabelMix; docs/OASIS.md).
+    arch: Literal["multiscale", "oasis"] = "multiscale"
+    ndf: int = 64  # oasis: the widths are ndf x (2, 2, 4, 4, 8, 8), as published at 64
+    num_discriminators: int = 2  # num_D (multiscale)
+    num_layers: int = 4  # n_layers_D (multiscale)
+    num_res_blocks: int = 6  # oasis: down (and up) residual blocks, 1..6; image sides multiples of 2**n
     use_spectral_norm: bool = True
-    norm: Literal["instance", "none"] = "instance"
+    norm: Literal["instance", "none"] = "instance"  # multiscale
 
 
 @dataclass(frozen=True)
@@ -109,19 +119,29 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    gan_mode: Literal["hinge", "ls", "original"] = "hinge"
-    use_feat_loss: bool = True
+    gan_mode: Literal["hinge", "ls", "original"] = "hinge"  # the multiscale discriminator's loss
+    use_feat_loss: bool = True  # feature matching (multiscale discriminator)
     lambda_feat: float = 10.0
     use_vgg_loss: bool = True
     lambda_vgg: float = 10.0
     vgg_weights: str | None = None  # path to vgg19-dcbb9e9d.pth; None: torch hub cache
     lambda_kld: float = 0.05
+    # OASIS discriminator only (docs/OASIS.md): weight the real pixels' cross-entropy by
+    # inverse class frequency, and LabelMix's consistency loss (published weights: 10 for
+    # ADE20K and COCO-Stuff, 5 for Cityscapes).
+    use_class_balancing: bool = True
+    use_labelmix: bool = False
+    lambda_labelmix: float = 10.0
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     lr: float = 2e-4
     use_ttur: bool = True  # G lr/2, D lr*2, betas (0, 0.9)
+    # The rates of G and D before the decay, replacing lr (and TTUR's split) when set
+    # (OASIS: G 1e-4, D 4e-4 with betas 0 / 0.999; Cityscapes G 4e-4).
+    lr_g: float | None = None
+    lr_d: float | None = None
     beta1: float = 0.5  # used without TTUR
     beta2: float = 0.999  # used without TTUR
     num_epochs_constant: int = 100  # niter
@@ -146,6 +166,10 @@ class TrainConfig:
     cudnn_benchmark: bool = True
     use_ema: bool = False
     ema_decay: float = 0.999
+    # Batches of training images that the EMA generator's batch-norm statistics are
+    # recomputed on before it is sampled, scored or saved (its weights are an average,
+    # so G's statistics do not fit it; OASIS does the same with 51); 0: copy G's.
+    ema_statistics_batches: int = 50
     log_every: int = 10
     sample_every: int = 200
     checkpoint_every: int = 500
@@ -302,7 +326,7 @@ def _check_ranges(obj: Any, prefix: str) -> None:
     positive_ints = {
         BuiltinDataConfig: ("num_train", "num_val", "size"),
         GeneratorConfig: ("ngf", "spade_hidden", "pix2pixhd_num_blocks"),
-        DiscriminatorConfig: ("ndf", "num_discriminators", "num_layers"),
+        DiscriminatorConfig: ("ndf", "num_discriminators", "num_layers", "num_res_blocks"),
         EncoderConfig: ("nef", "z_dim"),
         TrainConfig: ("batch_size", "log_every", "sample_every", "checkpoint_every"),
         SegmenterConfig: ("width", "num_steps", "batch_size"),
@@ -340,13 +364,46 @@ def _check_ranges(obj: Any, prefix: str) -> None:
                 "training)")
     if isinstance(obj, GeneratorConfig):
         require(obj.pix2pixhd_num_downsample >= 0, "pix2pixhd_num_downsample", obj.pix2pixhd_num_downsample, ">= 0")
+        require(obj.noise_channels >= 0, "noise_channels", obj.noise_channels, "an integer >= 0 (0: no 3D noise)")
+        require(obj.noise_channels == 0 or obj.arch in ("spade", "oasis"), "noise_channels", obj.noise_channels,
+                f"0 with generator.arch {obj.arch!r} (3D noise needs the spade or oasis generator)")
+    if isinstance(obj, DiscriminatorConfig):
+        require(obj.num_res_blocks <= 6, "num_res_blocks", obj.num_res_blocks, "an integer from 1 to 6")
+    if isinstance(obj, LossConfig):
+        require(obj.lambda_labelmix >= 0, "lambda_labelmix", obj.lambda_labelmix, "a number >= 0")
+    if isinstance(obj, OptimConfig):
+        for name in ("lr_g", "lr_d"):
+            value = getattr(obj, name)
+            require(value is None or value > 0, name, value, "null or a number > 0")
+    if isinstance(obj, TrainConfig):
+        require(obj.ema_statistics_batches >= 0, "ema_statistics_batches", obj.ema_statistics_batches,
+                "an integer >= 0 (0: copy G's statistics)")
+
+
+def _check_combinations(cfg: Config) -> None:
+    """Settings of different sections that contradict each other; each error says what to set."""
+    if cfg.encoder.use_vae and cfg.generator.arch == "oasis":
+        raise ConfigError("encoder.use_vae: true needs generator.arch 'spade' or 'clade'; the oasis generator takes "
+                          "3D noise instead of a style code (set encoder.use_vae=false)")
+    if cfg.encoder.use_vae and cfg.generator.noise_channels:
+        raise ConfigError(f"generator.noise_channels: got {cfg.generator.noise_channels} with encoder.use_vae: true; "
+                          f"a generator takes either the VAE's z or 3D noise (set one of them to 0 / false)")
+    if cfg.discriminator.arch == "oasis" and cfg.loss.use_feat_loss:
+        raise ConfigError("loss.use_feat_loss: true needs discriminator.arch 'multiscale' (feature matching compares "
+                          "PatchGAN features; the oasis discriminator is trained with its N+1 loss alone); set "
+                          "loss.use_feat_loss=false")
+    if cfg.discriminator.arch == "multiscale" and cfg.loss.use_labelmix:
+        raise ConfigError("loss.use_labelmix: true needs discriminator.arch 'oasis' (LabelMix regularises a "
+                          "per-pixel discriminator); set loss.use_labelmix=false")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build a validated :class:`Config` from a plain mapping (e.g. parsed params.yaml)."""
     if not isinstance(data, dict):
         raise ConfigError(f"the configuration must be a mapping of sections, got {type(data).__name__}")
-    return _from_dict(Config, data, "")
+    cfg = _from_dict(Config, data, "")
+    _check_combinations(cfg)
+    return cfg
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

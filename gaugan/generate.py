@@ -10,7 +10,8 @@ VAE generators (paper section 3.3) need a z per image. By default it comes from 
 N(0, I) with a fixed seed, and z for image ``i`` depends only on ``(seed, i)``, so the
 images do not change with the batch size or the device (docs/SPADE.md section 4: never
 evaluate by encoding the ground-truth photo). With a style image, every z is sampled from
-the encoder's posterior for that one photo.
+the encoder's posterior for that one photo. Generators with 3D noise (OASIS) get the noise
+of image ``i`` from ``(seed, i)`` the same way (:func:`gaugan.models.noise.noise_for_images`).
 
 Everything is written into a temporary folder that replaces the output folder at the
 end: an interrupted run leaves the previous complete set, never a mix.
@@ -38,6 +39,7 @@ from gaugan.errors import UserError
 from gaugan.generated import split_stems
 from gaugan.models.encoder import ConvEncoder
 from gaugan.models.loading import LoadedGenerator
+from gaugan.models.noise import noise_for_images
 from gaugan.visualize import sample_grid, to_uint8
 
 GRID_ROWS = 8
@@ -102,13 +104,15 @@ def synthesize_batch(
     seed: int,
     mu: Tensor | None = None,
     logvar: Tensor | None = None,
+    noise_channels: int = 0,
 ) -> Tensor:
     """uint8 (B, 3, H, W) images for a store batch, the generator in whatever mode it is in.
 
     VAE generators: z of image ``i`` from ``(seed, i)`` (:func:`latent_for`): the prior, or,
     with a style's ``mu`` and ``logvar``, the encoder's reparameterisation
     ``mu + eps * exp(logvar / 2)`` with that same per-image noise, so the images never
-    depend on the batching.
+    depend on the batching. Generators with ``noise_channels`` of 3D noise: the noise of
+    image ``i`` from ``(seed, i)`` likewise.
     """
     instance = batch.get("instance")
     instance = instance.to(device, non_blocking=True) if instance is not None else None
@@ -118,6 +122,8 @@ def synthesize_batch(
         z = latent_for(batch["index"], z_dim, seed).to(device)
         if mu is not None:
             z = mu + z * torch.exp(0.5 * logvar)
+    elif noise_channels:
+        z = noise_for_images(batch["index"], noise_channels, seg.shape[-2:], seed, device)
     return to_uint8(generator(seg, z))
 
 
@@ -159,6 +165,9 @@ def generate_split(
     if style is not None:
         mu, logvar = encoder.to(device).eval()(style.to(device))
     latent = "none (not a VAE generator)"
+    noise_channels = loaded.config.noise_channels
+    if noise_channels:
+        latent = f"3D noise N(0, I) of {noise_channels} channels, one vector per image from (seed {seed}, i)"
     if loaded.z_dim is not None:
         latent = (f"posterior of the style image (encoder mean/variance), seed {seed}" if style is not None
                   else f"prior N(0, I), seed {seed}, z of image i from (seed, i)")
@@ -173,7 +182,7 @@ def generate_split(
     try:
         for batch in loader:
             fake = synthesize_batch(generator, batch, store_spec.num_label_values, device, loaded.z_dim, seed, mu,
-                                    logvar)
+                                    logvar, noise_channels)
             for image, index in zip(fake, batch["index"].tolist()):
                 Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_dir / f"{stems[index]}.png", format="PNG")
             count += fake.shape[0]

@@ -12,6 +12,8 @@ weights (``loss.lambda_feat / num_discriminators`` for feature matching, ``loss.
 - VGG19 perceptual loss: L1 between relu1_1 .. relu5_1 features, weights 1/32 .. 1, real
   detached, images fed in [-1, 1] as they are (no ImageNet normalisation, as published).
 - KL divergence of the VAE posterior from N(0, 1), summed over batch and dimensions.
+- OASIS (Sushko et al. 2021, section 3; docs/OASIS.md section 1): the class-balanced N+1
+  cross-entropy of a segmentation discriminator, its class weights, and LabelMix.
 
 Every reduction runs in float32, so the losses are safe under bf16 / fp16 autocast.
 """
@@ -192,3 +194,64 @@ class VGGLoss(nn.Module):
             fake_features, real_features = x.split(fake.shape[0], dim=0)
             total = total + weight * F.l1_loss(fake_features.float(), real_features.detach().float())
         return total
+
+
+# --------------------------------------------------------------------------------------
+# OASIS: the N+1 segmentation loss and LabelMix.
+
+
+def class_balance_weights(labels: Tensor, num_classes: int, ignore_index: int | None = None) -> Tensor:
+    """(B, H, W) label indices -> (B, H, W) per-pixel weights: inverse class frequency in the batch.
+
+    As OASIS computes them: class c's weight is ``B*H*W / (K * n_c)``, with ``n_c`` the pixels
+    of class c in the whole batch and K the number of classes present, so that every present
+    class carries the same total weight and a uniform map weighs 1 everywhere. Pixels of
+    ``ignore_index`` (the don't-care class) weigh 0 and are neither counted in K nor in the
+    class pixels (they still count in ``B*H*W``, as published). Shapes stay static and nothing
+    is read back to the host, so this runs inside CUDA graphs.
+    """
+    flat = labels.reshape(-1).long()
+    counts = torch.zeros(num_classes, device=labels.device, dtype=torch.float32)
+    counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
+    if ignore_index is not None:
+        counts[ignore_index] = 0.0
+    present = (counts > 0).sum()
+    coefficients = torch.where(counts > 0, flat.numel() / (present * counts).clamp_min(1.0), torch.zeros_like(counts))
+    return coefficients[labels.long()]
+
+
+def n_plus_one_loss(logits: Tensor, labels: Tensor, target_is_real: bool, weights: Tensor | None = None) -> Tensor:
+    """OASIS's adversarial loss on a segmentation discriminator's (B, 1 + N, H, W) logits.
+
+    Real: every pixel against its class (index ``label + 1``), weighted by ``weights`` (class
+    balancing; None: 1) and averaged over all pixels. Fake: every pixel against the fake class
+    (index 0), a plain average. D gets real images as real and fakes as fake; G gets its fakes
+    as real (against their label map's classes).
+    """
+    logits = logits.float()
+    if target_is_real:
+        per_pixel = F.cross_entropy(logits, labels.long() + 1, reduction="none")
+        return (per_pixel * weights).mean() if weights is not None else per_pixel.mean()
+    return F.cross_entropy(logits, torch.zeros_like(labels, dtype=torch.long))
+
+
+def labelmix_mask(labels: Tensor, num_classes: int) -> Tensor:
+    """(B, H, W) labels -> (B, 1, H, W) float mask in {0, 1}: one fair coin per class, shared by the batch.
+
+    The binary mask of LabelMix: the pixels of each class all come from the real image (1) or
+    all from the fake (0). The coins come from the global RNG of the labels' device; the
+    shape is static (no ``unique``), so it also runs inside CUDA graphs.
+    """
+    coins = torch.randint(0, 2, (num_classes,), device=labels.device).float()
+    return coins[labels.long()].unsqueeze(1)
+
+
+def labelmix_loss(mask: Tensor, mixed: Tensor, fake: Tensor, real: Tensor) -> Tensor:
+    """LabelMix's consistency loss: ``MSE(D(mix(real, fake)), mix(D(real), D(fake)))`` on the logits.
+
+    ``mixed``, ``fake`` and ``real`` are D's logits of the mixed, fake and real images; the
+    mask mixes the logits the way it mixed the images (gradients reach all three).
+    """
+    mask = mask.float()
+    target = mask * real.float() + (1.0 - mask) * fake.float()
+    return F.mse_loss(mixed.float(), target)

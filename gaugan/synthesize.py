@@ -4,12 +4,15 @@ The label map is read as class indices, mapped with the dataset's conventions (d
 value, valid range), resized with nearest neighbours to the generator's size (as the
 official test does), turned into the one-hot map with the instance edge channel where the
 dataset uses one, and fed to the generator in eval mode. A VAE generator draws z from the
-prior with the given seed, or encodes a style image.
+prior with the given seed, or encodes a style image. A generator with 3D noise (OASIS) gets
+the seed's noise vector at every pixel, and optionally other seeds' vectors in the regions
+of chosen classes (the paper's local re-sampling; :func:`gaugan.models.noise.edited_noise`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,7 @@ from gaugan.data.semantic import semantic_input
 from gaugan.errors import UserError
 from gaugan.models.encoder import ConvEncoder, reparameterize
 from gaugan.models.loading import LoadedGenerator, load_encoder, load_generator
+from gaugan.models.noise import edited_noise
 from gaugan.train.distributed import resolve_device
 from gaugan.visualize import to_uint8
 
@@ -91,11 +95,14 @@ def synthesize_image(
     seed: int = 0,
     style: Tensor | None = None,
     encoder: ConvEncoder | None = None,
+    class_seeds: Mapping[int, int] | None = None,
 ) -> Image.Image:
     """One image from label indices (H, W) at the generator's size, with the generator in eval mode.
 
     VAE generators: z from N(0, 1) seeded by ``seed``, or, with ``style`` (and its
     ``encoder``), sampled from the encoder's posterior for that image (the same seed).
+    Generators with 3D noise: ``seed``'s noise, re-drawn from ``class_seeds[c]`` in class
+    ``c``'s pixels.
     """
     generator = loaded.generator.eval()
     device = next(generator.parameters()).device
@@ -114,6 +121,12 @@ def synthesize_image(
             z = torch.randn(1, loaded.z_dim, device=device, generator=random)
     elif style is not None:
         raise SynthesisError(f"{loaded.path}: --style needs a VAE generator (encoder.use_vae=true); this one is not")
+    noise_channels = loaded.config.noise_channels
+    if noise_channels:
+        z = edited_noise(label_tensor[0], noise_channels, seed, class_seeds)
+    elif class_seeds:
+        raise SynthesisError(f"{loaded.path}: re-drawing a class's noise needs a generator with 3D noise "
+                             f"(generator.noise_channels > 0, e.g. OASIS); this one has none")
     return to_pil(generator(seg, z)[0])
 
 

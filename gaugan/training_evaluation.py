@@ -5,7 +5,7 @@ the best); the paper reports only the final generator. :class:`TrainingEvaluator
 callable the training loop takes (``gaugan.train.loop.train(...,
 evaluate_during_training=...)``): every ``evaluate.every_epochs`` epochs, and after the last,
 it synthesises a fixed subset of ``evaluate.during_training_images`` label maps in eval mode
-(z of image i from (train.seed, i)), scores them with the registered metrics whose judges
+(z or 3D noise of image i from (train.seed, i)), scores them with the registered metrics whose judges
 are there (:mod:`gaugan.metrics.registry`), returns ``{mlflow key: value}`` for the loop to
 report (curves ``fid/val``, ``miou/val`` against the step), and keeps the generator with the
 best FID and the best mIoU so far as ``generator_best_fid.pt`` / ``generator_best_miou.pt``
@@ -116,7 +116,7 @@ class TrainingEvaluator:
         for start in range(0, len(self.items["index"]), size):
             batch = {key: value[start:start + size] for key, value in self.items.items()}
             fake = synthesize_batch(generator, batch, self.spec.num_label_values, self.device, self.z_dim,
-                                    self.cfg.train.seed)
+                                    self.cfg.train.seed, noise_channels=self.cfg.generator.noise_channels)
             yield {"generated": fake, "real": batch["image"], "label": batch["label"]}
 
     def _keep_real_features(self, features: np.ndarray) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from gaugan.config import Config, config_to_dict, flatten
 from gaugan.data.io import atomic_write_json, file_digest
+from gaugan.methods import method_name
 from pipeline.dvc import current_context
 from pipeline.stage import sigterm_unwinds
 from pipeline.tracking_store import (
@@ -151,7 +152,8 @@ class Tracker(NullTracker):
             self.client.log_batch(self.run_id, tags=changed)
 
     def log_config(self, cfg: Config) -> None:
-        self.log_params(flatten(config_to_dict(cfg)))
+        # "method" (SPADE, OASIS, a pairing): runs filter by it (params.method = 'OASIS').
+        self.log_params({**flatten(config_to_dict(cfg)), "method": method_name(cfg)})
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric

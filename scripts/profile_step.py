@@ -26,7 +26,8 @@ from gaugan.config import Config, replace
 from gaugan.data.registry import resolve_dataset
 from gaugan.train.bench import LOOKUP_FLOP_FORMULAS, reference_config, training_setup
 from gaugan.train.performance import configure_device
-from gaugan.train.steps import discriminate, generate_fake, prepare_batch
+from gaugan.train.adversaries import discriminate
+from gaugan.train.steps import generate_fake, prepare_batch
 
 CONFIGS = {
     # README "Speed": the 2-core CPU target (64x64, 8 classes + edge, ngf/ndf 16, SPADE hidden 128, batch 8, no VGG)

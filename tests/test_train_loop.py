@@ -26,7 +26,7 @@ from gaugan.train import steps
 from gaugan.train.bench import synthetic_batch
 from gaugan.train.guard import TrainingDiverged
 from gaugan.train.loop import build_training_models, make_optimizers, train
-from gaugan.train.steps import Networks, StepSettings, discriminator_step, generator_step, prepare_batch
+from gaugan.train.steps import Networks, discriminator_step, generator_step, prepare_batch, step_settings
 from pipeline.params import dump_config
 from stages import train as train_stage
 from tests.training_support import ROOT, assert_identical, make_store, tiny_train_config
@@ -48,9 +48,7 @@ def step_objects(cfg: Config, spec, skip_d_weight_grads: bool = True):
     torch.manual_seed(0)
     G, D, E = build_training_models(cfg, spec)
     optimizers = make_optimizers(cfg, G, D, E, torch.device("cpu"), epoch=0)
-    settings = StepSettings(cfg.loss, cfg.discriminator.num_discriminators,
-                            skip_d_weight_grads_in_g_step=skip_d_weight_grads,
-                            fake_requires_grad_in_d_step=not skip_d_weight_grads)
+    settings = step_settings(cfg, spec, reference=not skip_d_weight_grads)
     return Networks(G=G, D=D, D_module=D, E=E), optimizers, settings
 
 
@@ -330,7 +328,7 @@ def test_mixed_precision_steps_keep_fp32_weights_and_losses(dtype):
     assert spectral_norm_in_fp32(networks.G) > 0 and spectral_norm_in_fp32(networks.D) > 0
     if dtype is torch.float16:
         optimizers.scaler_G, optimizers.scaler_D = torch.amp.GradScaler("cpu"), torch.amp.GradScaler("cpu")
-    settings = StepSettings(cfg.loss, cfg.discriminator.num_discriminators, autocast_dtype=dtype)
+    settings = step_settings(cfg, spec, autocast_dtype=dtype)
     for _ in range(2):
         g_losses = generator_step(networks, optimizers, seg, real, settings)
         d_losses = discriminator_step(networks, optimizers, seg, real, settings)

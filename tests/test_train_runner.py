@@ -20,7 +20,7 @@ from gaugan.train.cuda_graphs import EagerRecorder, GraphedStep
 from gaugan.train.loop import build_training_models, make_optimizers, train
 from gaugan.train.runner import LOOKUP_MIN_LABEL_CHANNELS, make_step_runner, use_label_lookup
 from gaugan.train.schedule import set_learning_rate
-from gaugan.train.steps import StepSettings
+from gaugan.train.steps import step_settings
 from tests.training_support import assert_identical, make_store, tiny_train_config
 
 CPU = torch.device("cpu")
@@ -32,7 +32,7 @@ def runner_for(cfg, seed: int = 0):
     torch.manual_seed(seed)
     G, D, E = build_training_models(cfg, spec)
     optimizers = make_optimizers(cfg, G, D, E, CPU, epoch=0)
-    settings = StepSettings(cfg.loss, cfg.discriminator.num_discriminators)
+    settings = step_settings(cfg, spec)
     return make_step_runner(cfg, spec, CPU, (G, D, E), optimizers, settings), spec, (G, D, E)
 
 

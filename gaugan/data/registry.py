@@ -16,6 +16,8 @@ from gaugan.config import DATASET_NAMES, ConfigError, DataConfig
 
 # Custom data: crop heights are multiples of this (the default generator's 5 upsamplings).
 ASPECT_MULTIPLE = 32
+# Datasets whose class 0 holds the unlabelled pixels (ADE20K's "other", Cityscapes' "unlabeled").
+ZERO_IS_VOID = ("ade20k", "ade20k_outdoor", "cityscapes")
 LANDSCAPE_CLASSES = ("sky", "cloud", "mountain", "snow", "water", "sand", "grass", "tree", "rock", "bush")
 
 
@@ -41,6 +43,18 @@ class DatasetSpec:
     def label_channels(self) -> int:
         """semantic_nc: channels of the one-hot input to G and D (labels + dontcare + edge)."""
         return self.num_label_values + int(self.use_instance)
+
+    @property
+    def void_index(self) -> int | None:
+        """The stored index of unlabelled pixels, which the OASIS loss gives no weight; None: none.
+
+        The don't-care index (``label_nc``) where a raw value maps to it (COCO-Stuff's 255, a
+        custom dataset's ``dontcare_label``); for ADE20K ("other") and Cityscapes
+        ("unlabeled") class 0, as the OASIS code treats them (docs/OASIS.md section 1).
+        """
+        if self.name in ZERO_IS_VOID:
+            return 0
+        return self.label_nc if self.contain_dontcare and self.dontcare_value is not None else None
 
     @property
     def image_size(self) -> tuple[int, int]:

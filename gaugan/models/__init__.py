@@ -2,9 +2,11 @@
 
 ``build_generator`` builds the generator that ``generator.arch`` names in :data:`GENERATORS`,
 the registry of architectures (an unknown name is an error listing the registered ones);
-``build_discriminator`` and ``build_encoder`` take their own section of the config plus
-derived numbers. ``published_*`` give the official configuration of a dataset
-(docs/SPADE.md section 1) for parameter counts and official checkpoints.
+``build_discriminator`` builds the one ``discriminator.arch`` names in
+:data:`DISCRIMINATORS`; ``build_encoder`` takes its own section of the config. All take
+derived numbers besides. ``published_*`` give the authors' configuration of a dataset for a
+method (SPADE: docs/SPADE.md section 1; OASIS: docs/OASIS.md section 2) for parameter counts
+and official checkpoints.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from gaugan.config import ConfigError, DiscriminatorConfig, EncoderConfig, Gener
 from gaugan.data.registry import DatasetSpec
 from gaugan.models.discriminator import MultiscaleDiscriminator, NLayerDiscriminator, split_discriminator_output
 from gaugan.models.encoder import ConvEncoder, reparameterize
-from gaugan.models.generator import Pix2PixHDGenerator, SPADEGenerator, SPADEResBlock, start_size
+from gaugan.models.generator import OASISGenerator, Pix2PixHDGenerator, SPADEGenerator, SPADEResBlock, start_size
 from gaugan.models.init import init_weights
+from gaugan.models.oasis_discriminator import OASISDiscriminator
 from gaugan.models.spade import CLADE, SPADE
 
 __all__ = [
@@ -29,16 +32,21 @@ __all__ = [
     "ConvEncoder",
     "MultiscaleDiscriminator",
     "NLayerDiscriminator",
+    "OASISDiscriminator",
+    "OASISGenerator",
     "Pix2PixHDGenerator",
     "SPADEGenerator",
     "SPADEResBlock",
+    "DISCRIMINATORS",
     "GENERATORS",
     "GENERATOR_ARCHS",
+    "METHODS",
     "build_discriminator",
     "build_encoder",
     "build_generator",
     "count_parameters",
     "init_weights",
+    "published_configs",
     "published_generator_config",
     "published_parameter_counts",
     "reparameterize",
@@ -60,6 +68,13 @@ def _pix2pixhd(cfg: GeneratorConfig, label_channels: int, image_size: tuple[int,
     return Pix2PixHDGenerator(cfg, label_channels, image_size)
 
 
+def _oasis(cfg: GeneratorConfig, label_channels: int, image_size: tuple[int, int], z_dim: int | None) -> nn.Module:
+    if z_dim is not None:
+        raise ConfigError("encoder.use_vae: true needs generator.arch 'spade' or 'clade'; the oasis generator takes "
+                          "3D noise instead (set encoder.use_vae: false)")
+    return OASISGenerator(cfg, label_channels, image_size)
+
+
 # The registry of generator architectures: ``generator.arch`` -> builder
 # ``(cfg, label_channels, image_size, z_dim) -> G``. Every entry takes the one-hot map or
 # SemanticLabels as ``G(seg, z)``; tests run over all of them.
@@ -67,8 +82,24 @@ GENERATORS: dict[str, GeneratorBuilder] = {
     "spade": SPADEGenerator,  # SPADE norms
     "clade": SPADEGenerator,  # the same network with CLADE norms (the class reads cfg.arch)
     "pix2pixhd": _pix2pixhd,  # the paper's baseline
+    "oasis": _oasis,  # OASIS (Sushko et al. 2021): SPADE blocks and 3D noise
 }
 GENERATOR_ARCHS = tuple(GENERATORS)
+
+DiscriminatorBuilder = Callable[[DiscriminatorConfig, int, int], nn.Module]
+
+# The registry of discriminator architectures: ``discriminator.arch`` -> builder
+# ``(cfg, label_channels, num_classes) -> D``. The multiscale PatchGAN sees the label map
+# (``label_channels`` + 3 input channels) and returns features per scale; the OASIS one sees
+# the image and returns 1 + ``num_classes`` logits per pixel. The step's adversary
+# (gaugan.train.adversaries) knows what each returns.
+DISCRIMINATORS: dict[str, DiscriminatorBuilder] = {
+    "multiscale": lambda cfg, label_channels, num_classes: MultiscaleDiscriminator(cfg, label_channels + IMAGE_CHANNELS),
+    "oasis": lambda cfg, label_channels, num_classes: OASISDiscriminator(cfg, num_classes),
+}
+
+# Methods with a published configuration (``gaugan params --model``).
+METHODS = ("spade", "oasis")
 
 
 def build_generator(
@@ -84,9 +115,14 @@ def build_generator(
     return builder(cfg, label_channels, image_size, z_dim)
 
 
-def build_discriminator(cfg: DiscriminatorConfig, label_channels: int) -> MultiscaleDiscriminator:
-    """D on ``cat(label map, image)``: ``label_channels + 3`` input channels."""
-    return MultiscaleDiscriminator(cfg, label_channels + IMAGE_CHANNELS)
+def build_discriminator(cfg: DiscriminatorConfig, label_channels: int, num_classes: int | None = None) -> nn.Module:
+    """The discriminator for ``cfg.arch``: ``label_channels`` is the one-hot map's channels (with the
+    edge channel), ``num_classes`` the label map's classes (with don't-care; the oasis
+    discriminator's output is 1 + num_classes; default: ``label_channels``)."""
+    builder = DISCRIMINATORS.get(cfg.arch)
+    if builder is None:
+        raise ConfigError(f"discriminator.arch: got {cfg.arch!r}, expected one of {', '.join(DISCRIMINATORS)}")
+    return builder(cfg, label_channels, label_channels if num_classes is None else num_classes)
 
 
 def build_encoder(cfg: EncoderConfig) -> ConvEncoder:
@@ -105,18 +141,36 @@ def published_generator_config(dataset: str) -> GeneratorConfig:
     return GeneratorConfig()
 
 
-def published_parameter_counts(spec: DatasetSpec) -> dict[str, int]:
-    """Parameter counts of G, D and E at the official configuration for ``spec``'s channels.
+# OASIS's published networks (docs/OASIS.md section 2): 64 channels, 3D noise of 64, six
+# generator blocks (five upsamplings, Cityscapes too), the segmentation discriminator.
+OASIS_GENERATOR = GeneratorConfig(arch="oasis", noise_channels=64)
+OASIS_DISCRIMINATOR = DiscriminatorConfig(arch="oasis")
 
-    Built on the meta device: no memory is allocated and nothing is initialised, so the
-    full-size networks cost milliseconds.
+
+def published_configs(dataset: str, method: str) -> tuple[GeneratorConfig, DiscriminatorConfig]:
+    """The authors' generator and discriminator settings of ``method`` for ``dataset``."""
+    if method == "spade":
+        return published_generator_config(dataset), DiscriminatorConfig()
+    if method == "oasis":
+        return OASIS_GENERATOR, OASIS_DISCRIMINATOR
+    raise ConfigError(f"method: got {method!r}, expected one of {', '.join(METHODS)}")
+
+
+def published_parameter_counts(spec: DatasetSpec, method: str = "spade") -> dict[str, int]:
+    """Parameter counts of the networks of ``method`` at the authors' configuration for ``spec``.
+
+    SPADE: G, D and E. OASIS: G and D; OASIS uses no instance maps, so its label input is
+    the classes alone (``spec.num_label_values``: 151 for ADE20K, 183 for COCO-Stuff, 35 for
+    Cityscapes), and it has no encoder. Built on the meta device: no memory is allocated and
+    nothing is initialised, so the full-size networks cost milliseconds.
     """
+    generator_cfg, discriminator_cfg = published_configs(spec.name, method)
+    label_channels = spec.label_channels if method == "spade" else spec.num_label_values
     with torch.device("meta"):
-        generator = build_generator(published_generator_config(spec.name), spec.label_channels, spec.image_size)
-        discriminator = build_discriminator(DiscriminatorConfig(), spec.label_channels)
-        encoder = build_encoder(EncoderConfig())
-    return {
-        "G": count_parameters(generator),
-        "D": count_parameters(discriminator),
-        "E": count_parameters(encoder),
-    }
+        generator = build_generator(generator_cfg, label_channels, spec.image_size)
+        discriminator = build_discriminator(discriminator_cfg, label_channels, spec.num_label_values)
+        encoder = build_encoder(EncoderConfig()) if method == "spade" else None
+    counts = {"G": count_parameters(generator), "D": count_parameters(discriminator)}
+    if encoder is not None:
+        counts["E"] = count_parameters(encoder)
+    return counts

@@ -7,6 +7,15 @@ normalisation inside the blocks is SPADE or, as a drop-in, CLADE (``generator.ar
 
 ``Pix2PixHDGenerator`` is the paper's baseline family (Table 1, "pix2pixHD"): an
 encoder / residual / decoder network that sees the label map only at its input.
+
+``OASISGenerator`` is the generator of OASIS (Sushko et al., ICLR 2021; docs/OASIS.md
+section 2): the same SPADE residual blocks, one fewer of them at full width, no encoder,
+and 3D noise concatenated with the label map. Its submodule names (``fc``, ``body.<i>``,
+``conv_img``) are the authors' so that their weights map onto it key for key.
+
+Both SPADE-based generators take 3D noise when ``generator.noise_channels`` > 0
+(:mod:`gaugan.models.noise`): ``G(seg, z)`` with ``z`` the (B, C, H, W) noise (or (B, C)
+vectors, spread over the image), drawn from the global RNG when not given.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from gaugan.config import ConfigError, GeneratorConfig
 from gaugan.data.semantic import SemanticLabels
 from gaugan.models.init import init_weights
 from gaugan.models.layers import conv_norm, maybe_spectral_norm
+from gaugan.models.noise import sample_noise, spread
 from gaugan.models.spade import CLADE, SPADE, Segmap, dense_segmap, prepare_segmap
 
 # Number of x2 upsamplings from the start size to the output (docs/SPADE.md section 1).
@@ -128,6 +138,10 @@ class SPADEGenerator(nn.Module):
             raise ConfigError(f"generator.arch: SPADEGenerator builds 'spade' or 'clade', got {cfg.arch!r}")
         self.num_upsampling_layers = cfg.num_upsampling_layers
         self.z_dim = z_dim
+        self.noise_channels = cfg.noise_channels
+        if self.noise_channels and (z_dim is not None or cfg.arch != "spade"):
+            raise ConfigError("generator.noise_channels > 0 needs generator.arch 'spade' or 'oasis' without the VAE "
+                              "encoder (set generator.noise_channels=0 or encoder.use_vae=false)")
         self.start_height, self.start_width = start_size(cfg, image_size)
         if cfg.param_free_norm == "instance" and self.start_height * self.start_width == 1:
             # Instance statistics of a single pixel are undefined (torch refuses them).
@@ -139,14 +153,9 @@ class SPADEGenerator(nn.Module):
             )
         ngf = cfg.ngf
         self.start_channels = 16 * ngf
+        condition_channels = label_channels + self.noise_channels
         if cfg.arch == "spade":
-            make_norm: NormFactory = functools.partial(
-                SPADE,
-                label_channels=label_channels,
-                param_free_norm=cfg.param_free_norm,
-                kernel_size=cfg.spade_kernel_size,
-                hidden_channels=cfg.spade_hidden,
-            )
+            make_norm: NormFactory = _spade_norm(cfg, condition_channels)
         else:
             make_norm = functools.partial(CLADE, label_channels=label_channels, param_free_norm=cfg.param_free_norm)
         block = functools.partial(SPADEResBlock, make_norm=make_norm, use_spectral_norm=cfg.use_spectral_norm)
@@ -155,7 +164,7 @@ class SPADEGenerator(nn.Module):
             # VAE: z -> the start tensor; the label map enters only through the norms.
             self.fc = nn.Linear(z_dim, 16 * ngf * self.start_height * self.start_width)
         else:
-            self.fc = nn.Conv2d(label_channels, 16 * ngf, 3, padding=1)
+            self.fc = nn.Conv2d(condition_channels, 16 * ngf, 3, padding=1)
         self.head_0 = block(16 * ngf, 16 * ngf)
         self.G_middle_0 = block(16 * ngf, 16 * ngf)
         self.G_middle_1 = block(16 * ngf, 16 * ngf)
@@ -178,6 +187,7 @@ class SPADEGenerator(nn.Module):
                 z = torch.randn(like.shape[0], self.z_dim, device=like.device, dtype=dtype)
             x = self.fc(z).view(-1, self.start_channels, self.start_height, self.start_width)
         else:
+            seg = with_noise(seg, z, self.noise_channels, self.fc.weight.dtype)
             x = self.fc(dense_segmap(seg, (self.start_height, self.start_width), self.fc.weight.dtype))
 
         x = self.head_0(x, seg)
@@ -197,6 +207,39 @@ class SPADEGenerator(nn.Module):
 
 def _up(x: Tensor) -> Tensor:
     return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+def _spade_norm(cfg: GeneratorConfig, condition_channels: int) -> NormFactory:
+    return functools.partial(
+        SPADE,
+        label_channels=condition_channels,
+        param_free_norm=cfg.param_free_norm,
+        kernel_size=cfg.spade_kernel_size,
+        hidden_channels=cfg.spade_hidden,
+    )
+
+
+def with_noise(seg: Segmap, noise: Tensor | None, noise_channels: int, dtype: torch.dtype) -> Segmap:
+    """The label map with the 3D noise in front of its channels: ``cat(noise, one-hot)``.
+
+    Without noise channels, ``seg`` as it is (and a given ``noise`` is an error). ``noise`` is
+    (B, C, H, W) at the label map's size, or (B, C) vectors to spread over it; None draws one
+    vector per image from the global RNG (the published sampling).
+    """
+    if not noise_channels:
+        if noise is not None:
+            raise ValueError("this generator takes no noise (generator.noise_channels is 0)")
+        return seg
+    onehot = dense_segmap(seg, dtype=seg.dtype if isinstance(seg, Tensor) else dtype)
+    batch, _, height, width = onehot.shape
+    if noise is None:
+        noise = sample_noise(batch, noise_channels, (height, width), onehot.device)
+    elif noise.dim() == 2:
+        noise = spread(noise, (height, width))
+    if tuple(noise.shape) != (batch, noise_channels, height, width):
+        raise ValueError(f"noise of shape {tuple(noise.shape)} for a ({batch}, {noise_channels}, {height}, {width}) "
+                         f"input: (batch, generator.noise_channels, label map height, width) expected")
+    return torch.cat([noise.to(device=onehot.device, dtype=onehot.dtype), onehot], dim=1)
 
 
 class Pix2PixHDGenerator(nn.Module):
@@ -244,3 +287,48 @@ class Pix2PixHDGenerator(nn.Module):
         if z is not None:
             raise ValueError("the pix2pixhd generator takes no z (encoder.use_vae needs generator.arch spade or clade)")
         return self.model(dense_segmap(seg, dtype=next(self.parameters()).dtype))
+
+
+# Channels of the OASIS generator's blocks, in units of ngf (docs/OASIS.md section 2): six
+# blocks for the published five upsamplings; "more" adds one block at full width in front.
+OASIS_BLOCK_WIDTHS = {"normal": (16, 16, 16, 8, 4, 2, 1), "more": (16, 16, 16, 16, 8, 4, 2, 1)}
+
+
+class OASISGenerator(nn.Module):
+    """The OASIS generator: ``fc`` on the downsampled (noise, label map), then SPADE residual
+    blocks ``body.0 .. body.5`` with a nearest x2 upsampling between two blocks, then
+    LeakyReLU(0.2), ``conv_img`` and tanh.
+
+    Block widths are :data:`OASIS_BLOCK_WIDTHS` x ngf (16, 16, 16, 8, 4, 2, 1 at the published
+    "normal": 16->16, 16->16, 16->8, 8->4, 4->2, 2->1), so G starts at ``image_size / 32``.
+    The SPADE layers see ``cat(noise, one-hot)`` (``label_channels + noise_channels``
+    channels, hidden width ``spade_hidden``), as does ``fc``. ``G(seg, z=None)``: ``z`` is the
+    3D noise (:func:`with_noise`).
+    """
+
+    def __init__(self, cfg: GeneratorConfig, label_channels: int, image_size: tuple[int, int]) -> None:
+        super().__init__()
+        if cfg.num_upsampling_layers not in OASIS_BLOCK_WIDTHS:
+            raise ConfigError(
+                f"generator.num_upsampling_layers: got {cfg.num_upsampling_layers!r} with generator.arch 'oasis', "
+                f"expected one of {', '.join(OASIS_BLOCK_WIDTHS)}"
+            )
+        widths = [w * cfg.ngf for w in OASIS_BLOCK_WIDTHS[cfg.num_upsampling_layers]]
+        self.noise_channels = cfg.noise_channels
+        self.start_height, self.start_width = start_size(cfg, image_size)
+        condition_channels = label_channels + self.noise_channels
+        block = functools.partial(SPADEResBlock, make_norm=_spade_norm(cfg, condition_channels),
+                                  use_spectral_norm=cfg.use_spectral_norm)
+        self.fc = nn.Conv2d(condition_channels, widths[0], 3, padding=1)
+        self.body = nn.ModuleList(block(fin, fout) for fin, fout in zip(widths[:-1], widths[1:]))
+        self.conv_img = nn.Conv2d(widths[-1], 3, 3, padding=1)
+        init_weights(self)
+
+    def forward(self, seg: Segmap, z: Tensor | None = None) -> Tensor:
+        seg = with_noise(seg, z, self.noise_channels, self.fc.weight.dtype)
+        x = self.fc(dense_segmap(seg, (self.start_height, self.start_width), self.fc.weight.dtype))
+        for index, block in enumerate(self.body):
+            if index:
+                x = _up(x)
+            x = block(x, seg)
+        return torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))

@@ -37,7 +37,7 @@ from gaugan.models.spade import SPADE
 from gaugan.train.loop import build_training_models, make_optimizers, make_vgg_loss, place_models
 from gaugan.train.performance import autocast_dtype, configure_device, peak_memory_bytes, spectral_norm_in_fp32
 from gaugan.train.runner import StepRunner, make_step_runner
-from gaugan.train.steps import StepSettings
+from gaugan.train.steps import step_settings
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched by substring
 # of torch.cuda.get_device_name(); MFU is reported only for devices listed here.
@@ -192,16 +192,13 @@ def training_setup(
                 spectral_norm_in_fp32(network)
     optimizers = make_optimizers(run_cfg, G, D, E, device, epoch=0)
     vgg = make_vgg_loss(cfg, device) if cfg.loss.use_vgg_loss else None
-    step_settings = StepSettings(
-        cfg.loss, cfg.discriminator.num_discriminators, dtype,
-        skip_d_weight_grads_in_g_step=not reference, fake_requires_grad_in_d_step=reference, vgg=vgg,
-    )
+    settings = step_settings(cfg, spec, dtype, vgg, reference=reference)
     batch = synthetic_batch(spec, cfg.train.batch_size, cfg.train.seed)
     if device.type == "cuda":
         batch = {key: value.pin_memory() for key, value in batch.items()}
 
     def runner_for(train_cfg: Config) -> StepRunner:
-        return make_step_runner(train_cfg, spec, device, (G, D, E), optimizers, step_settings)
+        return make_step_runner(train_cfg, spec, device, (G, D, E), optimizers, settings)
 
     return runner_for, batch
 

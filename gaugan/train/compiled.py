@@ -1,8 +1,8 @@
 """torch.compile for the training step (``train.compile``): per block, or whole networks.
 
 ``"blocks"`` compiles the repeated pieces in place, each with static shapes: every SPADE
-residual block of G (and pix2pixHD's residual blocks), every PatchGAN scale of D, and the
-encoder. The blocks repeat, so the pieces are small; the norm, modulation and activation
+residual block of G (and pix2pixHD's residual blocks), every PatchGAN scale of D (every
+residual block of the OASIS discriminator), and the encoder. The blocks repeat, so the pieces are small; the norm, modulation and activation
 between two convolutions become one fused pass each. The GAN pitfalls of whole-network
 compilation stay outside the compiled regions: the step's two optimisers and backward
 passes, D run once with and once without weight gradients, the regenerated fake. In-place
@@ -39,6 +39,7 @@ from gaugan.train.performance import SpectralNormWithoutAutocast, WrappedHook
 
 from gaugan.models.discriminator import NLayerDiscriminator
 from gaugan.models.generator import ResnetBlock, SPADEResBlock
+from gaugan.models.oasis_discriminator import DownBlock, UpBlock
 
 CompileMode = Literal["none", "blocks", "full"]
 COMPILE_MODES: tuple[str, ...] = ("none", "blocks", "full")
@@ -48,7 +49,7 @@ BACKEND = "inductor"
 # Blocks x (grad, no grad, eval) x D scales x (with, without D weight grads) share code objects.
 RECOMPILE_LIMIT = 64
 
-COMPILED_BLOCKS = (SPADEResBlock, ResnetBlock, NLayerDiscriminator)
+COMPILED_BLOCKS = (SPADEResBlock, ResnetBlock, NLayerDiscriminator, DownBlock, UpBlock)
 
 
 def compile_blocks(module: nn.Module) -> int:

@@ -15,7 +15,7 @@ N * batches_per_epoch steps.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,9 @@ from gaugan.checkpoint import Progress, atomic_torch_save, build_checkpoint, cap
 from gaugan.config import OptimConfig
 from gaugan.data.io import atomic_save_png
 from gaugan.data.registry import DatasetSpec
+from gaugan.models.noise import noise_for_images
 from gaugan.train.distributed import DistributedContext, all_gather_objects, barrier
+from gaugan.train.ema import Forward, GeneratorEMA
 from gaugan.train.guard import FinitenessGuard
 from gaugan.train.performance import peak_memory_bytes
 from gaugan.train.schedule import learning_rates
@@ -63,13 +65,18 @@ class EpochEndEvaluation:
     """
 
     def __init__(self, evaluate: Callable[[nn.Module, int, int], dict[str, float]], generator: nn.Module,
-                 batches_per_epoch: int, report: MetricsCallback | None) -> None:
+                 batches_per_epoch: int, report: MetricsCallback | None,
+                 before: Callable[[int], None] | None = None) -> None:
         self.evaluate, self.generator, self.batches_per_epoch, self.report = (
             evaluate, generator, batches_per_epoch, report)
+        self.before = before  # readies the generator (the EMA's statistics) when an evaluation is due
 
     def __call__(self, progress: Progress, losses: Mapping[str, Tensor]) -> None:
         if progress.batch_in_epoch < self.batches_per_epoch:
             return
+        due = getattr(self.evaluate, "due", None)  # an evaluator that says when it scores
+        if self.before is not None and (due is None or due(progress.epoch + 1)):
+            self.before(progress.step)
         scores = self.evaluate(self.generator, progress.epoch + 1, progress.step)
         if scores and self.report is not None:
             self.report(scores, progress.step)
@@ -135,17 +142,19 @@ class MetricsLogger:
 @torch.no_grad()
 def render_samples(
     generator: nn.Module, batch: dict[str, Tensor], spec: DatasetSpec, device: torch.device,
-    dtype: torch.dtype | None, z_dim: int | None, seed: int, palette: np.ndarray,
+    dtype: torch.dtype | None, z_dim: int | None, seed: int, palette: np.ndarray, noise_channels: int = 0,
 ) -> Image.Image:
     """Generate for a fixed batch in eval mode (as generation does), changing no state.
 
-    z (VAE) comes from a private generator, so sampling never shifts the training random
-    stream (sample_every may differ between an interrupted run and its continuation).
+    z (VAE) and 3D noise come from private generators, so sampling never shifts the training
+    random stream (sample_every may differ between an interrupted run and its continuation).
     """
     seg, real = prepare_batch(batch, spec.num_label_values, device)
     z = None
     if z_dim is not None:
         z = torch.randn(seg.shape[0], z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    elif noise_channels:
+        z = noise_for_images(batch["index"], noise_channels, spec.image_size, seed, device)
     was_training = generator.training
     generator.eval()
     try:
@@ -170,10 +179,14 @@ class SampleGrids:
     seed: int
     folder: Path
     report_image: ImageCallback | None
+    noise_channels: int = 0
+    before: Callable[[int], None] | None = None  # readies the generator (the EMA's statistics)
 
     def __call__(self, progress: Progress, losses: Mapping[str, Tensor]) -> None:
+        if self.before is not None:
+            self.before(progress.step)
         grid = render_samples(self.generator, self.batch, self.spec, self.device, self.dtype, self.z_dim, self.seed,
-                              self.palette)
+                              self.palette, self.noise_channels)
         path = self.folder / f"step_{progress.step:07d}.png"
         atomic_save_png(grid, path)
         if self.report_image is not None:
@@ -203,12 +216,15 @@ class Checkpointer:
     guard: FinitenessGuard
     batches_per_epoch: int
     total_steps: int
+    before: Callable[[int], None] | None = None  # readies the saved networks (the EMA's statistics), rank 0
 
     def __call__(self, progress: Progress, losses: Mapping[str, Tensor]) -> None:
         self.guard.check_losses()
         self.guard.check_weights(progress.step, self.models)
         rng = all_gather_objects(capture_rng_state(), self.context)
         if self.context.is_main:
+            if self.before is not None:
+                self.before(progress.step)
             payload = build_checkpoint(self.config, self.spec, self.models, self.optimizers, self.scalers,
                                        progress.continuation(self.batches_per_epoch), rng)
             atomic_torch_save(payload, self.last_path)
@@ -216,3 +232,21 @@ class Checkpointer:
                 atomic_torch_save(generator_payload(payload), self.generator_path)
         barrier(self.context)
         self.guard.checkpoint_written(progress.step)
+
+
+# --------------------------------------------------------------------------------------
+# The EMA generator's statistics.
+
+
+class EMAStatistics:
+    """``before(step)`` for the jobs that use the EMA generator: its batch-norm statistics
+    recomputed on ``forwards()`` (:meth:`GeneratorEMA.refresh_statistics`), at most once per step."""
+
+    def __init__(self, ema: GeneratorEMA, forwards: Callable[[], Iterable[Forward]], seed: int) -> None:
+        self.ema, self.forwards, self.seed = ema, forwards, seed
+        self.step: int | None = None
+
+    def __call__(self, step: int) -> None:
+        if step != self.step:
+            self.ema.refresh_statistics(self.forwards(), self.seed)
+            self.step = step

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +57,7 @@ from gaugan.train.ema import GeneratorEMA
 from gaugan.train.guard import FinitenessGuard
 from gaugan.train.jobs import (
     Checkpointer,
+    EMAStatistics,
     EpochEndEvaluation,
     MetricsLogger,
     PeriodicJob,
@@ -66,7 +67,8 @@ from gaugan.train.jobs import (
 from gaugan.train.performance import autocast_dtype, configure_device, spectral_norm_in_fp32
 from gaugan.train.runner import StepRunner, make_step_runner
 from gaugan.train.schedule import adam_betas, learning_rates, set_learning_rate
-from gaugan.train.steps import Optimizers, StepSettings
+from gaugan.train.ema import Forward
+from gaugan.train.steps import Optimizers, prepare_batch, step_settings
 
 # (generator in its current state, finished epochs, step) -> metrics to report, {} when none
 # are due (gaugan.training_evaluation.TrainingEvaluator).
@@ -92,7 +94,7 @@ def build_training_models(cfg: Config, spec: DatasetSpec) -> tuple[nn.Module, nn
     """G, D and (VAE only) E for ``spec``'s label channels and image size, initialised on the CPU."""
     z_dim = cfg.encoder.z_dim if cfg.encoder.use_vae else None
     G = build_generator(cfg.generator, spec.label_channels, spec.image_size, z_dim)
-    D = build_discriminator(cfg.discriminator, spec.label_channels)
+    D = build_discriminator(cfg.discriminator, spec.label_channels, spec.num_label_values)
     E = build_encoder(cfg.encoder) if cfg.encoder.use_vae else None
     return G, D, E
 
@@ -165,6 +167,23 @@ def _fixed_sample_batch(store_dir: Path, spec: DatasetSpec, count: int) -> dict[
     dataset = StoreDataset(store_dir, "train", spec, train=False)
     items = [dataset[index] for index in range(min(count, len(dataset)))]
     return torch.utils.data.default_collate(items)
+
+
+def _statistics_forwards(cfg: Config, store_dir: Path, spec: DatasetSpec, device: torch.device,
+                         dtype: torch.dtype | None) -> Iterator[Forward]:
+    """The EMA generator's statistics batches: the first ``train.ema_statistics_batches`` global
+    batches of the training split, uncropped and unflipped (the same images every time)."""
+    dataset = StoreDataset(store_dir, "train", spec, train=False)
+    size = cfg.train.batch_size
+    for start in range(0, min(len(dataset), size * cfg.train.ema_statistics_batches) - size + 1, size):
+        batch = torch.utils.data.default_collate([dataset[index] for index in range(start, start + size)])
+        seg, _ = prepare_batch(batch, spec.num_label_values, device, cfg.train.channels_last)
+
+        def forward(generator: nn.Module, seg: Tensor = seg) -> None:
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                generator(seg)
+
+        yield forward
 
 
 # ---- the loop ----
@@ -265,7 +284,7 @@ def _train(
 
     # One training step, on the wrapped networks, executed as train.label_conv, train.compile
     # and train.cuda_graph say (gaugan.train.runner; the benchmark runs the same).
-    settings = StepSettings(cfg.loss, cfg.discriminator.num_discriminators, dtype, vgg=vgg)
+    settings = step_settings(cfg, spec, dtype, vgg)
     run_step = make_step_runner(cfg, spec, device, (G, D, E), optimizers, settings,
                                 wrap=lambda module: wrap_ddp(module, context), num_processes=context.world_size)
     train_step = functools.partial(_train_step, run_step=run_step, ema=ema, generator=G)
@@ -278,18 +297,24 @@ def _train(
     guard = FinitenessGuard(context, last_path, progress.step if resumed else None)
     logger = MetricsLogger(cfg.optim, cfg.train.batch_size, context, guard, report, bar)
     jobs = [PeriodicJob("log", cfg.train.log_every, logger)]
+    # The EMA generator's batch-norm statistics are recomputed before it is sampled, scored or saved.
+    ema_ready = None
+    if ema is not None and cfg.train.ema_statistics_batches:
+        ema_ready = EMAStatistics(ema, functools.partial(_statistics_forwards, cfg, store_dir, spec, device, dtype),
+                                  cfg.train.seed)
     if main:
         sample_batch = _fixed_sample_batch(store_dir, spec, NUM_SAMPLE_ROWS)
         palette = class_table(spec, manifest)[1]  # a custom dataset's classes file colours the grids too
         samples = SampleGrids(ema.module if ema is not None else G, sample_batch, spec, palette, device, dtype, z_dim,
-                              cfg.train.seed, out_dir / "samples", report_image)
+                              cfg.train.seed, out_dir / "samples", report_image, cfg.generator.noise_channels,
+                              ema_ready)
         jobs.append(PeriodicJob("sample", cfg.train.sample_every, samples))
     if main and evaluate_during_training is not None:
         jobs.append(PeriodicJob("evaluate", sampler.batches_per_epoch,
                                 EpochEndEvaluation(evaluate_during_training, ema.module if ema is not None else G,
-                                                   sampler.batches_per_epoch, report)))
+                                                   sampler.batches_per_epoch, report, ema_ready)))
     checkpointer = Checkpointer(last_path, generator_path, config_dict, spec_dict, models, optimizer_map, scaler_map,
-                                context, guard, sampler.batches_per_epoch, total_steps)
+                                context, guard, sampler.batches_per_epoch, total_steps, ema_ready)
     jobs.append(PeriodicJob("checkpoint", cfg.train.checkpoint_every, checkpointer))
 
     # Train.

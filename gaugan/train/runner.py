@@ -111,12 +111,25 @@ def make_step_runner(
         num_label_values=spec.num_label_values,
         device=device,
         channels_last=cfg.train.channels_last,
-        label_lookup=use_label_lookup(cfg.train.label_conv, spec.label_channels, device),
+        label_lookup=_label_lookup(cfg, spec, device),
     )
     if cfg.train.cuda_graph:
         check_cuda_graph(cfg, device, num_processes)
         runner.graphed = GraphedStep(runner.eager_step, [optimizers.G, optimizers.D], device)
     return runner
+
+
+def _label_lookup(cfg: Config, spec: DatasetSpec, device: torch.device) -> bool:
+    """``use_label_lookup`` for the generator of ``cfg``: one with 3D noise convolves the noise
+    with the labels, so it takes the one-hot map (``auto``), and ``lookup`` is an error."""
+    if cfg.generator.noise_channels:
+        if cfg.train.label_conv == "lookup":
+            raise ConfigError(
+                "train.label_conv: 'lookup' needs a generator without 3D noise (its SPADE convolutions see the "
+                "noise and the labels together); set train.label_conv=auto or generator.noise_channels=0"
+            )
+        return False
+    return use_label_lookup(cfg.train.label_conv, spec.label_channels, device)
 
 
 def check_cuda_graph(cfg: Config, device: torch.device, num_processes: int) -> None:

@@ -4,6 +4,9 @@ The official code keeps ``lr`` for ``niter`` epochs and then, at the end of ever
 epoch, subtracts ``lr / niter_decay``; the TTUR split (G at lr/2, D at 2*lr) is re-applied
 to the decayed value. Written here as a closed form of the epoch index so that a resumed
 run gets the same rates without replaying history.
+
+``optim.lr_g`` / ``optim.lr_d`` set G's and D's rates directly (OASIS trains G at 1e-4 and D
+at 4e-4 with Adam betas (0, 0.999), constant); the decay scales them the same way.
 """
 
 from __future__ import annotations
@@ -30,11 +33,16 @@ def base_lr(optim: OptimConfig, epoch: int) -> float:
 
 
 def learning_rates(optim: OptimConfig, epoch: int) -> tuple[float, float]:
-    """(G lr, D lr) during ``epoch``: TTUR gives G half and D twice the base rate."""
+    """(G lr, D lr) during ``epoch``: TTUR gives G half and D twice the base rate; ``lr_g`` /
+    ``lr_d``, when set, replace those, decayed by the same factor."""
     lr = base_lr(optim, epoch)
-    if optim.use_ttur:
-        return lr / 2.0, lr * 2.0
-    return lr, lr
+    lr_g, lr_d = (lr / 2.0, lr * 2.0) if optim.use_ttur else (lr, lr)
+    decay = lr / optim.lr
+    if optim.lr_g is not None:
+        lr_g = optim.lr_g * decay
+    if optim.lr_d is not None:
+        lr_d = optim.lr_d * decay
+    return lr_g, lr_d
 
 
 def adam_betas(optim: OptimConfig) -> tuple[float, float]:

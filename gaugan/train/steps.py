@@ -1,10 +1,12 @@
 """One generator step and one discriminator step on the same batch (paper section 3, 4;
-docs/SPADE.md section 2).
+docs/SPADE.md section 2; OASIS: docs/OASIS.md section 1).
 
-G step: fake = G(seg[, z]); D sees fake and real in one concatenated batch; loss = GAN
-(hinge by default) + lambda_feat/num_D * feature matching + lambda_vgg * VGG (optional) +
-lambda_kld * KL (VAE). D step, as the official code: the fake is generated again, under
-no_grad, by the just-updated G; loss = hinge(real) + hinge(fake).
+G step: fake = G(seg[, z]); loss = the adversary's terms for G + lambda_vgg * VGG (optional)
++ lambda_kld * KL (VAE). D step, as the official codes: the fake is generated again, under
+no_grad, by the just-updated G (with fresh noise); loss = the adversary's terms for D. The
+adversary (:mod:`gaugan.train.adversaries`) is SPADE's multiscale PatchGAN (hinge + feature
+matching, D sees fake and real in one concatenated batch) or OASIS's segmentation
+discriminator (the N+1 loss, LabelMix).
 
 Speed-ups that leave the maths unchanged: D's weights get no gradients during the G step
 (``requires_grad`` off; the official code computes and then discards them), graphs are
@@ -24,12 +26,11 @@ import torch
 from torch import Tensor, nn
 
 from gaugan import losses
-from gaugan.config import LossConfig
+from gaugan.config import Config, LossConfig
+from gaugan.data.registry import DatasetSpec
 from gaugan.data.semantic import SemanticLabels, semantic_labels
-from gaugan.models import reparameterize, split_discriminator_output
-
-# The label map as the steps take it: the one-hot tensor, or labels carrying it.
-Seg = Tensor | SemanticLabels
+from gaugan.models import reparameterize
+from gaugan.train.adversaries import Adversary, Seg, make_adversary
 
 
 @dataclass
@@ -57,8 +58,8 @@ class Optimizers:
 
 @dataclass
 class StepSettings:
-    loss: LossConfig
-    num_discriminators: int
+    adversary: Adversary  # the discriminator family's losses
+    loss: LossConfig  # the weights of the VGG and KL terms
     autocast_dtype: torch.dtype | None = None  # None: full fp32
     # The official schedule computes D's weight gradients in the G step too (and zeroes them
     # before the D step); kept as an option so the benchmark can measure its cost.
@@ -67,6 +68,13 @@ class StepSettings:
     # computes an unused input gradient; also kept only for the benchmark's reference.
     fake_requires_grad_in_d_step: bool = False
     vgg: nn.Module | None = field(default=None, repr=False)
+
+
+def step_settings(cfg: Config, spec: DatasetSpec, autocast_dtype: torch.dtype | None = None,
+                  vgg: nn.Module | None = None, reference: bool = False) -> StepSettings:
+    """The settings of ``cfg``'s step for ``spec``; ``reference``: the official schedule's wasted work too."""
+    return StepSettings(make_adversary(cfg, spec), cfg.loss, autocast_dtype,
+                        skip_d_weight_grads_in_g_step=not reference, fake_requires_grad_in_d_step=reference, vgg=vgg)
 
 
 def prepare_batch(
@@ -95,30 +103,10 @@ def prepare_batch(
     return seg, real.contiguous(memory_format=memory_format)
 
 
-def dense(seg: Seg) -> Tensor:
-    """The one-hot map (+ edge channel) of ``seg``."""
-    return seg.dense() if isinstance(seg, SemanticLabels) else seg
-
-
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _to_fp32(outputs: list[list[Tensor]]) -> list[list[Tensor]]:
-    return [[t.float() for t in scale] for scale in outputs]
-
-
-def discriminate(D: nn.Module, seg: Seg, fake: Tensor, real: Tensor) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
-    """D on [seg|fake ; seg|real] as one batch; per scale, features then the final map, for each half.
-
-    The images take the one-hot map's dtype (D's first convolution would cast them to the
-    autocast dtype in any case).
-    """
-    onehot = dense(seg)
-    halves = [torch.cat([onehot, image.to(onehot.dtype)], dim=1) for image in (fake, real)]
-    return split_discriminator_output(_to_fp32(D(torch.cat(halves, dim=0))), fake.shape[0])
 
 
 def _encode(E: nn.Module, real: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -145,13 +133,7 @@ def generator_step(
                 z, mu, logvar = _encode(networks.E, real)
                 terms["loss/g_kld"] = losses.kld_loss(mu, logvar) * loss_cfg.lambda_kld
             fake = networks.G(seg, z)
-            pred_fake, pred_real = discriminate(D_module, seg, fake, real)
-            pred_real = [[t.detach() for t in scale] for scale in pred_real]  # targets, not trained
-            terms["loss/g_gan"] = losses.gan_loss(pred_fake, loss_cfg.gan_mode, target_is_real=True, for_discriminator=False)
-            if loss_cfg.use_feat_loss:
-                terms["loss/g_feat"] = losses.feature_matching_loss(pred_fake, pred_real) * (
-                    loss_cfg.lambda_feat / settings.num_discriminators
-                )
+            terms.update(settings.adversary.generator_losses(D_module, seg, fake, real))
             if loss_cfg.use_vgg_loss:
                 if settings.vgg is None:
                     raise ValueError("loss.use_vgg_loss is true but no VGG network was given to the step")
@@ -183,13 +165,12 @@ def discriminator_step(
         fake = generate_fake(networks, seg, real)
         if settings.fake_requires_grad_in_d_step:
             fake.requires_grad_()
-        pred_fake, pred_real = discriminate(networks.D, seg, fake, real)
-        gan_mode = settings.loss.gan_mode
-        d_fake = losses.gan_loss(pred_fake, gan_mode, target_is_real=False, for_discriminator=True)
-        d_real = losses.gan_loss(pred_real, gan_mode, target_is_real=True, for_discriminator=True)
-    total = d_fake + d_real
+        terms = settings.adversary.discriminator_losses(networks.D, seg, fake, real)
+    total = torch.stack(list(terms.values())).sum()
     _backward_and_step(total, optimizers.D, optimizers.scaler_D)
-    return {"loss/d_fake": d_fake.detach(), "loss/d_real": d_real.detach(), "loss/d_total": total.detach()}
+    terms = {name: value.detach() for name, value in terms.items()}
+    terms["loss/d_total"] = total.detach()
+    return terms
 
 
 def train_step(

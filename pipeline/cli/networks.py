@@ -41,22 +41,26 @@ def synthesize_command(
 @command("params")
 def params_command(
     dataset: Annotated[str, typer.Option(help="a dataset with a published configuration")],
-    as_json: Annotated[bool, typer.Option("--json", help='print {"G": n, "D": n, "E": n}')] = False,
+    model: Annotated[str, typer.Option(help="spade (G, D, E) or oasis (G, D), at its authors' configuration")] = "spade",
+    as_json: Annotated[bool, typer.Option("--json", help='print {"G": n, "D": n[, "E": n]}')] = False,
 ) -> None:
-    """Parameter counts of G, D and E at the published configuration for a dataset."""
+    """Parameter counts of the networks of a method at its published configuration for a dataset."""
     from gaugan.config import ConfigError
     from gaugan.data.registry import published_spec
-    from gaugan.models import published_parameter_counts
+    from gaugan.models import METHODS, published_parameter_counts
 
+    if model not in METHODS:
+        fail(f"--model: got {model!r}, expected one of {', '.join(METHODS)}")
     try:
         spec = published_spec(dataset)
     except ConfigError as err:
         fail(f"--dataset: {err}")
-    counts = published_parameter_counts(spec)
+    counts = published_parameter_counts(spec, model)
     if as_json:
         typer.echo(json.dumps(counts))
         return
-    typer.echo(f"{dataset}: {spec.label_channels} label channels, {spec.image_size[0]}x{spec.image_size[1]} (HxW)")
+    channels = spec.label_channels if model == "spade" else spec.num_label_values
+    typer.echo(f"{dataset} ({model}): {channels} label channels, {spec.image_size[0]}x{spec.image_size[1]} (HxW)")
     for name, count in counts.items():
         typer.echo(f"{name}  {count:>12,}  ({count / 1e6:.2f} M)")
 
