@@ -169,7 +169,7 @@ class TrainConfig:
     # Batches of training images that the EMA generator's batch-norm statistics are
     # recomputed on before it is sampled, scored or saved (its weights are an average,
     # so G's statistics do not fit it; OASIS does the same with 51); 0: copy G's.
-    ema_statistics_batches: int = 50
+    ema_statistics_batches: int = 51
     log_every: int = 10
     sample_every: int = 200
     checkpoint_every: int = 500

@@ -25,6 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from gaugan.data.io import atomic_write
+from gaugan.methods import GENERATOR_NAMES
 from gaugan.metrics.registry import registered_metrics
 
 
@@ -41,6 +42,7 @@ class Headline:
 
 
 TRAINING_HEADLINES = (
+    Headline("steps", "steps", "final/step", 1.0, None, 0),
     Headline("images/s", "images_per_s", "perf/images_per_s", 1.0, None, 1),
     Headline("train time (min)", "train_minutes", "time/train_seconds", 1 / 60, None, 1),
 )
@@ -53,8 +55,9 @@ def headlines() -> tuple[Headline, ...]:
                                 metric.digits) for metric in registered_metrics())
     return evaluation + TRAINING_HEADLINES
 
-# Parameters that never distinguish experiments (where things are written, logging).
-IGNORED_PARAM_PREFIXES = ("tracking.", "train.log_every", "train.sample_every", "train.checkpoint_every")
+# Parameters that never distinguish experiments (where things are written, logging), and the
+# method, which has its own column.
+IGNORED_PARAM_PREFIXES = ("tracking.", "train.log_every", "train.sample_every", "train.checkpoint_every", "method")
 
 
 def experiment_labels(runs: pd.DataFrame) -> pd.Series:
@@ -69,6 +72,17 @@ def experiment_labels(runs: pd.DataFrame) -> pd.Series:
         if column in runs.columns:
             label = label.fillna(runs[column])
     return label.fillna(runs["run_id"].astype(str).str[:8])
+
+
+def run_methods(runs: pd.DataFrame) -> pd.Series:
+    """The method of each run (SPADE, OASIS, "SPADE G + OASIS D", ...: gaugan.methods): its
+    ``method`` parameter; for runs logged before that parameter, the generator family."""
+    method = pd.Series([None] * len(runs), index=runs.index, dtype=object)
+    if "params.method" in runs.columns:
+        method = method.fillna(runs["params.method"])
+    if "params.generator.arch" in runs.columns:
+        method = method.fillna(runs["params.generator.arch"].map(GENERATOR_NAMES))
+    return method.fillna("-")
 
 
 def differing_params(runs: pd.DataFrame, ignore: Sequence[str] = IGNORED_PARAM_PREFIXES) -> list[str]:
@@ -104,13 +118,14 @@ def headline_json(row: pd.Series) -> dict[str, float | None]:
 
 
 def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: experiment, commit, the parameters that differ, headline metrics.
+    """One row per run: experiment, method, commit, the parameters that differ, headline metrics
+    (every registered metric, the judge's ceiling among them, then steps, images/s, training time).
 
     Rows are ordered by start time (oldest first) so that a sweep reads in queue order.
     """
     if "start_time" in runs.columns:
         runs = runs.sort_values("start_time", kind="stable")
-    table = pd.DataFrame({"experiment": experiment_labels(runs)}, index=runs.index)
+    table = pd.DataFrame({"experiment": experiment_labels(runs), "method": run_methods(runs)}, index=runs.index)
     commit = pd.Series([None] * len(runs), index=runs.index, dtype=object)
     for column in ("tags.dvc.exp_rev", "tags.dvc.baseline_rev", "tags.git.commit"):
         if column in runs.columns:
@@ -345,6 +360,46 @@ def per_class_html(rows: Sequence[dict[str, str]]) -> str:
     header = ("<tr><th>class</th><th>IoU generated (%)</th><th>IoU real (%)</th><th>pixels</th>"
               "<th>note</th></tr>")
     return f'<table class="per-class"><thead>{header}</thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def methods_html(comparison: dict) -> str:
+    """``reports/compare_methods.json`` (scripts/compare_methods.py) as tables: per method and
+    budget, the mean (and spread) over the seeds of mIoU, the generated/real mIoU ratio,
+    accuracy, steps, training seconds and images/s; then each method's per-class IoU."""
+    def stat(entry: dict | None, digits: int, spread: bool = True) -> str:
+        if not entry:
+            return "-"
+        text = f"{entry['mean']:.{digits}f}"
+        return text + (f" ± {entry['std']:.{digits}f}" if spread and len(entry.get("values", [])) > 1 else "")
+
+    judge = next((run.get("real_miou") for run in comparison.get("runs", []) if run.get("real_miou")), None)
+    head = ("<tr><th>method</th><th>budget</th><th>seeds</th><th>steps</th><th>train s</th><th>images/s</th>"
+            "<th>mIoU (%)</th><th>judge's ceiling (%)</th><th>generated / real mIoU</th><th>accuracy (%)</th>"
+            "<th>FID</th></tr>")
+    rows = []
+    for row in comparison.get("summary", []):
+        cells = [row["method"], "equal " + row["budget"], ", ".join(str(s) for s in row["seeds"]),
+                 stat(row["steps"], 0, spread=False), stat(row["train_seconds"], 0), stat(row["images_per_s"], 1),
+                 stat(row["miou"], 1), "-" if judge is None else f"{judge:.1f}", stat(row["miou_ratio"], 3),
+                 stat(row["accuracy"], 1), stat(row.get("fid"), 1)]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells) + "</tr>")
+    summary = f"<table class=\"methods\"><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+    per_class: dict[str, dict[str, list[float]]] = {}
+    for run in comparison.get("runs", []):
+        if run.get("budget") != "steps":
+            continue
+        for name, value in (run.get("per_class_iou") or {}).items():
+            if value not in ("", None):
+                per_class.setdefault(run["method"], {}).setdefault(name, []).append(100 * float(value))
+    classes = sorted({name for values in per_class.values() for name in values})
+    class_rows = "".join(
+        f"<tr><td>{html.escape(method)}</td>" + "".join(
+            f"<td>{np.mean(values[name]):.1f}</td>" if name in values else "<td>-</td>" for name in classes) + "</tr>"
+        for method, values in per_class.items())
+    per_class_table = ("<table class=\"methods-per-class\"><thead><tr><th>method (equal steps)</th>"
+                       + "".join(f"<th>{html.escape(name)}</th>" for name in classes)
+                       + f"</tr></thead><tbody>{class_rows}</tbody></table>") if classes else ""
+    return summary + per_class_table
 
 
 _STYLE = """

@@ -52,6 +52,9 @@ TABLE_MD, TABLE_CSV = REPORTS / "ablations.md", REPORTS / "ablations.csv"
 LOSSES_PNG, METRICS_PNG = REPORTS / "plots" / "losses.png", REPORTS / "plots" / "metrics.png"
 CURVES_PNG = REPORTS / "plots" / "training_metrics.png"
 PAGE = REPORTS / "index.html"
+# scripts/compare_methods.py's results, shown when present (not a stage output: rebuild the
+# report after running the script).
+COMPARISON = REPORTS / "compare_methods.json"
 # Runs that compare as rows: a training run (evaluate logs into it), or an evaluation of a
 # given checkpoint (evaluate.checkpoint). The segmenter's own runs are not variants.
 RUN_STAGES = ("train", "evaluate")
@@ -66,6 +69,8 @@ def local_runs(metrics: dict, training: dict, run_id: str | None) -> pd.DataFram
     row = {"run_id": run_id or "workspace", "run_name": "workspace"}
     row.update({f"metrics.{metric.tracking_key}": metrics.get(metric.name) for metric in registered_metrics()})
     row.update({f"metrics.{key}": value for key, value in training.items() if key.startswith(("perf/", "time/"))})
+    row["metrics.final/step"] = training.get("step")
+    row["params.method"] = training.get("method")
     return pd.DataFrame([row])
 
 
@@ -176,6 +181,16 @@ def page_sections(cfg: Config, root: Path, metrics: dict, training: dict, table:
         "run); columns between 'run' and 'FID' are the parameters that differ. mIoU and accuracy in percent. "
         f"Also as {TABLE_MD.name} and {TABLE_CSV.name}. Experiments that DVC completed without training "
         "(run-cache) have no row of their own: `gaugan link-experiments` lists them."), anchor="runs"))
+    comparison = root / COMPARISON
+    if comparison.is_file():
+        results = json.loads(comparison.read_text())
+        sections.append(report.Section("Methods compared on one protocol", report.methods_html(results) + report.text_html(
+            f"{results.get('what', '')}: every method trained on the same store with the same judge, "
+            f"{results.get('equal_steps', '?')} steps each (equal steps) or for the wall time "
+            f"{results.get('reference_candidate', 'the first method')} needs for them (equal time). Mean ± standard "
+            f"deviation over the seeds; CPU: {results.get('cpu', '?')}, {results.get('num_threads', '?')} threads, "
+            f"torch {results.get('torch', '?')}. From {COMPARISON.name} (scripts/compare_methods.py)."),
+            anchor="methods"))
     sections.append(report.Section("Plots", "".join([
         report.figure_html(root / METRICS_PNG, "metrics per run"),
         report.figure_html(root / CURVES_PNG, "metrics during training (evaluate.every_epochs), against the step"),

@@ -31,6 +31,7 @@ from gaugan.checkpoint import (
 from gaugan.config import Config, config_to_dict, replace
 from gaugan.data.io import atomic_write_json
 from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.methods import method_name
 from gaugan.threads import configure_threads
 from gaugan.train.loop import planned_steps, train
 from gaugan.training_evaluation import training_evaluator_summary
@@ -107,7 +108,8 @@ def run(cfg: Config, root: Path) -> None:
         # "training time" column.
         train_seconds = time.perf_counter() - started
         tracker.log_artifact(result.generator_checkpoint, "checkpoints")
-        summary = {"step": result.step, "epoch": result.epoch, "resumed_from_step": result.resumed_from_step,
+        summary = {"method": method_name(cfg), "step": result.step, "epoch": result.epoch,
+                   "resumed_from_step": result.resumed_from_step,
                    **result.metrics, "time/train_seconds": train_seconds, "num_threads": threads.num_threads,
                    "evaluation_during_training": training_evaluator_summary(evaluator)}
         tracker.log_metrics({"final/step": result.step, "time/train_seconds": train_seconds}, step=result.step)

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.slow
 TINY = [
     "data.builtin.num_train=16", "data.builtin.num_val=8", "data.builtin.size=32", "data.num_workers=0",
     "generator.ngf=8", "generator.spade_hidden=16", "discriminator.ndf=8", "discriminator.num_layers=3",
+    "discriminator.num_res_blocks=5",  # the OASIS discriminator on 32x32 images
     "encoder.nef=8", "encoder.z_dim=16",
     "optim.num_epochs_constant=1", "optim.num_epochs_decay=1",
     "train.batch_size=4", "train.log_every=1", "train.sample_every=4", "train.checkpoint_every=4",
@@ -151,7 +152,9 @@ def test_a_parameter_change_reruns_only_what_it_affects(repo: Path) -> None:
 
 
 def test_queued_sweep_keeps_every_run_under_the_real_root(repo: Path) -> None:
-    experiments = {"e2e-ngf4": ["generator.ngf=4"], "e2e-kernel1": ["generator.spade_kernel_size=1"],
+    # e2e-oasis-d: the one-line ablation that swaps SPADE's discriminator for OASIS's.
+    experiments = {"e2e-ngf4": ["generator.ngf=4"],
+                   "e2e-oasis-d": ["discriminator.arch=oasis", "loss.use_feat_loss=false"],
                    "e2e-unchanged": []}  # nothing to run: DVC restores the baseline's outputs
     for name, overrides in experiments.items():
         command = ["dvc", "exp", "run", "--queue", "-n", name]
@@ -172,7 +175,7 @@ def test_queued_sweep_keeps_every_run_under_the_real_root(repo: Path) -> None:
     experiment = client.get_experiment_by_name(read_params(repo / "params.yaml")["tracking"]["experiment_name"])
     runs = client.search_runs([experiment.experiment_id])
     by_name = {r.data.tags.get("dvc.exp_name"): r for r in runs}
-    for name in ("e2e-ngf4", "e2e-kernel1"):
+    for name in ("e2e-ngf4", "e2e-oasis-d"):
         mlrun = by_name[name]
         assert mlrun.info.status == "FINISHED" and "miou/val" in mlrun.data.metrics, name
         artifact_dir = Path(mlrun.info.artifact_uri.removeprefix("file://"))
@@ -184,13 +187,17 @@ def test_queued_sweep_keeps_every_run_under_the_real_root(repo: Path) -> None:
 
     linked = run([str(BIN / "gaugan"), "link-experiments"], repo).stdout
     lines = {line.split()[0]: line for line in linked.splitlines() if line.startswith("e2e-")}
-    assert " ran " in lines["e2e-ngf4"] and " ran " in lines["e2e-kernel1"], linked
+    assert " ran " in lines["e2e-ngf4"] and " ran " in lines["e2e-oasis-d"], linked
+    # The method is a parameter runs filter by; the swapped discriminator really trained.
+    assert by_name["e2e-ngf4"].data.params["method"] == "SPADE"
+    assert by_name["e2e-oasis-d"].data.params["method"] == "SPADE G + OASIS D (no LabelMix)"
+    assert "loss/g_feat" not in by_name["e2e-oasis-d"].data.metrics and "loss/g_feat" in by_name["e2e-ngf4"].data.metrics
     assert " restored " in lines["e2e-unchanged"], linked
     assert "made no MLflow run of their own" in linked and "e2e-unchanged" in linked
     tagged = {r.data.tags.get("dvc.exp_name"): r.data.tags.get("dvc.exp_rev") for r in client.search_runs(
         [experiment.experiment_id])}
     shown = parse_exp_show(json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout))
     revs = {e.name: e.rev for e in shown if not e.is_baseline}
-    assert tagged["e2e-ngf4"] == revs["e2e-ngf4"] and tagged["e2e-kernel1"] == revs["e2e-kernel1"]
+    assert tagged["e2e-ngf4"] == revs["e2e-ngf4"] and tagged["e2e-oasis-d"] == revs["e2e-oasis-d"]
     for experiment in shown:  # `dvc exp show` lists the headline metrics of every row
         assert experiment.metrics.get("reports/headline.json:miou") is not None, experiment

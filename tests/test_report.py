@@ -21,6 +21,7 @@ def fake_runs() -> pd.DataFrame:
         "tags.mlflow.runName": ["norm-instance", "train", "ngf-32"],
         "tags.dvc.baseline_rev": ["1234567890", None, "1234567890"],
         "tags.git.commit": ["1234567890", "abcdef0123", "1234567890"],
+        "params.method": ["SPADE", "OASIS", "SPADE"],
         "params.generator.ngf": ["16", "16", "32"],
         "params.generator.param_free_norm": ["instance", "syncbatch", "syncbatch"],
         "params.data.dataset": ["landscapes"] * 3,
@@ -29,31 +30,40 @@ def fake_runs() -> pd.DataFrame:
         "metrics.miou/val": [0.41, 0.38, np.nan],
         "metrics.perf/images_per_s": [12.0, 11.5, 7.25],
         "metrics.time/train_seconds": [120.0, np.nan, 600.0],
+        "metrics.final/step": [500, 250, 500],
     })
 
 
 def test_ablation_table_lists_differing_params_and_headlines() -> None:
     table = report.ablation_table(fake_runs())
     assert list(table["experiment"]) == ["train", "ngf-32", "norm-instance"]  # by start time
-    assert list(table.columns[:5]) == ["experiment", "commit", "run", "generator.ngf", "generator.param_free_norm"]
+    assert list(table.columns[:6]) == ["experiment", "method", "commit", "run", "generator.ngf",
+                                       "generator.param_free_norm"]
+    assert list(table["method"]) == ["OASIS", "SPADE", "SPADE"]
     assert "status" not in table  # shown only when some run did not finish
     failed = report.ablation_table(fake_runs().assign(status=["FINISHED", "FAILED", "FINISHED"]))
-    assert list(failed.columns[:4]) == ["experiment", "commit", "run", "status"] and failed["status"][0] == "FAILED"
+    assert list(failed.columns[:5]) == ["experiment", "method", "commit", "run", "status"]
+    assert failed["status"][0] == "FAILED"
+    # Runs logged before the method parameter: named by their generator.
+    older = report.ablation_table(fake_runs().drop(columns="params.method").assign(
+        **{"params.generator.arch": ["spade", "oasis", "clade"]}))
+    assert list(older["method"]) == ["OASIS", "CLADE", "SPADE"]
     assert "data.dataset" not in table and "tracking.experiment_name" not in table
     assert list(table["commit"]) == ["abcdef0", "1234567", "1234567"]
     assert table["FID"].tolist() == [95.0, 70.5, 80.123]
     assert table["train time (min)"].fillna(-1).tolist() == [-1, 10.0, 2.0]  # seconds logged, minutes shown
     assert report.headline_json(table.iloc[2]) == {
         "fid": 80.12, "miou": 0.41, "accuracy": None, "real_miou": None, "real_accuracy": None, "kid": None,
-        "images_per_s": 12.0, "train_minutes": 2.0}
+        "steps": 500, "images_per_s": 12.0, "train_minutes": 2.0}
 
     markdown = report.table_markdown(table).splitlines()
-    assert markdown[0].startswith("| experiment | commit | run | generator.ngf |")
-    # every registered metric (gaugan.metrics.registry), then training speed and time
+    assert markdown[0].startswith("| experiment | method | commit | run | generator.ngf |")
+    # every registered metric (gaugan.metrics.registry), then training steps, speed and time
     assert markdown[0].endswith("| FID | mIoU (%) | accuracy (%) | judge mIoU on real (%) | judge accuracy on real (%) "
-                                "| KID | images/s | train time (min) |")
+                                "| KID | steps | images/s | train time (min) |")
     assert "---:" in markdown[1]  # numeric columns right-aligned
-    assert markdown[3] == "| ngf-32 | 1234567 | cccccccc | 32 | syncbatch | 70.50 | - | - | - | - | - | 7.2 | 10.0 |"
+    assert markdown[3] == ("| ngf-32 | SPADE | 1234567 | cccccccc | 32 | syncbatch | 70.50 | - | - | - | - | - | 500 "
+                           "| 7.2 | 10.0 |")
 
     page_table = report.table_html(table, highlight_row=2)
     # best FID (lowest, ngf-32) and best mIoU (highest, norm-instance) are bold
