@@ -1,4 +1,5 @@
-"""The studio's HTTP API on tiny generators: shapes, determinism, every error path, serialised device use."""
+"""The studio's HTTP API on tiny generators: shapes, determinism, every error path, serialised device use,
+the don't-care index, decoding limits."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import json
 import re
 import threading
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
+from starlette.responses import JSONResponse
 from starlette.testclient import TestClient
 
 from gaugan.data.classes import label_palette
@@ -20,14 +23,31 @@ from gaugan.data.registry import published_spec
 from gaugan.models.loading import load_generator
 from gaugan.segmenters.trained import TrainedSegmenter, save_trained_segmenter
 from gaugan.studio.app import studio_for_checkpoint
-from gaugan.studio.inputs import MAX_UPLOAD_BYTES, LabelInput
+from gaugan.studio.inputs import MAX_UPLOAD_BYTES, LabelInput, Upload, read_label_upload
 from gaugan.studio.service import StudioService, StudioSetupError
 from gaugan.synthesize import synthesize_image
-from tests.studio_support import landscapes_spec, serve_in_thread, write_checkpoint
+from tests.studio_support import dontcare_spec, landscapes_spec, serve_in_thread, write_checkpoint
 
 SPEC = landscapes_spec(32)  # 10 classes + instance edges
 FACADES = dataclasses.replace(published_spec("facades"), load_size=32, crop_size=32)  # 13 classes, no instances
+DONTCARE = dontcare_spec(32)  # 5 classes; raw 255 is the don't-care index 5
 CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def error_messages(monkeypatch):
+    """Every error message the API sends in these tests; none may show an object's repr."""
+    sent: list[str] = []
+    render = JSONResponse.render
+
+    def recording_render(self, content):
+        if isinstance(content, dict) and "error" in content:
+            sent.append(content["error"])
+        return render(self, content)
+
+    monkeypatch.setattr(JSONResponse, "render", recording_render)
+    yield sent
+    assert not [message for message in sent if " object at 0x" in message], sent
 
 
 def png(array: np.ndarray, mode: str | None = None, palette: np.ndarray | None = None) -> bytes:
@@ -57,6 +77,7 @@ def checkpoints(tmp_path_factory):
         "plain": write_checkpoint(root / "plain.pt", SPEC),
         "vae": write_checkpoint(root / "vae.pt", SPEC, use_vae=True),
         "facades": write_checkpoint(root / "facades.pt", FACADES),
+        "dontcare": write_checkpoint(root / "dontcare.pt", DONTCARE),
         "root": root,
     }
 
@@ -79,7 +100,7 @@ def vae_client(checkpoints):
         yield test_client
 
 
-def generate(client: TestClient, label: bytes | None, **fields):
+def generate(client: TestClient, label: bytes | None, headers: dict[str, str] | None = None, **fields):
     files = {} if label is None else {"label": ("label.png", label, "image/png")}
     data = {}
     for name, value in fields.items():
@@ -87,7 +108,7 @@ def generate(client: TestClient, label: bytes | None, **fields):
             files[name] = (f"{name}.png", value, "application/octet-stream")
         else:
             data[name] = value
-    return client.post("/api/generate", files=files, data=data)
+    return client.post("/api/generate", files=files, data=data, headers=headers)
 
 
 def error_of(response) -> str:
@@ -405,3 +426,94 @@ def test_a_client_that_leaves_while_waiting_costs_no_generation(checkpoints):
         time.sleep(0.5)  # the stale request's turn has come and gone
         first.close()
     assert len(calls) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# The don't-care index: what the page loads, paints and saves is what the API takes back.
+
+
+def dontcare_scene() -> np.ndarray:
+    """Raw values of a custom dataset with void 255: classes 0..4 and a void region."""
+    labels = np.full((32, 32), 1, np.uint8)
+    labels[16:, :] = 3
+    labels[4:12, 20:30] = 255
+    return labels
+
+
+def test_the_dontcare_index_round_trips_through_the_studio(checkpoints):
+    """Loading turns 255 into index 5; the page sends 5 back, paints it, saves it: all of it generates."""
+    with make_client(checkpoints, "dontcare") as test_client:
+        classes = test_client.get("/api/info").json()["classes"]
+        assert [entry["name"] for entry in classes][-1] == "dontcare" and classes[-1]["index"] == 5
+        raw = dontcare_scene()
+        loaded = test_client.post("/api/label", files={"label": ("void.png", png(raw), "image/png")})
+        assert loaded.status_code == 200, loaded.text
+        indices = decode(loaded.content)
+        np.testing.assert_array_equal(indices, np.where(raw == 255, 5, raw))
+        as_raw = generate(test_client, png(raw))
+        as_index = generate(test_client, png(indices))  # what the page sends after loading
+        assert as_raw.status_code == 200, as_raw.text
+        assert as_index.status_code == 200, as_index.text
+        assert as_index.content == as_raw.content
+        painted = indices.copy()
+        painted[20:28, 2:10] = 5  # the don't-care class painted with the brush
+        response = generate(test_client, png(painted))
+        assert response.status_code == 200, response.text
+        assert response.content != as_index.content
+        beyond = indices.copy()
+        beyond[0, 0] = 6
+        refused = generate(test_client, png(beyond))
+        assert refused.status_code == 422
+        assert "label value(s) 6" in error_of(refused) and "don't-care value 255 or its index 5" in error_of(refused)
+
+
+# ---------------------------------------------------------------------------------------
+# Memory: label maps are decoded small, oversized ones not at all.
+
+
+def test_an_oversized_map_is_refused_before_it_is_decoded(client, monkeypatch):
+    """A 16 KB PNG of 4096x4096 pixels would cost a 32x32 model megabytes to decode: 413 from its header."""
+    huge = png(np.zeros((4096, 4096), np.uint8))
+    assert len(huge) < 2**16
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError(f"{self.size} pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    requests = [("/api/generate", {"label": huge}), ("/api/generate", {"label": png(scene()), "instance": huge}),
+                ("/api/label", {"label": huge}), ("/api/instance", {"instance": huge})]
+    for url, uploads in requests:
+        response = client.post(url, files={name: (f"{name}.png", data, "image/png") for name, data in uploads.items()})
+        assert response.status_code == 413, (url, response.text)
+        message = error_of(response)
+        assert "4096x4096" in message and "model's 32x32" in message and "up to 256x256" in message, message
+
+
+def test_a_label_map_is_decoded_in_its_own_8_bits(tmp_path):
+    """The largest map a 32x32 model takes (256x256), decoded and resized: far less than one int64 copy."""
+    labels = np.kron(scene(32), np.ones((8, 8), np.uint8))
+    upload = Upload("label", "large.png", png(labels))
+    tracemalloc.start()
+    try:
+        result = read_label_upload(SPEC, upload)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(result.labels, scene(32))
+    assert peak < 4 * labels.size, f"{peak} bytes for {labels.size} pixels"
+
+
+# ---------------------------------------------------------------------------------------
+# Error messages name uploads by their field and file name.
+
+
+@pytest.mark.parametrize(("url", "field"), [("/api/generate", "style"), ("/api/segment", "photo"),
+                                            ("/api/label", "label"), ("/api/instance", "instance")])
+def test_an_unreadable_upload_is_named_by_its_field_and_file_name(vae_client, url, field):
+    files = {field: ("holiday.png", b"\x89PNG\r\n\x1a\nnot an image after all", "image/png")}
+    if url == "/api/generate":
+        files["label"] = ("label.png", png(scene()), "image/png")
+    response = vae_client.post(url, files=files)
+    assert response.status_code == 422, response.text
+    assert error_of(response).startswith(f"{field} (holiday.png): "), error_of(response)
+    assert " object at 0x" not in error_of(response)
