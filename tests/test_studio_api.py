@@ -1,5 +1,5 @@
 """The studio's HTTP API on tiny generators: shapes, determinism, every error path, serialised device use,
-the don't-care index, decoding limits."""
+the don't-care index, decoding limits and the request queue."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import threading
 import time
 import tracemalloc
 
+import httpx2 as httpx
 import numpy as np
 import pytest
 import torch
@@ -286,7 +287,8 @@ def test_an_internal_error_answers_500_and_the_server_keeps_serving(checkpoints,
 
 
 def test_concurrent_requests_never_overlap_on_the_device(checkpoints):
-    """Eight clients at once: every request answered, the generator never runs twice at the same time."""
+    """Eight clients at once: every request answered (generated, or refused by the queue), the generator
+    never runs twice at the same time."""
     with make_client(checkpoints) as test_client:
         generator = test_client.app.state.service.loaded.generator
         forward = generator.forward
@@ -308,16 +310,16 @@ def test_concurrent_requests_never_overlap_on_the_device(checkpoints):
         generator.forward = watched_forward
         statuses = []
 
-        def request() -> None:
-            statuses.append(generate(test_client, png(scene())).status_code)
+        def request(client_id: str) -> None:
+            statuses.append(generate(test_client, png(scene()), headers={"X-Studio-Client": client_id}).status_code)
 
-        threads = [threading.Thread(target=request) for _ in range(8)]
+        threads = [threading.Thread(target=request, args=(f"page-{index}",)) for index in range(8)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-    assert statuses == [200] * 8
-    assert calls[0] == 8 and overlaps[0] == 1
+    assert len(statuses) == 8 and set(statuses) <= {200, 429} and 200 in statuses, statuses
+    assert calls[0] == statuses.count(200) and overlaps[0] == 1
 
 
 def test_segment_without_a_segmenter_is_503_with_the_reason(client):
@@ -468,7 +470,7 @@ def test_the_dontcare_index_round_trips_through_the_studio(checkpoints):
 
 
 # ---------------------------------------------------------------------------------------
-# Memory: label maps are decoded small, oversized ones not at all.
+# Memory: label maps are decoded small, oversized ones not at all, and the work in flight is bounded.
 
 
 def test_an_oversized_map_is_refused_before_it_is_decoded(client, monkeypatch):
@@ -501,6 +503,100 @@ def test_a_label_map_is_decoded_in_its_own_8_bits(tmp_path):
         tracemalloc.stop()
     np.testing.assert_array_equal(result.labels, scene(32))
     assert peak < 4 * labels.size, f"{peak} bytes for {labels.size} pixels"
+
+
+def post_label(url: str, client_id: str | None, label: bytes) -> httpx.Response:
+    headers = {"X-Studio-Client": client_id} if client_id else {}
+    with httpx.Client(timeout=60) as http:
+        return http.post(url + "api/generate", files={"label": ("label.png", label, "image/png")}, headers=headers)
+
+
+def wait_until(condition, what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.005)
+
+
+def test_a_newer_request_replaces_the_older_one_of_its_client_and_a_full_queue_answers_429(checkpoints):
+    """One request on the model, two waiting: a newer one from a waiting client takes its place (409
+    for the older), a request beyond the queue is answered 429 at once."""
+    app = studio_for_checkpoint(checkpoints["plain"], None, CPU, checkpoints["root"], checkpoints["root"] / "none.pt")
+    service = app.state.service
+    generator = service.loaded.generator
+    forward, entered, release = generator.forward, threading.Event(), threading.Event()
+
+    def held_forward(*args, **kwargs):
+        entered.set()
+        release.wait(timeout=60)
+        return forward(*args, **kwargs)
+
+    generator.forward = held_forward
+    responses: dict[str, httpx.Response] = {}
+    threads: list[threading.Thread] = []
+    label = png(scene())
+    with serve_in_thread(app) as url:
+        def send(name: str, client_id: str) -> None:
+            thread = threading.Thread(target=lambda: responses.__setitem__(name, post_label(url, client_id, label)))
+            thread.start()
+            threads.append(thread)
+
+        try:
+            send("running", "page-a")
+            wait_until(entered.is_set, "the first request holds the model")
+            send("older", "page-b")
+            wait_until(lambda: service.queue.waiting == 1, "the second request waits")
+            send("newer", "page-b")
+            wait_until(lambda: "older" in responses, "the older request is answered")
+            send("other", "page-c")
+            wait_until(lambda: service.queue.waiting == 2, "two requests wait")
+            refused = post_label(url, "page-d", label)
+        finally:
+            release.set()
+            for thread in threads:
+                thread.join(timeout=60)
+    assert responses["older"].status_code == 409
+    assert "replaced by a newer request from the same client" in responses["older"].json()["error"]
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert "busy" in refused.json()["error"] and "try again" in refused.json()["error"]
+    assert [responses[name].status_code for name in ("running", "newer", "other")] == [200, 200, 200]
+
+
+def test_twenty_concurrent_requests_are_all_answered_and_one_is_decoded_at_a_time(checkpoints, monkeypatch):
+    import gaugan.studio.app as studio_app
+
+    app = studio_for_checkpoint(checkpoints["plain"], None, CPU, checkpoints["root"], checkpoints["root"] / "none.pt")
+    decode_label, active, most = studio_app.read_label_upload, [0], [0]
+    guard = threading.Lock()
+
+    def counted(*args, **kwargs):
+        with guard:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            return decode_label(*args, **kwargs)
+        finally:
+            with guard:
+                active[0] -= 1
+
+    monkeypatch.setattr(studio_app, "read_label_upload", counted)
+    label = png(np.kron(scene(32), np.ones((8, 8), np.uint8)))  # the largest map the model takes
+    responses: list[httpx.Response] = []
+    with serve_in_thread(app) as url:
+        clients = [f"page-{index % 5}" if index % 4 else None for index in range(20)]  # None: a script
+        threads = [threading.Thread(target=lambda c=c: responses.append(post_label(url, c, label))) for c in clients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert len(responses) == 20
+    statuses = sorted(response.status_code for response in responses)
+    assert set(statuses) <= {200, 409, 429} and 200 in statuses, statuses
+    for response in responses:
+        if response.status_code != 200:
+            assert re.search(r"replaced by a newer request|busy", response.json()["error"]), response.text
+    assert most[0] == 1 and app.state.service.queue.waiting == 0
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@
 
 Errors are JSON ``{"error": message}`` with a 4xx status for bad input (see
 :mod:`gaugan.studio.inputs`); an unexpected error answers 500 and the server keeps serving.
+The POSTs take a place in the model's queue (:mod:`.queue`: 409 replaced by a newer
+request of the same client, 429 busy) before their uploads are read.
 """
 
 from __future__ import annotations
@@ -52,12 +54,14 @@ from gaugan.studio.inputs import (
     read_label_upload,
     read_photo_upload,
 )
+from gaugan.studio.queue import RETRY_AFTER_SECONDS, QueueRefusal
 from gaugan.studio.segment import SegmenterUnavailable, load_dataset_segmenter
 from gaugan.studio.service import SegmenterLoader, StudioService, device_description, instance_png, label_png
 from gaugan.synthesize import load_generator_for
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 3 * MAX_UPLOAD_BYTES + 2**20  # label + instance + style, and the multipart framing
+CLIENT_HEADER = "x-studio-client"  # the page's id, so that its newer requests replace its older ones
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request its client abandoned; nobody reads it
 # Everything the page loads comes from this server; photos are shown from blob: URLs.
 CONTENT_SECURITY_POLICY = "default-src 'self'; img-src 'self' blob: data:; connect-src 'self' blob:; object-src 'none'; base-uri 'none'"
@@ -82,26 +86,30 @@ def create_app(
     store's ``manifest.json``, whose class names and colours are shown when it fits ``spec``.
     """
     service = StudioService(loaded_generator, spec, device, segmenter_loader, encoder, manifest)
+    queue = service.queue
     info = studio_info(service, style_problem)
 
     async def get_info(request: Request) -> Response:
         return JSONResponse(info)
 
     async def generate(request: Request) -> Response:
-        async with request.form() as form:
-            label = await form_upload(form, "label")
-            instance = await form_upload(form, "instance")
-            style = await form_upload(form, "style")
-            seed = parse_seed(form_text(form, "seed"))
-        if style is not None and info["style"]["photo_reason"]:
-            raise StudioInputError(f"{style}: {info['style']['photo_reason']}; leave 'style' out", 400)
-        label_input = await run_in_threadpool(read_label_upload, spec, label, instance)
-        style_file = read_photo_upload(style, "style") if style is not None else None
+        async with queue.place(client_of(request), "generate") as place:
+            async with request.form() as form:
+                queue.check(place)  # replaced while its body came in: nothing of it is read into memory
+                label = await form_upload(form, "label")
+                instance = await form_upload(form, "instance")
+                style = await form_upload(form, "style")
+                seed = parse_seed(form_text(form, "seed"))
+            if style is not None and info["style"]["photo_reason"]:
+                raise StudioInputError(f"{style}: {info['style']['photo_reason']}; leave 'style' out", 400)
+            style_file = read_photo_upload(style, "style") if style is not None else None
 
-        def is_cancelled() -> bool:  # runs in the worker thread, asks the event loop
-            return anyio.from_thread.run(request.is_disconnected)
+            def is_cancelled() -> bool:  # runs in the worker thread, asks the event loop
+                return anyio.from_thread.run(request.is_disconnected)
 
-        generated = await run_in_threadpool(service.generate, label_input, seed, style_file, is_cancelled)
+            async with queue.turn(place):
+                label_input = await run_in_threadpool(read_label_upload, spec, label, instance)
+                generated = await run_in_threadpool(service.generate, label_input, seed, style_file, is_cancelled)
         if generated is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         headers = {
@@ -112,23 +120,32 @@ def create_app(
         return Response(generated.png, media_type="image/png", headers=headers)
 
     async def segment(request: Request) -> Response:
-        async with request.form() as form:
-            photo = read_photo_upload(await form_upload(form, "photo"), "photo")
-        labels = await run_in_threadpool(service.segment, photo)
+        async with queue.place(client_of(request), "segment") as place:
+            async with request.form() as form:
+                queue.check(place)
+                photo = read_photo_upload(await form_upload(form, "photo"), "photo")
+            async with queue.turn(place):
+                labels = await run_in_threadpool(service.segment, photo)
         return Response(label_png(labels, service.palette), media_type="image/png")
 
     async def normalise_label(request: Request) -> Response:
-        async with request.form() as form:
-            label = await form_upload(form, "label")
-        label_input = await run_in_threadpool(read_label_upload, spec, label, None)
+        async with queue.place(client_of(request), "label") as place:
+            async with request.form() as form:
+                queue.check(place)
+                label = await form_upload(form, "label")
+            async with queue.turn(place):
+                label_input = await run_in_threadpool(read_label_upload, spec, label, None)
         notes = [note for note in label_input.notes if not note.startswith("no instance map")]
         return Response(label_png(label_input.labels, service.palette), media_type="image/png",
                         headers={"X-Studio-Notes": json.dumps(notes)})
 
     async def normalise_instance(request: Request) -> Response:
-        async with request.form() as form:
-            instance = await form_upload(form, "instance")
-        ids, notes = await run_in_threadpool(read_instance_upload, spec, instance)
+        async with queue.place(client_of(request), "instance") as place:
+            async with request.form() as form:
+                queue.check(place)
+                instance = await form_upload(form, "instance")
+            async with queue.turn(place):
+                ids, notes = await run_in_threadpool(read_instance_upload, spec, instance)
         return Response(instance_png(ids), media_type="image/png", headers={"X-Studio-Notes": json.dumps(notes)})
 
     routes = [
@@ -179,6 +196,14 @@ def studio_info(service: StudioService, style_problem: str | None) -> dict[str, 
     }
 
 
+def client_of(request: Request) -> str:
+    """Who sent a request, for the queue: the page's id, else the connection (a script's requests are its own)."""
+    if CLIENT_HEADER in request.headers:
+        return f"page {request.headers[CLIENT_HEADER]}"
+    address = request.client
+    return f"connection {address.host}:{address.port}" if address else "connection unknown"
+
+
 async def form_upload(form: FormData, name: str) -> Upload | None:
     value = form.get(name)
     if value is None:
@@ -204,6 +229,11 @@ def error_response(message: str, status: int) -> JSONResponse:
 async def user_error_response(request: Request, error: Exception) -> Response:
     if isinstance(error, StudioInputError):
         return error_response(str(error), error.status)
+    if isinstance(error, QueueRefusal):
+        response = error_response(str(error), error.status)
+        if error.status == 429:
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
     if isinstance(error, SegmenterUnavailable):
         return error_response(str(error), 503)
     return error_response(str(error), 422 if isinstance(error, DataError) else 400)
