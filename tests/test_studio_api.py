@@ -1,5 +1,5 @@
 """The studio's HTTP API on tiny generators: shapes, determinism, every error path, serialised device use,
-the don't-care index, decoding limits and the request queue."""
+the request queue, cross-origin requests and the don't-care index."""
 
 from __future__ import annotations
 
@@ -597,6 +597,54 @@ def test_twenty_concurrent_requests_are_all_answered_and_one_is_decoded_at_a_tim
         if response.status_code != 200:
             assert re.search(r"replaced by a newer request|busy", response.json()["error"]), response.text
     assert most[0] == 1 and app.state.service.queue.waiting == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Requests from other web pages, and Host names.
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},  # a sandboxed frame or a file:// page
+        {"Origin": "http://testserver:8080"},  # another port is another origin
+        {"Sec-Fetch-Site": "cross-site"},  # an older browser: no Origin on the POST
+        {"Sec-Fetch-Site": "same-site"},
+        {"Referer": "http://evil.example/page.html"},
+    ],
+)
+def test_requests_from_other_web_pages_are_refused(checkpoints, headers):
+    with make_client(checkpoints) as test_client:
+        generator = test_client.app.state.service.loaded.generator
+        forward, calls = generator.forward, []
+        generator.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
+        response = generate(test_client, png(scene()), headers=headers)
+        assert response.status_code == 403, response.headers.get("content-type")
+        assert "another web page" in error_of(response) and "http://testserver" in error_of(response)
+        if "Origin" in headers:
+            assert test_client.get("/api/info", headers=headers).status_code == 403
+        assert calls == []
+
+
+def test_the_studios_own_page_and_scripts_are_served(client):
+    own = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin", "Referer": "http://testserver/"}
+    assert generate(client, png(scene()), headers=own).status_code == 200
+    assert generate(client, png(scene())).status_code == 200  # curl: no Origin, no Referer
+    assert generate(client, png(scene()), headers={"Sec-Fetch-Site": "none"}).status_code == 200
+
+
+def test_a_host_outside_the_allow_list_is_refused(checkpoints):
+    """DNS rebinding: a page whose name resolves to this computer sends its own name as Host."""
+    app = studio_for_checkpoint(checkpoints["plain"], None, CPU, checkpoints["root"], checkpoints["root"] / "none.pt",
+                                allowed_hosts=["127.0.0.1", "localhost", "::1", "studio.lan"])
+    with TestClient(app) as test_client:
+        for host in ("127.0.0.1:7860", "localhost", "LOCALHOST:7860", "[::1]:7860", "studio.lan:7860"):
+            assert test_client.get("/api/info", headers={"Host": host}).status_code == 200, host
+        for host in ("evil.example", "127.0.0.1.evil.example:7860", "[::2]:7860", "studio.lan.evil.example"):
+            response = test_client.get("/api/info", headers={"Host": host})
+            assert response.status_code == 400, host
+            assert f"Host {host!r}" in error_of(response) and "--allowed-host" in error_of(response)
 
 
 # ---------------------------------------------------------------------------------------

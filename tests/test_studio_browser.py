@@ -7,7 +7,8 @@ the tools paint: the brush is a disc of the chosen diameter, strokes leave no ga
 bucket fills the 4-connected region. Any anti-aliasing (blended colours, stray indices at
 stroke edges, a smoothed upscale on screen) or a photo that does not follow the edits
 fails the test. A COCO-Stuff model checks the don't-care class end to end (load, generate,
-paint, save, ``gaugan synthesize``).
+paint, save, ``gaugan synthesize``), and a page from another origin must not make the
+studio work.
 
 Environment: ``GAUGAN_STUDIO_CHECKPOINT`` serves that checkpoint (a trained 64x64 landscapes
 generator) instead of a tiny random one; ``GAUGAN_STUDIO_SCREENSHOT`` writes the final
@@ -16,7 +17,10 @@ screenshot of the page there (the README's docs/studio.png is made this way).
 
 from __future__ import annotations
 
+import base64
+import http.server
 import io
+import json
 import os
 from collections import deque
 from pathlib import Path
@@ -30,6 +34,7 @@ from gaugan.data.builtin import generate_landscape
 from gaugan.data.classes import label_palette
 from gaugan.studio.app import studio_for_checkpoint
 from pipeline.cli import app as cli
+from tests.http_support import serving
 from tests.studio_support import coco_spec, landscapes_spec, serve_in_thread, write_checkpoint
 
 SIZE = 64
@@ -282,3 +287,45 @@ def test_dontcare_pixels_load_generate_paint_save_and_synthesize(browser_page, t
     # The studio folds spectral norm and runs channels-last: the same maths, equal to float rounding.
     np.testing.assert_allclose(np.asarray(Image.open(output)).astype(int), painted_photo.astype(int), atol=1)
 
+
+ATTACKER_PAGE = """<!doctype html><title>a page elsewhere</title><script>
+async function attack(studio, label) {
+  const form = new FormData();
+  form.append("label", new Blob([Uint8Array.from(atob(label), (c) => c.charCodeAt(0))], {type: "image/png"}), "l.png");
+  await fetch(studio + "api/generate", {method: "POST", mode: "no-cors", body: form});
+  return "answered";
+}
+</script>"""
+
+
+class AttackerPage(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the http.server hook
+        body = ATTACKER_PAGE.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_page_from_another_origin_cannot_make_the_studio_generate(browser_page, tmp_path):
+    """A multipart POST needs no preflight: Chromium sends it from any page, and the studio must refuse it."""
+    app = studio_for_checkpoint(write_checkpoint(tmp_path / "plain.pt", landscapes_spec(32)), None,
+                                torch.device("cpu"), tmp_path, tmp_path / "none.pt")
+    generator = app.state.service.loaded.generator
+    forward, calls = generator.forward, []
+    generator.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
+    label = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(label, format="PNG")
+    with serve_in_thread(app) as studio_url, serving(AttackerPage) as attacker:
+        browser_page.goto(attacker.url + "/")
+        encoded = base64.b64encode(label.getvalue()).decode()
+        sent = browser_page.evaluate(f"attack({json.dumps(studio_url)}, {json.dumps(encoded)})")
+        assert sent == "answered"
+        assert calls == [], "a page from another origin made the studio generate"
+        browser_page.goto(studio_url)  # the studio's own page still works
+        Studio(browser_page, studio_url, 32).wait_for_photo()
+        assert calls

@@ -14,7 +14,8 @@
 Errors are JSON ``{"error": message}`` with a 4xx status for bad input (see
 :mod:`gaugan.studio.inputs`); an unexpected error answers 500 and the server keeps serving.
 The POSTs take a place in the model's queue (:mod:`.queue`: 409 replaced by a newer
-request of the same client, 429 busy) before their uploads are read.
+request of the same client, 429 busy) before their uploads are read; requests from other
+web pages and Host names not served are refused (:mod:`.origin`: 403, 400).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -54,6 +54,7 @@ from gaugan.studio.inputs import (
     read_label_upload,
     read_photo_upload,
 )
+from gaugan.studio.origin import RequestGuard
 from gaugan.studio.queue import RETRY_AFTER_SECONDS, QueueRefusal
 from gaugan.studio.segment import SegmenterUnavailable, load_dataset_segmenter
 from gaugan.studio.service import SegmenterLoader, StudioService, device_description, instance_png, label_png
@@ -81,9 +82,10 @@ def create_app(
 
     ``segmenter_loader`` is called once, on the first photo to segment (None: no segmenter);
     ``encoder`` is the VAE's style encoder (``style_problem`` says why there is none);
-    ``allowed_hosts`` restricts the Host header (a loopback-only server refuses other names,
-    which keeps web pages that rebind their DNS to 127.0.0.1 out); ``manifest`` is the
-    store's ``manifest.json``, whose class names and colours are shown when it fits ``spec``.
+    ``allowed_hosts`` are the only Host names answered (None: any, for in-process use; the
+    command gives the loopback names and ``--allowed-host``'s, which keeps out web pages that
+    rebind their DNS to this computer); ``manifest`` is the store's ``manifest.json``, whose
+    class names and colours are shown when it fits ``spec``.
     """
     service = StudioService(loaded_generator, spec, device, segmenter_loader, encoder, manifest)
     queue = service.queue
@@ -156,9 +158,11 @@ def create_app(
         Route("/api/instance", normalise_instance, methods=["POST"]),
         Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"),
     ]
-    middleware = [Middleware(SecurityHeaders), Middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)]
-    if allowed_hosts is not None:
-        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(RequestGuard, allowed_hosts=allowed_hosts),
+        Middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES),
+    ]
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         UserError: user_error_response,
         HTTPException: http_error_response,
