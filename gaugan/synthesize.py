@@ -1,7 +1,7 @@
 """One image from one label map: the paper's test-time use (section 4; docs/SPADE.md section 3).
 
 The label map is read as class indices, mapped with the dataset's conventions (don't-care
-value, valid range), resized with nearest neighbours to the generator's size (as the
+value or the stored don't-care index, valid range), resized with nearest neighbours to the generator's size (as the
 official test does), turned into the one-hot map with the instance edge channel where the
 dataset uses one, and fed to the generator in eval mode. A VAE generator draws z from the
 prior with the given seed, or encodes a style image. A generator with 3D noise (OASIS) gets
@@ -36,12 +36,41 @@ class SynthesisError(UserError, ValueError):
 
 
 def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) integer map -> ``size`` (H, W) with PIL's nearest neighbour (the official test's resize)."""
+    """(H, W) integer map -> ``size`` (H, W) as int64, with PIL's nearest neighbour (the official test's resize).
+
+    8-bit maps are resized as they are; wider ones as 32-bit ids (Cityscapes instances),
+    whose nearest-neighbour grid is the same.
+    """
     height, width = size
     if array.shape == (height, width):
-        return array
-    image = Image.fromarray(array.astype(np.int32))  # mode "I": 32-bit ids (Cityscapes instances)
+        return array.astype(np.int64)
+    image = Image.fromarray(array if array.dtype == np.uint8 else array.astype(np.int32))  # mode "L" or "I"
     return np.asarray(image.resize((width, height), Image.Resampling.NEAREST), dtype=np.int64)
+
+
+def read_label_map(
+    spec: DatasetSpec, label_path: str | os.PathLike, setting: str | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Stored label indices at the network size ``spec.image_size``, and the file's own (H, W).
+
+    The file is decoded in its own width (one byte a pixel for 8-bit and palette maps) and
+    checked at full resolution before the resize. Both the dataset's raw don't-care value
+    (255 for COCO-Stuff) and the stored don't-care index ``label_nc`` (what the studio
+    paints and saves) mean don't care. Errors name the file, the value and ``setting``.
+    """
+    raw = read_index_map(label_path, compact=True)
+    map_labels(np.unique(raw), spec, label_path, setting, dontcare_index=True)  # every value, checked once
+    labels = map_labels(resize_nearest(raw, spec.image_size), spec, label_path, setting, dontcare_index=True)
+    return labels, raw.shape
+
+
+def read_instance_map(
+    spec: DatasetSpec, instance_path: str | os.PathLike, label_shape: tuple[int, int], label_path: str | os.PathLike
+) -> np.ndarray:
+    """Instance ids at the network size; the map must have its label map's size (H, W) ``label_shape``."""
+    ids = read_index_map(instance_path, "instance map", compact=True)
+    check_same_size(np.broadcast_to(False, label_shape), ids, label_path, instance_path, "the instance map")
+    return resize_nearest(ids, spec.image_size)
 
 
 def read_label_input(
@@ -50,13 +79,12 @@ def read_label_input(
     instance_path: str | os.PathLike | None = None,
     setting: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Label indices (and instance ids) at the network size ``spec.image_size``.
+    """Label indices (and instance ids) at the network size ``spec.image_size`` (``gaugan synthesize``).
 
     Errors name the file, the value and ``setting`` (what to change): out-of-range labels,
     a missing or unexpected instance map, label and instance maps of different sizes.
     """
-    raw = read_index_map(label_path)
-    labels = map_labels(raw, spec, label_path, setting)
+    labels, label_shape = read_label_map(spec, label_path, setting)
     instance = None
     if spec.use_instance:
         if instance_path is None:
@@ -64,14 +92,12 @@ def read_label_input(
                 f"{label_path}: dataset {spec.name!r} uses instance edges (the model has an edge input channel); "
                 f"pass its instance map with --instance"
             )
-        instance = read_index_map(instance_path, "instance map")
-        check_same_size(raw, instance, label_path, instance_path, "the instance map")
-        instance = resize_nearest(instance, spec.image_size)
+        instance = read_instance_map(spec, instance_path, label_shape, label_path)
     elif instance_path is not None:
         raise SynthesisError(
             f"{instance_path}: dataset {spec.name!r} has no instance edge channel in this model; drop --instance"
         )
-    return resize_nearest(labels, spec.image_size), instance
+    return labels, instance
 
 
 def style_tensor(style_path: str | os.PathLike, size: tuple[int, int], device: torch.device) -> Tensor:

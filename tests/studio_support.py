@@ -25,6 +25,16 @@ def landscapes_spec(size: int = 32) -> DatasetSpec:
     return dataclasses.replace(published_spec("landscapes"), load_size=size, crop_size=size)
 
 
+def dontcare_spec(size: int = 32) -> DatasetSpec:
+    """A custom dataset with a don't-care value: 5 classes, raw value 255 stored as index 5, instance edges."""
+    return DatasetSpec("custom", 5, True, 255, True, size, size, 1.0, "fixed", comparable_to_paper=False)
+
+
+def coco_spec(size: int = 32) -> DatasetSpec:
+    """COCO-Stuff (182 classes, raw 255 stored as the don't-care index 182, instance edges) at ``size``."""
+    return dataclasses.replace(published_spec("coco"), load_size=size, crop_size=size)
+
+
 def tiny_config(use_vae: bool = False) -> Config:
     return replace(Config(), generator={"ngf": 8, "spade_hidden": 16},
                    encoder={"nef": 8, "z_dim": 16, "use_vae": use_vae})

@@ -65,11 +65,23 @@ def test_studio_prints_the_url_and_serves_the_checkpoint_on_loopback(served, che
     assert other_name.status_code == 400  # a loopback studio answers only to loopback names
 
 
-def test_studio_on_another_host_warns(served, checkpoint):
-    result = studio("--checkpoint", str(checkpoint), "--host", "0.0.0.0")
+def test_serving_beyond_loopback_needs_allowed_host(served, checkpoint):
+    """--host 0.0.0.0 alone refuses to start; with --allowed-host it answers to those names and loopback only."""
+    refused = studio("--checkpoint", str(checkpoint), "--host", "0.0.0.0")
+    assert refused.exit_code == 2 and not served
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.output
+    assert "--host 0.0.0.0: serves the studio beyond this computer" in refused.stderr
+    assert "there is no login" in refused.stderr and "--allowed-host" in refused.stderr
+    result = studio("--checkpoint", str(checkpoint), "--host", "0.0.0.0", "--allowed-host", "192.168.1.5",
+                    "--allowed-host", "Studio.LAN")
     assert result.exit_code == 0, result.output
     assert "warning: --host 0.0.0.0" in result.stderr and "anyone who can reach port" in result.stderr
-    assert TestClient(served[0].app, base_url="http://192.168.1.5").get("/api/info").status_code == 200
+    assert "127.0.0.1, localhost, ::1, 192.168.1.5, studio.lan" in result.stderr
+    assert result.stdout.startswith("GauGAN studio: http://192.168.1.5:")
+    for name in ("192.168.1.5", "studio.lan", "127.0.0.1"):
+        assert TestClient(served[0].app, base_url=f"http://{name}").get("/api/info").status_code == 200, name
+    rebound = TestClient(served[0].app, base_url="http://attacker.example").get("/api/info")
+    assert rebound.status_code == 400 and "--allowed-host" in rebound.json()["error"]
 
 
 def test_studio_serves_an_official_generator_with_its_dataset(served, checkpoint, tmp_path):

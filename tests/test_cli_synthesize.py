@@ -18,6 +18,7 @@ from gaugan.data.registry import published_spec
 from gaugan.data.semantic import semantic_input
 from gaugan.models import build_encoder, build_generator, published_parameter_counts
 from pipeline.cli import app
+from tests.studio_support import dontcare_spec, write_checkpoint
 
 SPEC = published_spec("landscapes")  # 10 classes + instance edges = 11 channels, 64x64
 runner = CliRunner()
@@ -169,6 +170,30 @@ def test_synthesize_errors_are_clear(files, tmp_path, case, fragments):
         assert fragment in result.stderr, (fragment, result.stderr)
     assert "Traceback" not in result.output
     assert not output.exists()
+
+
+def test_the_dontcare_value_and_its_stored_index_both_mean_dont_care(tmp_path):
+    """A map saved by the studio holds the don't-care index (5 here), a dataset's file the raw value 255:
+    the same image from both; one beyond them is an error naming the accepted values."""
+    checkpoint = write_checkpoint(tmp_path / "custom.pt", dontcare_spec(32))
+    raw = np.full((32, 32), 1, np.uint8)
+    raw[16:, :] = 3
+    raw[4:12, 20:30] = 255
+    maps = {"raw": raw, "index": np.where(raw == 255, 5, raw).astype(np.uint8), "beyond": np.where(raw == 255, 6, raw)}
+    results = {}
+    for name, labels in maps.items():
+        Image.fromarray(labels.astype(np.uint8)).save(tmp_path / f"{name}.png")
+        results[name] = runner.invoke(app, [
+            "synthesize", "--checkpoint", str(checkpoint), "--dataset", "custom", "--device", "cpu",
+            "--label", str(tmp_path / f"{name}.png"), "--instance", str(tmp_path / "raw.png"),
+            "--output", str(tmp_path / f"{name}_photo.png")])
+    assert results["raw"].exit_code == 0, results["raw"].output
+    assert results["index"].exit_code == 0, results["index"].output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "raw_photo.png")),
+                          np.asarray(Image.open(tmp_path / "index_photo.png")))
+    assert results["beyond"].exit_code == 2
+    assert "label value(s) 6 outside the valid range 0..4, the don't-care value 255 or its index 5" in (
+        results["beyond"].stderr)
 
 
 def test_params_json_and_table():

@@ -1,4 +1,5 @@
-"""The studio's HTTP API on tiny generators: shapes, determinism, every error path, serialised device use."""
+"""The studio's HTTP API on tiny generators: shapes, determinism, every error path, serialised device use,
+the request queue, cross-origin requests and the don't-care index."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import json
 import re
 import threading
 import time
+import tracemalloc
 
+import httpx2 as httpx
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
+from starlette.responses import JSONResponse
 from starlette.testclient import TestClient
 
 from gaugan.data.classes import label_palette
@@ -20,14 +24,31 @@ from gaugan.data.registry import published_spec
 from gaugan.models.loading import load_generator
 from gaugan.segmenters.trained import TrainedSegmenter, save_trained_segmenter
 from gaugan.studio.app import studio_for_checkpoint
-from gaugan.studio.inputs import MAX_UPLOAD_BYTES, LabelInput
+from gaugan.studio.inputs import MAX_UPLOAD_BYTES, LabelInput, Upload, read_label_upload
 from gaugan.studio.service import StudioService, StudioSetupError
 from gaugan.synthesize import synthesize_image
-from tests.studio_support import landscapes_spec, serve_in_thread, write_checkpoint
+from tests.studio_support import dontcare_spec, landscapes_spec, serve_in_thread, write_checkpoint
 
 SPEC = landscapes_spec(32)  # 10 classes + instance edges
 FACADES = dataclasses.replace(published_spec("facades"), load_size=32, crop_size=32)  # 13 classes, no instances
+DONTCARE = dontcare_spec(32)  # 5 classes; raw 255 is the don't-care index 5
 CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def error_messages(monkeypatch):
+    """Every error message the API sends in these tests; none may show an object's repr."""
+    sent: list[str] = []
+    render = JSONResponse.render
+
+    def recording_render(self, content):
+        if isinstance(content, dict) and "error" in content:
+            sent.append(content["error"])
+        return render(self, content)
+
+    monkeypatch.setattr(JSONResponse, "render", recording_render)
+    yield sent
+    assert not [message for message in sent if " object at 0x" in message], sent
 
 
 def png(array: np.ndarray, mode: str | None = None, palette: np.ndarray | None = None) -> bytes:
@@ -57,6 +78,7 @@ def checkpoints(tmp_path_factory):
         "plain": write_checkpoint(root / "plain.pt", SPEC),
         "vae": write_checkpoint(root / "vae.pt", SPEC, use_vae=True),
         "facades": write_checkpoint(root / "facades.pt", FACADES),
+        "dontcare": write_checkpoint(root / "dontcare.pt", DONTCARE),
         "root": root,
     }
 
@@ -79,7 +101,7 @@ def vae_client(checkpoints):
         yield test_client
 
 
-def generate(client: TestClient, label: bytes | None, **fields):
+def generate(client: TestClient, label: bytes | None, headers: dict[str, str] | None = None, **fields):
     files = {} if label is None else {"label": ("label.png", label, "image/png")}
     data = {}
     for name, value in fields.items():
@@ -87,7 +109,7 @@ def generate(client: TestClient, label: bytes | None, **fields):
             files[name] = (f"{name}.png", value, "application/octet-stream")
         else:
             data[name] = value
-    return client.post("/api/generate", files=files, data=data)
+    return client.post("/api/generate", files=files, data=data, headers=headers)
 
 
 def error_of(response) -> str:
@@ -265,7 +287,8 @@ def test_an_internal_error_answers_500_and_the_server_keeps_serving(checkpoints,
 
 
 def test_concurrent_requests_never_overlap_on_the_device(checkpoints):
-    """Eight clients at once: every request answered, the generator never runs twice at the same time."""
+    """Eight clients at once: every request answered (generated, or refused by the queue), the generator
+    never runs twice at the same time."""
     with make_client(checkpoints) as test_client:
         generator = test_client.app.state.service.loaded.generator
         forward = generator.forward
@@ -287,16 +310,16 @@ def test_concurrent_requests_never_overlap_on_the_device(checkpoints):
         generator.forward = watched_forward
         statuses = []
 
-        def request() -> None:
-            statuses.append(generate(test_client, png(scene())).status_code)
+        def request(client_id: str) -> None:
+            statuses.append(generate(test_client, png(scene()), headers={"X-Studio-Client": client_id}).status_code)
 
-        threads = [threading.Thread(target=request) for _ in range(8)]
+        threads = [threading.Thread(target=request, args=(f"page-{index}",)) for index in range(8)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-    assert statuses == [200] * 8
-    assert calls[0] == 8 and overlaps[0] == 1
+    assert len(statuses) == 8 and set(statuses) <= {200, 429} and 200 in statuses, statuses
+    assert calls[0] == statuses.count(200) and overlaps[0] == 1
 
 
 def test_segment_without_a_segmenter_is_503_with_the_reason(client):
@@ -405,3 +428,236 @@ def test_a_client_that_leaves_while_waiting_costs_no_generation(checkpoints):
         time.sleep(0.5)  # the stale request's turn has come and gone
         first.close()
     assert len(calls) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# The don't-care index: what the page loads, paints and saves is what the API takes back.
+
+
+def dontcare_scene() -> np.ndarray:
+    """Raw values of a custom dataset with void 255: classes 0..4 and a void region."""
+    labels = np.full((32, 32), 1, np.uint8)
+    labels[16:, :] = 3
+    labels[4:12, 20:30] = 255
+    return labels
+
+
+def test_the_dontcare_index_round_trips_through_the_studio(checkpoints):
+    """Loading turns 255 into index 5; the page sends 5 back, paints it, saves it: all of it generates."""
+    with make_client(checkpoints, "dontcare") as test_client:
+        classes = test_client.get("/api/info").json()["classes"]
+        assert [entry["name"] for entry in classes][-1] == "dontcare" and classes[-1]["index"] == 5
+        raw = dontcare_scene()
+        loaded = test_client.post("/api/label", files={"label": ("void.png", png(raw), "image/png")})
+        assert loaded.status_code == 200, loaded.text
+        indices = decode(loaded.content)
+        np.testing.assert_array_equal(indices, np.where(raw == 255, 5, raw))
+        as_raw = generate(test_client, png(raw))
+        as_index = generate(test_client, png(indices))  # what the page sends after loading
+        assert as_raw.status_code == 200, as_raw.text
+        assert as_index.status_code == 200, as_index.text
+        assert as_index.content == as_raw.content
+        painted = indices.copy()
+        painted[20:28, 2:10] = 5  # the don't-care class painted with the brush
+        response = generate(test_client, png(painted))
+        assert response.status_code == 200, response.text
+        assert response.content != as_index.content
+        beyond = indices.copy()
+        beyond[0, 0] = 6
+        refused = generate(test_client, png(beyond))
+        assert refused.status_code == 422
+        assert "label value(s) 6" in error_of(refused) and "don't-care value 255 or its index 5" in error_of(refused)
+
+
+# ---------------------------------------------------------------------------------------
+# Memory: label maps are decoded small, oversized ones not at all, and the work in flight is bounded.
+
+
+def test_an_oversized_map_is_refused_before_it_is_decoded(client, monkeypatch):
+    """A 16 KB PNG of 4096x4096 pixels would cost a 32x32 model megabytes to decode: 413 from its header."""
+    huge = png(np.zeros((4096, 4096), np.uint8))
+    assert len(huge) < 2**16
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError(f"{self.size} pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    requests = [("/api/generate", {"label": huge}), ("/api/generate", {"label": png(scene()), "instance": huge}),
+                ("/api/label", {"label": huge}), ("/api/instance", {"instance": huge})]
+    for url, uploads in requests:
+        response = client.post(url, files={name: (f"{name}.png", data, "image/png") for name, data in uploads.items()})
+        assert response.status_code == 413, (url, response.text)
+        message = error_of(response)
+        assert "4096x4096" in message and "model's 32x32" in message and "up to 256x256" in message, message
+
+
+def test_a_label_map_is_decoded_in_its_own_8_bits(tmp_path):
+    """The largest map a 32x32 model takes (256x256), decoded and resized: far less than one int64 copy."""
+    labels = np.kron(scene(32), np.ones((8, 8), np.uint8))
+    upload = Upload("label", "large.png", png(labels))
+    tracemalloc.start()
+    try:
+        result = read_label_upload(SPEC, upload)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(result.labels, scene(32))
+    assert peak < 4 * labels.size, f"{peak} bytes for {labels.size} pixels"
+
+
+def post_label(url: str, client_id: str | None, label: bytes) -> httpx.Response:
+    headers = {"X-Studio-Client": client_id} if client_id else {}
+    with httpx.Client(timeout=60) as http:
+        return http.post(url + "api/generate", files={"label": ("label.png", label, "image/png")}, headers=headers)
+
+
+def wait_until(condition, what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.005)
+
+
+def test_a_newer_request_replaces_the_older_one_of_its_client_and_a_full_queue_answers_429(checkpoints):
+    """One request on the model, two waiting: a newer one from a waiting client takes its place (409
+    for the older), a request beyond the queue is answered 429 at once."""
+    app = studio_for_checkpoint(checkpoints["plain"], None, CPU, checkpoints["root"], checkpoints["root"] / "none.pt")
+    service = app.state.service
+    generator = service.loaded.generator
+    forward, entered, release = generator.forward, threading.Event(), threading.Event()
+
+    def held_forward(*args, **kwargs):
+        entered.set()
+        release.wait(timeout=60)
+        return forward(*args, **kwargs)
+
+    generator.forward = held_forward
+    responses: dict[str, httpx.Response] = {}
+    threads: list[threading.Thread] = []
+    label = png(scene())
+    with serve_in_thread(app) as url:
+        def send(name: str, client_id: str) -> None:
+            thread = threading.Thread(target=lambda: responses.__setitem__(name, post_label(url, client_id, label)))
+            thread.start()
+            threads.append(thread)
+
+        try:
+            send("running", "page-a")
+            wait_until(entered.is_set, "the first request holds the model")
+            send("older", "page-b")
+            wait_until(lambda: service.queue.waiting == 1, "the second request waits")
+            send("newer", "page-b")
+            wait_until(lambda: "older" in responses, "the older request is answered")
+            send("other", "page-c")
+            wait_until(lambda: service.queue.waiting == 2, "two requests wait")
+            refused = post_label(url, "page-d", label)
+        finally:
+            release.set()
+            for thread in threads:
+                thread.join(timeout=60)
+    assert responses["older"].status_code == 409
+    assert "replaced by a newer request from the same client" in responses["older"].json()["error"]
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert "busy" in refused.json()["error"] and "try again" in refused.json()["error"]
+    assert [responses[name].status_code for name in ("running", "newer", "other")] == [200, 200, 200]
+
+
+def test_twenty_concurrent_requests_are_all_answered_and_one_is_decoded_at_a_time(checkpoints, monkeypatch):
+    import gaugan.studio.app as studio_app
+
+    app = studio_for_checkpoint(checkpoints["plain"], None, CPU, checkpoints["root"], checkpoints["root"] / "none.pt")
+    decode_label, active, most = studio_app.read_label_upload, [0], [0]
+    guard = threading.Lock()
+
+    def counted(*args, **kwargs):
+        with guard:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            return decode_label(*args, **kwargs)
+        finally:
+            with guard:
+                active[0] -= 1
+
+    monkeypatch.setattr(studio_app, "read_label_upload", counted)
+    label = png(np.kron(scene(32), np.ones((8, 8), np.uint8)))  # the largest map the model takes
+    responses: list[httpx.Response] = []
+    with serve_in_thread(app) as url:
+        clients = [f"page-{index % 5}" if index % 4 else None for index in range(20)]  # None: a script
+        threads = [threading.Thread(target=lambda c=c: responses.append(post_label(url, c, label))) for c in clients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert len(responses) == 20
+    statuses = sorted(response.status_code for response in responses)
+    assert set(statuses) <= {200, 409, 429} and 200 in statuses, statuses
+    for response in responses:
+        if response.status_code != 200:
+            assert re.search(r"replaced by a newer request|busy", response.json()["error"]), response.text
+    assert most[0] == 1 and app.state.service.queue.waiting == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Requests from other web pages, and Host names.
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},  # a sandboxed frame or a file:// page
+        {"Origin": "http://testserver:8080"},  # another port is another origin
+        {"Sec-Fetch-Site": "cross-site"},  # an older browser: no Origin on the POST
+        {"Sec-Fetch-Site": "same-site"},
+        {"Referer": "http://evil.example/page.html"},
+    ],
+)
+def test_requests_from_other_web_pages_are_refused(checkpoints, headers):
+    with make_client(checkpoints) as test_client:
+        generator = test_client.app.state.service.loaded.generator
+        forward, calls = generator.forward, []
+        generator.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
+        response = generate(test_client, png(scene()), headers=headers)
+        assert response.status_code == 403, response.headers.get("content-type")
+        assert "another web page" in error_of(response) and "http://testserver" in error_of(response)
+        if "Origin" in headers:
+            assert test_client.get("/api/info", headers=headers).status_code == 403
+        assert calls == []
+
+
+def test_the_studios_own_page_and_scripts_are_served(client):
+    own = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin", "Referer": "http://testserver/"}
+    assert generate(client, png(scene()), headers=own).status_code == 200
+    assert generate(client, png(scene())).status_code == 200  # curl: no Origin, no Referer
+    assert generate(client, png(scene()), headers={"Sec-Fetch-Site": "none"}).status_code == 200
+
+
+def test_a_host_outside_the_allow_list_is_refused(checkpoints):
+    """DNS rebinding: a page whose name resolves to this computer sends its own name as Host."""
+    app = studio_for_checkpoint(checkpoints["plain"], None, CPU, checkpoints["root"], checkpoints["root"] / "none.pt",
+                                allowed_hosts=["127.0.0.1", "localhost", "::1", "studio.lan"])
+    with TestClient(app) as test_client:
+        for host in ("127.0.0.1:7860", "localhost", "LOCALHOST:7860", "[::1]:7860", "studio.lan:7860"):
+            assert test_client.get("/api/info", headers={"Host": host}).status_code == 200, host
+        for host in ("evil.example", "127.0.0.1.evil.example:7860", "[::2]:7860", "studio.lan.evil.example"):
+            response = test_client.get("/api/info", headers={"Host": host})
+            assert response.status_code == 400, host
+            assert f"Host {host!r}" in error_of(response) and "--allowed-host" in error_of(response)
+
+
+# ---------------------------------------------------------------------------------------
+# Error messages name uploads by their field and file name.
+
+
+@pytest.mark.parametrize(("url", "field"), [("/api/generate", "style"), ("/api/segment", "photo"),
+                                            ("/api/label", "label"), ("/api/instance", "instance")])
+def test_an_unreadable_upload_is_named_by_its_field_and_file_name(vae_client, url, field):
+    files = {field: ("holiday.png", b"\x89PNG\r\n\x1a\nnot an image after all", "image/png")}
+    if url == "/api/generate":
+        files["label"] = ("label.png", png(scene()), "image/png")
+    response = vae_client.post(url, files=files)
+    assert response.status_code == 422, response.text
+    assert error_of(response).startswith(f"{field} (holiday.png): "), error_of(response)
+    assert " object at 0x" not in error_of(response)

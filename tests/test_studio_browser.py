@@ -6,7 +6,9 @@ generation of the new map), and the saved label map must hold exactly the class 
 the tools paint: the brush is a disc of the chosen diameter, strokes leave no gaps, the
 bucket fills the 4-connected region. Any anti-aliasing (blended colours, stray indices at
 stroke edges, a smoothed upscale on screen) or a photo that does not follow the edits
-fails the test.
+fails the test. A COCO-Stuff model checks the don't-care class end to end (load, generate,
+paint, save, ``gaugan synthesize``), and a page from another origin must not make the
+studio work.
 
 Environment: ``GAUGAN_STUDIO_CHECKPOINT`` serves that checkpoint (a trained 64x64 landscapes
 generator) instead of a tiny random one; ``GAUGAN_STUDIO_SCREENSHOT`` writes the final
@@ -15,7 +17,10 @@ screenshot of the page there (the README's docs/studio.png is made this way).
 
 from __future__ import annotations
 
+import base64
+import http.server
 import io
+import json
 import os
 from collections import deque
 from pathlib import Path
@@ -23,11 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from gaugan.data.builtin import generate_landscape
 from gaugan.data.classes import label_palette
 from gaugan.studio.app import studio_for_checkpoint
-from tests.studio_support import landscapes_spec, serve_in_thread, write_checkpoint
+from pipeline.cli import app as cli
+from tests.http_support import serving
+from tests.studio_support import coco_spec, landscapes_spec, serve_in_thread, write_checkpoint
 
 SIZE = 64
 GRASS, TREE, WATER = 6, 7, 4
@@ -35,7 +43,13 @@ PALETTE = label_palette(10, "landscapes")
 
 WAIT_FOR_PHOTO = """() => {
   const canvas = document.getElementById("label-canvas"), photo = document.getElementById("photo");
+  const toast = document.getElementById("toast");
+  if (!toast.hidden && toast.classList.contains("error")) return true;  // no photo is coming
   return photo.dataset.version === canvas.dataset.version && document.getElementById("busy").hidden;
+}"""
+ERROR_SHOWN = """() => {
+  const toast = document.getElementById("toast");
+  return !toast.hidden && toast.classList.contains("error") ? toast.textContent : null;
 }"""
 PHOTO_BYTES = """async () => {
   const response = await fetch(document.getElementById("photo").src);
@@ -56,9 +70,10 @@ def stamp_offsets(size: int) -> list[tuple[int, int]]:
 def paint_stroke(labels: np.ndarray, points: list[tuple[int, int]], size: int, value: int) -> np.ndarray:
     """What a brush stroke through these (consecutive, 8-adjacent) pixels paints."""
     out = labels.copy()
+    height, width = labels.shape
     for x, y in points:
         for dx, dy in stamp_offsets(size):
-            if 0 <= x + dx < SIZE and 0 <= y + dy < SIZE:
+            if 0 <= x + dx < width and 0 <= y + dy < height:
                 out[y + dy, x + dx] = value
     return out
 
@@ -80,13 +95,16 @@ def flood_fill(labels: np.ndarray, x: int, y: int, value: int) -> np.ndarray:
 class Studio:
     """The page, driven as a person would: clicks on controls, mouse strokes over the canvas."""
 
-    def __init__(self, page, url: str) -> None:
+    def __init__(self, page, url: str, size: int = SIZE) -> None:
         self.page = page
         self.url = url
+        self.size = size
 
     def wait_for_photo(self) -> np.ndarray:
-        """The photo once it shows the current label map."""
+        """The photo once it shows the current label map (an error shown instead fails the test)."""
         self.page.wait_for_function(WAIT_FOR_PHOTO, timeout=30000)
+        error = self.page.evaluate(ERROR_SHOWN)
+        assert error is None, error
         return np.asarray(Image.open(io.BytesIO(bytes(self.page.evaluate(PHOTO_BYTES)))))
 
     def save(self, button: str) -> Image.Image:
@@ -102,7 +120,7 @@ class Studio:
     def screen(self, x: int, y: int) -> tuple[float, float]:
         """The screen position of the centre of canvas pixel (x, y)."""
         box = self.page.locator("#overlay-canvas").bounding_box()
-        scale = box["width"] / SIZE
+        scale = box["width"] / self.size
         return box["x"] + (x + 0.5) * scale, box["y"] + (y + 0.5) * scale
 
     def stroke(self, start: tuple[int, int], end: tuple[int, int]) -> None:
@@ -229,3 +247,85 @@ def tiny_photo() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_dontcare_pixels_load_generate_paint_save_and_synthesize(browser_page, tmp_path):
+    """COCO-Stuff's don't-care value 255 becomes index 182 on the canvas: the page generates from it,
+    paints it, saves it, and ``gaugan synthesize`` reads the saved maps back to the page's photo."""
+    size, dontcare = 32, 182
+    checkpoint = write_checkpoint(tmp_path / "coco.pt", coco_spec(size))
+    app = studio_for_checkpoint(checkpoint, None, torch.device("cpu"), tmp_path / "weights", tmp_path / "none.pt")
+    with serve_in_thread(app) as url:
+        studio = Studio(browser_page, url, size)
+        browser_page.goto(url)
+        studio.wait_for_photo()
+        raw = np.full((size, size), 156, np.uint8)  # sky-other over grass, a void region (255) in the sky
+        raw[20:, :] = 123
+        raw[4:12, 16:28] = 255
+        Image.fromarray(raw).save(tmp_path / "void.png")
+        browser_page.set_input_files("#load-label-file", str(tmp_path / "void.png"))
+        loaded_photo = studio.wait_for_photo()
+        expected = np.where(raw == 255, dontcare, raw).astype(np.int64)
+        np.testing.assert_array_equal(np.asarray(studio.save("#save-label")), expected)
+
+        studio.select_class("dontcare")
+        browser_page.click("#sizes [data-size='5']")
+        studio.stroke((4, 26), (20, 26))
+        painted_photo = studio.wait_for_photo()
+        assert not np.array_equal(painted_photo, loaded_photo), "the photo did not change after painting don't care"
+        expected = paint_stroke(expected, [(x, 26) for x in range(4, 21)], 5, dontcare)
+        label, instance = studio.save("#save-label"), studio.save("#save-instance")
+        np.testing.assert_array_equal(np.asarray(label), expected)
+        label.save(tmp_path / "saved_label.png")
+        instance.save(tmp_path / "saved_instance.png")
+
+    output = tmp_path / "synthesized.png"
+    result = CliRunner().invoke(cli, [
+        "synthesize", "--checkpoint", str(checkpoint), "--dataset", "coco", "--device", "cpu", "--output", str(output),
+        "--label", str(tmp_path / "saved_label.png"), "--instance", str(tmp_path / "saved_instance.png")])
+    assert result.exit_code == 0, result.output
+    # The studio folds spectral norm and runs channels-last: the same maths, equal to float rounding.
+    np.testing.assert_allclose(np.asarray(Image.open(output)).astype(int), painted_photo.astype(int), atol=1)
+
+
+ATTACKER_PAGE = """<!doctype html><title>a page elsewhere</title><script>
+async function attack(studio, label) {
+  const form = new FormData();
+  form.append("label", new Blob([Uint8Array.from(atob(label), (c) => c.charCodeAt(0))], {type: "image/png"}), "l.png");
+  await fetch(studio + "api/generate", {method: "POST", mode: "no-cors", body: form});
+  return "answered";
+}
+</script>"""
+
+
+class AttackerPage(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the http.server hook
+        body = ATTACKER_PAGE.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_page_from_another_origin_cannot_make_the_studio_generate(browser_page, tmp_path):
+    """A multipart POST needs no preflight: Chromium sends it from any page, and the studio must refuse it."""
+    app = studio_for_checkpoint(write_checkpoint(tmp_path / "plain.pt", landscapes_spec(32)), None,
+                                torch.device("cpu"), tmp_path, tmp_path / "none.pt")
+    generator = app.state.service.loaded.generator
+    forward, calls = generator.forward, []
+    generator.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
+    label = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(label, format="PNG")
+    with serve_in_thread(app) as studio_url, serving(AttackerPage) as attacker:
+        browser_page.goto(attacker.url + "/")
+        encoded = base64.b64encode(label.getvalue()).decode()
+        sent = browser_page.evaluate(f"attack({json.dumps(studio_url)}, {json.dumps(encoded)})")
+        assert sent == "answered"
+        assert calls == [], "a page from another origin made the studio generate"
+        browser_page.goto(studio_url)  # the studio's own page still works
+        Studio(browser_page, studio_url, 32).wait_for_photo()
+        assert calls

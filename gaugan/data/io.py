@@ -68,11 +68,20 @@ def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image
         raise DataError(f"{path}: unreadable image ({err})") from err
 
 
-def read_index_map(path: str | os.PathLike, what: str = "label map", max_pixels: int | None = None) -> np.ndarray:
-    """A single-channel index image as int64 (H, W): P, L, I;16, I modes."""
+def read_index_map(
+    path: str | os.PathLike, what: str = "label map", max_pixels: int | None = None, compact: bool = False
+) -> np.ndarray:
+    """A single-channel index image (H, W): P, L, I;16, I modes.
+
+    As int64, or with ``compact`` in the file's own width (uint8 for 8-bit and palette maps,
+    uint16 for 16-bit, int32 for 32-bit): an eighth of the memory for the usual 8-bit map.
+    """
     img = _open(path, max_pixels)
     if img.mode in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
-        return np.asarray(img, dtype=np.int64) if img.mode != "P" else np.asarray(img).astype(np.int64)
+        arr = np.asarray(img)
+        if compact:
+            return arr.astype(np.uint8) if img.mode == "1" else arr.astype(arr.dtype.newbyteorder("="), copy=False)
+        return arr.astype(np.int64)
     if img.mode in ("RGB", "RGBA", "LA"):
         arr = np.asarray(img)
         channels = arr.reshape(-1, arr.shape[-1])[:, :3] if arr.ndim == 3 else None
@@ -80,7 +89,7 @@ def read_index_map(path: str | os.PathLike, what: str = "label map", max_pixels:
         if channels is not None and channels.shape[1] == 3 and (channels[:, 0] == channels[:, 1]).all() and (
             channels[:, 1] == channels[:, 2]
         ).all():
-            return arr[..., 0].astype(np.int64)
+            return arr[..., 0].copy() if compact else arr[..., 0].astype(np.int64)
         raise DataError(
             f"{path}: the {what} is a colour ({img.mode}) image; {what}s must hold class indices "
             f"(a greyscale or palette PNG), not colours"
@@ -103,21 +112,26 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
     return _open(path, max_pixels).convert("RGB")
 
 
-def map_labels(raw: np.ndarray, spec: DatasetSpec, source: str | os.PathLike, setting: str | None = None) -> np.ndarray:
+def map_labels(raw: np.ndarray, spec: DatasetSpec, source: str | os.PathLike, setting: str | None = None,
+               dontcare_index: bool = False) -> np.ndarray:
     """Raw label values -> stored indices in ``[0, spec.num_label_values)``.
 
     The don't-care value (255 for COCO-Stuff) becomes index ``label_nc``. Any other value
     outside ``[0, label_nc)`` (``label_nc`` itself included: it would silently merge into
-    the don't-care class) is an error naming the file, the value and the setting to change.
-    Datasets with a don't-care channel but no don't-care value (ADE20K) keep every value in
-    ``[0, num_label_values)`` as it is.
+    the don't-care class) is an error naming the file, the value and the setting to change,
+    unless ``dontcare_index``: maps of stored indices (the studio's) hold ``label_nc`` itself
+    for don't care. Datasets with a don't-care channel but no don't-care value (ADE20K) keep
+    every value in ``[0, num_label_values)`` as it is.
     """
     labels = raw.astype(np.int64, copy=True)
     if spec.dontcare_value is not None:
         dontcare = raw == spec.dontcare_value
+        allowed = f"0..{spec.label_nc - 1} or the don't-care value {spec.dontcare_value}"
+        if dontcare_index and spec.dontcare_value != spec.label_nc:
+            dontcare |= raw == spec.label_nc
+            allowed = f"0..{spec.label_nc - 1}, the don't-care value {spec.dontcare_value} or its index {spec.label_nc}"
         labels[dontcare] = spec.label_nc
         bad = ~dontcare & ((raw < 0) | (raw >= spec.label_nc))
-        allowed = f"0..{spec.label_nc - 1} or the don't-care value {spec.dontcare_value}"
     else:
         bad = (labels < 0) | (labels >= spec.num_label_values)
         allowed = f"0..{spec.num_label_values - 1}"

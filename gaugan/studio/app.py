@@ -13,6 +13,9 @@
 
 Errors are JSON ``{"error": message}`` with a 4xx status for bad input (see
 :mod:`gaugan.studio.inputs`); an unexpected error answers 500 and the server keeps serving.
+The POSTs take a place in the model's queue (:mod:`.queue`: 409 replaced by a newer
+request of the same client, 429 busy) before their uploads are read; requests from other
+web pages and Host names not served are refused (:mod:`.origin`: 403, 400).
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -52,12 +54,15 @@ from gaugan.studio.inputs import (
     read_label_upload,
     read_photo_upload,
 )
+from gaugan.studio.origin import RequestGuard
+from gaugan.studio.queue import RETRY_AFTER_SECONDS, QueueRefusal
 from gaugan.studio.segment import SegmenterUnavailable, load_dataset_segmenter
 from gaugan.studio.service import SegmenterLoader, StudioService, device_description, instance_png, label_png
 from gaugan.synthesize import load_generator_for
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 3 * MAX_UPLOAD_BYTES + 2**20  # label + instance + style, and the multipart framing
+CLIENT_HEADER = "x-studio-client"  # the page's id, so that its newer requests replace its older ones
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request its client abandoned; nobody reads it
 # Everything the page loads comes from this server; photos are shown from blob: URLs.
 CONTENT_SECURITY_POLICY = "default-src 'self'; img-src 'self' blob: data:; connect-src 'self' blob:; object-src 'none'; base-uri 'none'"
@@ -77,31 +82,36 @@ def create_app(
 
     ``segmenter_loader`` is called once, on the first photo to segment (None: no segmenter);
     ``encoder`` is the VAE's style encoder (``style_problem`` says why there is none);
-    ``allowed_hosts`` restricts the Host header (a loopback-only server refuses other names,
-    which keeps web pages that rebind their DNS to 127.0.0.1 out); ``manifest`` is the
-    store's ``manifest.json``, whose class names and colours are shown when it fits ``spec``.
+    ``allowed_hosts`` are the only Host names answered (None: any, for in-process use; the
+    command gives the loopback names and ``--allowed-host``'s, which keeps out web pages that
+    rebind their DNS to this computer); ``manifest`` is the store's ``manifest.json``, whose
+    class names and colours are shown when it fits ``spec``.
     """
     service = StudioService(loaded_generator, spec, device, segmenter_loader, encoder, manifest)
+    queue = service.queue
     info = studio_info(service, style_problem)
 
     async def get_info(request: Request) -> Response:
         return JSONResponse(info)
 
     async def generate(request: Request) -> Response:
-        async with request.form() as form:
-            label = await form_upload(form, "label")
-            instance = await form_upload(form, "instance")
-            style = await form_upload(form, "style")
-            seed = parse_seed(form_text(form, "seed"))
-        if style is not None and info["style"]["photo_reason"]:
-            raise StudioInputError(f"{style}: {info['style']['photo_reason']}; leave 'style' out", 400)
-        label_input = await run_in_threadpool(read_label_upload, spec, label, instance)
-        style_file = read_photo_upload(style, "style") if style is not None else None
+        async with queue.place(client_of(request), "generate") as place:
+            async with request.form() as form:
+                queue.check(place)  # replaced while its body came in: nothing of it is read into memory
+                label = await form_upload(form, "label")
+                instance = await form_upload(form, "instance")
+                style = await form_upload(form, "style")
+                seed = parse_seed(form_text(form, "seed"))
+            if style is not None and info["style"]["photo_reason"]:
+                raise StudioInputError(f"{style}: {info['style']['photo_reason']}; leave 'style' out", 400)
+            style_file = read_photo_upload(style, "style") if style is not None else None
 
-        def is_cancelled() -> bool:  # runs in the worker thread, asks the event loop
-            return anyio.from_thread.run(request.is_disconnected)
+            def is_cancelled() -> bool:  # runs in the worker thread, asks the event loop
+                return anyio.from_thread.run(request.is_disconnected)
 
-        generated = await run_in_threadpool(service.generate, label_input, seed, style_file, is_cancelled)
+            async with queue.turn(place):
+                label_input = await run_in_threadpool(read_label_upload, spec, label, instance)
+                generated = await run_in_threadpool(service.generate, label_input, seed, style_file, is_cancelled)
         if generated is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         headers = {
@@ -112,23 +122,32 @@ def create_app(
         return Response(generated.png, media_type="image/png", headers=headers)
 
     async def segment(request: Request) -> Response:
-        async with request.form() as form:
-            photo = read_photo_upload(await form_upload(form, "photo"), "photo")
-        labels = await run_in_threadpool(service.segment, photo)
+        async with queue.place(client_of(request), "segment") as place:
+            async with request.form() as form:
+                queue.check(place)
+                photo = read_photo_upload(await form_upload(form, "photo"), "photo")
+            async with queue.turn(place):
+                labels = await run_in_threadpool(service.segment, photo)
         return Response(label_png(labels, service.palette), media_type="image/png")
 
     async def normalise_label(request: Request) -> Response:
-        async with request.form() as form:
-            label = await form_upload(form, "label")
-        label_input = await run_in_threadpool(read_label_upload, spec, label, None)
+        async with queue.place(client_of(request), "label") as place:
+            async with request.form() as form:
+                queue.check(place)
+                label = await form_upload(form, "label")
+            async with queue.turn(place):
+                label_input = await run_in_threadpool(read_label_upload, spec, label, None)
         notes = [note for note in label_input.notes if not note.startswith("no instance map")]
         return Response(label_png(label_input.labels, service.palette), media_type="image/png",
                         headers={"X-Studio-Notes": json.dumps(notes)})
 
     async def normalise_instance(request: Request) -> Response:
-        async with request.form() as form:
-            instance = await form_upload(form, "instance")
-        ids, notes = await run_in_threadpool(read_instance_upload, spec, instance)
+        async with queue.place(client_of(request), "instance") as place:
+            async with request.form() as form:
+                queue.check(place)
+                instance = await form_upload(form, "instance")
+            async with queue.turn(place):
+                ids, notes = await run_in_threadpool(read_instance_upload, spec, instance)
         return Response(instance_png(ids), media_type="image/png", headers={"X-Studio-Notes": json.dumps(notes)})
 
     routes = [
@@ -139,9 +158,11 @@ def create_app(
         Route("/api/instance", normalise_instance, methods=["POST"]),
         Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"),
     ]
-    middleware = [Middleware(SecurityHeaders), Middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)]
-    if allowed_hosts is not None:
-        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(RequestGuard, allowed_hosts=allowed_hosts),
+        Middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES),
+    ]
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         UserError: user_error_response,
         HTTPException: http_error_response,
@@ -179,6 +200,14 @@ def studio_info(service: StudioService, style_problem: str | None) -> dict[str, 
     }
 
 
+def client_of(request: Request) -> str:
+    """Who sent a request, for the queue: the page's id, else the connection (a script's requests are its own)."""
+    if CLIENT_HEADER in request.headers:
+        return f"page {request.headers[CLIENT_HEADER]}"
+    address = request.client
+    return f"connection {address.host}:{address.port}" if address else "connection unknown"
+
+
 async def form_upload(form: FormData, name: str) -> Upload | None:
     value = form.get(name)
     if value is None:
@@ -204,6 +233,11 @@ def error_response(message: str, status: int) -> JSONResponse:
 async def user_error_response(request: Request, error: Exception) -> Response:
     if isinstance(error, StudioInputError):
         return error_response(str(error), error.status)
+    if isinstance(error, QueueRefusal):
+        response = error_response(str(error), error.status)
+        if error.status == 429:
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
     if isinstance(error, SegmenterUnavailable):
         return error_response(str(error), 503)
     return error_response(str(error), 422 if isinstance(error, DataError) else 400)

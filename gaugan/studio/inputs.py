@@ -1,11 +1,14 @@
 """What the studio accepts from a browser or a script, checked before anything reaches the model.
 
 Every problem becomes a :class:`StudioInputError` with an HTTP status and a message that
-names the form field, the file and the value: a file over the size limit (413), a label
-or instance map that is not a PNG (415), a value outside the model's classes or an
-unreadable file (422), a missing field or a bad seed (400). The label conventions
-themselves (don't-care value, valid range, nearest-neighbour resize to the network size)
-are :func:`gaugan.synthesize.read_label_input`'s, as for ``gaugan synthesize``.
+names the form field, the file and the value: a file over the size limit or a map far
+larger than the model (413), a label or instance map that is not a PNG (415), a value
+outside the model's classes or an unreadable file (422), a missing field or a bad seed
+(400). Sizes are read from the file's header, so an oversized image is refused before it
+is decoded; maps are decoded in their own width (one byte a pixel for 8-bit maps). The
+label conventions themselves (don't-care value or index, valid range, nearest-neighbour
+resize to the network size) are :func:`gaugan.synthesize.read_label_map`'s, as for
+``gaugan synthesize``.
 """
 
 from __future__ import annotations
@@ -14,15 +17,19 @@ import io
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from gaugan.data.io import read_index_map
 from gaugan.data.registry import DatasetSpec
 from gaugan.errors import UserError
-from gaugan.synthesize import read_label_input, resize_nearest
+from gaugan.synthesize import read_instance_map, read_label_map, resize_nearest
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per file
 MAX_PIXELS = 4096 * 4096  # decoded size of one upload: a small PNG can hold a huge image
+# Label and instance maps: at most this many times the model's longer side, on each side
+# (a Cityscapes 2048x1024 map fits its 512x256 model four times over). A 16 KB PNG can
+# hold 4096x4096 pixels, which cost a 64x64 model 400 MB to decode before this limit.
+MAX_MAP_SCALE = 8
 MAX_SEED = 2**31 - 1
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -61,6 +68,9 @@ class NamedBytes(io.BytesIO):
     def __str__(self) -> str:
         return self.label
 
+    def __repr__(self) -> str:  # libraries that name the file by its repr (Pillow) name it the same way
+        return self.label
+
 
 @dataclass(frozen=True)
 class LabelInput:
@@ -94,11 +104,29 @@ def check_upload(upload: Upload, png_only: bool) -> tuple[int, int]:
             width, height = image.size
     except Image.DecompressionBombError as err:
         raise StudioInputError(f"{upload}: {err}", 413) from err
+    except UnidentifiedImageError as err:
+        raise StudioInputError(f"{upload}: unreadable image: not in any format Pillow reads (PNG, JPEG, ...)",
+                               422) from err
     except (OSError, SyntaxError, ValueError) as err:
         raise StudioInputError(f"{upload}: unreadable image ({err})", 422) from err
     if width * height > MAX_PIXELS:
         raise StudioInputError(
             f"{upload}: {width}x{height} pixels is over the limit of {MAX_PIXELS:,} pixels per image", 413
+        )
+    return width, height
+
+
+def check_map_upload(upload: Upload, spec: DatasetSpec) -> tuple[int, int]:
+    """:func:`check_upload` for a label or instance map, which may be at most :data:`MAX_MAP_SCALE`
+    times the model's size on each side; returns (W, H). Nothing is decoded before."""
+    width, height = check_upload(upload, png_only=True)
+    model_height, model_width = spec.image_size
+    side = MAX_MAP_SCALE * max(model_height, model_width)
+    if width > side or height > side:
+        raise StudioInputError(
+            f"{upload}: {width}x{height} pixels; the model's {model_width}x{model_height} takes maps up to "
+            f"{side}x{side} ({MAX_MAP_SCALE} times its size): scale the map down (nearest neighbour) first",
+            413,
         )
     return width, height
 
@@ -120,7 +148,7 @@ def read_label_upload(spec: DatasetSpec, label: Upload | None, instance: Upload 
     """
     if label is None:
         raise StudioInputError("form field 'label' is missing: send the label map as a PNG of class indices", 400)
-    size = check_upload(label, png_only=True)
+    size = check_map_upload(label, spec)
     notes = [note for note in [resize_note("the label map", size, spec)] if note]
     if instance is not None:
         if not spec.use_instance:
@@ -128,15 +156,17 @@ def read_label_upload(spec: DatasetSpec, label: Upload | None, instance: Upload 
                 f"{instance}: dataset {spec.name!r} has no instance edge channel in this model; leave 'instance' out",
                 400,
             )
-        check_upload(instance, png_only=True)
+        check_map_upload(instance, spec)
     elif spec.use_instance:
         notes.append("no instance map sent: each class region counts as one object (edges on class boundaries)")
-    instance_source = instance if instance is not None else label
     setting = f"the label map (the model's classes are 0..{spec.num_label_values - 1}; GET /api/info lists them)"
     try:
-        labels, instance_ids = read_label_input(
-            spec, NamedBytes(label), NamedBytes(instance_source) if spec.use_instance else None, setting
-        )
+        labels, label_shape = read_label_map(spec, NamedBytes(label), setting)
+        instance_ids = None
+        if instance is not None:
+            instance_ids = read_instance_map(spec, NamedBytes(instance), label_shape, NamedBytes(label))
+        elif spec.use_instance:
+            instance_ids = labels  # one object per class region
     except UserError as err:
         raise StudioInputError(str(err), 422) from err
     return LabelInput(labels, instance_ids, notes)
@@ -152,9 +182,9 @@ def read_instance_upload(spec: DatasetSpec, instance: Upload | None) -> tuple[np
         raise StudioInputError("form field 'instance' is missing: send the instance map as a PNG", 400)
     if not spec.use_instance:
         raise StudioInputError(f"{instance}: dataset {spec.name!r} has no instance edge channel in this model", 400)
-    size = check_upload(instance, png_only=True)
+    size = check_map_upload(instance, spec)
     try:
-        ids = read_index_map(NamedBytes(instance), "instance map")
+        ids = read_index_map(NamedBytes(instance), "instance map", compact=True)
     except UserError as err:
         raise StudioInputError(str(err), 422) from err
     _, compact = np.unique(resize_nearest(ids, spec.image_size), return_inverse=True)

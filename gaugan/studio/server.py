@@ -1,5 +1,6 @@
 """Listening and serving with uvicorn: the socket is opened first, so that a port in use is a
-clear error naming it (and tests can bind port 0 and read the port they got)."""
+clear error naming it (and tests can bind port 0 and read the port they got). Which Host
+names the studio answers to is decided here too (:func:`served_names`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import uvicorn
 from starlette.applications import Starlette
 
 from gaugan.errors import UserError
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 class ListenError(UserError, OSError):
@@ -25,6 +29,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def served_names(host: str, allowed_hosts: list[str]) -> list[str]:
+    """The Host names the studio answers to when listening on ``host``: this computer's loopback
+    names, ``host`` itself when it is one address, and ``allowed_hosts``.
+
+    Serving beyond loopback needs ``allowed_hosts`` (``--allowed-host``): the names browsers on
+    the network will use, given on purpose, since there is no login.
+    """
+    if not is_loopback(host) and not allowed_hosts:
+        raise ListenError(
+            f"--host {host}: serves the studio beyond this computer, to anyone who can reach the port (there is "
+            f"no login); to do that on purpose, add --allowed-host with the name or address browsers will use "
+            f"(e.g. --allowed-host {socket.gethostname()}; repeat it for more names)"
+        )
+    names = [*LOOPBACK_NAMES, *([] if host in ("0.0.0.0", "::", "") else [host]), *allowed_hosts]
+    return list(dict.fromkeys(name.lower() for name in names))
+
+
 def open_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: any free port)."""
     try:
@@ -37,12 +58,11 @@ def open_socket(host: str, port: int) -> socket.socket:
     return listener
 
 
-def url_of(listener: socket.socket) -> str:
+def url_of(listener: socket.socket, name: str | None = None) -> str:
+    """The studio's address: under ``name`` (one of the served names), else the address it listens on."""
     host, port = listener.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    if host in ("0.0.0.0", "::"):
-        shown = socket.gethostname()
-    return f"http://{shown}:{port}/"
+    shown = name or host
+    return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
 
 
 def make_server(app: Starlette, log_level: str = "warning") -> uvicorn.Server:

@@ -1,9 +1,10 @@
 """The studio's model: loaded once, used by one request at a time.
 
 Every use of the device (generation, loading and running the segmenter) holds one lock,
-so concurrent requests are served in turn and never race on the GPU. A request whose
-client has gone (the page cancels a stale generation when the label map changes again)
-is dropped when its turn comes instead of occupying the device.
+so concurrent requests are served in turn and never race on the GPU; the model's request
+queue (:mod:`.queue`) bounds how many requests wait for it. A request whose client has
+gone (the page cancels a stale generation when the label map changes again) is dropped
+when its turn comes instead of occupying the device.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from gaugan.models.encoder import ConvEncoder
 from gaugan.models.loading import LoadedGenerator
 from gaugan.segmenters.base import Segmenter
 from gaugan.studio.inputs import LabelInput, NamedBytes
+from gaugan.studio.queue import RequestQueue
 from gaugan.studio.segment import SegmenterUnavailable, labels_from_photo
 from gaugan.synthesize import style_tensor, synthesize_image
 
@@ -110,7 +112,7 @@ def encode_png(image: Image.Image) -> bytes:
 
 
 class StudioService:
-    """The generator (and style encoder, segmenter) of one studio, behind one device lock."""
+    """The generator (and style encoder, segmenter) of one studio, behind one device lock and one request queue."""
 
     def __init__(
         self,
@@ -136,6 +138,7 @@ class StudioService:
         self._segmenter_loader = segmenter_loader
         self._segmenter: Segmenter | None = None
         self._lock = threading.Lock()
+        self.queue = RequestQueue()
 
     @property
     def is_vae(self) -> bool:

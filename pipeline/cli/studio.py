@@ -31,8 +31,12 @@ def studio_command(
         help="one of our checkpoints, or an official latest_net_G.pth (with --dataset)")] = DEFAULT_CHECKPOINT,
     dataset: Annotated[Optional[str], typer.Option(
         help="the dataset the model was trained on (needed for official files; ours carry it)")] = None,
-    host: Annotated[str, typer.Option(help="address to listen on; anything but loopback opens it to the network")]
-        = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="address to listen on; anything but loopback opens it to the network "
+                                           "and needs --allowed-host")] = "127.0.0.1",
+    allowed_host: Annotated[Optional[list[str]], typer.Option(
+        "--allowed-host", help="a name or address browsers on the network will use to reach the studio (repeat "
+                               "for more); needed to serve beyond loopback, and the only names answered besides "
+                               "the loopback ones")] = None,
     port: Annotated[int, typer.Option(help="port to listen on")] = 7860,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
     segmenter_weights_dir: Annotated[Path, typer.Option(
@@ -51,7 +55,7 @@ def studio_command(
     prefer_passive_openmp()
     from gaugan.data.store import MANIFEST, read_manifest
     from gaugan.studio.app import studio_for_checkpoint
-    from gaugan.studio.server import is_loopback, make_server, open_socket, url_of
+    from gaugan.studio.server import is_loopback, make_server, open_socket, served_names, url_of
     from gaugan.train.distributed import resolve_device
 
     if dataset is not None:
@@ -59,20 +63,21 @@ def studio_command(
     if checkpoint == DEFAULT_CHECKPOINT and not checkpoint.is_file():
         fail(f"{checkpoint}: no trained generator yet; run the pipeline first (dvc repro), or pass --checkpoint "
              f"(one of ours, or an official latest_net_G.pth with --dataset)")
+    names = served_names(host, allowed_host or [])  # before anything is loaded: beyond loopback only on purpose
     manifest = read_manifest(store) if (store / MANIFEST).is_file() else None
-    loopback = is_loopback(host)
     listener = open_socket(host, port)
     app = studio_for_checkpoint(
         checkpoint, dataset, resolve_device(device, setting="--device"), segmenter_weights_dir, segmenter_checkpoint, use_ema,
-        # Only names of this computer (keeps out pages that rebind their DNS to it); an IPv6
-        # Host header ("[::1]:7860") is not parsed by Starlette's check, so ::1 goes unchecked.
-        allowed_hosts=["127.0.0.1", "localhost", host] if loopback and ":" not in host else None,
+        allowed_hosts=names,  # keeps out web pages that make their own name resolve to this computer
         manifest=manifest,
     )
-    if not loopback:
+    shown = None
+    if not is_loopback(host):
         typer.echo(f"warning: --host {host} serves the studio beyond this computer: anyone who can reach "
-                   f"port {listener.getsockname()[1]} on that network can use it (there is no login)", err=True)
-    typer.echo(f"GauGAN studio: {url_of(listener)}  (Ctrl-C to stop)")
+                   f"port {listener.getsockname()[1]} on that network can use it (there is no login); it answers "
+                   f"to {', '.join(names)}", err=True)
+        shown = allowed_host[0]  # a name it answers to, which a wildcard address is not
+    typer.echo(f"GauGAN studio: {url_of(listener, shown)}  (Ctrl-C to stop)")
     make_server(app).run(sockets=[listener])
 
 

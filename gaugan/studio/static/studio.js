@@ -14,6 +14,11 @@ const HISTORY_LIMIT = 100; // undo steps kept
 const BRUSH_SIZES = [1, 3, 5, 9, 15, 25, 41]; // odd diameters: the stamp is centred on a pixel
 const FIRST_OBJECT_ID = 256; // instance ids below are "the class region" (id = class index)
 const DISPLAY_SIZE = 512; // on-screen size of the longer side, in CSS pixels (integer zoom)
+// This page's id for the server's queue: a newer request of this page replaces its older one
+// still waiting. getRandomValues, not randomUUID: pages served beyond loopback are not secure contexts.
+const CLIENT_ID = Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0"))
+  .join("");
+const CLIENT_HEADERS = { "X-Studio-Client": CLIENT_ID };
 
 const $ = (id) => document.getElementById(id);
 
@@ -420,6 +425,7 @@ function showCursor(point) {
 let generateTimer = null;
 let firstPendingAt = 0;
 let inFlight = null; // AbortController of the request in flight
+let retryTimer = null; // asks again after the server answered "busy" (429)
 
 function scheduleGenerate() {
   const now = performance.now();
@@ -434,6 +440,7 @@ function scheduleGenerate() {
 
 async function generate() {
   if (inFlight) inFlight.abort();
+  clearTimeout(retryTimer);
   const controller = new AbortController();
   inFlight = controller;
   const version = state.version;
@@ -446,7 +453,16 @@ async function generate() {
     if (state.styleFile) form.append("style", state.styleFile, state.styleFile.name);
     if (controller.signal.aborted) return;
     const started = performance.now();
-    const response = await fetch("api/generate", { method: "POST", body: form, signal: controller.signal });
+    const response = await fetch("api/generate", {
+      method: "POST", body: form, signal: controller.signal, headers: CLIENT_HEADERS,
+    });
+    if (response.status === 409) return; // a newer request of this page took its place in the queue
+    if (response.status === 429) { // other clients' requests fill the queue: ask again shortly
+      const seconds = Number(response.headers.get("Retry-After")) || 1;
+      $("latency").textContent = "The studio is busy with other requests; asking again…";
+      retryTimer = setTimeout(generate, seconds * 1000);
+      return;
+    }
     if (!response.ok) throw new Error(await errorText(response));
     const blob = await response.blob();
     if (controller !== inFlight) return;
@@ -520,7 +536,7 @@ function download(blob, name) {
 async function postFile(url, field, file) {
   const form = new FormData();
   form.append(field, file, file.name);
-  const response = await fetch(url, { method: "POST", body: form });
+  const response = await fetch(url, { method: "POST", body: form, headers: CLIENT_HEADERS });
   if (!response.ok) {
     const error = new Error(await errorText(response));
     error.status = response.status;
