@@ -184,6 +184,7 @@ def synthesize_file(
     seed: int = 0,
     device: str = "auto",
     prefer_ema: bool = True,
+    class_seeds: Mapping[int, int] | None = None,
 ) -> Path:
     """``gaugan synthesize``: read the inputs, generate, write ``output`` atomically in the
     format its suffix names (PNG, JPEG, WebP)."""
@@ -211,6 +212,9 @@ def synthesize_file(
             )
         encoder = load_encoder(checkpoint, torch_device)
         style = style_tensor(style_path, spec.image_size, torch_device)
-    image = synthesize_image(loaded, labels, instance, seed, style, encoder)
+    outside = sorted(index for index in class_seeds or {} if index >= spec.num_label_values)
+    if outside:
+        raise SynthesisError(f"--region: class {outside[0]} is outside the model's classes 0..{spec.num_label_values - 1}")
+    image = synthesize_image(loaded, labels, instance, seed, style, encoder, class_seeds)
     atomic_save_image(image, output)
     return output

@@ -35,18 +35,20 @@ def coco_spec(size: int = 32) -> DatasetSpec:
     return dataclasses.replace(published_spec("coco"), load_size=size, crop_size=size)
 
 
-def tiny_config(use_vae: bool = False) -> Config:
-    return replace(Config(), generator={"ngf": 8, "spade_hidden": 16},
+def tiny_config(use_vae: bool = False, noise: bool = False) -> Config:
+    """Tiny SPADE networks; ``noise``: the OASIS generator with 4 channels of 3D noise."""
+    generator = {"arch": "oasis", "noise_channels": 4} if noise else {}
+    return replace(Config(), generator={"ngf": 8, "spade_hidden": 16, **generator},
                    encoder={"nef": 8, "z_dim": 16, "use_vae": use_vae})
 
 
-def write_checkpoint(path: Path, spec: DatasetSpec, use_vae: bool = False, seed: int = 0) -> Path:
+def write_checkpoint(path: Path, spec: DatasetSpec, use_vae: bool = False, seed: int = 0, noise: bool = False) -> Path:
     """A tiny generator (and encoder) in our checkpoint format, with weights that make every label visible.
 
     Initial weights are near zero (the published init); larger ones make the photo depend
-    clearly on the label map, z and the style, which the tests compare.
+    clearly on the label map, z or the 3D noise and the style, which the tests compare.
     """
-    cfg = tiny_config(use_vae)
+    cfg = tiny_config(use_vae, noise)
     z_dim = cfg.encoder.z_dim if use_vae else None
     torch.manual_seed(seed)
     generator = build_generator(cfg.generator, spec.label_channels, spec.image_size, z_dim)

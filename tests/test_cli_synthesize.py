@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -261,3 +262,36 @@ def test_a_read_only_output_folder_is_named(files, tmp_path):
         folder.chmod(0o755)
     assert result.exit_code == 2 and result.stderr.startswith(f"{folder / 'fake.png'}: cannot write the output")
     assert ".tmp" not in result.stderr and _no_temporary_files(tmp_path)
+
+
+def test_synthesize_redraws_a_regions_noise_as_the_studio_does(tmp_path):
+    """OASIS: --seed draws the 3D noise, --region CLASS=SEED re-draws one class's (the studio's 'Regions')."""
+    from gaugan.data.registry import published_spec as spec_of
+    from gaugan.synthesize import load_generator_for, synthesize_image
+
+    spec = dataclasses.replace(spec_of("landscapes"), load_size=32, crop_size=32)
+    checkpoint = write_checkpoint(tmp_path / "oasis.pt", spec, noise=True)
+    labels = np.zeros((32, 32), np.uint8)
+    labels[16:] = 6
+    Image.fromarray(labels).save(tmp_path / "label.png")
+    Image.fromarray(labels).save(tmp_path / "instance.png")
+
+    def run(*extra: str) -> np.ndarray:
+        output = tmp_path / f"out{len(extra)}.png"
+        result = runner.invoke(app, ["synthesize", "--checkpoint", str(checkpoint), "--dataset", "landscapes",
+                                     "--label", str(tmp_path / "label.png"), "--instance",
+                                     str(tmp_path / "instance.png"), "--output", str(output), "--seed", "3",
+                                     "--device", "cpu", *extra])
+        assert result.exit_code == 0, result.output
+        return np.asarray(Image.open(output))
+
+    plain, rerolled = run(), run("--region", "6=11")
+    assert not np.array_equal(plain, rerolled)
+    loaded = load_generator_for(checkpoint, None, torch.device("cpu"))
+    expected = synthesize_image(loaded, labels.astype(np.int64), labels.astype(np.int64), 3, class_seeds={6: 11})
+    np.testing.assert_array_equal(rerolled, np.asarray(expected))
+    for bad, fragment in (("6:11", "expected CLASS=SEED"), ("12=1", "outside the model's classes 0..9")):
+        result = runner.invoke(app, ["synthesize", "--checkpoint", str(checkpoint), "--dataset", "landscapes",
+                                     "--label", str(tmp_path / "label.png"), "--instance", str(tmp_path / "instance.png"),
+                                     "--output", str(tmp_path / "bad.png"), "--region", bad, "--device", "cpu"])
+        assert result.exit_code == 2 and fragment in result.output, result.output

@@ -77,6 +77,7 @@ def checkpoints(tmp_path_factory):
     return {
         "plain": write_checkpoint(root / "plain.pt", SPEC),
         "vae": write_checkpoint(root / "vae.pt", SPEC, use_vae=True),
+        "noise": write_checkpoint(root / "noise.pt", SPEC, noise=True),
         "facades": write_checkpoint(root / "facades.pt", FACADES),
         "dontcare": write_checkpoint(root / "dontcare.pt", DONTCARE),
         "root": root,
@@ -123,7 +124,8 @@ def test_info_describes_the_model(client):
     assert [entry["name"] for entry in info["classes"]][:3] == ["sky", "cloud", "mountain"]
     palette = label_palette(10, "landscapes")
     assert info["classes"][4]["colour"] == "#{:02x}{:02x}{:02x}".format(*palette[4])
-    assert "not a VAE" in info["style"]["seed_reason"] and info["style"]["photo_reason"]
+    assert "neither a VAE" in info["style"]["seed_reason"] and info["style"]["photo_reason"]
+    assert "3D noise" in info["style"]["region_reason"] and info["noise_channels"] == 0
     assert info["device"].startswith("cpu (")
 
 
@@ -195,7 +197,7 @@ def test_wrong_size_is_resized_with_a_note(client):
 
 def test_vae_seed_is_deterministic_and_style_changes_the_photo(vae_client):
     info = vae_client.get("/api/info").json()
-    assert info["vae"] is True and info["style"] == {"seed_reason": None, "photo_reason": None}
+    assert info["vae"] is True and info["style"]["seed_reason"] is None and info["style"]["photo_reason"] is None
     label = png(scene())
     seed_3 = generate(vae_client, label, seed="3")
     assert seed_3.headers["x-studio-seed"] == "3"
@@ -206,6 +208,38 @@ def test_vae_seed_is_deterministic_and_style_changes_the_photo(vae_client):
     assert styled.status_code == 200, styled.text
     assert styled.content != seed_3.content
     assert styled.content == generate(vae_client, label, seed="3", style=style).content
+
+
+def test_noise_style_new_style_and_a_rerolled_region_are_reproducible(checkpoints):
+    """OASIS: "new style" re-draws the 3D noise, "re-roll" one class's region; the seeds reproduce both."""
+    with make_client(checkpoints, "noise") as noise_client:
+        info = noise_client.get("/api/info").json()
+        assert info["noise_channels"] == 4 and info["vae"] is False
+        assert info["style"]["seed_reason"] is None and info["style"]["region_reason"] is None
+        assert "3D noise" in info["style"]["photo_reason"]  # no style photos without a VAE encoder
+        labels = scene()
+        label = png(labels)
+        base = generate(noise_client, label, seed="3")
+        assert base.status_code == 200, base.text
+        assert base.content == generate(noise_client, label, seed="3").content
+        new_style = decode(generate(noise_client, label, seed="4").content).astype(int)
+        assert np.abs(new_style - decode(base.content)).mean() > 1
+        rerolled = generate(noise_client, label, seed="3", class_seeds='{"6": 11}')
+        assert rerolled.status_code == 200 and json.loads(rerolled.headers["x-studio-class-seeds"]) == {"6": 11}
+        assert rerolled.content == generate(noise_client, label, seed="3", class_seeds='{"6": 11}').content
+        assert rerolled.content != base.content
+        # The same as the library's noise for (seed 3, class 6 -> 11).
+        from gaugan.synthesize import load_generator_for, synthesize_image
+
+        loaded = load_generator_for(checkpoints["noise"], None, CPU)
+        expected = synthesize_image(loaded, labels.astype(np.int64), labels.astype(np.int64), 3, class_seeds={6: 11})
+        assert np.array_equal(decode(rerolled.content), np.asarray(expected))
+        for bad, fragment in (('{"x": 1}', "'x'"), ('{"10": 1}', "'10'"), ('{"6": -1}', "'6'"), ("[6]", "[6]"),
+                              ('{"6": 1.5}', "'6'"), ("{", "'{'")):
+            response = generate(noise_client, label, seed="3", class_seeds=bad)
+            assert response.status_code == 400 and "class_seeds" in error_of(response), bad
+            assert fragment in error_of(response) and "class index -> seed" in error_of(response), error_of(response)
+        assert "3D noise" in error_of(generate(noise_client, label, style=label))
 
 
 @pytest.mark.parametrize(
@@ -222,7 +256,8 @@ def test_vae_seed_is_deterministic_and_style_changes_the_photo(vae_client):
         ("instance_size", 422, ["instance (instance.png)", "same size"]),
         ("bad_seed", 400, ["seed", "'abc'", "expected an integer"]),
         ("negative_seed", 400, ["seed", "-1"]),
-        ("style_without_vae", 400, ["style (style.png)", "not a VAE"]),
+        ("style_without_vae", 400, ["style (style.png)", "neither a VAE"]),
+        ("class_seeds_without_noise", 400, ["class_seeds", "3D noise"]),
         ("label_as_text", 400, ["'label' must be a file upload"]),
     ],
 )
@@ -243,6 +278,7 @@ def test_bad_input_gets_a_clear_4xx(client, case, status, fragments):
         "bad_seed": {"label": good, "seed": "abc"},
         "negative_seed": {"label": good, "seed": "-1"},
         "style_without_vae": {"label": good, "style": good},
+        "class_seeds_without_noise": {"label": good, "class_seeds": '{"6": 1}'},
         "missing_label": {},
     }.get(case, {})
     if case == "label_as_text":

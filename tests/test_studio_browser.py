@@ -219,7 +219,9 @@ def test_style_controls_follow_the_generator(browser_page, tmp_path):
         browser_page.goto(url)
         first = studio.wait_for_photo()
         assert browser_page.is_enabled("#seed") and browser_page.is_enabled("#new-style")
-        assert browser_page.is_hidden("#style-reason")
+        # Only re-rolling one region is off for a VAE: it needs 3D noise.
+        assert browser_page.is_disabled("#reroll-class") and browser_page.is_enabled("#style-photo")
+        assert "3D noise" in browser_page.inner_text("#style-reason")
         browser_page.fill("#seed", "7")
         browser_page.press("#seed", "Enter")
         browser_page.wait_for_function("() => document.getElementById('photo').dataset.generations === '2'")
@@ -236,11 +238,68 @@ def test_style_controls_follow_the_generator(browser_page, tmp_path):
         Studio(browser_page, url).wait_for_photo()
         for control in ("#seed", "#new-style", "#style-photo"):
             assert browser_page.is_disabled(control), control
-        assert "not a VAE" in browser_page.inner_text("#style-reason")
+        assert "neither a VAE" in browser_page.inner_text("#style-reason")
+        assert browser_page.is_disabled("#reroll-class")
         browser_page.set_input_files("#segment-photo-file", files=[{
             "name": "photo.png", "mimeType": "image/png", "buffer": tiny_photo()}])
         browser_page.wait_for_selector("#segment-reason:not([hidden])")
         assert "No segmenter available" in browser_page.inner_text("#segment-reason")
+
+
+def test_noise_controls_new_style_reroll_a_region_and_reproduce_it(browser_page, tmp_path):
+    """OASIS (3D noise): "new style" re-draws the noise, "re-roll" redraws the selected class's
+    region (the region seeds show as class=seed), and typing the seed and regions back gives the
+    same photo, byte for byte."""
+    spec = landscapes_spec(32)
+    app = studio_for_checkpoint(write_checkpoint(tmp_path / "oasis.pt", spec, noise=True), None,
+                                torch.device("cpu"), tmp_path, tmp_path / "none.pt")
+    generations = "() => document.getElementById('photo').dataset.generations === '{}'"
+    with serve_in_thread(app) as url:
+        studio = Studio(browser_page, url, size=32)
+        browser_page.goto(url)
+        first = studio.wait_for_photo()
+        for control in ("#seed", "#new-style", "#reroll-class", "#class-seeds"):
+            assert browser_page.is_enabled(control), control
+        assert browser_page.is_disabled("#style-photo") and "3D noise" in browser_page.inner_text("#style-reason")
+        assert "3D noise" in browser_page.inner_text("#model-summary")
+        browser_page.click("#new-style")
+        browser_page.wait_for_function(generations.format(2))
+        styled = studio.wait_for_photo()
+        assert not np.array_equal(styled, first)
+        ground = int(np.bincount(np.asarray(studio.save("#save-label")).ravel()).argmax())  # the largest region
+        studio.select_class(spec_class_name(ground))
+        assert browser_page.inner_text("#reroll-name") == spec_class_name(ground)
+        browser_page.click("#reroll-class")
+        browser_page.wait_for_function(generations.format(3))
+        rerolled = studio.wait_for_photo()
+        assert not np.array_equal(rerolled, styled)
+        seed, regions = browser_page.input_value("#seed"), browser_page.input_value("#class-seeds")
+        assert regions.startswith(f"{ground}=") and "," not in regions
+        browser_page.click("#new-style")  # everything changes, the region's own noise too
+        browser_page.wait_for_function(generations.format(4))
+        assert not np.array_equal(studio.wait_for_photo(), rerolled)
+        browser_page.fill("#seed", seed)  # the regions stay: the re-rolled photo again
+        browser_page.press("#seed", "Enter")
+        browser_page.wait_for_function(generations.format(5))
+        np.testing.assert_array_equal(studio.wait_for_photo(), rerolled)
+        browser_page.fill("#class-seeds", "")  # no region re-rolled: the photo before the re-roll
+        browser_page.press("#class-seeds", "Enter")
+        browser_page.wait_for_function(generations.format(6))
+        np.testing.assert_array_equal(studio.wait_for_photo(), styled)
+        browser_page.fill("#class-seeds", regions)  # typed back: reproduced from the seeds
+        browser_page.press("#class-seeds", "Enter")
+        browser_page.wait_for_function(generations.format(7))
+        np.testing.assert_array_equal(studio.wait_for_photo(), rerolled)
+        browser_page.fill("#class-seeds", "x=1")
+        browser_page.press("#class-seeds", "Enter")
+        browser_page.wait_for_selector("#toast.error:not([hidden])")
+        assert "not class=seed" in browser_page.inner_text("#toast")
+
+
+def spec_class_name(index: int) -> str:
+    from gaugan.data.registry import LANDSCAPE_CLASSES
+
+    return LANDSCAPE_CLASSES[index]
 
 
 def tiny_photo() -> bytes:

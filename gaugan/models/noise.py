@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-# Different streams for the noise of image i and of class c under one seed.
+# Different streams for the noise of image i, and of class c's region, under one seed.
 _IMAGE_STRIDE = 1_000_003
 _CLASS_STRIDE = 7_919
 
@@ -48,13 +48,16 @@ def noise_for_images(indices: Tensor, channels: int, size: Sequence[int], seed: 
     return spread(vectors.to(device), size)
 
 
-def class_seed(seed: int, class_index: int) -> int:
-    return seed * _CLASS_STRIDE + 1 + class_index
+def region_seed(seed: int, class_index: int, class_seed: int) -> int:
+    """The seed of class ``class_index``'s re-drawn noise: a function of the image's seed too, so
+    that a new image seed ("new style") gives every region a new vector."""
+    return ((seed * _IMAGE_STRIDE + class_index + 1) * _CLASS_STRIDE + class_seed) % 2**63
 
 
 def edited_noise(labels: Tensor, channels: int, seed: int, class_seeds: Mapping[int, int] | None = None) -> Tensor:
     """(1, C, H, W) noise for one label map (H, W): ``seed``'s vector everywhere, except that the
-    pixels of each class ``c`` in ``class_seeds`` take the vector of ``class_seeds[c]``.
+    pixels of each class ``c`` in ``class_seeds`` take a vector of their own, drawn from
+    ``(seed, c, class_seeds[c])``.
 
     The same ``(seed, class_seeds)`` always gives the same tensor, so a re-rolled region can be
     reproduced; a class absent from ``labels`` changes nothing.
@@ -63,8 +66,8 @@ def edited_noise(labels: Tensor, channels: int, seed: int, class_seeds: Mapping[
         raise ValueError(f"labels must be (H, W), got shape {tuple(labels.shape)}")
     device, labels = labels.device, labels.cpu()
     noise = spread(noise_vector(channels, seed)[None], labels.shape).clone()
-    for class_index, region_seed in (class_seeds or {}).items():
+    for class_index, own_seed in (class_seeds or {}).items():
         mask = labels == class_index
         if bool(mask.any()):
-            noise[0][:, mask] = noise_vector(channels, class_seed(region_seed, class_index))[:, None]
+            noise[0][:, mask] = noise_vector(channels, region_seed(seed, class_index, own_seed))[:, None]
     return noise.to(device)

@@ -2,7 +2,8 @@
 
 - ``GET /api/info``: dataset, classes (index, name, colour), image size, VAE or not, device.
 - ``POST /api/generate``: multipart ``label`` (PNG of class indices or palette PNG), optional
-  ``instance`` (PNG), ``seed`` (integer), ``style`` (a photo; VAE generators) -> the photo
+  ``instance`` (PNG), ``seed`` (integer), ``style`` (a photo; VAE generators), ``class_seeds``
+  (JSON ``{"<class index>": seed}``: those classes' 3D noise re-drawn; OASIS generators) -> the photo
   (PNG at the model's size). Headers: ``Server-Timing`` (time on the device),
   ``X-Studio-Seed``, ``X-Studio-Notes`` (JSON list, e.g. that the map was resized).
 - ``POST /api/segment``: multipart ``photo`` -> its label map (palette PNG of class indices)
@@ -49,6 +50,7 @@ from gaugan.studio.inputs import (
     MAX_UPLOAD_BYTES,
     StudioInputError,
     Upload,
+    parse_class_seeds,
     parse_seed,
     read_instance_upload,
     read_label_upload,
@@ -102,6 +104,9 @@ def create_app(
                 instance = await form_upload(form, "instance")
                 style = await form_upload(form, "style")
                 seed = parse_seed(form_text(form, "seed"))
+                class_seeds = parse_class_seeds(form_text(form, "class_seeds"), spec.num_label_values)
+            if class_seeds and info["style"]["region_reason"]:
+                raise StudioInputError(f"class_seeds: {info['style']['region_reason']}; leave 'class_seeds' out", 400)
             if style is not None and info["style"]["photo_reason"]:
                 raise StudioInputError(f"{style}: {info['style']['photo_reason']}; leave 'style' out", 400)
             style_file = read_photo_upload(style, "style") if style is not None else None
@@ -111,12 +116,14 @@ def create_app(
 
             async with queue.turn(place):
                 label_input = await run_in_threadpool(read_label_upload, spec, label, instance)
-                generated = await run_in_threadpool(service.generate, label_input, seed, style_file, is_cancelled)
+                generated = await run_in_threadpool(service.generate, label_input, seed, style_file, is_cancelled,
+                                                    class_seeds)
         if generated is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         headers = {
             "Server-Timing": f"generate;dur={generated.milliseconds:.1f}",
             "X-Studio-Seed": str(seed),
+            "X-Studio-Class-Seeds": json.dumps({str(index): value for index, value in class_seeds.items()}),
             "X-Studio-Notes": json.dumps(label_input.notes),
         }
         return Response(generated.png, media_type="image/png", headers=headers)
@@ -177,13 +184,20 @@ def studio_info(service: StudioService, style_problem: str | None) -> dict[str, 
     """``GET /api/info``: everything the page needs to set itself up."""
     spec, loaded = service.spec, service.loaded
     height, width = spec.image_size
-    if not service.is_vae:
-        reason = ("this generator is not a VAE (trained with encoder.use_vae=false): the label map alone decides "
-                  "the photo, there is no style to re-roll or copy")
-        seed_reason, photo_reason = reason, reason
-    else:
+    noise_channels = loaded.config.noise_channels
+    region_reason = None if noise_channels else (
+        "only a generator with 3D noise (OASIS, generator.noise_channels > 0) re-draws one class's region")
+    if service.is_vae:
         seed_reason = None
         photo_reason = None if service.encoder is not None else (style_problem or "the checkpoint has no style encoder")
+    elif noise_channels:
+        seed_reason = None
+        photo_reason = ("this generator draws its style as 3D noise, not from a photo: copying a photo's style "
+                        "needs a VAE generator (encoder.use_vae=true)")
+    else:
+        reason = ("this generator has neither a VAE (encoder.use_vae) nor 3D noise (generator.noise_channels): "
+                  "the label map alone decides the photo, there is no style to re-roll or copy")
+        seed_reason, photo_reason = reason, reason
     return {
         "dataset": spec.name,
         "classes": [
@@ -193,7 +207,8 @@ def studio_info(service: StudioService, style_problem: str | None) -> dict[str, 
         "image_size": {"height": height, "width": width},
         "use_instance": spec.use_instance,
         "vae": service.is_vae,
-        "style": {"seed_reason": seed_reason, "photo_reason": photo_reason},
+        "noise_channels": noise_channels,
+        "style": {"seed_reason": seed_reason, "photo_reason": photo_reason, "region_reason": region_reason},
         "device": device_description(service.device),
         "checkpoint": {"path": str(loaded.path), "source": loaded.source, "weights": loaded.weights},
         "max_upload_bytes": MAX_UPLOAD_BYTES,

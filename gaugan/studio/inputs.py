@@ -14,6 +14,7 @@ resize to the network size) are :func:`gaugan.synthesize.read_label_map`'s, as f
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -213,3 +214,33 @@ def parse_seed(value: str | None) -> int:
     if not 0 <= seed <= MAX_SEED:
         raise StudioInputError(f"seed: got {seed}, expected an integer 0..{MAX_SEED}", 400)
     return seed
+
+
+MAX_CLASS_SEEDS = 256  # more re-rolled regions than a label map has classes is a malformed request
+
+
+def parse_class_seeds(value: str | None, num_label_values: int) -> dict[int, int]:
+    """The ``class_seeds`` form field: a JSON object ``{"<class index>": seed}`` (the regions whose 3D
+    noise is re-drawn); absent or empty means none."""
+    if value is None or value.strip() in ("", "{}"):
+        return {}
+    shown = value if len(value) <= 80 else value[:77] + "..."
+    expected = (f'a JSON object of class index -> seed, e.g. {{"3": 17}}, indices 0..{num_label_values - 1}, '
+                f"seeds 0..{MAX_SEED}")
+    try:
+        raw = json.loads(value)
+    except ValueError:
+        raise StudioInputError(f"class_seeds: got {shown!r}, expected {expected}", 400) from None
+    if not isinstance(raw, dict) or len(raw) > MAX_CLASS_SEEDS:
+        raise StudioInputError(f"class_seeds: got {shown!r}, expected {expected}", 400)
+    seeds = {}
+    for key, seed in raw.items():
+        try:
+            index = int(key)
+        except ValueError:
+            index = -1
+        if not 0 <= index < num_label_values or type(seed) is not int or not 0 <= seed <= MAX_SEED:
+            raise StudioInputError(f"class_seeds: {key!r}: {seed!r} is not a class index and a seed; expected "
+                                   f"{expected}", 400)
+        seeds[index] = seed
+    return seeds

@@ -13,7 +13,7 @@ import io
 import platform
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,15 +150,19 @@ class StudioService:
         seed: int,
         style: NamedBytes | None = None,
         is_cancelled: Callable[[], bool] = lambda: False,
+        class_seeds: Mapping[int, int] | None = None,
     ) -> Generated | None:
-        """The photo for a label map as PNG bytes; None when the request was cancelled while it waited."""
+        """The photo for a label map as PNG bytes; None when the request was cancelled while it waited.
+
+        ``seed`` draws the VAE's z or the 3D noise; ``class_seeds`` re-draw the noise of those classes' regions.
+        """
         style_input = style_tensor(style, self.spec.image_size, self.device) if style is not None else None
         with self._lock:
             if is_cancelled():
                 return None
             start = time.perf_counter()
             image = synthesize_image(
-                self.loaded, label_input.labels, label_input.instance, seed, style_input, self.encoder
+                self.loaded, label_input.labels, label_input.instance, seed, style_input, self.encoder, class_seeds
             )
             milliseconds = (time.perf_counter() - start) * 1000  # to_pil copied the result back: synchronised
         return Generated(encode_png(image), milliseconds)

@@ -19,7 +19,9 @@ def synthesize_command(
     output: Annotated[Path, typer.Option(help="where to write the image: .png, .jpg/.jpeg or .webp")],
     instance: Annotated[Optional[Path], typer.Option(help="instance map PNG (datasets with instance edges)")] = None,
     style: Annotated[Optional[Path], typer.Option(help="style photo (VAE generators only)")] = None,
-    seed: Annotated[int, typer.Option(help="seed of z (VAE generators)")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of z (VAE generators) or of the 3D noise (OASIS)")] = 0,
+    region: Annotated[Optional[list[str]], typer.Option(
+        help="CLASS=SEED: re-draw the 3D noise of that class's region (repeatable; the studio's 'Regions')")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
     use_ema: Annotated[bool, typer.Option("--ema/--no-ema", help="use the EMA weights when the checkpoint has them")] = True,
     threads: Annotated[Optional[int], typer.Option(
@@ -31,8 +33,15 @@ def synthesize_command(
 
     check_dataset_name(dataset)
     configure_threads(threads, setting="--threads")
+    class_seeds = {}
+    for item in region or []:
+        index, _, value = item.partition("=")
+        if not (index.strip().isdigit() and value.strip().isdigit()):
+            fail(f"--region: got {item!r}, expected CLASS=SEED with a class index and a seed, e.g. --region 6=17")
+        class_seeds[int(index)] = int(value)
     try:
-        written = synthesize_file(checkpoint, dataset, label, output, instance, style, seed, device, use_ema)
+        written = synthesize_file(checkpoint, dataset, label, output, instance, style, seed, device, use_ema,
+                                  class_seeds)
     except OSError as err:
         fail(f"{err.filename or output}: cannot write the output ({err.strerror})")
     typer.echo(f"wrote {written}")

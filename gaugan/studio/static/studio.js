@@ -39,6 +39,7 @@ const state = {
   redo: [],
   version: 0, // bumped by every change of the maps
   seed: 0,
+  classSeeds: {}, // class index -> seed of its re-drawn 3D noise (OASIS)
   styleFile: null,
   photoBlob: null,
   generations: 0,
@@ -449,7 +450,10 @@ async function generate() {
     const form = new FormData();
     form.append("label", await labelPng(), "label.png");
     if (state.instance) form.append("instance", await instancePng(), "instance.png");
-    if (state.info.vae) form.append("seed", String(state.seed));
+    if (state.info.vae || state.info.noise_channels) form.append("seed", String(state.seed));
+    if (state.info.noise_channels && Object.keys(state.classSeeds).length) {
+      form.append("class_seeds", JSON.stringify(state.classSeeds));
+    }
     if (state.styleFile) form.append("style", state.styleFile, state.styleFile.name);
     if (controller.signal.aborted) return;
     const started = performance.now();
@@ -614,6 +618,37 @@ function setSeed(value) {
   generate();
 }
 
+const randomSeed = () => Math.floor(Math.random() * 2147483648);
+
+// Re-rolled regions as the text the user reads and types: "3=17, 5=2" (class index = seed).
+function classSeedsText(seeds) {
+  return Object.entries(seeds).map(([index, seed]) => `${index}=${seed}`).join(", ");
+}
+
+function parseClassSeeds(text) {
+  const seeds = {};
+  for (const part of text.split(",").map((item) => item.trim()).filter(Boolean)) {
+    const match = /^(\d+)\s*=\s*(\d+)$/.exec(part);
+    const index = match ? Number(match[1]) : -1;
+    const seed = match ? Number(match[2]) : -1;
+    if (!(index >= 0 && index < state.info.classes.length && seed >= 0 && seed <= 2147483647)) {
+      throw new Error(`Regions: "${part}" is not class=seed (class 0..${state.info.classes.length - 1}, seed 0..2147483647)`);
+    }
+    seeds[index] = seed;
+  }
+  return seeds;
+}
+
+function setClassSeeds(seeds) {
+  state.classSeeds = seeds;
+  $("class-seeds").value = classSeedsText(seeds);
+  generate();
+}
+
+function rerollClass() {
+  setClassSeeds({ ...state.classSeeds, [state.current]: randomSeed() });
+}
+
 // ---------------------------------------------------------------------------------------
 // Controls.
 
@@ -629,6 +664,7 @@ function selectClass(index) {
   $("current-name").textContent = `${name} (${index})`;
   $("clear-swatch").style.background = colour;
   $("clear-name").textContent = name;
+  $("reroll-name").textContent = name;
 }
 
 function selectTool(tool) {
@@ -750,10 +786,11 @@ function onKey(event) {
 }
 
 function setUpStyle(info) {
-  const { seed_reason: seedReason, photo_reason: photoReason } = info.style;
+  const { seed_reason: seedReason, photo_reason: photoReason, region_reason: regionReason } = info.style;
   $("seed").disabled = $("new-style").disabled = Boolean(seedReason);
   $("style-photo").disabled = Boolean(photoReason);
-  const reasons = [...new Set([seedReason, photoReason].filter(Boolean))];
+  $("reroll-class").disabled = $("class-seeds").disabled = Boolean(regionReason);
+  const reasons = [...new Set([seedReason, photoReason, regionReason].filter(Boolean))];
   $("style-reason").textContent = reasons.map((reason) => `Disabled: ${reason}.`).join(" ");
   $("style-reason").hidden = !reasons.length;
 }
@@ -798,7 +835,15 @@ function wireControls() {
   wireFileButton("style-photo", "style-photo-file", setStyleFile);
   $("clear-style").addEventListener("click", () => setStyleFile(null));
   $("seed").addEventListener("change", () => setSeed($("seed").value));
-  $("new-style").addEventListener("click", () => setSeed(Math.floor(Math.random() * 2147483648)));
+  $("new-style").addEventListener("click", () => setSeed(randomSeed()));
+  $("reroll-class").addEventListener("click", rerollClass);
+  $("class-seeds").addEventListener("change", () => {
+    try {
+      setClassSeeds(parseClassSeeds($("class-seeds").value));
+    } catch (error) {
+      toast(error.message, true);
+    }
+  });
   document.addEventListener("keydown", onKey);
 }
 
@@ -833,7 +878,7 @@ async function start() {
   const checkpoint = info.checkpoint.path.split("/").pop();
   $("model-summary").textContent =
     `${info.dataset} · ${state.width}×${state.height} · ${info.classes.length} classes` +
-    `${info.use_instance ? " + instance edges" : ""} · ${checkpoint} (${info.checkpoint.weights})${info.vae ? " · VAE" : ""}`;
+    `${info.use_instance ? " + instance edges" : ""} · ${checkpoint} (${info.checkpoint.weights})${info.vae ? " · VAE" : ""}${info.noise_channels ? " · 3D noise" : ""}`;
   $("model-summary").title = info.checkpoint.path;
   $("device").textContent = info.device;
   for (const id of ["instance-group", "load-instance", "save-instance"]) $(id).hidden = !info.use_instance;
