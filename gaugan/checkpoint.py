@@ -414,7 +414,7 @@ def restore_training(
             raise CheckpointError(f"{path}: the checkpoint has no models[{name!r}]")
         load_state_dict_exactly(holder, saved_models[name], f"{path} (models[{name!r}])", what=name)
     for name, optimizer in optimizers.items():
-        optimizer.load_state_dict(payload["optimizers"][name])
+        load_optimizer_state(optimizer, payload["optimizers"][name])
     if scalers and payload.get("scaler"):
         for name, scaler in scalers.items():
             scaler.load_state_dict(payload["scaler"][name])
@@ -426,6 +426,26 @@ def restore_training(
     else:
         seed_everything(seed + rank + progress.step)
     return progress
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping how this run executes the update.
+
+    ``capturable`` (step counts on the device) is set by CUDA-graph runs
+    (:func:`gaugan.train.cuda_graphs.make_capturable`) and saved with the state; the CPU refuses
+    to step a capturable Adam, and a graph needs the flag whatever the checkpoint says. So each
+    group keeps the flag it was built with, and its step counts follow it: on the parameter's
+    device when capturable (or fused), on the host otherwise, as a fresh optimiser keeps them.
+    """
+    capturable = [group.get("capturable", False) for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flag in zip(optimizer.param_groups, capturable):
+        group["capturable"] = flag
+        for param in group["params"]:
+            param_state = optimizer.state.get(param, {})
+            step = param_state.get("step")
+            if isinstance(step, Tensor) and not (flag or group.get("fused")):
+                param_state["step"] = step.to("cpu")
 
 
 # --------------------------------------------------------------------------------------

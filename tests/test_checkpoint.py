@@ -177,3 +177,42 @@ def test_trained_segmenter_file_is_read_safely(tmp_path, write_crafted_checkpoin
     with pytest.raises(SegmenterCheckpointError, match=r"disallowed Python object.*rerun the segmenter stage"):
         load_trained_segmenter(path, SPEC, torch.device("cpu"))
     assert not marker.exists()
+
+
+def _trained_adam(fused: bool | None) -> tuple[nn.Linear, torch.optim.Adam]:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), fused=fused)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_optimiser_state_of_a_cuda_graph_run_resumes_on_the_cpu(tmp_path, fused):
+    """A CUDA-graph run saves Adam with capturable=True (step counts on the GPU); the CPU refuses
+    to step such an optimiser. The flag is how this run executes, not part of the state."""
+    model, optimizer = _trained_adam(fused)
+    payload = ckpt.build_checkpoint(Config(), SPEC, {"G": model}, {"G": optimizer}, None, ckpt.Progress(0, 1, 1),
+                                    [ckpt.capture_rng_state()])
+    for group in payload["optimizers"]["G"]["param_groups"]:
+        group["capturable"] = True  # as train.cuda_graph leaves it (gaugan.train.cuda_graphs.make_capturable)
+    path = tmp_path / "last.pt"
+    ckpt.atomic_torch_save(payload, path)
+    resumed_model, resumed = _trained_adam(fused)
+    ckpt.restore_training(ckpt.load_for_resume(path), path, {"G": resumed_model}, {"G": resumed}, None, 0, 1, 0)
+    assert [group["capturable"] for group in resumed.param_groups] == [False]
+    resumed_model(torch.ones(1, 3)).sum().backward()
+    resumed.step()  # before: AssertionError "If capturable=True, params and state_steps must be on supported devices"
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    for ours, theirs in zip(resumed_model.parameters(), model.parameters()):
+        assert torch.equal(ours, theirs)
+    # And the other way: a checkpoint without the flag restored into an optimiser that has it
+    # (a CUDA-graph continuation of a CPU run) keeps it.
+    payload["optimizers"]["G"] = optimizer.state_dict()
+    ckpt.atomic_torch_save(payload, path)
+    capturable_model = nn.Linear(3, 2)
+    capturable = torch.optim.Adam(capturable_model.parameters(), fused=fused, capturable=True)  # stepped on a GPU only
+    ckpt.restore_training(ckpt.load_for_resume(path), path, {"G": capturable_model}, {"G": capturable}, None, 0, 1, 0)
+    assert [group["capturable"] for group in capturable.param_groups] == [True]
