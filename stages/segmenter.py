@@ -24,7 +24,7 @@ from typing import Any
 from gaugan.config import Config
 from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.io import atomic_write_text
-from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.data.store import read_store
 from gaugan.evaluate import percent, real_image_scores
 from gaugan.segmenters.loading import resolve_choice
 from gaugan.segmenters.trained import SEGMENTER_FILE, save_trained_segmenter, train_segmenter
@@ -45,8 +45,7 @@ def write_json(payload: dict[str, Any], *paths: Path) -> None:
 def run(cfg: Config, root: Path) -> None:
     threads = configure_threads(cfg.train.num_threads, cfg.data.num_workers)
     store_dir = root / cfg.data.processed_dir
-    manifest = read_manifest(store_dir)
-    spec = spec_from_manifest(manifest)
+    manifest, spec = read_store(store_dir, cfg.data)  # a store of other data settings is refused
     out_dir = root / cfg.segmenter.checkpoint_dir
     checkpoint = out_dir / SEGMENTER_FILE
     resolved = resolve_choice(cfg.evaluate.segmenter, spec.name)

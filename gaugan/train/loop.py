@@ -41,7 +41,7 @@ from gaugan.config import Config, ConfigError, OptimConfig, config_to_dict
 from gaugan.data.classes import class_table
 from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.registry import DatasetSpec
-from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.data.store import read_store
 from gaugan.models import build_discriminator, build_encoder, build_generator
 from gaugan.selection import num_training_samples
 from gaugan.train.distributed import (
@@ -216,8 +216,7 @@ def _train(
     evaluate_during_training: EpochEvaluator | None,
 ) -> TrainResult:
     device, main = context.device, context.is_main
-    manifest = read_manifest(store_dir)
-    spec = spec_from_manifest(manifest)
+    manifest, spec = read_store(store_dir, cfg.data)  # a store of other data settings is refused
     config_dict, spec_dict = config_to_dict(cfg), dataclasses.asdict(spec)
     last_path, generator_path = out_dir / LAST_CHECKPOINT, out_dir / GENERATOR_CHECKPOINT
     check_sync_batchnorm(cfg.generator.param_free_norm, context)
