@@ -25,14 +25,13 @@ from gaugan.checkpoint import (
     GENERATOR_CHECKPOINT,
     LAST_CHECKPOINT,
     CheckpointError,
-    check_resumable,
     load_for_resume,
 )
-from gaugan.config import Config, config_to_dict, replace
+from gaugan.config import Config, replace
 from gaugan.data.io import atomic_write_json
 from gaugan.data.store import read_store
 from gaugan.threads import configure_threads
-from gaugan.train.loop import planned_steps, train
+from gaugan.train.loop import check_continuation, planned_steps, train
 from gaugan.training_evaluation import training_evaluator_summary
 from pipeline.evaluation import training_evaluator
 from pipeline.stage import run_stage
@@ -58,7 +57,7 @@ def stale_finished_run(cfg: Config, store_dir: Path, out_dir: Path) -> bool:
     manifest, spec = read_store(store_dir, cfg.data)
     checkpoint = load_for_resume(last)
     try:
-        check_resumable(checkpoint, config_to_dict(cfg), dataclasses.asdict(spec), last)
+        check_continuation(checkpoint, cfg, dataclasses.asdict(spec), last)
     except CheckpointError:
         return True
     # The same configuration, finished, with nothing left to train: DVC re-runs this stage

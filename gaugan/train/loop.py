@@ -43,7 +43,7 @@ from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.store import read_store
 from gaugan.models import build_discriminator, build_encoder, build_generator
-from gaugan.selection import num_training_samples
+from gaugan.selection import check_held_out_unchanged, num_training_samples
 from gaugan.train.distributed import (
     DistributedContext,
     GlobalBatchSampler,
@@ -170,6 +170,14 @@ def _fixed_sample_batch(store_dir: Path, spec: DatasetSpec, count: int) -> dict[
 # ---- the loop ----
 
 
+def check_continuation(payload: dict, cfg: Config, spec: dict, path: Path) -> None:
+    """Refuse to continue the training in ``payload`` with ``cfg`` unless the steps compute the
+    same maths (:func:`gaugan.checkpoint.check_resumable`) on the same training images
+    (:func:`gaugan.selection.check_held_out_unchanged`)."""
+    check_resumable(payload, config_to_dict(cfg), spec, path)
+    check_held_out_unchanged(payload["config"], cfg, path)
+
+
 def planned_steps(cfg: Config, num_train_samples: int) -> int:
     """G+D steps of a whole training: every epoch's full global batches, capped by max_steps."""
     num_epochs = cfg.optim.num_epochs_constant + cfg.optim.num_epochs_decay
@@ -253,7 +261,7 @@ def _train(
         remove_stale_temporary_files(out_dir)  # the remains of a save killed mid-write
     if cfg.train.resume and last_path.is_file():
         payload = load_for_resume(last_path)
-        check_resumable(payload, config_dict, spec_dict, last_path)
+        check_continuation(payload, cfg, spec_dict, last_path)
         progress = restore_training(payload, last_path, models, optimizer_map, scaler_map, context.rank,
                                     context.world_size, cfg.train.seed)
         resumed = True
