@@ -25,10 +25,11 @@ from gaugan.checkpoint import (
     GENERATOR_CHECKPOINT,
     LAST_CHECKPOINT,
     CheckpointError,
+    claim_checkpoint_dir,
     load_for_resume,
 )
 from gaugan.config import Config, replace
-from gaugan.data.io import atomic_write_json
+from gaugan.data.io import atomic_write_json, check_writable
 from gaugan.data.store import read_store
 from gaugan.threads import configure_threads
 from gaugan.train.loop import check_continuation, planned_steps, train
@@ -73,6 +74,10 @@ def run(cfg: Config, root: Path) -> None:
     store_dir = root / cfg.data.processed_dir
     out_dir = root / cfg.train.checkpoint_dir
     read_store(store_dir, cfg.data)  # a store written for other data settings is refused first
+    if int(os.environ.get("RANK", "0")) == 0:
+        # Where this stage writes, checked before hours of training: never a user's folder.
+        check_writable((root / SUMMARY_PATH).parent, f"the stage's reports ({SUMMARY_PATH})")
+        claim_checkpoint_dir(out_dir)
     # Decided by every process before any writes, so that all start afresh together.
     stale = stale_finished_run(cfg, store_dir, out_dir)
     train_cfg = replace(cfg, train={"resume": False}) if stale else cfg

@@ -8,6 +8,9 @@ import io
 import os
 import pickle
 import random
+import subprocess
+import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from gaugan import checkpoint as ckpt
 from gaugan.config import Config, config_to_dict, replace
 from gaugan.data.registry import published_spec
 
+ROOT = Path(__file__).resolve().parents[1]
 SPEC = published_spec("landscapes")
 
 
@@ -216,3 +220,35 @@ def test_optimiser_state_of_a_cuda_graph_run_resumes_on_the_cpu(tmp_path, fused)
     capturable = torch.optim.Adam(capturable_model.parameters(), fused=fused, capturable=True)  # stepped on a GPU only
     ckpt.restore_training(ckpt.load_for_resume(path), path, {"G": capturable_model}, {"G": capturable}, None, 0, 1, 0)
     assert [group["capturable"] for group in capturable.param_groups] == [True]
+
+
+def test_a_full_disk_or_file_size_limit_is_one_line_and_keeps_the_previous_file(tmp_path):
+    """torch.save reports a failed write as "enforce fail at inline_container.cc" (RLIMIT_FSIZE
+    makes the write fail with EFBIG, as ENOSPC would on a full disk)."""
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        from pathlib import Path
+        import torch
+        from gaugan.checkpoint import atomic_torch_save
+        from gaugan.errors import UserError
+
+        path = Path({str(tmp_path / "last.pt")!r})
+        atomic_torch_save({{"weights": torch.zeros(10)}}, path)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        try:
+            atomic_torch_save({{"weights": torch.zeros(100_000)}}, path)
+        except UserError as err:
+            print(err)
+            sys.exit(0)
+        sys.exit("no user error")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    path = tmp_path / "last.pt"
+    assert result.stdout == (f"{path}: could not write the checkpoint (File too large); the previous last.pt is kept "
+                             "unchanged. Free space on that disk (or raise the file size limit) and run again: "
+                             "training resumes from the kept last.pt\n")
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.zeros(10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

@@ -30,6 +30,7 @@ from gaugan.checkpoint import (
     Progress,
     atomic_torch_save,
     check_resumable,
+    claim_checkpoint_dir,
     generator_payload,
     load_checkpoint,
     load_for_resume,
@@ -225,6 +226,8 @@ def _train(
 ) -> TrainResult:
     device, main = context.device, context.is_main
     manifest, spec = read_store(store_dir, cfg.data)  # a store of other data settings is refused
+    if main:
+        claim_checkpoint_dir(out_dir)  # never a folder of the user's, and writable
     config_dict, spec_dict = config_to_dict(cfg), dataclasses.asdict(spec)
     last_path, generator_path = out_dir / LAST_CHECKPOINT, out_dir / GENERATOR_CHECKPOINT
     check_sync_batchnorm(cfg.generator.param_free_norm, context)
@@ -301,9 +304,11 @@ def _train(
 
     # Train.
     logger.start(progress.step)
-    progress = _train_epochs(cfg.optim, progress, total_steps, dataset, sampler, loader, optimizers, train_step,
-                             guard, jobs, bar)
-    bar.close()
+    try:
+        progress = _train_epochs(cfg.optim, progress, total_steps, dataset, sampler, loader, optimizers, train_step,
+                                 guard, jobs, bar)
+    finally:
+        bar.close()  # ends the bar's line, also before an error's message
 
     # A rerun of a finished run writes nothing new, but the final file must exist.
     if main and not generator_path.is_file():
