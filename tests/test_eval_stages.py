@@ -328,6 +328,7 @@ def test_published_segmenter_path_with_user_supplied_weights(workspace, tmp_path
     import functools
 
     from gaugan.metrics.registry import registered_metrics
+    from gaugan.pinned import write_pin
     from gaugan.segmenters import published
     from gaugan.segmenters.drn import DRND105Cityscapes
     from gaugan.segmenters.loading import judge_for, published_class_names
@@ -341,6 +342,7 @@ def test_published_segmenter_path_with_user_supplied_weights(workspace, tmp_path
     target = published.weight_path(small, small.files[0], weights)
     target.parent.mkdir(parents=True)
     torch.save({"state_dict": {f"module.{k}": v for k, v in small.build().network.state_dict().items()}}, target)
+    write_pin(target, "placed by hand")  # as the weights stage does when it first sees the file
     store = root / cfg.data.processed_dir
     generated = tmp_path / "generated"
     generate_split(load_generator(root / cfg.train.checkpoint_dir / "generator.pt", spec, device=CPU), store,
