@@ -7,7 +7,9 @@ TorchScript segmenter; choosing one (gaugan.segmenters.loading)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import zipfile
 
 import pytest
 import torch
@@ -424,8 +426,14 @@ def _truncated_module(path) -> None:
     path.write_bytes(path.read_bytes()[:300])
 
 
+def _other_zip(path) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "my judge")
+
+
 BROKEN_JUDGES = {
     "empty": (lambda path: path.write_bytes(b""), "the file is empty"),
+    "other zip": (_other_zip, "exported archive, unreadable: [enforce fail at inline_container.cc"),
     "text": (lambda path: path.write_text("my judge\n"), "a text file, beginning 'my judge'"),
     "random bytes": (lambda path: path.write_bytes(bytes(range(256)) * 4), "unrecognised binary content"),
     "truncated": (_truncated_module, "a truncated or damaged zip archive"),
@@ -442,8 +450,10 @@ def test_a_broken_judge_file_is_one_line_and_torch_stays_quiet(tmp_path, capfd, 
     path = tmp_path / "judge.pt"
     write(path)
     capfd.readouterr()
+    handlers = logging.getLogger("torch").handlers
     with pytest.raises(TorchScriptSegmenterError) as caught:
         load_torchscript_segmenter(path, tiny_spec(), torch.device("cpu"))
+    assert logging.getLogger("torch").handlers == handlers  # torch logs as before afterwards
     message = str(caught.value)
     assert message.startswith(f"{path} (evaluate.segmenter_path): not a TorchScript module or exported program (")
     assert reason in message and "\n" not in message and "miniz" not in message

@@ -125,24 +125,49 @@ class TorchScriptSegmenter(Segmenter):
         }
 
 
+class _TorchLog(logging.Handler):
+    """Holds what torch logs inside :func:`quiet_torch` instead of printing it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def logged_error(self) -> BaseException | None:
+        """The last exception torch logged (``torch.export.load`` logs the reason, then raises
+        an error that only says to look at the log)."""
+        for record in reversed(self.records):
+            if record.exc_info and record.exc_info[1] is not None:
+                return record.exc_info[1]
+        return None
+
+
 @contextlib.contextmanager
-def quiet_torch() -> Iterator[None]:
+def quiet_torch() -> Iterator[_TorchLog]:
     """Keeps torch's log lines (``torch.export`` logs a traceback for a file it cannot read)
-    and its TorchScript deprecation warnings off the terminal; failures become our one line."""
-    logger = logging.getLogger("torch")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
+    and its TorchScript deprecation warnings off the terminal: the records are held for the
+    reason they carry, and failures become our one line."""
+    held = _TorchLog()
+    names = ["torch", *(name for name in list(logging.Logger.manager.loggerDict) if name.startswith("torch."))]
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(logger, logger.handlers, logger.propagate) for logger in loggers if logger.name == "torch" or logger.handlers]
+    for logger, _, _ in saved:
+        logger.handlers, logger.propagate = [held], False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            yield
+            yield held
     finally:
-        logger.setLevel(level)
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
 
 
 def archive_kind(path: Path) -> str:
-    """'torchscript', 'exported' or 'torch.save' from a zip archive's entries; raises a
-    ValueError saying what the file is when it is none of these."""
+    """'torchscript', 'torch.save' or (any other zip archive, for torch.export to judge)
+    'exported', from the archive's entries; a ValueError saying what the file is when it is
+    not a complete zip archive."""
     not_an_archive = why_not_a_zip_archive(path)
     if not_an_archive is not None:
         raise ValueError(not_an_archive)
@@ -150,11 +175,9 @@ def archive_kind(path: Path) -> str:
         names = archive.namelist()
     if any(name.endswith("/constants.pkl") for name in names):
         return "torchscript"
-    if any(name.endswith("/archive_format") for name in names):
-        return "exported"
-    if any(name.endswith("/data.pkl") for name in names):
+    if any(name.endswith("/data.pkl") for name in names) and not any(name.endswith(".json") for name in names):
         return "torch.save"
-    raise ValueError("a zip archive that torch did not write")
+    return "exported"
 
 
 def load_torchscript_segmenter(path: str | os.PathLike | None, spec: DatasetSpec, device: torch.device,
@@ -180,17 +203,16 @@ def load_torchscript_segmenter(path: str | os.PathLike | None, spec: DatasetSpec
         raise TorchScriptSegmenterError(
             f"{path} ({SETTING}): not a TorchScript module or exported program (written by torch.save (weights or a "
             f"pickled object), not a module); {how_to}")
-    try:
-        with quiet_torch():
+    with quiet_torch() as torch_log:
+        try:
             if kind == "torchscript":
                 module = torch.jit.load(str(path), map_location=device).eval()
             else:  # exported programs are in eval mode as saved
                 module = torch.export.load(str(path)).module().to(device)
-    except Exception as err:  # noqa: BLE001 - the loaders raise many types; all mean "not loadable"
-        raise TorchScriptSegmenterError(
-            f"{path} ({SETTING}): not a TorchScript module or exported program ({kind} archive, unreadable: "
-            f"{torch_error_reason(err)}); {how_to}"
-        ) from err
+        except Exception as err:  # noqa: BLE001 - the loaders raise many types; all mean "not loadable"
+            reason = torch_error_reason(torch_log.logged_error() or err)
+            raise TorchScriptSegmenterError(f"{path} ({SETTING}): not a TorchScript module or exported program "
+                                            f"({kind} archive, unreadable: {reason}); {how_to}") from err
     segmenter = TorchScriptSegmenter(module, spec, path, class_names)
     segmenter.target_table = segmenter.target_table.to(device)
     return segmenter
