@@ -28,6 +28,7 @@ import pickle
 import random
 import re
 import tempfile
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -116,16 +117,19 @@ def read_torch_file(path: str | os.PathLike) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with errors that say what the file is.
 
     Tensors, containers, numbers and strings load; a pickle naming any other Python object
-    is refused (unpickling it could run code), naming the object.
+    is refused (unpickling it could run code), naming the object. Every failure is one line:
+    torch's warnings about the file and its advice to load with ``weights_only=False`` never
+    reach the user.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    not_torch = _why_not_a_torch_file(path)
+    not_torch = why_not_a_torch_file(path)
     if not_torch is not None:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({not_torch})")
     try:
-        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it all
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
@@ -136,26 +140,39 @@ def read_torch_file(path: str | os.PathLike) -> Any:
                 "from a source you trust"
             ) from err
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_unpickler_reason(err)})") from err
-    except Exception as err:  # torch raises RuntimeError, OSError, EOFError, ... for damaged archives
+    except EOFError as err:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a damaged one (the file ends early: truncated)") \
+            from err
+    except Exception as err:  # torch raises RuntimeError, OSError, ... for damaged archives
         raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint, or a damaged one ({type(err).__name__}: {_first_line(err)})"
+            f"{path}: not a PyTorch checkpoint, or a damaged one ({type(err).__name__}: {torch_error_reason(err)})"
         ) from err
 
 
-def _why_not_a_torch_file(path: Path) -> str | None:
+def why_not_a_torch_file(path: Path) -> str | None:
     """What the file is, when it is plainly not a ``torch.save`` file; None when it may be one."""
-    with open(path, "rb") as file:
-        head = file.read(256)
-    if not head:
-        return "the file is empty"
-    if head.startswith(b"PK\x03\x04"):  # torch.save's zip archive
-        if not zipfile.is_zipfile(path):
-            return "a truncated or damaged zip archive: its end is missing, as after an interrupted copy or write"
+    not_an_archive = why_not_a_zip_archive(path)
+    if not_an_archive is None:
         with zipfile.ZipFile(path) as archive:
             if not any(name.endswith("/data.pkl") for name in archive.namelist()):
                 return "a zip archive, but not one written by torch.save (no data.pkl)"
         return None
-    if head.startswith(b"\x80"):  # a pickle: torch's legacy format or a plain pickle; torch decides
+    with open(path, "rb") as file:
+        if file.read(1) == b"\x80":  # a pickle: torch's legacy format or a plain pickle; torch decides
+            return None
+    return not_an_archive
+
+
+def why_not_a_zip_archive(path: Path) -> str | None:
+    """What the file is, when it is not a complete zip archive (the container of torch.save,
+    TorchScript and exported programs alike); None when it is one."""
+    with open(path, "rb") as file:
+        head = file.read(256)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            return "a truncated or damaged zip archive: its end is missing, as after an interrupted copy or write"
         return None
     try:
         text = head.decode("utf-8")
@@ -172,12 +189,30 @@ def _unpickler_reason(err: Exception) -> str:
         detail = text.split(marker, 1)[1].strip().splitlines()
         stopped = detail[0] if detail else "an unknown instruction"
         return f"a pickle torch.save did not write, or a damaged one; the weights-only reader stopped at: {stopped}"
-    return _first_line(err)
+    return torch_error_reason(err)
 
 
-def _first_line(err: Exception) -> str:
+# What torch adds to its errors: the boilerplate after its zip reader's reason, and lines of
+# advice (loading with weights_only=False is never ours to suggest).
+_TORCH_BOILERPLATE = ("This is an internal miniz error",)
+_TORCH_ADVICE = ("weights_only", "Weights only load failed", "torch.load", "trusted source", "trust the source")
+
+
+def torch_error_reason(err: BaseException) -> str:
+    """The reason in one of torch's errors, in one line without torch's advice or boilerplate.
+
+    TorchScript interpreter errors put the reason last, after the scripted code's traceback
+    (as ``RuntimeError: <reason>``: the caller names the error type).
+    """
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(err).__name__
+    if lines and lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        lines = [re.sub(r"^\w+: ", "", lines[-1])]
+    for line in lines:
+        for boilerplate in _TORCH_BOILERPLATE:
+            line = line.split(boilerplate, 1)[0].strip()
+        if line and not any(advice in line for advice in _TORCH_ADVICE):
+            return line[:300].rstrip(".")
+    return type(err).__name__
 
 
 # --------------------------------------------------------------------------------------

@@ -252,3 +252,20 @@ def test_a_full_disk_or_file_size_limit_is_one_line_and_keeps_the_previous_file(
                              "training resumes from the kept last.pt\n")
     assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.zeros(10))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_reading_shows_no_torch_warning_or_advice(tmp_path, recwarn):
+    """Item 10: a pickle of another protocol makes torch warn on stderr before it fails; the
+    user sees one line, never torch's warning or its advice to load with weights_only=False."""
+    path = tmp_path / "weights.pth"
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with pytest.raises(ckpt.CheckpointError) as caught:
+        ckpt.read_torch_file(path)
+    assert [str(warning.message) for warning in recwarn] == []
+    assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)
+    legacy = io.BytesIO()
+    torch.save({"w": torch.zeros(3)}, legacy, _use_new_zipfile_serialization=False)
+    path.write_bytes(legacy.getvalue()[: len(legacy.getvalue()) // 2])
+    with pytest.raises(ckpt.CheckpointError, match=r"weights.pth: not a PyTorch checkpoint, or a damaged one "
+                                                   r"\(the file ends early: truncated\)"):
+        ckpt.read_torch_file(path)
