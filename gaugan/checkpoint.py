@@ -21,11 +21,14 @@ the previous complete file or the new complete one.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fnmatch
 import os
 import pickle
 import random
 import re
 import tempfile
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -38,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from gaugan.config import Config, config_to_dict, flatten
+from gaugan.data.io import OutputMarker, claim_output_dir
 from gaugan.errors import UserError
 
 CHECKPOINT_FORMAT = "gaugan-checkpoint-v1"
@@ -46,6 +50,15 @@ GENERATOR_CHECKPOINT = "generator.pt"
 REQUIRED_KEYS = ("config", "spec", "models")
 TRAINING_KEYS = ("optimizers", "progress", "rng")  # present in a resumable last.pt only
 GENERATION_MODELS = ("G", "G_ema", "E")
+
+# Marks <train.checkpoint_dir> as the project's (gaugan.data.io.claim_output_dir): training
+# writes there in place and a rerun continues from it, so it must never be a user's folder.
+CHECKPOINT_DIR_MARKER = OutputMarker("checkpoints.json", "gaugan-train-checkpoints-v1", "train.checkpoint_dir")
+# What versions before the marker wrote into the folder (fixed history: later files come
+# after the marker): checkpoints, the MLflow run file, sample grids, the best generators kept
+# during training and how they were chosen, the remains of interrupted saves.
+EARLIER_CHECKPOINT_DIR_FILES = ("last.pt", "generator.pt", "run.json", "samples", "selection.json",
+                                "generator_best_*.pt", ".*.pt.*.tmp")
 
 # Keys that may change between an interrupted run and its continuation: they change how
 # often things are logged or saved, where, how fast, or when to stop, but not the maths
@@ -81,6 +94,10 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint file cannot be read, is not of the expected kind, or does not fit."""
 
 
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (a full disk, a file size limit); the previous file is kept."""
+
+
 # --------------------------------------------------------------------------------------
 # Reading any PyTorch file safely.
 
@@ -100,16 +117,19 @@ def read_torch_file(path: str | os.PathLike) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with errors that say what the file is.
 
     Tensors, containers, numbers and strings load; a pickle naming any other Python object
-    is refused (unpickling it could run code), naming the object.
+    is refused (unpickling it could run code), naming the object. Every failure is one line:
+    torch's warnings about the file and its advice to load with ``weights_only=False`` never
+    reach the user.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    not_torch = _why_not_a_torch_file(path)
+    not_torch = why_not_a_torch_file(path)
     if not_torch is not None:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({not_torch})")
     try:
-        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it all
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
@@ -120,26 +140,39 @@ def read_torch_file(path: str | os.PathLike) -> Any:
                 "from a source you trust"
             ) from err
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_unpickler_reason(err)})") from err
-    except Exception as err:  # torch raises RuntimeError, OSError, EOFError, ... for damaged archives
+    except EOFError as err:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a damaged one (the file ends early: truncated)") \
+            from err
+    except Exception as err:  # torch raises RuntimeError, OSError, ... for damaged archives
         raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint, or a damaged one ({type(err).__name__}: {_first_line(err)})"
+            f"{path}: not a PyTorch checkpoint, or a damaged one ({type(err).__name__}: {torch_error_reason(err)})"
         ) from err
 
 
-def _why_not_a_torch_file(path: Path) -> str | None:
+def why_not_a_torch_file(path: Path) -> str | None:
     """What the file is, when it is plainly not a ``torch.save`` file; None when it may be one."""
-    with open(path, "rb") as file:
-        head = file.read(256)
-    if not head:
-        return "the file is empty"
-    if head.startswith(b"PK\x03\x04"):  # torch.save's zip archive
-        if not zipfile.is_zipfile(path):
-            return "a truncated or damaged zip archive: its end is missing, as after an interrupted copy or write"
+    not_an_archive = why_not_a_zip_archive(path)
+    if not_an_archive is None:
         with zipfile.ZipFile(path) as archive:
             if not any(name.endswith("/data.pkl") for name in archive.namelist()):
                 return "a zip archive, but not one written by torch.save (no data.pkl)"
         return None
-    if head.startswith(b"\x80"):  # a pickle: torch's legacy format or a plain pickle; torch decides
+    with open(path, "rb") as file:
+        if file.read(1) == b"\x80":  # a pickle: torch's legacy format or a plain pickle; torch decides
+            return None
+    return not_an_archive
+
+
+def why_not_a_zip_archive(path: Path) -> str | None:
+    """What the file is, when it is not a complete zip archive (the container of torch.save,
+    TorchScript and exported programs alike); None when it is one."""
+    with open(path, "rb") as file:
+        head = file.read(256)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            return "a truncated or damaged zip archive: its end is missing, as after an interrupted copy or write"
         return None
     try:
         text = head.decode("utf-8")
@@ -156,12 +189,30 @@ def _unpickler_reason(err: Exception) -> str:
         detail = text.split(marker, 1)[1].strip().splitlines()
         stopped = detail[0] if detail else "an unknown instruction"
         return f"a pickle torch.save did not write, or a damaged one; the weights-only reader stopped at: {stopped}"
-    return _first_line(err)
+    return torch_error_reason(err)
 
 
-def _first_line(err: Exception) -> str:
+# What torch adds to its errors: the boilerplate after its zip reader's reason, and lines of
+# advice (loading with weights_only=False is never ours to suggest).
+_TORCH_BOILERPLATE = ("This is an internal miniz error",)
+_TORCH_ADVICE = ("weights_only", "Weights only load failed", "torch.load", "trusted source", "trust the source")
+
+
+def torch_error_reason(err: BaseException) -> str:
+    """The reason in one of torch's errors, in one line without torch's advice or boilerplate.
+
+    TorchScript interpreter errors put the reason last, after the scripted code's traceback
+    (as ``RuntimeError: <reason>``: the caller names the error type).
+    """
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(err).__name__
+    if lines and lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        lines = [re.sub(r"^\w+: ", "", lines[-1])]
+    for line in lines:
+        for boilerplate in _TORCH_BOILERPLATE:
+            line = line.split(boilerplate, 1)[0].strip()
+        if line and not any(advice in line for advice in _TORCH_ADVICE):
+            return line[:300].rstrip(".")
+    return type(err).__name__
 
 
 # --------------------------------------------------------------------------------------
@@ -169,7 +220,12 @@ def _first_line(err: Exception) -> str:
 
 
 def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A write that fails (a full disk, a file size limit; torch reports them as "enforce fail
+    at inline_container.cc") is a :class:`CheckpointWriteError` naming ``path``: the temporary
+    file is removed and the previous ``path`` stays as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -180,9 +236,64 @@ def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike) -> None:
             os.fsync(file.fileno())
         os.chmod(temp_name, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary output file
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as err:
         Path(temp_name).unlink(missing_ok=True)
-        raise
+        failure = _write_failure(err)
+        if failure is None:
+            raise
+        reason, error_number = failure
+        kept = f"the previous {path.name} is kept unchanged" if path.is_file() else f"no {path.name} was written"
+        if error_number in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, None):
+            advice = "Free space on that disk (or raise the file size limit) and run again"
+        else:
+            advice = f"Make {path.parent} writable and run again"
+        if path.name == LAST_CHECKPOINT and path.is_file():
+            advice += f": training resumes from the kept {path.name}"
+        raise CheckpointWriteError(f"{path}: could not write the checkpoint ({reason}); {kept}. {advice}") from err
+
+
+def _write_failure(err: BaseException) -> tuple[str, int | None] | None:
+    """(why, errno) when ``err`` is a failed write: an OSError, or torch's zip writer error
+    ("enforce fail at inline_container.cc") with the OSError behind it; None for anything else."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err), err.errno
+    if not (isinstance(err, RuntimeError) and "inline_container.cc" in str(err)):
+        return None
+    cause = err.__cause__ or err.__context__
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return f"torch's writer: {_first_line(err)}", None
+    return cause.strerror or str(cause), cause.errno
+
+
+def claim_checkpoint_dir(folder: str | os.PathLike) -> None:
+    """Make ``folder`` (``train.checkpoint_dir``) the project's checkpoint folder before anything
+    is written there; a folder of the user's is refused (:func:`gaugan.data.io.claim_output_dir`)."""
+    claim_output_dir(folder, CHECKPOINT_DIR_MARKER, "the checkpoints", _earlier_checkpoint_dir)
+
+
+def _earlier_checkpoint_dir(folder: Path) -> bool:
+    """A checkpoint folder of a version before the marker: nothing but its files, and one of
+    our checkpoints or sample grids (``samples/step_*.png`` only) among them."""
+    names = {entry.name for entry in folder.iterdir()}
+    if not all(any(fnmatch.fnmatch(name, pattern) for pattern in EARLIER_CHECKPOINT_DIR_FILES) for name in names):
+        return False
+    samples = folder / "samples"
+    grids = [entry.name for entry in samples.iterdir()] if samples.is_dir() else []
+    if "samples" in names and not (grids and all(fnmatch.fnmatch(name, "step_*.png") for name in grids)):
+        return False
+    return bool(grids) or any(_tagged_as_ours(folder / name) for name in (LAST_CHECKPOINT, GENERATOR_CHECKPOINT))
+
+
+def _tagged_as_ours(path: Path) -> bool:
+    """Whether ``path`` is a torch.save archive whose pickle holds our format tag (another
+    project's ``last.pt`` is not), read without unpickling anything or loading its tensors."""
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        pickles = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+        return bool(pickles) and CHECKPOINT_FORMAT.encode() in archive.read(pickles[0])
 
 
 def remove_stale_temporary_files(folder: Path) -> None:
@@ -414,7 +525,7 @@ def restore_training(
             raise CheckpointError(f"{path}: the checkpoint has no models[{name!r}]")
         load_state_dict_exactly(holder, saved_models[name], f"{path} (models[{name!r}])", what=name)
     for name, optimizer in optimizers.items():
-        optimizer.load_state_dict(payload["optimizers"][name])
+        load_optimizer_state(optimizer, payload["optimizers"][name])
     if scalers and payload.get("scaler"):
         for name, scaler in scalers.items():
             scaler.load_state_dict(payload["scaler"][name])
@@ -426,6 +537,26 @@ def restore_training(
     else:
         seed_everything(seed + rank + progress.step)
     return progress
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping how this run executes the update.
+
+    ``capturable`` (step counts on the device) is set by CUDA-graph runs
+    (:func:`gaugan.train.cuda_graphs.make_capturable`) and saved with the state; the CPU refuses
+    to step a capturable Adam, and a graph needs the flag whatever the checkpoint says. So each
+    group keeps the flag it was built with, and its step counts follow it: on the parameter's
+    device when capturable (or fused), on the host otherwise, as a fresh optimiser keeps them.
+    """
+    capturable = [group.get("capturable", False) for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flag in zip(optimizer.param_groups, capturable):
+        group["capturable"] = flag
+        for param in group["params"]:
+            param_state = optimizer.state.get(param, {})
+            step = param_state.get("step")
+            if isinstance(step, Tensor) and not (flag or group.get("fused")):
+                param_state["step"] = step.to("cpu")
 
 
 # --------------------------------------------------------------------------------------

@@ -213,7 +213,7 @@ class WeightsConfig:
     """Pretrained files evaluation and training need (the weights stage)."""
 
     download: bool = True  # fetch missing files from their published URLs (false: only check what is there)
-    mirror: str | None = None  # a base URL serving the same file names (an internal mirror), instead of the published URLs
+    mirror: str | None = None  # an https base URL serving the same file names (a mirror) instead of the published URLs
 
 
 @dataclass(frozen=True)

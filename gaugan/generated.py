@@ -34,17 +34,27 @@ def split_stems(store_dir: str | os.PathLike, split: str = "val") -> list[str]:
 
 
 def read_generated(output_dir: Path, stems: list[str], size: tuple[int, int]) -> Tensor:
-    """The generated PNGs for ``stems`` as uint8 (B, 3, H, W); a missing or wrong-size file is an error."""
+    """The generated PNGs for ``stems`` as uint8 (B, 3, H, W).
+
+    A missing, unreadable (empty, cut off, not an image) or wrong-size file is a
+    :class:`DataError` naming it and saying to generate again; the size is checked from the
+    header, before the pixels are decoded.
+    """
     images = []
     for stem in stems:
         path = output_dir / f"{stem}.png"
         try:
             with Image.open(path) as image:
-                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+                found = image.size
+                array = np.asarray(image.convert("RGB"), dtype=np.uint8) if found == (size[1], size[0]) else None
         except FileNotFoundError as err:
             raise DataError(f"{path}: generated image missing; run the generate stage (python -m stages.generate)") from err
-        if array.shape[:2] != tuple(size):
-            raise DataError(f"{path}: generated image is {array.shape[1]}x{array.shape[0]} (WxH), expected "
-                            f"{size[1]}x{size[0]}; re-run the generate stage")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # empty, cut off, not an image
+            reason = "the file is empty" if path.stat().st_size == 0 else str(err).splitlines()[0]
+            raise DataError(f"{path}: generated image unreadable ({reason}); run the generate stage again "
+                            "(python -m stages.generate)") from err
+        if array is None:
+            raise DataError(f"{path}: generated image is {found[0]}x{found[1]} (WxH), expected {size[1]}x{size[0]}; "
+                            "re-run the generate stage")
         images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
     return torch.stack(images)

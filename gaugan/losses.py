@@ -29,13 +29,18 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from gaugan.checkpoint import CheckpointError, read_torch_file
 from gaugan.errors import UserError
+from gaugan.pinned import Pin, pin_problem
 
 GanMode = Literal["hinge", "ls", "original"]
 GAN_MODES = ("hinge", "ls", "original")
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"  # torchvision VGG19_Weights.IMAGENET1K_V1
 VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
+# The published file: its name carries the first 8 hex digits of this SHA-256 (torch hub's
+# convention); the full value and the size are those other projects pin for this URL.
+VGG19_PIN = Pin(574_673_361, "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44")
 # Feature slices of torchvision's vgg19().features ending at relu1_1, relu2_1, relu3_1,
 # relu4_1, relu5_1, and their weights in the loss.
 VGG_SLICE_ENDS = (2, 7, 12, 21, 30)
@@ -132,9 +137,12 @@ def default_vgg_weights_path() -> Path:
 def load_vgg19_features(weights_path: str | os.PathLike | None = None) -> nn.Sequential:
     """torchvision's VGG19 ``features[:30]`` (up to relu5_1) with ImageNet weights, frozen, eval mode.
 
-    The weights come from ``weights_path`` or the torch hub cache; they are never downloaded
-    here and never left random: a missing or wrong file raises :class:`VGGWeightsError`
-    saying how to provide it. A file holding only the ``features.*`` tensors is enough.
+    The weights come from the torch hub cache, where they must be the published file (size
+    and full SHA-256, :data:`VGG19_PIN`, checked before the file is read), or from
+    ``weights_path`` (``loss.vgg_weights``): a file the user chose, which needs the
+    ``features.*`` tensors only. Either is read weights-only (no pickled code runs). They
+    are never downloaded here and never left random: a missing, altered or unreadable file
+    raises :class:`VGGWeightsError` saying what to do.
     """
     path = Path(weights_path) if weights_path is not None else default_vgg_weights_path()
     setting = "loss.vgg_weights" if weights_path is not None else "loss.vgg_weights (null: the torch hub cache)"
@@ -145,10 +153,17 @@ def load_vgg19_features(weights_path: str | os.PathLike | None = None) -> nn.Seq
     )
     if not path.is_file():
         raise VGGWeightsError(f"{path}: VGG19 ImageNet weights not found ({setting}); {how_to}")
+    if weights_path is None and (problem := pin_problem(path, VGG19_PIN)):
+        raise VGGWeightsError(
+            f"{path}: not the published VGG19 weights ({problem}); delete it and run the weights stage again "
+            f"(dvc repro weights), or download {VGG19_URL} and place it there by hand, or set loss.vgg_weights to "
+            "a VGG19 file you trust"
+        )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated download raises zip / pickle / runtime errors alike
-        raise VGGWeightsError(f"{path}: unreadable VGG19 weights ({err}); {how_to}") from err
+        state = read_torch_file(path)
+    except CheckpointError as err:
+        reason = str(err).removeprefix(f"{path}: ")
+        raise VGGWeightsError(f"{path}: unreadable VGG19 weights ({reason}); {how_to}") from err
     # Built on the meta device: the 120 M classifier parameters are never allocated.
     with torch.device("meta"):
         features = torchvision.models.vgg19(weights=None).features[: VGG_SLICE_ENDS[-1]]

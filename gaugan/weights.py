@@ -6,38 +6,51 @@ the published segmenter of each paper dataset (UperNet-101, DeepLabV2-ResNet101,
 DRN-D-105). :func:`needed_weights` says which files the configured run needs and where
 they live (the torch hub cache ``$TORCH_HOME/hub/checkpoints/`` for Inception and VGG19,
 where pytorch-fid and torchvision look; ``<evaluate.segmenter_weights_dir>/<segmenter>/``
-for the segmenters). :func:`fetch` makes one present: a file already there is verified;
-a missing one is downloaded with resume and a progress bar
-(:func:`gaugan.data.download.download_file`: into ``<file>.partial``, renamed when
-complete) and verified against its published checksum (size and the SHA-256 prefix in the
-torch hub file name, or an md5); a mismatch is moved aside. Any failure (offline, HTTP
-error, cut connection, wrong checksum) is returned as "unavailable" with the reason and how
-to place the file by hand: the pipeline completes without it and the metric that needs it
-says why it is missing. (Every reader verifies again: pytorch-fid's file by size and hash,
-the others by strict loading.)
+for the segmenters). :func:`fetch` makes one present and verified (:mod:`gaugan.pinned`):
+
+- over https only (a plain-http URL, mirror or redirect is refused; only the loopback
+  address, whose bytes never leave the machine, may be plain http), with resume and a
+  progress bar (:func:`gaugan.data.download.download_file`: into ``<file>.partial``,
+  renamed when complete);
+- Inception and VGG19 against the published size and full SHA-256; a mismatch is moved
+  aside;
+- a published segmenter file, which has no published checksum, must read as a state dict
+  of tensors (weights-only); its size and SHA-256 are then pinned in ``<file>.pin.json``,
+  and from then on compared (a file already in place, placed by hand, is checked and
+  pinned the same way when first seen).
+
+Any failure (offline, HTTP error, cut connection, wrong checksum) is returned as
+"unavailable" with the reason and how to place the file by hand: the pipeline completes
+without it and the metric that needs it says why it is missing. Every reader checks the
+file again before reading it (the VGG19 loss, the Inception network, the segmenters), so a
+file that failed here is never used.
 """
 
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gaugan import losses
 from gaugan.config import Config
-from gaugan.data.download import DownloadError, download_file, md5_of
-from gaugan.data.io import file_digest
+from gaugan.data.download import DownloadError, download_file
+from gaugan.errors import UserError
 from gaugan.losses import VGG19_FILE, VGG19_URL, default_vgg_weights_path
-from gaugan.metrics.fid import (
-    FID_WEIGHTS_BYTES,
-    FID_WEIGHTS_FILE,
-    FID_WEIGHTS_SHA256_PREFIX,
-    FID_WEIGHTS_URL,
-)
+from gaugan.metrics import fid
+from gaugan.metrics.fid import FID_WEIGHTS_FILE, FID_WEIGHTS_URL
+from gaugan.pinned import Pin, PinFileError, file_sha256, pin_path, pin_problem, read_pin, write_pin
 from gaugan.segmenters.loading import resolve_choice
-from gaugan.segmenters.published import published_segmenter_for, weight_path
+from gaugan.segmenters.published import published_segmenter_for, read_state_dict, weight_path
 
 GROUPS = ("inception", "vgg19", "segmenter")  # one record file each (the stage's outputs)
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+FOUND_IN_PLACE = "found in place (placed by hand or fetched before pins were kept)"
 
 
 @dataclass(frozen=True)
@@ -46,18 +59,17 @@ class WeightFile:
     filename: str
     url: str | None  # None: no public URL, the user supplies it
     destination: Path
-    num_bytes: int | None = None  # published size, when known
-    sha256_prefix: str | None = None  # torch hub convention: the hash prefix in the file name
-    md5: str | None = None
+    pin: Pin | None = None  # the published size and SHA-256; None: pinned at the first verified fetch
+    first_fetch_check: Callable[[Path], object] | None = None  # raises a UserError when the file is unusable
+    own_file_setting: str | None = None  # the setting naming ``destination``: another file there is the user's choice
     where_to_get: str = ""  # for files without a URL
 
     @property
     def checksum(self) -> str:
-        if self.sha256_prefix:
-            return f"sha256 starts with {self.sha256_prefix} (published in the file name)"
-        if self.md5:
-            return f"md5 {self.md5}"
-        return "none published (the sha256 is recorded)"
+        if self.pin is not None:
+            return f"published: {self.pin.describe()}"
+        return (f"none published: size and sha256 pinned at the first verified fetch "
+                f"({pin_path(self.destination).name})")
 
 
 @dataclass(frozen=True)
@@ -72,16 +84,19 @@ def needed_weights(cfg: Config, root: Path, hub_dir: Path) -> dict[str, Needed]:
     """What the configured run needs, per group of :data:`GROUPS`.
 
     ``hub_dir`` is torch hub's directory (``torch.hub.get_dir()``); configured paths
-    (``evaluate.fid_weights``, ``loss.vgg_weights``) replace the cache location.
+    (``evaluate.fid_weights``, ``loss.vgg_weights``) replace the cache location. The
+    Inception file must be the published one wherever it is (FID is defined by it); a file
+    that ``loss.vgg_weights`` names is the user's choice and is used as such.
     """
     inception_path = root / cfg.evaluate.fid_weights if cfg.evaluate.fid_weights else hub_dir / "checkpoints" / FID_WEIGHTS_FILE
     inception = WeightFile("Inception (pytorch-fid) for FID and KID", FID_WEIGHTS_FILE, FID_WEIGHTS_URL, inception_path,
-                           FID_WEIGHTS_BYTES, FID_WEIGHTS_SHA256_PREFIX)
+                           fid.FID_WEIGHTS_PIN)
     needed = {"inception": Needed((inception,))}
     if cfg.loss.use_vgg_loss:
         vgg_path = root / cfg.loss.vgg_weights if cfg.loss.vgg_weights else default_vgg_weights_path()
         needed["vgg19"] = Needed((WeightFile("VGG19 ImageNet (torchvision) for the perceptual loss", VGG19_FILE,
-                                             VGG19_URL, vgg_path, None, VGG19_FILE.split("-")[1].split(".")[0]),))
+                                             VGG19_URL, vgg_path, losses.VGG19_PIN,
+                                             own_file_setting="loss.vgg_weights" if cfg.loss.vgg_weights else None),))
     else:
         needed["vgg19"] = Needed((), "loss.use_vgg_loss is false")
     resolved = resolve_choice(cfg.evaluate.segmenter, cfg.data.dataset)
@@ -90,7 +105,8 @@ def needed_weights(cfg: Config, root: Path, hub_dir: Path) -> dict[str, Needed]:
         weights_dir = root / cfg.evaluate.segmenter_weights_dir
         needed["segmenter"] = Needed(tuple(
             WeightFile(f"segmenter {entry.name} ({file.submodule})", file.name, file.url,
-                       weight_path(entry, file, weights_dir), where_to_get=entry.where_to_get)
+                       weight_path(entry, file, weights_dir), first_fetch_check=read_state_dict,
+                       where_to_get=entry.where_to_get)
             for file in entry.files))
     else:
         needed["segmenter"] = Needed((), f"{cfg.data.dataset!r} is judged by the {resolved!r} segmenter "
@@ -98,22 +114,73 @@ def needed_weights(cfg: Config, root: Path, hub_dir: Path) -> dict[str, Needed]:
     return needed
 
 
-def verify(file: WeightFile, path: Path) -> tuple[str, str]:
-    """(sha256, problem): the problem is '' when ``path`` matches the published size and checksum."""
-    size = path.stat().st_size
-    if file.num_bytes is not None and size != file.num_bytes:
-        return "", f"{size:,} bytes, expected {file.num_bytes:,}"
-    digest = file_digest(path)
-    if file.sha256_prefix and not digest.startswith(file.sha256_prefix):
-        return digest, f"sha256 {digest[:16]}... does not start with {file.sha256_prefix}"
-    if file.md5 and (md5 := md5_of(path)) != file.md5:
-        return digest, f"md5 {md5} differs from the published {file.md5}"
-    return digest, ""
-
-
 def how_to_place(file: WeightFile) -> str:
     source = file.url or file.where_to_get or "its publisher"
     return f"download {source} elsewhere and place it at {file.destination}"
+
+
+def _transport_allowed(url: str) -> bool:
+    """https, or plain http to the loopback address (a local mirror: the bytes never leave the machine)."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS)
+
+
+class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to https only: a server must not send the download elsewhere in plain http."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        if not _transport_allowed(newurl):
+            fp.close()
+            raise urllib.error.URLError(f"redirected to {newurl}: refused, weights are fetched over https only")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpsOnlyRedirects)
+
+
+def _problem(file: WeightFile, path: Path) -> str:
+    """'' when ``path`` is usable as ``file``, else what is wrong, in a phrase."""
+    if file.pin is not None:
+        problem = pin_problem(path, file.pin)
+        return f"not the published file ({problem})" if problem else ""
+    try:
+        pin = read_pin(path)
+    except PinFileError as err:
+        return str(err)
+    if pin is not None:
+        problem = pin_problem(path, pin)
+        return f"changed since its first verified fetch ({problem})" if problem else ""
+    if file.first_fetch_check is not None:
+        try:
+            file.first_fetch_check(path)
+        except UserError as err:
+            return f"unusable, so not pinned ({str(err).replace(f'{path}: ', '')})"
+    return ""
+
+
+def _what_to_do(file: WeightFile) -> str:
+    also = "" if file.pin is not None else (
+        f"; if you replaced it on purpose with a file you trust, delete {pin_path(file.destination)} too so that "
+        "the file is pinned anew")
+    return f"delete it and run the weights stage again, or {how_to_place(file)}{also}"
+
+
+def _present(file: WeightFile, record: dict[str, Any], source: str, note: str = "") -> dict[str, Any]:
+    """The record of a file that passed :func:`_problem`; one without a published checksum is
+    pinned when first seen."""
+    path = file.destination
+    if note:  # the user's own file: its own hash
+        pin = Pin(path.stat().st_size, file_sha256(path))
+    elif file.pin is not None:
+        pin = file.pin  # just compared, byte for byte
+    elif (pin := read_pin(path)) is None:
+        try:
+            pin = write_pin(path, source)
+        except OSError as err:  # a read-only weights folder: unpinned, the loaders would refuse the file
+            return {**record, "status": "unavailable",
+                    "reason": f"{path}: verified, but its pin {pin_path(path)} cannot be written "
+                              f"({err.strerror or err}); make the folder writable and run the weights stage again"}
+    return {**record, "status": "ok", "sha256": pin.sha256, "bytes": pin.num_bytes, **({"note": note} if note else {})}
 
 
 def fetch(file: WeightFile, download: bool = True, mirror: str | None = None, progress: bool = True,
@@ -123,29 +190,34 @@ def fetch(file: WeightFile, download: bool = True, mirror: str | None = None, pr
     record: dict[str, Any] = {"what": file.what, "file": file.filename, "path": str(file.destination),
                               "source": url or file.where_to_get, "checksum": file.checksum}
     if file.destination.is_file():
-        digest, problem = verify(file, file.destination)
+        problem = _problem(file, file.destination)
         if not problem:
-            return {**record, "status": "ok", "sha256": digest, "bytes": file.destination.stat().st_size}
-        return {**record, "status": "unavailable",
-                "reason": f"{file.destination} is not the published file ({problem}); delete it and run the weights "
-                          f"stage again, or {how_to_place(file)}"}
+            return _present(file, record, FOUND_IN_PLACE)
+        if file.own_file_setting is not None:
+            return _present(file, record, FOUND_IN_PLACE,
+                            note=f"your own file ({file.own_file_setting}), {problem}: used as that setting says")
+        return {**record, "status": "unavailable", "reason": f"{file.destination}: {problem}; {_what_to_do(file)}"}
     if not download:
         return {**record, "status": "unavailable",
                 "reason": f"{file.destination} not found and weights.download is false; {how_to_place(file)}"}
     if url is None:
         return {**record, "status": "unavailable",
                 "reason": f"{file.destination} not found; it has no public URL: {how_to_place(file)}"}
+    if not _transport_allowed(url):
+        return {**record, "status": "unavailable",
+                "reason": f"refused {url}: weights are fetched over https only (plain http can be altered on the "
+                          f"way); use an https mirror (weights.mirror), or {how_to_place(file)}"}
     try:
-        download_file(url, file.destination, md5=file.md5, progress=progress, timeout=timeout)
+        download_file(url, file.destination, progress=progress, timeout=timeout, opener=_OPENER.open)
     except DownloadError as err:
         return {**record, "status": "unavailable", "reason": str(err)}
-    digest, problem = verify(file, file.destination)
+    problem = _problem(file, file.destination)
     if problem:
         aside = file.destination.with_name(f"{file.filename}.checksum-mismatch")
         os.replace(file.destination, aside)
         return {**record, "status": "unavailable",
-                "reason": f"{url}: the downloaded file is not the published one ({problem}); moved aside to {aside}"}
-    return {**record, "status": "ok", "sha256": digest, "bytes": file.destination.stat().st_size}
+                "reason": f"{url}: the downloaded file failed verification ({problem}); moved aside to {aside}"}
+    return _present(file, record, url)
 
 
 def fetch_needed(needed: dict[str, Needed], download: bool = True, mirror: str | None = None,

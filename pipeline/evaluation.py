@@ -17,7 +17,7 @@ import torch
 from gaugan.config import Config
 from gaugan.data.io import atomic_write_json
 from gaugan.data.registry import DatasetSpec
-from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.data.store import read_store
 from gaugan.errors import UserError
 from gaugan.evaluate import EvaluationReport, evaluate, inception_judge
 from gaugan.metrics.fid import WeightsLookup, find_inception_weights
@@ -55,7 +55,7 @@ def load_judges(cfg: Config, root: Path, spec: DatasetSpec, device: torch.device
 def evaluate_generated(cfg: Config, root: Path, generated_dir: Path, generation: dict[str, Any]) -> EvaluationReport:
     """Every registered metric of ``generated_dir`` against the validation split."""
     store_dir = root / cfg.data.processed_dir
-    spec = spec_from_manifest(read_manifest(store_dir))
+    spec = read_store(store_dir, cfg.data)[1]
     device = resolve_device(cfg.train.device)
     judges = load_judges(cfg, root, spec, device)
     return evaluate(spec, store_dir, generated_dir, device, cfg.evaluate.batch_size, judges,
@@ -71,7 +71,7 @@ def training_evaluator(cfg: Config, root: Path, out_dir: Path, resume: bool) -> 
     if cfg.evaluate.every_epochs == 0:
         return None
     store_dir = root / cfg.data.processed_dir
-    spec = spec_from_manifest(read_manifest(store_dir))
+    spec = read_store(store_dir, cfg.data)[1]
     device = resolve_device(cfg.train.device)
     evaluator = TrainingEvaluator(cfg, spec, store_dir, out_dir, load_judges(cfg, root, spec, device), device, resume)
     choice = CHOICES.get(cfg.evaluate.checkpoint_choice)

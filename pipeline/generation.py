@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gaugan.config import Config
-from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.data.store import read_store
 from gaugan.errors import UserError
 from gaugan.generate import generate_split
 from gaugan.models.loading import load_encoder, load_generator
@@ -52,7 +52,7 @@ def selection_record(cfg: Config, root: Path) -> dict[str, Any] | None:
 def generate(cfg: Config, root: Path, output_dir: Path, grid_path: Path | None) -> dict[str, Any]:
     """Every validation label map -> ``output_dir/<stem>.png`` (+ the sample grid); what was done."""
     store_dir = root / cfg.data.processed_dir
-    spec = spec_from_manifest(read_manifest(store_dir))
+    spec = read_store(store_dir, cfg.data)[1]
     device = resolve_device(cfg.train.device)
     checkpoint = generator_checkpoint(cfg, root)
     loaded = load_generator(checkpoint, spec, prefer_ema=cfg.evaluate.use_ema, device=device)

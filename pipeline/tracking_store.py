@@ -8,20 +8,25 @@ What went wrong without this (measured with mlflow 3.17):
   path, after MLflow's own ten retries;
 - a sqlite file locked by another process (``mlflow ui`` running a long query, another
   experiment writing): MLflow waits 20 s (its ``busy_timeout``) and raises, which crashed
-  training mid-run and lost the steps since the last checkpoint.
+  training mid-run and lost the steps since the last checkpoint; before raising it logs a
+  60-line SQLAlchemy traceback, once per attempt.
 
 So: :func:`check_store` looks at the store once, with a short timeout, and says what is
 wrong with which URI (a :class:`TrackingError`, i.e. a user error). During a run every
 write goes through a :class:`BackgroundWriter`: one thread, in order, retrying transient
 failures with backoff, so training neither waits for the store nor dies of it; a write
-that keeps failing is reported and dropped, and training goes on.
+that keeps failing is reported and dropped, and training goes on. While our retries talk to
+the store, MLflow's and SQLAlchemy's warnings and errors of that thread are silenced
+(:func:`store_logs_silenced`): what failed is reported by our own line, once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
+import re
 import sqlite3
 import sys
 import threading
@@ -29,7 +34,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,9 +62,11 @@ class TrackingError(UserError):
 
 
 def short_error(err: BaseException) -> str:
-    """The first line of an error: MLflow's sqlite errors go on with the whole SQL statement."""
+    """The first line of an error: MLflow's sqlite errors go on with the whole SQL statement
+    (and start with SQLAlchemy's ``(sqlite3.OperationalError)``, left out)."""
     text = str(getattr(err, "message", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    first = re.sub(r"^\([\w.]+\) ", "", text.splitlines()[0]) if text else ""
+    return first or type(err).__name__
 
 
 def is_transient(err: BaseException) -> bool:
@@ -138,6 +145,40 @@ def _check_sqlite(uri: str, path: Path, timeout_s: float) -> None:
         raise TrackingError(f"MLflow store {uri}: {path} is not an SQLite database ({err}); {HOW_TO_AVOID}") from err
 
 
+class _SilencedThreads(logging.Filter):
+    """Drops warnings and errors logged by the threads inside :func:`store_logs_silenced`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING or record.thread not in self.threads
+
+
+_SILENCED = _SilencedThreads()
+
+
+@contextlib.contextmanager
+def store_logs_silenced() -> Iterator[None]:
+    """MLflow's and SQLAlchemy's warnings and errors of this thread stay off the terminal.
+
+    MLflow logs a store failure (a locked sqlite file: the SQLAlchemy error, the SQL and two
+    tracebacks) and then raises it; the caller reports the raised error in one line. Other
+    threads (and this one outside the block) log as before.
+    """
+    for name in ("mlflow", "sqlalchemy"):
+        for handler in logging.getLogger(name).handlers:  # MLflow's handler serves both
+            if _SILENCED not in handler.filters:
+                handler.addFilter(_SILENCED)
+    thread = threading.get_ident()
+    _SILENCED.threads.add(thread)
+    try:
+        yield
+    finally:
+        _SILENCED.threads.discard(thread)
+
+
 def call_with_retries(call: Callable[[], Result], what: str, uri: str,
                       delays: tuple[float, ...] = RETRY_DELAYS_S) -> Result:
     """``call()``, retried after transient failures; a :class:`TrackingError` naming ``uri`` at the end.
@@ -148,7 +189,8 @@ def call_with_retries(call: Callable[[], Result], what: str, uri: str,
 
     for delay in (*delays, None):
         try:
-            return call()
+            with store_logs_silenced():
+                return call()
         except (MlflowException, OSError, sqlite3.Error) as err:
             if delay is None or not is_transient(err):
                 raise TrackingError(f"MLflow store {uri}: cannot {what} ({short_error(err)}); {HOW_TO_AVOID}") from err
@@ -208,7 +250,8 @@ class BackgroundWriter:
                 self.dropped.append(what)
                 return
             try:
-                function(*args)
+                with store_logs_silenced():
+                    function(*args)
             except Exception as err:  # noqa: BLE001 - the store's failure must never stop training
                 if delay is None or not is_transient(err) or self._past_deadline(delay):
                     self._drop(what, err)

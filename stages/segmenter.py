@@ -23,11 +23,11 @@ from typing import Any
 
 from gaugan.config import Config
 from gaugan.data.dataset import StoreDataset, make_loader
-from gaugan.data.io import atomic_write_text
-from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.data.io import atomic_write_text, check_writable
+from gaugan.data.store import read_store
 from gaugan.evaluate import percent, real_image_scores
 from gaugan.segmenters.loading import resolve_choice
-from gaugan.segmenters.trained import SEGMENTER_FILE, save_trained_segmenter, train_segmenter
+from gaugan.segmenters.trained import SEGMENTER_FILE, claim_segmenter_dir, save_trained_segmenter, train_segmenter
 from gaugan.threads import configure_threads
 from gaugan.train.distributed import resolve_device
 from pipeline.stage import run_stage
@@ -45,9 +45,11 @@ def write_json(payload: dict[str, Any], *paths: Path) -> None:
 def run(cfg: Config, root: Path) -> None:
     threads = configure_threads(cfg.train.num_threads, cfg.data.num_workers)
     store_dir = root / cfg.data.processed_dir
-    manifest = read_manifest(store_dir)
-    spec = spec_from_manifest(manifest)
+    manifest, spec = read_store(store_dir, cfg.data)  # a store of other data settings is refused
     out_dir = root / cfg.segmenter.checkpoint_dir
+    # Where the stage writes, checked before the work: never a folder of the user's.
+    claim_segmenter_dir(out_dir)
+    check_writable((root / REPORT_PATH).parent, f"the stage's report ({REPORT_PATH})")
     checkpoint = out_dir / SEGMENTER_FILE
     resolved = resolve_choice(cfg.evaluate.segmenter, spec.name)
     if resolved != "trained":

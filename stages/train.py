@@ -25,15 +25,15 @@ from gaugan.checkpoint import (
     GENERATOR_CHECKPOINT,
     LAST_CHECKPOINT,
     CheckpointError,
-    check_resumable,
+    claim_checkpoint_dir,
     load_for_resume,
 )
-from gaugan.config import Config, config_to_dict, replace
-from gaugan.data.io import atomic_write_json
-from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.config import Config, replace
+from gaugan.data.io import atomic_write_json, check_writable
+from gaugan.data.store import read_store
 from gaugan.methods import method_name
 from gaugan.threads import configure_threads
-from gaugan.train.loop import planned_steps, train
+from gaugan.train.loop import check_continuation, planned_steps, train
 from gaugan.training_evaluation import training_evaluator_summary
 from pipeline.evaluation import training_evaluator
 from pipeline.stage import run_stage
@@ -56,11 +56,10 @@ def stale_finished_run(cfg: Config, store_dir: Path, out_dir: Path) -> bool:
     last = out_dir / LAST_CHECKPOINT
     if not (cfg.train.resume and last.is_file() and (out_dir / GENERATOR_CHECKPOINT).is_file()):
         return False
-    manifest = read_manifest(store_dir)
-    spec = dataclasses.asdict(spec_from_manifest(manifest))
+    manifest, spec = read_store(store_dir, cfg.data)
     checkpoint = load_for_resume(last)
     try:
-        check_resumable(checkpoint, config_to_dict(cfg), spec, last)
+        check_continuation(checkpoint, cfg, dataclasses.asdict(spec), last)
     except CheckpointError:
         return True
     # The same configuration, finished, with nothing left to train: DVC re-runs this stage
@@ -75,6 +74,11 @@ def run(cfg: Config, root: Path) -> None:
                                 processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     store_dir = root / cfg.data.processed_dir
     out_dir = root / cfg.train.checkpoint_dir
+    read_store(store_dir, cfg.data)  # a store written for other data settings is refused first
+    if int(os.environ.get("RANK", "0")) == 0:
+        # Where this stage writes, checked before hours of training: never a user's folder.
+        check_writable((root / SUMMARY_PATH).parent, f"the stage's reports ({SUMMARY_PATH})")
+        claim_checkpoint_dir(out_dir)
     # Decided by every process before any writes, so that all start afresh together.
     stale = stale_finished_run(cfg, store_dir, out_dir)
     train_cfg = replace(cfg, train={"resume": False}) if stale else cfg

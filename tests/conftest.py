@@ -27,6 +27,14 @@ def one_thread_per_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def empty_torch_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts with an empty torch hub cache of its own (``$TORCH_HOME``): the user's
+    downloaded weights never change a result, and nothing a test verifies or writes there
+    (weights, gaugan.pinned's hash cache) reaches the user's."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+
+
 @pytest.fixture
 def params_config() -> Config:
     """params.yaml as shipped."""

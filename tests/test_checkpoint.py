@@ -8,6 +8,9 @@ import io
 import os
 import pickle
 import random
+import subprocess
+import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from gaugan import checkpoint as ckpt
 from gaugan.config import Config, config_to_dict, replace
 from gaugan.data.registry import published_spec
 
+ROOT = Path(__file__).resolve().parents[1]
 SPEC = published_spec("landscapes")
 
 
@@ -177,3 +181,91 @@ def test_trained_segmenter_file_is_read_safely(tmp_path, write_crafted_checkpoin
     with pytest.raises(SegmenterCheckpointError, match=r"disallowed Python object.*rerun the segmenter stage"):
         load_trained_segmenter(path, SPEC, torch.device("cpu"))
     assert not marker.exists()
+
+
+def _trained_adam(fused: bool | None) -> tuple[nn.Linear, torch.optim.Adam]:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), fused=fused)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_optimiser_state_of_a_cuda_graph_run_resumes_on_the_cpu(tmp_path, fused):
+    """A CUDA-graph run saves Adam with capturable=True (step counts on the GPU); the CPU refuses
+    to step such an optimiser. The flag is how this run executes, not part of the state."""
+    model, optimizer = _trained_adam(fused)
+    payload = ckpt.build_checkpoint(Config(), SPEC, {"G": model}, {"G": optimizer}, None, ckpt.Progress(0, 1, 1),
+                                    [ckpt.capture_rng_state()])
+    for group in payload["optimizers"]["G"]["param_groups"]:
+        group["capturable"] = True  # as train.cuda_graph leaves it (gaugan.train.cuda_graphs.make_capturable)
+    path = tmp_path / "last.pt"
+    ckpt.atomic_torch_save(payload, path)
+    resumed_model, resumed = _trained_adam(fused)
+    ckpt.restore_training(ckpt.load_for_resume(path), path, {"G": resumed_model}, {"G": resumed}, None, 0, 1, 0)
+    assert [group["capturable"] for group in resumed.param_groups] == [False]
+    resumed_model(torch.ones(1, 3)).sum().backward()
+    resumed.step()  # before: AssertionError "If capturable=True, params and state_steps must be on supported devices"
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    for ours, theirs in zip(resumed_model.parameters(), model.parameters()):
+        assert torch.equal(ours, theirs)
+    # And the other way: a checkpoint without the flag restored into an optimiser that has it
+    # (a CUDA-graph continuation of a CPU run) keeps it.
+    payload["optimizers"]["G"] = optimizer.state_dict()
+    ckpt.atomic_torch_save(payload, path)
+    capturable_model = nn.Linear(3, 2)
+    capturable = torch.optim.Adam(capturable_model.parameters(), fused=fused, capturable=True)  # stepped on a GPU only
+    ckpt.restore_training(ckpt.load_for_resume(path), path, {"G": capturable_model}, {"G": capturable}, None, 0, 1, 0)
+    assert [group["capturable"] for group in capturable.param_groups] == [True]
+
+
+def test_a_full_disk_or_file_size_limit_is_one_line_and_keeps_the_previous_file(tmp_path):
+    """torch.save reports a failed write as "enforce fail at inline_container.cc" (RLIMIT_FSIZE
+    makes the write fail with EFBIG, as ENOSPC would on a full disk)."""
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        from pathlib import Path
+        import torch
+        from gaugan.checkpoint import atomic_torch_save
+        from gaugan.errors import UserError
+
+        path = Path({str(tmp_path / "last.pt")!r})
+        atomic_torch_save({{"weights": torch.zeros(10)}}, path)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        try:
+            atomic_torch_save({{"weights": torch.zeros(100_000)}}, path)
+        except UserError as err:
+            print(err)
+            sys.exit(0)
+        sys.exit("no user error")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    path = tmp_path / "last.pt"
+    assert result.stdout == (f"{path}: could not write the checkpoint (File too large); the previous last.pt is kept "
+                             "unchanged. Free space on that disk (or raise the file size limit) and run again: "
+                             "training resumes from the kept last.pt\n")
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.zeros(10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_reading_shows_no_torch_warning_or_advice(tmp_path, recwarn):
+    """Item 10: a pickle of another protocol makes torch warn on stderr before it fails; the
+    user sees one line, never torch's warning or its advice to load with weights_only=False."""
+    path = tmp_path / "weights.pth"
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with pytest.raises(ckpt.CheckpointError) as caught:
+        ckpt.read_torch_file(path)
+    assert [str(warning.message) for warning in recwarn] == []
+    assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)
+    legacy = io.BytesIO()
+    torch.save({"w": torch.zeros(3)}, legacy, _use_new_zipfile_serialization=False)
+    path.write_bytes(legacy.getvalue()[: len(legacy.getvalue()) // 2])
+    with pytest.raises(ckpt.CheckpointError, match=r"weights.pth: not a PyTorch checkpoint, or a damaged one "
+                                                   r"\(the file ends early: truncated\)"):
+        ckpt.read_torch_file(path)

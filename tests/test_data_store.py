@@ -11,13 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
+from gaugan.config import ConfigError
 from gaugan.data.builtin import write_landscapes
 from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.io import DataError
 from gaugan.data.preprocess import preprocess
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.resize import nearest_resize, train_shape
-from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.data.store import read_manifest, read_store, spec_from_manifest
 from tests.test_data_layouts import config, make_cityscapes, make_custom
 
 
@@ -285,3 +286,52 @@ def test_landscapes_never_replace_a_folder_they_did_not_write(tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
     write_landscapes(tmp_path / "generated", 2, 1, 16, seed=0)
     write_landscapes(tmp_path / "generated", 2, 1, 16, seed=1)  # its own earlier output is replaced
+
+
+def test_the_store_must_match_the_data_settings(landscape_store):
+    """Every stage reads the store through read_store, which compares its spec with what the
+    configuration resolves to and names each disagreement and its setting."""
+    root, manifest = landscape_store
+    data = config("landscapes", root="raw", processed_dir="store", load_size=40, crop_size=32,
+                  builtin={"num_train": 12, "num_val": 4, "size": 40, "seed": 0}).data
+    checked_manifest, spec = read_store(root / "store", data)
+    assert checked_manifest == manifest and spec == spec_from_manifest(manifest)
+    manifest_path = root / "store" / "manifest.json"
+    with pytest.raises(DataError) as caught:
+        read_store(root / "store", dataclasses.replace(data, dataset="custom"))
+    assert str(caught.value) == (
+        f"{manifest_path}: the store was preprocessed for dataset 'landscapes', but data.dataset is 'custom'; "
+        "run the preprocess stage again (dvc repro preprocess, or python -m stages.preprocess), or set the "
+        "setting back")
+    with pytest.raises(DataError, match=r"crop_size 32 \(data.crop_size gives 24\); run the preprocess stage again"):
+        read_store(root / "store", dataclasses.replace(data, crop_size=24))
+    with pytest.raises(DataError, match=r"use_instance True \(data.use_instance gives False\)"):
+        read_store(root / "store", dataclasses.replace(data, use_instance=False))
+    # Without size settings the built-in size decides both sizes.
+    unsized = dataclasses.replace(data, load_size=None, crop_size=None)
+    with pytest.raises(DataError, match=r"load_size 40 \(data.builtin.size gives 64\), crop_size 32 "
+                                        r"\(data.builtin.size gives 64\)"):
+        read_store(root / "store", dataclasses.replace(unsized, builtin=dataclasses.replace(data.builtin, size=64)))
+    # A crop larger than the load size is the configuration's own error, named as such.
+    with pytest.raises(ConfigError, match=r"data.load_size \(40\) is smaller than data.crop_size \(48\)"):
+        read_store(root / "store", dataclasses.replace(data, crop_size=48))
+
+
+def test_custom_values_inferred_by_preprocessing_are_not_compared(tmp_path):
+    make_custom(tmp_path / "raw" / "custom", num_train=2, values=[0, 1, 2, 255])
+    cfg = config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16)
+    manifest = preprocess(cfg.data, tmp_path, progress=False)
+    stored = spec_from_manifest(manifest)
+    assert cfg.data.custom.num_classes is None and cfg.data.use_instance is None and stored.label_nc == 3
+    assert read_store(tmp_path / "store", cfg.data)[1] == stored  # classes, instance edges, aspect: inferred
+    custom = cfg.data.custom
+    assert read_store(tmp_path / "store", dataclasses.replace(
+        cfg.data, custom=dataclasses.replace(custom, num_classes=3)))[1] == stored
+    with pytest.raises(DataError, match=r"label_nc 3 \(data.custom.num_classes gives 5\)"):
+        read_store(tmp_path / "store", dataclasses.replace(cfg.data, custom=dataclasses.replace(custom, num_classes=5)))
+    with pytest.raises(DataError, match=r"contain_dontcare True \(data.custom.dontcare_label gives False\), "
+                                        r"dontcare_value 255 \(data.custom.dontcare_label gives None\)"):
+        read_store(tmp_path / "store", dataclasses.replace(
+            cfg.data, custom=dataclasses.replace(custom, dontcare_label=None)))
+    with pytest.raises(DataError, match=r"aspect_ratio 1.0 \(data.aspect_ratio gives 2.0\)"):
+        read_store(tmp_path / "store", dataclasses.replace(cfg.data, aspect_ratio=2.0))

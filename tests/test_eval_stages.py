@@ -328,6 +328,7 @@ def test_published_segmenter_path_with_user_supplied_weights(workspace, tmp_path
     import functools
 
     from gaugan.metrics.registry import registered_metrics
+    from gaugan.pinned import write_pin
     from gaugan.segmenters import published
     from gaugan.segmenters.drn import DRND105Cityscapes
     from gaugan.segmenters.loading import judge_for, published_class_names
@@ -341,6 +342,7 @@ def test_published_segmenter_path_with_user_supplied_weights(workspace, tmp_path
     target = published.weight_path(small, small.files[0], weights)
     target.parent.mkdir(parents=True)
     torch.save({"state_dict": {f"module.{k}": v for k, v in small.build().network.state_dict().items()}}, target)
+    write_pin(target, "placed by hand")  # as the weights stage does when it first sees the file
     store = root / cfg.data.processed_dir
     generated = tmp_path / "generated"
     generate_split(load_generator(root / cfg.train.checkpoint_dir / "generator.pt", spec, device=CPU), store,
@@ -357,3 +359,37 @@ def test_published_segmenter_path_with_user_supplied_weights(workspace, tmp_path
     assert set(report.metrics["unavailable"]) == {m.name for m in registered_metrics() if "inception" in m.needs}
     ade_names = published_class_names(UperNet101((1, 1, 1, 1)), dataclasses.replace(spec, name="ade20k"))
     assert ade_names[0] == "wall" and ade_names[149] == "flag"  # CSAIL class k-1 = ADE20K class k
+
+
+def _truncated_png(path: Path) -> None:
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(path)
+    path.write_bytes(path.read_bytes()[:60])
+
+
+DAMAGED_IMAGES = {
+    "empty": lambda path: path.write_bytes(b""),
+    "truncated": _truncated_png,
+    "text": lambda path: path.write_text("not an image"),
+}
+
+
+@pytest.mark.parametrize("kind", DAMAGED_IMAGES)
+def test_an_empty_or_damaged_generated_image_is_one_line(tmp_path, kind):
+    """Item 16: a 0-byte (or cut-off) PNG in evaluate.output_dir names the file and what to do."""
+    from gaugan.generated import read_generated
+
+    DAMAGED_IMAGES[kind](tmp_path / "a.png")
+    with pytest.raises(DataError) as caught:
+        read_generated(tmp_path, ["a"], (32, 32))
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'a.png'}: generated image unreadable (") and "\n" not in message
+    assert message.endswith("run the generate stage again (python -m stages.generate)")
+
+
+def test_a_generated_image_of_the_wrong_size_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    from gaugan import generated
+
+    Image.new("RGB", (64, 48)).save(tmp_path / "a.png")
+    monkeypatch.setattr(generated.Image.Image, "convert", lambda *args: pytest.fail("decoded"))
+    with pytest.raises(DataError, match=r"^\S*a.png: generated image is 64x48 \(WxH\), expected 32x32; re-run"):
+        generated.read_generated(tmp_path, ["a"], (32, 32))

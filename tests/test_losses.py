@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +14,7 @@ import torch.nn.functional as F
 import torchvision
 
 from gaugan import losses
+from gaugan.pinned import Pin
 
 
 def scale(final: list[float], feature: float = 0.0) -> list[torch.Tensor]:
@@ -151,6 +156,10 @@ def test_vgg_weights_default_to_the_torch_hub_cache(vgg_weights_file, tmp_path, 
     assert "loss.vgg_weights" in message and "loss.use_vgg_loss=false" in message and losses.VGG19_URL in message
     cache.mkdir(parents=True)
     (cache / losses.VGG19_FILE).symlink_to(path)
+    with pytest.raises(losses.VGGWeightsError, match="not the published VGG19 weights"):
+        losses.VGGLoss(None)  # the cache holds the published file or nothing
+    stand_in = Pin(os.path.getsize(path), hashlib.sha256(Path(path).read_bytes()).hexdigest())
+    monkeypatch.setattr(losses, "VGG19_PIN", stand_in)  # the test file plays the published one
     assert isinstance(losses.VGGLoss(None), losses.VGGLoss)
 
 
@@ -165,3 +174,42 @@ def test_vgg_wrong_or_broken_file_is_refused(tmp_path):
         losses.VGGLoss(broken)
     with pytest.raises(losses.VGGWeightsError, match=r"missing.pth: VGG19 ImageNet weights not found \(loss.vgg_weights\)"):
         losses.VGGLoss(tmp_path / "missing.pth")
+
+
+def _truncated_torch_file(path) -> None:
+    buffer = io.BytesIO()
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, buffer)
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+
+
+UNUSABLE_VGG_FILES = {
+    "random bytes": (lambda path: path.write_bytes(bytes(range(256)) * 8), "unrecognised binary content"),
+    "text": (lambda path: path.write_text("<html>Not Found</html>\n"), "a text file, beginning '<html>Not Found"),
+    "empty": (lambda path: path.write_bytes(b""), "the file is empty"),
+    "truncated zip": (_truncated_torch_file, "a truncated or damaged zip archive"),
+}
+
+
+@pytest.mark.parametrize("kind", UNUSABLE_VGG_FILES)
+def test_unusable_vgg_files_are_one_line_saying_what_they_are(tmp_path, kind):
+    """Item 10: one line naming the file and what it is, never torch's own multi-line text."""
+    write, expected = UNUSABLE_VGG_FILES[kind]
+    path = tmp_path / "vgg.pth"
+    write(path)
+    with pytest.raises(losses.VGGWeightsError) as caught:
+        losses.VGGLoss(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: unreadable VGG19 weights (") and expected in message
+    assert "\n" not in message and "miniz" not in message and "loss.vgg_weights" in message
+
+
+def test_a_vgg_file_that_would_run_code_is_refused_in_one_line_without_torch_advice(tmp_path,
+                                                                                   write_crafted_checkpoint):
+    """Item 10: torch's advice to re-run torch.load with weights_only=False never reaches the user."""
+    path, marker = tmp_path / "vgg.pth", tmp_path / "pwned"
+    write_crafted_checkpoint(path, marker)
+    with pytest.raises(losses.VGGWeightsError) as caught:
+        losses.VGGLoss(path)
+    message = str(caught.value)
+    assert not marker.exists() and "\n" not in message and "weights_only" not in message
+    assert f"refused: the file holds a disallowed Python object ({os.system.__module__}.system)" in message

@@ -4,7 +4,7 @@ the weights lookup that never downloads (the Inception file itself is not in thi
 
 from __future__ import annotations
 
-import os
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from gaugan.metrics import fid
+from gaugan.pinned import Pin
 
 
 def independent_frechet(mu1, sigma1, mu2, sigma2):
@@ -112,27 +113,42 @@ def test_files_that_are_not_the_published_weights_are_rejected(tmp_path):
     assert "100 bytes, expected 95,628,359" in fid.check_weights_file(small)
     same_size = tmp_path / "same_size.pth"
     with open(same_size, "wb") as handle:
-        handle.truncate(fid.FID_WEIGHTS_BYTES)  # right size, wrong content
-    assert "does not start with 6726825d" in fid.check_weights_file(same_size)
+        handle.truncate(fid.FID_WEIGHTS_PIN.num_bytes)  # right size, wrong content
+    assert f"differs from the expected {fid.FID_WEIGHTS_PIN.sha256}" in fid.check_weights_file(same_size)
     assert not fid.find_inception_weights(same_size).available
-    with pytest.raises(FileNotFoundError, match="6726825d"):
+    with pytest.raises(fid.InceptionWeightsError, match="6726825d"):
         fid.inception_network(same_size)
 
 
-def test_pytorch_fid_finds_the_linked_file_in_the_temporary_hub_dir(tmp_path, monkeypatch, no_download):
-    """The mechanism that feeds pytorch-fid our file: load_state_dict_from_url(FID_WEIGHTS_URL)
-    inside the context reads the linked file, and the environment is restored afterwards."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
-    weights = tmp_path / "elsewhere" / "weights.pth"
-    weights.parent.mkdir()
-    torch.save({"marker": torch.tensor([7.0])}, weights)
-    with fid._hub_dir_holding(weights) as link:
-        assert link.name == fid.FID_WEIGHTS_FILE and os.path.realpath(link) == str(weights)
-        state = torch.hub.load_state_dict_from_url(fid.FID_WEIGHTS_URL, progress=False)
-        assert state["marker"].item() == 7.0
-        assert os.environ["TORCH_HOME"] != str(tmp_path / "home")
-    assert os.environ["TORCH_HOME"] == str(tmp_path / "home")
-    assert torch.hub.get_dir() == str(tmp_path / "home" / "hub")
+def compact_fid_inception_file(path: Path) -> Path:
+    """A file with every key and shape of pytorch-fid's Inception state dict, in a few KB (each
+    tensor one zero expanded to its shape): pytorch-fid's network, built as fid_inception_v3 does."""
+    from pytorch_fid import inception as pf
+
+    with torch.device("meta"):
+        network = pf._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+        network.Mixed_5b, network.Mixed_5c = pf.FIDInceptionA(192, 32), pf.FIDInceptionA(256, 64)
+        network.Mixed_5d = pf.FIDInceptionA(288, 64)
+        network.Mixed_6b, network.Mixed_6c = pf.FIDInceptionC(768, 128), pf.FIDInceptionC(768, 160)
+        network.Mixed_6d, network.Mixed_6e = pf.FIDInceptionC(768, 160), pf.FIDInceptionC(768, 192)
+        network.Mixed_7b, network.Mixed_7c = pf.FIDInceptionE_1(1280), pf.FIDInceptionE_2(2048)
+    torch.save({key: torch.zeros((), dtype=value.dtype).expand(value.shape)
+                for key, value in network.state_dict().items()}, path)
+    return path
+
+
+def test_pytorch_fid_gets_the_verified_file_read_weights_only(tmp_path, monkeypatch, no_download):
+    """pytorch-fid's loader (torch hub's, weights_only=False, downloading when uncached) is
+    replaced by our weights-only read of the verified file while its network is built."""
+    import pytorch_fid.inception
+
+    weights = compact_fid_inception_file(tmp_path / "weights.pth")
+    pin = Pin(weights.stat().st_size, hashlib.sha256(weights.read_bytes()).hexdigest())
+    monkeypatch.setattr(fid, "FID_WEIGHTS_PIN", pin)  # the compact file plays the published one
+    loader = pytorch_fid.inception.load_state_dict_from_url
+    network = fid.inception_network(weights)
+    assert not network.training and pytorch_fid.inception.load_state_dict_from_url is loader
+    assert all(float(value.abs().sum()) == 0 for value in network.state_dict().values() if value.is_floating_point())
 
 
 def test_version_is_recorded_with_the_metric():

@@ -79,7 +79,9 @@ def test_generate_without_a_trained_generator_says_to_train_first(tmp_path: Path
     from tests.training_support import make_store
     make_store(tmp_path)
     capsys.readouterr()  # preprocessing's progress bars
-    write_params(tmp_path, data={"processed_dir": "data/processed"}, tracking={"enabled": False})
+    write_params(tmp_path, data={"processed_dir": "data/processed",  # the store's settings (tiny_train_config)
+                                 "builtin": {"num_train": 8, "num_val": 4, "size": 32, "seed": 0}},
+                 tracking={"enabled": False})
     stderr = stage_fails("generate", tmp_path, monkeypatch, capsys)
     assert stderr == (f"generate: {tmp_path / 'checkpoints' / 'train' / 'generator.pt'}: not found; the train stage "
                       "writes it (dvc repro train, or python -m stages.train)\n")
@@ -143,3 +145,19 @@ def test_forked_pool_workers_still_stop_on_sigterm(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=120, check=False)
     assert result.returncode == 0 and result.stdout == "6\n" and result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize("name", ["train", "segmenter", "generate", "evaluate"])
+def test_data_settings_that_disagree_with_the_store_are_one_line_before_any_work(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """data.dataset=custom over a built-in store: no stage trains, generates or scores the other data."""
+    from tests.training_support import make_store
+    make_store(tmp_path)
+    capsys.readouterr()  # preprocessing's progress bars
+    write_params(tmp_path, data={"dataset": "custom", "num_workers": 0}, tracking={"enabled": False},
+                 train={"device": "cpu", "max_steps": 1}, segmenter={"num_steps": 1})
+    stderr = stage_fails(name, tmp_path, monkeypatch, capsys)
+    assert stderr == (f"{name}: {tmp_path / 'data' / 'processed' / 'manifest.json'}: the store was preprocessed for "
+                      "dataset 'landscapes', but data.dataset is 'custom'; run the preprocess stage again (dvc repro "
+                      "preprocess, or python -m stages.preprocess), or set the setting back\n")
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "outputs").exists()

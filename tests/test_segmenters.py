@@ -7,7 +7,9 @@ TorchScript segmenter; choosing one (gaugan.segmenters.loading)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import zipfile
 
 import pytest
 import torch
@@ -386,9 +388,93 @@ def test_torchscript_segmenter_breaking_the_contract_is_a_clear_error(tmp_path):
                                                         r"expected \(4, 4, h, w\)"):
         four_classes.predict(images)
     (tmp_path / "bad.pt").write_bytes(b"not torchscript")
-    with pytest.raises(TorchScriptSegmenterError, match="bad.pt.*neither a TorchScript module nor an exported program"):
+    with pytest.raises(TorchScriptSegmenterError, match="bad.pt.*not a TorchScript module or exported program"):
         load_torchscript_segmenter(tmp_path / "bad.pt", tiny_spec(), torch.device("cpu"))
     with pytest.raises(TorchScriptSegmenterError, match="evaluate.segmenter_path is null"):
         load_torchscript_segmenter(None, tiny_spec(), torch.device("cpu"))
     with pytest.raises(TorchScriptSegmenterError, match="no such file"):
         load_torchscript_segmenter(tmp_path / "none.pt", tiny_spec(), torch.device("cpu"))
+
+
+class NaNScores(torch.nn.Module):
+    """Scores that are NaN wherever the input is dark (a judge with a division by zero, say)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        scores = torch.nn.functional.avg_pool2d(images, 2) * 10.0
+        return torch.where(scores < 3.0, torch.full_like(scores, float("nan")), scores)
+
+
+def test_a_judge_returning_non_finite_scores_is_an_error(tmp_path):
+    """Item 8: NaN scores used to argmax to class 0 and give an mIoU with exit 0."""
+    from gaugan.segmenters.torchscript import TorchScriptSegmenterError, load_torchscript_segmenter
+
+    path = scripted(NaNScores(), tmp_path / "nan_judge.pt")
+    segmenter = load_torchscript_segmenter(path, tiny_spec(), torch.device("cpu"))
+    with pytest.raises(TorchScriptSegmenterError) as caught:
+        segmenter.predict(stripes(1, 3)[0]["image"])
+    message = str(caught.value)
+    assert message.startswith(f"{path} (evaluate.segmenter_path): the segmenter returned non-finite scores (NaN")
+    assert "\n" not in message
+
+
+def _state_dict_file(path) -> None:
+    torch.save({"weight": torch.zeros(2)}, path)
+
+
+def _truncated_module(path) -> None:
+    scripted(ColourScores(), path)
+    path.write_bytes(path.read_bytes()[:300])
+
+
+def _other_zip(path) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "my judge")
+
+
+BROKEN_JUDGES = {
+    "empty": (lambda path: path.write_bytes(b""), "the file is empty"),
+    "other zip": (_other_zip, "exported archive, unreadable: [enforce fail at inline_container.cc"),
+    "text": (lambda path: path.write_text("my judge\n"), "a text file, beginning 'my judge'"),
+    "random bytes": (lambda path: path.write_bytes(bytes(range(256)) * 4), "unrecognised binary content"),
+    "truncated": (_truncated_module, "a truncated or damaged zip archive"),
+    "state dict": (_state_dict_file, "written by torch.save (weights or a pickled object), not a module"),
+}
+
+
+@pytest.mark.parametrize("kind", BROKEN_JUDGES)
+def test_a_broken_judge_file_is_one_line_and_torch_stays_quiet(tmp_path, capfd, kind):
+    """Items 10 and 16: one line with the reason; none of torch's 24-30 lines of log before it."""
+    from gaugan.segmenters.torchscript import TorchScriptSegmenterError, load_torchscript_segmenter
+
+    write, reason = BROKEN_JUDGES[kind]
+    path = tmp_path / "judge.pt"
+    write(path)
+    capfd.readouterr()
+    handlers = logging.getLogger("torch").handlers
+    with pytest.raises(TorchScriptSegmenterError) as caught:
+        load_torchscript_segmenter(path, tiny_spec(), torch.device("cpu"))
+    assert logging.getLogger("torch").handlers == handlers  # torch logs as before afterwards
+    message = str(caught.value)
+    assert message.startswith(f"{path} (evaluate.segmenter_path): not a TorchScript module or exported program (")
+    assert reason in message and "\n" not in message and "miniz" not in message
+    assert "torch.jit.save(torch.jit.script(model), path)" in message
+    assert capfd.readouterr().err == ""
+
+
+class FailsOnBatches(torch.nn.Module):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.view(-1, 7)
+
+
+def test_a_judge_that_fails_on_a_batch_is_one_line(tmp_path, capfd):
+    from gaugan.segmenters.torchscript import TorchScriptSegmenterError, load_torchscript_segmenter
+
+    path = scripted(FailsOnBatches(), tmp_path / "judge.pt")
+    segmenter = load_torchscript_segmenter(path, tiny_spec(), torch.device("cpu"))
+    capfd.readouterr()
+    with pytest.raises(TorchScriptSegmenterError) as caught:
+        segmenter.predict(stripes(1, 3)[0]["image"])
+    message = str(caught.value)
+    assert message.startswith(f"{path} (evaluate.segmenter_path): the segmenter failed on a batch of shape "
+                              "(4, 3, 16, 16) (RuntimeError: shape '[-1, 7]' is invalid for input of size 3072)")
+    assert "\n" not in message and capfd.readouterr().err == ""

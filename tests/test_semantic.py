@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gaugan.data.semantic import check_label_range, instance_edges, semantic_input
+from gaugan.data.semantic import LabelRangeError, check_label_range, instance_edges, semantic_input
+from gaugan.train.steps import prepare_batch
 
 
 def test_edges_marked_on_both_sides_of_every_change():
@@ -45,7 +46,22 @@ def test_semantic_input_dtype_and_uint8_labels():
     assert out.dtype == torch.bfloat16 and out.shape == (1, 2, 1, 2)
 
 
-def test_check_label_range_clear_error():
+def test_check_label_range_names_the_value_and_the_valid_range():
     check_label_range(torch.tensor([[[0, 4]]]), 5)
-    with pytest.raises(ValueError, match=r"seg\.png: label indices span 0\.\.5 but the model expects 0\.\.4"):
+    with pytest.raises(LabelRangeError, match=r"^seg\.png: label index 5 outside the valid range 0\.\.4 "
+                                              r"\(5 label values\)$"):
         check_label_range(torch.tensor([[[0, 5]]]), 5, "seg.png")
+    with pytest.raises(LabelRangeError, match=r"label indices -3, 7 outside the valid range 0\.\.4"):
+        check_label_range(torch.tensor([[[-3, 7, 2]]], dtype=torch.int16), 5, "seg.png")
+
+
+@pytest.mark.parametrize("label_lookup", [True, False])
+def test_a_batch_with_an_out_of_range_label_is_refused_before_it_reaches_the_networks(label_lookup):
+    """The lookup (gaugan.models.onehot_conv) would read another kernel offset's weights for
+    index 10 of 10 label values; the batch is checked once, on the host, where it enters."""
+    label = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    label[1, 2, 3] = 10
+    batch = {"label": label, "image": torch.zeros(2, 3, 4, 4, dtype=torch.uint8), "index": torch.tensor([6, 9])}
+    with pytest.raises(LabelRangeError, match=r"^batch of store items 6, 9: label index 10 outside the valid "
+                                              r"range 0\.\.9 \(10 label values\)"):
+        prepare_batch(batch, 10, torch.device("cpu"), label_lookup=label_lookup)

@@ -335,3 +335,38 @@ def test_the_writer_drops_what_cannot_be_written_and_goes_on(capsys):
     assert written == ["locked", "c"] and attempts["locked"] == 3
     err = capsys.readouterr().err
     assert "did not take a write (database is locked)" in err and "could not write b" in err
+
+
+def test_a_locked_store_shows_our_lines_not_mlflow_tracebacks(capfd):
+    """Item 16: while the sqlite file is locked, MLflow logs a 60-line SQLAlchemy traceback at
+    every failed attempt (logger mlflow.store.db.utils, through MLflow's own handler) and then
+    raises; the user sees only the writer's lines. The write below fails as MLflow's does."""
+    import logging
+
+    import mlflow  # noqa: F401 - configures MLflow's logger and handler, as in a run
+    from mlflow.exceptions import MlflowException
+
+    uri = "sqlite:////runs/mlflow.db"
+
+    def locked_write():
+        try:
+            raise sqlite3.OperationalError("database is locked")
+        except sqlite3.OperationalError as err:
+            logging.getLogger("mlflow.store.db.utils").exception(
+                "SQLAlchemy database error. The following exception is caught.\n%s", err)
+            raise MlflowException("(sqlite3.OperationalError) database is locked\n[SQL: INSERT ...]",
+                                  error_code="TEMPORARILY_UNAVAILABLE") from err
+
+    capfd.readouterr()
+    writer = BackgroundWriter(uri, delays=(0.01,))
+    writer.submit("metric loss/g_gan", locked_write)
+    assert writer.close(timeout_s=10) == ["metric loss/g_gan"]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "SQLAlchemy" not in err, err
+    assert err.splitlines() == [
+        f"mlflow: {uri} did not take a write (database is locked); retrying in the background, the run goes on",
+        f"mlflow: could not write metric loss/g_gan to {uri} (database is locked); dropped, the run goes on "
+        "(further failures are counted at the end)",
+    ]
+    logging.getLogger("mlflow.store.db.utils").error("outside the writer")  # other threads log as before
+    assert "outside the writer" in capfd.readouterr().err

@@ -13,7 +13,7 @@ from torch import nn
 
 from gaugan.config import ConfigError, replace
 from gaugan.data.registry import resolve_dataset
-from gaugan.data.semantic import semantic_labels
+from gaugan.data.semantic import LabelRangeError, semantic_labels
 from gaugan.train import compiled
 from gaugan.train.bench import synthetic_batch
 from gaugan.train.cuda_graphs import EagerRecorder, GraphedStep
@@ -71,6 +71,20 @@ def test_a_step_with_the_lookup_equals_a_step_with_the_one_hot_map(use_vae):
         results.append(runner(batches(spec, 1)[0]))
     for name, value in results[0].items():
         torch.testing.assert_close(results[1][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("graphed", [False, True])
+def test_a_batch_with_an_out_of_range_label_stops_the_step_with_one_line(graphed):
+    """Checked on the host once per batch: also before a CUDA graph's replay, which reads the
+    batch from device buffers where the step itself cannot check it without a host sync."""
+    runner, spec, _ = runner_for(replace(tiny_train_config(), train={"label_conv": "lookup"}))
+    if graphed:
+        runner.graphed = lambda batch: pytest.fail("the recorded step ran on a batch with an out-of-range label")
+    batch = batches(spec, 1)[0]
+    batch["label"][1, 0, 0] = spec.num_label_values
+    with pytest.raises(LabelRangeError, match=rf"^batch of store items 0, 1: label index {spec.num_label_values} "
+                                              rf"outside the valid range 0\.\.{spec.num_label_values - 1}"):
+        runner(batch)
 
 
 # ---- CUDA-graph schedule (CPU stand-in) --------------------------------------------------

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from gaugan.config import ConfigError, replace
+from gaugan.checkpoint import CheckpointError
+from gaugan.config import ConfigError, config_to_dict, replace
 from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.errors import UserError
 from gaugan.metrics.inputs import Judges
 from gaugan.models.loading import load_generator
 from gaugan.segmenters.trained import TrainedSegmenter
-from gaugan.selection import SELECTION_FILE, num_training_samples
+from gaugan.selection import SELECTION_FILE, check_held_out_unchanged, num_training_samples
 from gaugan.train.loop import planned_steps, train
 from gaugan.training_evaluation import TrainingEvaluator, subset_indices
 from tests.test_eval_stages import stand_in_extractor
@@ -124,3 +125,50 @@ def test_generate_uses_the_chosen_best_generator(store, tmp_path):
     summary = generate(cfg, root, tmp_path / "out", None)
     assert summary["checkpoint"].endswith("generator_best_miou.pt") and summary["checkpoint_choice"] == "best_miou"
     assert summary["selection"] == evaluator.best["best_miou"] and summary["num_images"] == 4
+
+
+@pytest.mark.parametrize(("saved", "changed", "refused"), [
+    # Which images are held out of training depends on all three keys, but only through
+    # num_held_out: with the validation split, or with no evaluation, nothing is held out.
+    ({"selection_split": "val", "every_epochs": 2}, {"every_epochs": 3}, False),
+    ({"selection_split": "val", "every_epochs": 2}, {"every_epochs": 0}, False),
+    ({"selection_split": "val"}, {"during_training_images": 5}, False),
+    ({"selection_split": "train_holdout", "every_epochs": 2}, {"every_epochs": 3}, False),
+    ({"selection_split": "train_holdout", "every_epochs": 0}, {"during_training_images": 5}, False),
+    ({"selection_split": "train_holdout", "every_epochs": 0}, {"selection_split": "val"}, False),
+    ({"selection_split": "train_holdout", "every_epochs": 2}, {"every_epochs": 0}, True),
+    ({"selection_split": "train_holdout", "every_epochs": 0}, {"every_epochs": 1}, True),
+    ({"selection_split": "train_holdout"}, {"during_training_images": 2}, True),
+    ({"selection_split": "train_holdout"}, {"selection_split": "val"}, True),
+    ({"selection_split": "val"}, {"selection_split": "train_holdout"}, True),
+])
+def test_resume_refuses_exactly_the_changes_of_the_held_out_images(saved, changed, refused, tmp_path):
+    before = replace(evaluated_config(), evaluate=saved)
+    after = replace(before, evaluate=changed)
+    path = tmp_path / "last.pt"
+    if not refused:
+        check_held_out_unchanged(config_to_dict(before), after, path)
+        return
+    with pytest.raises(CheckpointError) as caught:
+        check_held_out_unchanged(config_to_dict(before), after, path)
+    message = str(caught.value)
+    for key, value in changed.items():
+        assert f"evaluate.{key}: {getattr(before.evaluate, key)!r} -> {value!r}" in message
+    assert message.startswith(f"{path}: cannot resume: the checkpoint trained without the last ")
+    assert message.endswith(f"Set those back, or set train.resume=false (or delete {path}) to start afresh.")
+
+
+def test_a_resume_that_would_train_on_other_images_is_refused(store, tmp_path):
+    cfg = evaluated_config(selection_split="train_holdout", during_training_images=2)
+    train(replace(cfg, train={"max_steps": 2}), store, tmp_path, show_progress=False)
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(CheckpointError, match=r"cannot resume: the checkpoint trained without the last 2 images of "
+                                              r"the training split .*, this configuration holds out 0 "
+                                              r"\(evaluate.selection_split: 'train_holdout' -> 'val'\)"):
+        train(replace(cfg, evaluate={"selection_split": "val"}, train={"max_steps": 4}), store, tmp_path,
+              show_progress=False)
+    assert (tmp_path / "last.pt").read_bytes() == before
+    # A change that keeps the held-out images resumes.
+    resumed = train(replace(cfg, evaluate={"every_epochs": 1}, train={"max_steps": 4}), store, tmp_path,
+                    show_progress=False)
+    assert resumed.resumed_from_step == 2 and resumed.step == 4

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -293,3 +294,73 @@ def replace_dir(new: str | os.PathLike, target: str | os.PathLike, marker: Outpu
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(new, target)
+
+
+# --------------------------------------------------------------------------------------
+# Output folders written in place, and whether a folder can be written at all.
+
+
+class OutputNotWritable(UserError):
+    """A folder a stage writes into cannot be written (read-only, a file in its place)."""
+
+
+def check_writable(folder: str | os.PathLike, contents: str, setting: str | None = None) -> None:
+    """Fail now, naming ``folder``, what it is for (``contents``) and the ``setting`` that chose
+    it, unless a file can be created in it, or, while it does not exist yet, in the nearest
+    existing folder above it (where it will be created).
+
+    Stages call this before their work, so that hours of training never end in an unwritable
+    folder. The test is a real file created and removed (:func:`_probe_write`): permission
+    bits would be wrong for root, who may write into read-only folders, and say nothing of a
+    read-only file system.
+    """
+    folder = Path(folder)
+    existing = next(path for path in (folder, *folder.parents) if path.exists() or path.is_symlink())
+    elsewhere = f", or set {setting} to another folder" if setting else ""
+    if not existing.is_dir():
+        raise OutputNotWritable(f"{existing}: a file, where a folder is expected for {contents}: remove or rename "
+                                f"the file{elsewhere}")
+    try:
+        _probe_write(existing)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise OutputNotWritable(f"{existing}: cannot write into this folder ({reason}), needed for {contents}: make "
+                                f"it writable{elsewhere}") from err
+
+
+def _probe_write(folder: Path) -> None:
+    handle, name = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+    os.close(handle)
+    os.unlink(name)
+
+
+def claim_output_dir(folder: str | os.PathLike, marker: OutputMarker, contents: str,
+                     written_earlier: Callable[[Path], bool] | None = None) -> None:
+    """Make ``folder`` an output folder that the project writes into in place, carrying ``marker``.
+
+    Checkpoint folders are not swapped in whole like the others (:func:`replace_dir`): a rerun
+    continues from what they hold. So before anything is written, ``folder`` must be absent or
+    empty (it is created), carry ``marker``, or be what an earlier version of the project wrote
+    there before it marked its folders (``written_earlier(folder)``); it is marked then. Anything
+    else, a folder of the user's or a file, is refused, naming it and ``marker.setting``: writing
+    into it would overwrite the user's files. An unwritable folder is refused too
+    (:func:`check_writable`; ``contents`` says what the folder is for).
+    """
+    folder = Path(folder)
+    if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+        what = "a file" if folder.exists() else "a broken link"
+        raise OutputNotWritable(f"{folder}: {marker.setting} names {what}, not a folder; set {marker.setting} to a "
+                                "new or empty folder")
+    if folder.is_dir() and not marker.found_in(folder):
+        entries = sorted(entry.name for entry in folder.iterdir())
+        if entries and not (written_earlier is not None and written_earlier(folder)):
+            shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+            raise OutputNotWritable(
+                f"{folder}: {marker.setting} names an existing folder that this project did not write (it has no "
+                f"{marker.file}; it holds {shown}); refusing to write into it, which could overwrite or delete its "
+                f"files. Set {marker.setting} to a new or empty folder"
+            )
+    check_writable(folder, contents, marker.setting)
+    if not marker.found_in(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        marker.write(folder)

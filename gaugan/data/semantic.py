@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gaugan.errors import UserError
+
 
 def instance_edges(instance: Tensor) -> Tensor:
     """(B, H, W) instance ids -> (B, 1, H, W) float edge map.
@@ -47,7 +49,7 @@ def semantic_input(
 
     ``C = num_label_values + (instance is not None)``. Indices must already be in
     ``[0, num_label_values)``: :func:`gaugan.data.io.map_labels` enforces it on data that
-    comes from disk, and :func:`check_label_range` can be used on anything else.
+    comes from disk, the training step checks every batch (:func:`check_label_range`).
     """
     if label.dim() != 3:
         raise ValueError(f"label map must be (B, H, W), got shape {tuple(label.shape)}")
@@ -132,10 +134,26 @@ def semantic_labels(
     return SemanticLabels(index, edge, num_label_values, onehot)
 
 
+class LabelRangeError(UserError, ValueError):
+    """Label indices outside ``[0, num_label_values)``."""
+
+
 def check_label_range(label: Tensor, num_label_values: int, source: str = "label map") -> None:
-    """Raise a clear error (instead of a CUDA scatter assertion) for out-of-range indices."""
-    lo, hi = int(label.min()), int(label.max())
-    if lo < 0 or hi >= num_label_values:
-        raise ValueError(
-            f"{source}: label indices span {lo}..{hi} but the model expects 0..{num_label_values - 1}"
-        )
+    """Raise :class:`LabelRangeError` naming the out-of-range values and the valid range.
+
+    The one-hot map would fail on them with torch's index error (a device-side assert on
+    CUDA), and the lookup of :mod:`gaugan.models.onehot_conv` would silently read another
+    kernel offset's weights. One reduction: call it once per batch, on the host tensor where
+    the labels enter (on an accelerator it would wait for the device).
+    """
+    if label.numel() == 0:
+        return
+    lo, hi = (int(value) for value in torch.aminmax(label))
+    if lo >= 0 and hi < num_label_values:
+        return
+    values = torch.unique(label[(label < 0) | (label >= num_label_values)]).tolist()
+    shown = ", ".join(str(value) for value in values[:10]) + (" ..." if len(values) > 10 else "")
+    raise LabelRangeError(
+        f"{source}: label {'index' if len(values) == 1 else 'indices'} {shown} outside the valid range "
+        f"0..{num_label_values - 1} ({num_label_values} label values)"
+    )

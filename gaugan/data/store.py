@@ -13,18 +13,22 @@ per item. Everything is memory-mapped at load time (:mod:`gaugan.data.dataset`).
 :func:`gaugan.data.preprocess.write_store` fills a store; :class:`gaugan.data.dataset.StoreDataset` reads it.
 The manifest, written last, also marks the folder as a store: only such a folder is ever
 replaced (:func:`gaugan.data.io.replace_dir`), never one a user pointed data.processed_dir at.
+Every stage that reads the store with a configuration (train, segmenter, generate, evaluate)
+reads it through :func:`read_store`, which refuses a store written for other data settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from gaugan.config import DataConfig
 from gaugan.data.io import DataError, OutputMarker
-from gaugan.data.registry import DatasetSpec
+from gaugan.data.registry import DatasetSpec, resolve_dataset
 
 STORE_FORMAT = "gaugan-store-v1"
 MANIFEST = "manifest.json"
@@ -105,3 +109,48 @@ def read_manifest(store_dir: str | os.PathLike) -> dict:
 def spec_from_manifest(manifest: dict) -> DatasetSpec:
     """The resolved spec the store was written with (the source of truth downstream)."""
     return DatasetSpec(**manifest["spec"])
+
+
+def read_store(store_dir: str | os.PathLike, data: DataConfig) -> tuple[dict, DatasetSpec]:
+    """The manifest and spec of the store at ``store_dir``, checked against the ``data`` settings.
+
+    The store was written for the spec that the data settings of its preprocessing resolved
+    to; a stage run with other settings (``data.dataset=custom`` over the built-in store, another
+    crop size) would otherwise train or score the old data under the new settings' name. Only
+    what the configuration decides is compared: a custom dataset's class count, instance edges
+    and aspect ratio are found by preprocessing when their settings are null
+    (:func:`gaugan.data.check.resolve_folder`), so the store's values stand for those.
+    """
+    manifest = read_manifest(store_dir)
+    stored = spec_from_manifest(manifest)
+    path = Path(store_dir) / MANIFEST
+    fix = ("run the preprocess stage again (dvc repro preprocess, or python -m stages.preprocess), or set the "
+           "setting back")
+    if data.dataset != stored.name:
+        raise DataError(f"{path}: the store was preprocessed for dataset {stored.name!r}, but data.dataset is "
+                        f"{data.dataset!r}; {fix}")
+    expected = resolve_dataset(
+        dataclasses.replace(data, use_instance=stored.use_instance) if data.dataset == "custom" and
+        data.use_instance is None else data, inferred_num_classes=stored.label_nc)
+    if data.dataset == "custom" and data.aspect_ratio is None and data.preprocess_mode is None:
+        expected = dataclasses.replace(expected, aspect_ratio=stored.aspect_ratio)
+    differing = [
+        f"{field} {getattr(stored, field)!r} ({_setting_of(field, data)} gives {getattr(expected, field)!r})"
+        for field in ("label_nc", "contain_dontcare", "dontcare_value", "use_instance", "load_size", "crop_size",
+                      "aspect_ratio", "preprocess_mode")
+        if getattr(stored, field) != getattr(expected, field)
+    ]
+    if differing:
+        raise DataError(f"{path}: the store was preprocessed with {', '.join(differing)}; {fix}")
+    return manifest, stored
+
+
+def _setting_of(field: str, data: DataConfig) -> str:
+    """The setting that decides a spec field under ``data`` (for messages)."""
+    if field in ("load_size", "crop_size") and getattr(data, field) is None and data.dataset == "landscapes":
+        return "data.builtin.size"
+    if field in ("load_size", "crop_size", "aspect_ratio", "preprocess_mode", "use_instance"):
+        return f"data.{field}"
+    if data.dataset != "custom":
+        return "data.dataset"
+    return "data.custom.num_classes" if field == "label_nc" else "data.custom.dontcare_label"

@@ -10,12 +10,15 @@ What this module guarantees:
 
 - The weights are never downloaded here (the weights stage does, :mod:`gaugan.weights`).
   :func:`find_inception_weights` looks for the file (a configured path, else the torch
-  hub cache), checks its size and the SHA-256 prefix in its name, and otherwise returns
-  the reason and how to provide it. A number computed with any other network is never
-  called FID: without the file the caller records FID as unavailable.
-- pytorch-fid has no weights-path argument; :func:`inception_feature_extractor` builds
-  its network inside a temporary torch hub directory holding a link to the verified
-  file, so pytorch-fid finds it "cached" and never reaches for the network.
+  hub cache), checks its size and full SHA-256 (:data:`FID_WEIGHTS_PIN`; the file name
+  carries only the first 8 hex digits), and otherwise returns the reason and how to
+  provide it. A number computed with any other network is never called FID: without the
+  file the caller records FID as unavailable.
+- pytorch-fid has no weights-path argument, and its loader unpickles with
+  ``weights_only=False``. :func:`inception_network` checks the file again, reads it
+  weights-only itself (:func:`gaugan.checkpoint.read_torch_file`) and hands that state
+  dict to pytorch-fid's network in place of its download, so no pickled code can run and
+  the network is never reached for.
 - Real-image features depend only on the dataset, the resolution and the weights:
   :func:`load_cached_features` / :func:`store_features` cache them in an ``.npz`` keyed by
   a fingerprint of the exact images, so a changed validation set is never scored against
@@ -27,29 +30,32 @@ Registers the metric ``fid`` (:mod:`gaugan.metrics.registry`).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytorch_fid
+import pytorch_fid.inception
 import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 from torch import Tensor
 
-from gaugan.data.io import atomic_write, file_digest
+from gaugan.checkpoint import CheckpointError, read_torch_file
+from gaugan.data.io import atomic_write
+from gaugan.errors import UserError
 from gaugan.metrics.registry import Metric, register
+from gaugan.pinned import Pin, pin_problem
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-FID_WEIGHTS_BYTES = 95_628_359
-FID_WEIGHTS_SHA256_PREFIX = "6726825d"  # torch hub convention: the hash prefix in the file name
+# The published file: its name carries the first 8 hex digits of this SHA-256 (torch hub's
+# convention); the full value and the size are those other projects pin for this URL.
+FID_WEIGHTS_PIN = Pin(95_628_359, "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2")
 FID_FEATURE_DIMS = 2048
 
 # A feature extractor maps a uint8 (B, 3, H, W) batch to float (B, D) features.
@@ -77,7 +83,7 @@ class WeightsLookup:
 def how_to_provide_weights(setting: str = "evaluate.fid_weights") -> str:
     return (
         f"run the weights stage with internet access (dvc repro weights), or download {FID_WEIGHTS_URL} "
-        f"({FID_WEIGHTS_BYTES:,} bytes) and either put it in $TORCH_HOME/hub/checkpoints/ (default "
+        f"({FID_WEIGHTS_PIN.num_bytes:,} bytes) and either put it in $TORCH_HOME/hub/checkpoints/ (default "
         f"~/.cache/torch/hub/checkpoints/) or set {setting} to its path"
     )
 
@@ -86,13 +92,8 @@ def check_weights_file(path: Path) -> str:
     """'' when ``path`` is the published pytorch-fid Inception file, else what is wrong."""
     if not path.is_file():
         return f"{path}: not found"
-    size = path.stat().st_size
-    if size != FID_WEIGHTS_BYTES:
-        return f"{path}: {size:,} bytes, expected {FID_WEIGHTS_BYTES:,} (not the pytorch-fid Inception weights)"
-    digest = file_digest(path)
-    if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
-        return f"{path}: SHA-256 {digest[:16]}... does not start with {FID_WEIGHTS_SHA256_PREFIX}"
-    return ""
+    problem = pin_problem(path, FID_WEIGHTS_PIN)
+    return f"{path}: not the pytorch-fid Inception weights ({problem})" if problem else ""
 
 
 def find_inception_weights(configured: str | os.PathLike | None = None, setting: str = "evaluate.fid_weights") -> WeightsLookup:
@@ -118,50 +119,41 @@ def find_inception_weights(configured: str | os.PathLike | None = None, setting:
 # The pytorch-fid network.
 
 
-@contextlib.contextmanager
-def _hub_dir_holding(weights: Path) -> Iterator[Path]:
-    """A temporary torch hub directory whose checkpoints/ holds ``weights`` under its hub name.
+class InceptionWeightsError(UserError, FileNotFoundError):
+    """The Inception weights are missing, not the published file, or unreadable."""
 
-    pytorch-fid calls ``load_state_dict_from_url`` with no path argument; that function
-    loads ``<hub dir>/checkpoints/<file name>`` when it exists and downloads otherwise.
-    The hub directory comes from ``$TORCH_HOME`` unless someone called
-    ``torch.hub.set_dir``; whichever way it was set is the way it is restored, so later
-    changes of ``$TORCH_HOME`` (tests, users) keep working.
-    """
-    previous_dir = torch.hub.get_dir()
-    previous_env = os.environ.get("TORCH_HOME")
-    with tempfile.TemporaryDirectory(prefix="gaugan-fid-hub-") as tmp:
-        hub = Path(tmp) / "hub"
-        (hub / "checkpoints").mkdir(parents=True)
-        link = hub / "checkpoints" / FID_WEIGHTS_FILE
-        try:
-            link.symlink_to(weights)
-        except OSError:  # file systems without symlinks: a copy is slower but equivalent
-            shutil.copyfile(weights, link)
-        os.environ["TORCH_HOME"] = tmp
-        set_explicitly = Path(torch.hub.get_dir()) != hub
-        if set_explicitly:
-            torch.hub.set_dir(str(hub))
-        try:
-            if Path(torch.hub.get_dir()) != hub:  # never let pytorch-fid fall through to a download
-                raise RuntimeError(f"could not point the torch hub directory at {hub}")
-            yield link
-        finally:
-            if previous_env is None:
-                os.environ.pop("TORCH_HOME", None)
-            else:
-                os.environ["TORCH_HOME"] = previous_env
-            if set_explicitly:
-                torch.hub.set_dir(previous_dir)
+
+# pytorch-fid's module-level loader is swapped while its network is built: one build at a time.
+_BUILD_LOCK = threading.Lock()
 
 
 def inception_network(weights: Path) -> InceptionV3:
-    """pytorch-fid's FID Inception (pool3, 2048-d) loaded from a verified local file."""
+    """pytorch-fid's FID Inception (pool3, 2048-d) from a verified local file, read weights-only.
+
+    pytorch-fid builds the network and calls its module's ``load_state_dict_from_url``
+    (torch hub's, which unpickles with ``weights_only=False`` and downloads when the file is
+    not cached); while the network is built that name returns the state dict read here.
+    """
     problem = check_weights_file(Path(weights))
     if problem:
-        raise FileNotFoundError(f"Inception weights for FID: {problem}; {how_to_provide_weights()}")
-    with _hub_dir_holding(Path(weights).resolve()):
-        network = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[FID_FEATURE_DIMS]])
+        raise InceptionWeightsError(f"Inception weights for FID: {problem}; {how_to_provide_weights()}")
+    try:
+        state = read_torch_file(weights)
+    except CheckpointError as err:
+        raise InceptionWeightsError(f"Inception weights for FID: {err}") from err
+
+    def verified_state(url: str, *args: object, **kwargs: object) -> dict:
+        if url != FID_WEIGHTS_URL:  # another file than ours: never fetched here
+            raise RuntimeError(f"pytorch-fid asked for {url}, not {FID_WEIGHTS_URL}")
+        return state
+
+    with _BUILD_LOCK:
+        original = pytorch_fid.inception.load_state_dict_from_url
+        pytorch_fid.inception.load_state_dict_from_url = verified_state
+        try:
+            network = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[FID_FEATURE_DIMS]])
+        finally:
+            pytorch_fid.inception.load_state_dict_from_url = original
     return network.eval()
 
 

@@ -5,6 +5,11 @@ network to build, which weight files it needs, where each file comes from (a URL
 user for DRN-D-105), which submodule it loads into, and where it lives on disk:
 ``<evaluate.segmenter_weights_dir>/<segmenter name>/<file>``.
 
+No checksum is published for these files. The weights stage records the size and SHA-256
+of each file in ``<file>.pin.json`` at its first verified fetch (:mod:`gaugan.pinned`), and
+:func:`ensure_weights` compares the file with that pin before anything reads it: a file
+that changed since, or that no pin vouches for yet, is refused with what to do.
+
 Loading is strict: every key and shape of the published file must match the module. The
 one tolerance is BatchNorm's ``num_batches_tracked`` counter, which PyTorch added in 0.4.1
 and files saved earlier lack; it has no effect in eval mode.
@@ -21,6 +26,7 @@ import torch
 
 from gaugan.checkpoint import CheckpointError, load_state_dict_exactly, read_torch_file
 from gaugan.errors import UserError
+from gaugan.pinned import PinFileError, pin_path, pin_problem, read_pin
 from gaugan.segmenters.base import Segmenter
 from gaugan.segmenters.deeplab import WEIGHTS_URL as DEEPLAB_URL
 from gaugan.segmenters.deeplab import DeepLabV2COCOStuff
@@ -104,10 +110,11 @@ def weight_path(entry: PublishedSegmenter, file: WeightFile, weights_dir: str | 
 
 
 def ensure_weights(entry: PublishedSegmenter, weights_dir: str | os.PathLike) -> dict[str, Path]:
-    """The local path of every weight file of ``entry``; a missing file is an error saying how to get it.
+    """The local path of every weight file of ``entry``, each one checked against its pin.
 
-    Nothing is downloaded here: the weights stage fetches and verifies the files
-    (:mod:`gaugan.weights`).
+    A missing file, one without a pin, or one that differs from its pin is an error saying
+    what to do. Nothing is downloaded or pinned here: the weights stage fetches, checks and
+    pins the files (:mod:`gaugan.weights`).
     """
     paths = {}
     for file in entry.files:
@@ -121,8 +128,28 @@ def ensure_weights(entry: PublishedSegmenter, weights_dir: str | os.PathLike) ->
                 f"evaluate.segmenter_weights_dir = {str(weights_dir)!r}), or set evaluate.segmenter to 'trained', "
                 "'torchscript' or 'none'"
             )
+        check_pin(path)
         paths[file.name] = path
     return paths
+
+
+def check_pin(path: Path) -> None:
+    """Raise :class:`SegmenterWeightsError` unless ``path`` matches the pin of its first verified fetch."""
+    try:
+        pin = read_pin(path)
+    except PinFileError as err:
+        raise SegmenterWeightsError(f"{err}; delete it and {path} and run the weights stage again "
+                                    "(dvc repro weights)") from err
+    if pin is None:
+        raise SegmenterWeightsError(
+            f"{path}: not verified yet (no {pin_path(path).name} beside it); run the weights stage (dvc repro "
+            "weights), which checks the file and records its size and sha256 before anything loads it")
+    problem = pin_problem(path, pin)
+    if problem:
+        raise SegmenterWeightsError(
+            f"{path}: changed since its first verified fetch ({problem}); delete it and run the weights stage again "
+            f"(dvc repro weights), or, if you replaced it on purpose with a file you trust, delete {pin_path(path)} "
+            "too so that the weights stage pins the new file")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

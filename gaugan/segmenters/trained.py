@@ -18,6 +18,8 @@ segmenter") has the measurements behind these choices.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import json
 import os
 import time
 from collections.abc import Iterable
@@ -37,11 +39,18 @@ from gaugan.checkpoint import (
     validate_payload,
 )
 from gaugan.config import SegmenterConfig
+from gaugan.data.io import OutputMarker, claim_output_dir
 from gaugan.data.registry import DatasetSpec
 from gaugan.segmenters.base import IGNORE_INDEX, Segmenter, stored_target_table
 
 SEGMENTER_FORMAT = "gaugan-segmenter-v1"
 SEGMENTER_FILE = "segmenter.pt"
+# Marks <segmenter.checkpoint_dir> as the project's: the segmenter stage writes and deletes
+# files there in place, so it must never be a user's folder (gaugan.data.io.claim_output_dir).
+SEGMENTER_DIR_MARKER = OutputMarker("segmenters.json", "gaugan-segmenter-checkpoints-v1", "segmenter.checkpoint_dir")
+# What versions before the marker wrote there (fixed history): the segmenter, the stage's
+# status file, the remains of interrupted writes.
+EARLIER_SEGMENTER_DIR_FILES = (SEGMENTER_FILE, "segmenter.json", ".segmenter.pt.*.tmp", ".segmenter.json.tmp")
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -212,6 +221,26 @@ def train_segmenter(
             report({"segmenter/loss": mean_loss, "segmenter/images_per_s": num_images / max(seconds, 1e-9)}, step)
         epoch += 1
     return segmenter.eval()
+
+
+def claim_segmenter_dir(folder: str | os.PathLike) -> None:
+    """Make ``folder`` (``segmenter.checkpoint_dir``) the project's segmenter folder before anything
+    is written or deleted there; a folder of the user's is refused."""
+    claim_output_dir(folder, SEGMENTER_DIR_MARKER, "the trained segmenter", _earlier_segmenter_dir)
+
+
+def _earlier_segmenter_dir(folder: Path) -> bool:
+    """A segmenter folder of a version before the marker: only its files, among them the
+    stage's status file (written on every run; a user's folder holding only a file named
+    segmenter.pt is not taken for ours)."""
+    status = folder / "segmenter.json"
+    try:
+        recorded = json.loads(status.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(recorded, dict) and "trained" in recorded and all(
+        any(fnmatch.fnmatch(entry.name, pattern) for pattern in EARLIER_SEGMENTER_DIR_FILES)
+        for entry in folder.iterdir())
 
 
 def save_trained_segmenter(segmenter: TrainedSegmenter, path: str | os.PathLike, extra: dict[str, Any]) -> None:

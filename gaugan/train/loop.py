@@ -30,6 +30,7 @@ from gaugan.checkpoint import (
     Progress,
     atomic_torch_save,
     check_resumable,
+    claim_checkpoint_dir,
     generator_payload,
     load_checkpoint,
     load_for_resume,
@@ -41,9 +42,9 @@ from gaugan.config import Config, ConfigError, OptimConfig, config_to_dict
 from gaugan.data.classes import class_table
 from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.registry import DatasetSpec
-from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.data.store import read_store
 from gaugan.models import build_discriminator, build_encoder, build_generator
-from gaugan.selection import num_training_samples
+from gaugan.selection import check_held_out_unchanged, num_training_samples
 from gaugan.train.distributed import (
     DistributedContext,
     GlobalBatchSampler,
@@ -189,6 +190,14 @@ def _statistics_forwards(cfg: Config, store_dir: Path, spec: DatasetSpec, device
 # ---- the loop ----
 
 
+def check_continuation(payload: dict, cfg: Config, spec: dict, path: Path) -> None:
+    """Refuse to continue the training in ``payload`` with ``cfg`` unless the steps compute the
+    same maths (:func:`gaugan.checkpoint.check_resumable`) on the same training images
+    (:func:`gaugan.selection.check_held_out_unchanged`)."""
+    check_resumable(payload, config_to_dict(cfg), spec, path)
+    check_held_out_unchanged(payload["config"], cfg, path)
+
+
 def planned_steps(cfg: Config, num_train_samples: int) -> int:
     """G+D steps of a whole training: every epoch's full global batches, capped by max_steps."""
     num_epochs = cfg.optim.num_epochs_constant + cfg.optim.num_epochs_decay
@@ -235,8 +244,9 @@ def _train(
     evaluate_during_training: EpochEvaluator | None,
 ) -> TrainResult:
     device, main = context.device, context.is_main
-    manifest = read_manifest(store_dir)
-    spec = spec_from_manifest(manifest)
+    manifest, spec = read_store(store_dir, cfg.data)  # a store of other data settings is refused
+    if main:
+        claim_checkpoint_dir(out_dir)  # never a folder of the user's, and writable
     config_dict, spec_dict = config_to_dict(cfg), dataclasses.asdict(spec)
     last_path, generator_path = out_dir / LAST_CHECKPOINT, out_dir / GENERATOR_CHECKPOINT
     check_sync_batchnorm(cfg.generator.param_free_norm, context)
@@ -273,7 +283,7 @@ def _train(
         remove_stale_temporary_files(out_dir)  # the remains of a save killed mid-write
     if cfg.train.resume and last_path.is_file():
         payload = load_for_resume(last_path)
-        check_resumable(payload, config_dict, spec_dict, last_path)
+        check_continuation(payload, cfg, spec_dict, last_path)
         progress = restore_training(payload, last_path, models, optimizer_map, scaler_map, context.rank,
                                     context.world_size, cfg.train.seed)
         resumed = True
@@ -319,9 +329,11 @@ def _train(
 
     # Train.
     logger.start(progress.step)
-    progress = _train_epochs(cfg.optim, progress, total_steps, dataset, sampler, loader, optimizers, train_step,
-                             guard, jobs, bar)
-    bar.close()
+    try:
+        progress = _train_epochs(cfg.optim, progress, total_steps, dataset, sampler, loader, optimizers, train_step,
+                                 guard, jobs, bar)
+    finally:
+        bar.close()  # ends the bar's line, also before an error's message
 
     # A rerun of a finished run writes nothing new, but the final file must exist.
     if main and not generator_path.is_file():

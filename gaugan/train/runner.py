@@ -27,7 +27,7 @@ from gaugan.config import Config, ConfigError
 from gaugan.data.registry import DatasetSpec
 from gaugan.train.compiled import compile_blocks, compile_whole
 from gaugan.train.cuda_graphs import GraphedStep
-from gaugan.train.steps import Networks, Optimizers, StepSettings, prepare_batch, train_step
+from gaugan.train.steps import Networks, Optimizers, StepSettings, check_batch_labels, prepare_batch, train_step
 
 # ``label_conv: auto`` uses the lookup on the CPU from this many label channels (classes +
 # dontcare + edge) on. Measured on the project's 2-core CPU (README "Speed"): at 9 channels
@@ -64,6 +64,8 @@ class StepRunner:
 
     def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.graphed is not None:
+            # A recorded step reads its batch from device buffers: checked here, on the host.
+            check_batch_labels(batch, self.num_label_values)
             return self.graphed(batch)
         return self.eager_step(batch)
 

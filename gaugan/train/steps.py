@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from gaugan import losses
 from gaugan.config import Config, LossConfig
 from gaugan.data.registry import DatasetSpec
-from gaugan.data.semantic import SemanticLabels, semantic_labels
+from gaugan.data.semantic import SemanticLabels, check_label_range, semantic_labels
 from gaugan.models import reparameterize
 from gaugan.train.adversaries import Adversary, Seg, make_adversary
 
@@ -89,8 +89,13 @@ def prepare_batch(
 
     ``seg`` is the one-hot map + edge channel (in ``onehot_dtype``), or with ``label_lookup``
     the :class:`SemanticLabels` that carry it. Built on the device: the one-hot map is
-    label_channels times larger than the indices.
+    label_channels times larger than the indices. The label indices are checked here, on the
+    host before they move (no device sync), once for every layer that reads them: out of
+    range, the lookup would read other weights without a word (:func:`check_label_range`). A
+    batch already on the device (a CUDA graph's static inputs) is its caller's to check.
     """
+    if batch["label"].device.type == "cpu":
+        check_batch_labels(batch, num_label_values)
     label = batch["label"].to(device, non_blocking=True)
     instance = batch.get("instance")
     if instance is not None:
@@ -101,6 +106,14 @@ def prepare_batch(
     seg: Seg = SemanticLabels(labels.index, labels.edge, num_label_values, onehot) if label_lookup else onehot
     real = batch["image"].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
     return seg, real.contiguous(memory_format=memory_format)
+
+
+def check_batch_labels(batch: dict[str, Tensor], num_label_values: int) -> None:
+    """A loader batch's label indices are in ``[0, num_label_values)`` (:func:`check_label_range`,
+    naming the batch's store items)."""
+    items = batch.get("index")
+    source = "batch" if items is None else "batch of store items " + ", ".join(str(i) for i in items.tolist())
+    check_label_range(batch["label"], num_label_values, source)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
