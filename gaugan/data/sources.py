@@ -24,7 +24,8 @@ layout for a user's own data:
 
 Listing never drops anything silently: an image without a label (or the other way
 round), a missing instance map or a lossy label file is a problem in the listing, which
-:mod:`gaugan.data.check` reports together with every other problem.
+:mod:`gaugan.data.check` reports together with every other problem. Links to folders are
+followed (``train/images/batch2 -> /elsewhere``); a link cycle or a broken link is a problem.
 """
 
 from __future__ import annotations
@@ -119,8 +120,8 @@ def _files_by_stem(folder: Path, extensions: tuple[str, ...], problems: list[str
     found: dict[str, Path] = {}
     if not folder.is_dir():
         return found
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.name.startswith("."):
+    for path in _walk_files(folder, problems):
+        if path.name.startswith("."):
             continue
         name = path.name
         ext = path.suffix.lower()
@@ -141,6 +142,49 @@ def _files_by_stem(folder: Path, extensions: tuple[str, ...], problems: list[str
             continue
         found[stem] = path
     return found
+
+
+def _walk_files(folder: Path, problems: list[str]) -> list[Path]:
+    """Every file under ``folder``, sorted, as found (paths through links kept as they are).
+
+    Links to folders are followed (``Path.rglob`` skips them, which silently dropped the pairs
+    of a linked ``train/images/batch2``). A link back to a folder that holds it (a cycle), a
+    second way into a folder already listed, a broken link and an unreadable folder are
+    problems naming the path, never a hang or a silent drop.
+    """
+    files: list[Path] = []
+    listed: dict[tuple[int, int], Path] = {}  # every folder listed: (device, inode) -> the path it was listed at
+    pending: list[tuple[Path, frozenset]] = [(folder, frozenset())]  # folder, the folders holding it
+    while pending:
+        directory, holders = pending.pop()
+        info = directory.stat()
+        identity = (info.st_dev, info.st_ino)
+        if identity in holders:
+            problems.append(f"{directory}: a link to {directory.resolve()}, a folder that holds it; a link cycle, "
+                            f"not followed (remove the link)")
+            continue
+        if identity in listed:
+            problems.append(f"{directory}: the same folder as {listed[identity]}, which is listed already; not "
+                            f"listed twice (remove one of them)")
+            continue
+        listed[identity] = directory
+        try:
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError as err:
+            problems.append(f"{directory}: cannot list the folder ({err.strerror})")
+            continue
+        folders = []
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_dir():  # links to folders included
+                folders.append((path, holders | {identity}))
+            elif entry.is_file():
+                files.append(path)
+            elif entry.is_symlink() and not path.exists():
+                problems.append(f"{path}: a link to {Path(os.readlink(path))}, which does not exist (remove the link "
+                                f"or restore the file)")
+        pending.extend(reversed(folders))  # depth first, in name order
+    return sorted(files)
 
 
 def _pair_up(images: dict[str, Path], labels: dict[str, Path], instances: dict[str, Path] | None,
