@@ -11,8 +11,13 @@ cannot be read (with the reason). Nothing is ever dropped silently.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
-from collections import Counter
+import signal
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -101,12 +106,75 @@ def _orientation_hint(path: Path) -> str:
 
 
 def parallel_map(function: Callable[[T], R], items: Iterable[T], num_workers: int, chunksize: int = 4) -> Iterator[R]:
-    """``map`` in worker processes (ordered), or in this process when num_workers == 0."""
+    """``map`` in worker processes (ordered), or in this process when num_workers == 0.
+
+    The workers stop by being told to, never by a signal, once the work is done or abandoned
+    (an error, Ctrl-C, SIGTERM in this process): ``multiprocessing.Pool`` ended with
+    ``terminate()``, and a worker forked just before lost that SIGTERM (Python clears a signal
+    that arrives while a child is being set up, and the stage's handler is inherited), or one
+    killed while holding the task queue's lock blocked the others: both hung forever. At most
+    two chunks per worker are submitted at a time, so an abandoned map waits only for those
+    (none is cancelled: Python 3.11's executor fails on a cancelled future when a worker dies).
+    A worker that dies (the out-of-memory killer) is a :class:`DataError`, not a hang.
+
+    Ctrl-C and SIGTERM are held back while the workers are forked (all of them at the first
+    submission): one arriving then would otherwise be lost, in a worker still being set up or
+    raised in this process inside Python's at-fork hooks, which ignore exceptions. Each worker
+    ignores Ctrl-C (this process stops them) and then takes the signals it was sent.
+    """
     if num_workers <= 0:
         yield from map(function, items)
         return
-    with get_context("spawn" if os.name == "nt" else "fork").Pool(num_workers) as pool:
-        yield from pool.imap(function, items, chunksize=chunksize)
+    chunks = _chunks(items, chunksize)
+    context = get_context("spawn" if os.name == "nt" else "fork")
+    with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_start_worker) as executor:
+        with _signals_held():
+            pending = deque(executor.submit(_run_chunk, function, chunk)
+                            for chunk in itertools.islice(chunks, 2 * num_workers))
+        try:
+            while pending:
+                results = pending.popleft().result()
+                for chunk in itertools.islice(chunks, 1):
+                    pending.append(executor.submit(_run_chunk, function, chunk))
+                yield from results
+        except BrokenProcessPool as err:
+            raise DataError("a worker process died while reading or writing the data (killed by the system: out of "
+                            "memory?); use fewer worker processes (data.num_workers, or check-data --num-workers)"
+                            ) from err
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, max(1, size))):
+        yield chunk
+
+
+def _run_chunk(function: Callable[[T], R], chunk: list[T]) -> list[R]:
+    return [function(item) for item in chunk]
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait (in this thread, and in the processes and threads started here) until the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: workers are spawned, not forked
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _start_worker() -> None:
+    """In each worker: ignore Ctrl-C (the main process stops the workers; no traceback from each),
+    then take the signals held back while it was forked (a pending SIGTERM ends it now)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 # --------------------------------------------------------------------------------------
