@@ -188,7 +188,8 @@ def test_crop_larger_than_stored_size_is_an_error(tmp_path):
     make_custom(tmp_path / "raw" / "custom", num_train=2, values=[0, 1])
     cfg = config("custom", root="raw", processed_dir="store", preprocess_mode="none", load_size=64, crop_size=64,
                  custom={"num_classes": 2})
-    with pytest.raises(DataError, match="smaller than the 64x64 crop; change data.load_size"):
+    with pytest.raises(DataError, match="2 files: photo smaller than the 64x64 crop once resized with preprocess_mode "
+                                        "'none'; change data.load_size"):
         preprocess(cfg.data, tmp_path, progress=False)
 
 

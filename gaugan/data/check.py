@@ -30,14 +30,16 @@ from gaugan.config import DataConfig
 from gaugan.data.classes import class_names, named_class_count, read_class_file
 from gaugan.data.diagnose import (
     LabelStatistics,
+    OutsideValues,
     describe_aspects,
     describe_storage,
     distortion_warning,
     label_statistics,
     stray_value_warning,
+    void_value_hint,
     void_warning,
 )
-from gaugan.data.io import DataError, image_size, read_image, read_index_map, map_labels
+from gaugan.data.io import DataError, LabelValueError, Problem, image_size, map_labels, read_image, read_index_map
 from gaugan.data.registry import ASPECT_MULTIPLE, DatasetSpec, resolve_dataset
 from gaugan.data.sources import Listing, Pair, list_dataset
 
@@ -55,41 +57,53 @@ class LoadedPair:
     instance: np.ndarray | None  # (H, W) int64 as read (only edges matter)
 
 
-def load_pair(pair: Pair, spec: DatasetSpec, max_pixels: int | None = None) -> tuple[LoadedPair | None, list[str]]:
-    """Read and check one pair; return it (or None) and every problem found in it.
+@dataclass
+class PairCheck:
+    """What reading one pair found: the pair (None when it has a problem), its problems, and the
+    raw label values outside the spec's range (None when the label map could not be read)."""
+
+    loaded: LoadedPair | None
+    problems: list[str]
+    outside_values: tuple[int, ...] | None
+
+
+def load_pair(pair: Pair, spec: DatasetSpec, max_pixels: int | None = None) -> PairCheck:
+    """Read and check one pair: the pair, or every problem found in it.
 
     ``max_pixels`` (data.max_image_pixels) refuses larger files before decoding them.
     """
     problems: list[str] = []
-    label = image = instance = None
+    label = image = instance = outside = None
     try:
         label = map_labels(read_index_map(pair.label, max_pixels=max_pixels), spec, pair.label)
+        outside = ()
+    except LabelValueError as err:
+        problems.append(err.problem)
+        outside = err.values
     except DataError as err:
-        problems.append(str(err))
+        problems.append(err.problem)
     try:
         image = read_image(pair.image, max_pixels)
     except DataError as err:
-        problems.append(str(err))
+        problems.append(err.problem)
     if spec.use_instance and pair.instance is not None:
         try:
             instance = read_index_map(pair.instance, what="instance map", max_pixels=max_pixels)
         except DataError as err:
-            problems.append(str(err))
+            problems.append(err.problem)
     if label is not None:
         height, width = label.shape
         if image is not None and image.size != (width, height):
-            problems.append(
+            problems.append(Problem(
                 f"{pair.image}: image is {image.size[0]}x{image.size[1]} (WxH) but its label map {pair.label} is "
-                f"{width}x{height}; they must be the same size{_orientation_hint(pair.image)}"
-            )
+                f"{width}x{height}; they must be the same size{_orientation_hint(pair.image)}",
+                pair.image, "image and its label map differ in size; they must be the same size"))
         if instance is not None and instance.shape != label.shape:
-            problems.append(
+            problems.append(Problem(
                 f"{pair.instance}: instance map is {instance.shape[1]}x{instance.shape[0]} (WxH) but its label map "
-                f"{pair.label} is {width}x{height}; they must be the same size"
-            )
-    if problems:
-        return None, problems
-    return LoadedPair(image, label, instance), problems
+                f"{pair.label} is {width}x{height}; they must be the same size",
+                pair.instance, "instance map and its label map differ in size; they must be the same size"))
+    return PairCheck(None if problems else LoadedPair(image, label, instance), problems, outside)
 
 
 def _orientation_hint(path: Path) -> str:
@@ -209,7 +223,7 @@ def _label_values(args: tuple[Path, int | None, int | None]) -> list[int] | str:
     try:
         raw = read_index_map(path, max_pixels=max_pixels)
     except DataError as err:
-        return str(err)
+        return err.problem
     values = np.unique(raw)
     if dontcare is not None:
         values = values[values != dontcare]
@@ -296,6 +310,7 @@ class CheckReport:
     image_sizes: dict[str, Counter] = field(default_factory=dict)  # split -> Counter of (width, height)
     labels: dict[str, LabelStatistics] = field(default_factory=dict)  # split -> pixels per stored index
     instance_maps: dict[str, int] = field(default_factory=dict)
+    hints: list[str] = field(default_factory=list)  # what the problems suggest (gaugan.data.diagnose)
 
     @property
     def ok(self) -> bool:
@@ -306,13 +321,13 @@ class CheckReport:
         return {split: statistics.pixels for split, statistics in self.labels.items()}
 
 
-def _inspect(args: tuple[Pair, DatasetSpec, int | None]) -> tuple[list[str], tuple[int, int] | None,
-                                                                  LabelStatistics | None, bool]:
+def _inspect(args: tuple[Pair, DatasetSpec, int | None]) -> tuple[PairCheck, tuple[int, int] | None,
+                                                                  LabelStatistics | None]:
     pair, spec, max_pixels = args
-    loaded, problems = load_pair(pair, spec, max_pixels)
-    if loaded is None:
-        return problems, None, None, False
-    return problems, loaded.image.size, label_statistics(loaded.label, spec.num_label_values), loaded.instance is not None
+    check = load_pair(pair, spec, max_pixels)
+    if check.loaded is None:
+        return check, None, None
+    return check, check.loaded.image.size, label_statistics(check.loaded.label, spec.num_label_values)
 
 
 def dataset_warnings(listing: Listing, spec: DatasetSpec, train_labels: LabelStatistics | None,
@@ -323,10 +338,17 @@ def dataset_warnings(listing: Listing, spec: DatasetSpec, train_labels: LabelSta
     return list(listing.warnings) + [warning for warning in found if warning]
 
 
+def problem_hints(listing: Listing, spec: DatasetSpec, outside: OutsideValues) -> list[str]:
+    """What the problems suggest (check-data and preprocess): a void value the settings do not name."""
+    hint = void_value_hint(spec, listing.classes, outside)
+    return [hint] if hint else []
+
+
 def check_listing(listing: Listing, spec: DatasetSpec, num_workers: int = 0, progress: bool = False,
                   max_pixels: int | None = None) -> CheckReport:
     """Read every file of the listing and collect all problems, warnings and the summary statistics."""
     report = CheckReport(spec, listing, problems=list(listing.problems))
+    outside = OutsideValues()
     for split, pairs in listing.splits.items():
         report.pairs[split] = len(pairs)
         report.image_sizes[split] = Counter()
@@ -340,13 +362,15 @@ def check_listing(listing: Listing, spec: DatasetSpec, num_workers: int = 0, pro
             from tqdm import tqdm
 
             results = tqdm(results, total=len(pairs), desc=f"check {split}", unit="pair")
-        for problems, size, statistics, has_instance in results:
-            report.problems.extend(problems)
+        for check, size, statistics in results:
+            report.problems.extend(check.problems)
+            outside.add(check.outside_values)
             if size is not None:
                 report.image_sizes[split][size] += 1
                 report.labels[split].add(statistics)
-                report.instance_maps[split] += int(has_instance)
+                report.instance_maps[split] += int(check.loaded.instance is not None)
     report.warnings = dataset_warnings(listing, spec, report.labels.get("train"), report.image_sizes)
+    report.hints = problem_hints(listing, spec, outside)
     report.problems = list(dict.fromkeys(report.problems))  # inferring the class count read the train labels once already
     return report
 
@@ -362,13 +386,36 @@ def check_dataset(data: DataConfig, folder: str | os.PathLike, repo_root: Path |
     return check_listing(listing, spec, num_workers, progress, data.max_image_pixels)
 
 
-def format_problems(problems: list[str], limit: int | None = None) -> str:
+def format_problems(problems: list[str], root: Path | None = None, hints: Iterable[str] = ()) -> str:
+    """Every problem, one line per cause, then the hints.
+
+    Files with the same :class:`gaugan.data.io.Problem` cause share one line: their count,
+    the cause and three of them (relative to ``root``); any other problem is its own line.
+    """
     problems = list(dict.fromkeys(problems))  # the same problem found by two passes is one problem
-    shown = problems if limit is None else problems[:limit]
-    lines = [f"{len(problems)} problem(s) found:"] + [f"  - {p}" for p in shown]
-    if limit is not None and len(problems) > limit:
-        lines.append(f"  ... and {len(problems) - limit} more")
+    groups: dict[tuple[bool, str], list[str]] = {}
+    for problem in problems:
+        key = (True, problem.cause) if isinstance(problem, Problem) else (False, problem)
+        groups.setdefault(key, []).append(problem)
+    header = f"{len(problems)} problem(s) found"
+    if len(groups) < len(problems):
+        header += f", {len(groups)} cause{'' if len(groups) == 1 else 's'}"
+    lines = [header + ":"]
+    for (_, cause), members in groups.items():
+        if len(members) == 1:
+            lines.append(f"  - {members[0]}")
+        else:
+            examples = ", ".join(_shown_path(member.path, root) for member in members[:3])
+            lines.append(f"  - {len(members)} files: {cause} (e.g. {examples})")
+    lines += [f"  hint: {hint}" for hint in hints]
     return "\n".join(lines)
+
+
+def _shown_path(path: str, root: Path | None) -> str:
+    """``path`` relative to ``root`` when it lies inside it."""
+    if root is not None and Path(path).is_relative_to(root):
+        return Path(path).relative_to(root).as_posix()
+    return path
 
 
 def format_report(report: CheckReport, max_classes: int = 40) -> str:
@@ -403,7 +450,7 @@ def format_report(report: CheckReport, max_classes: int = 40) -> str:
                 lines.append(f"    ... {len(present) - max_classes} more")
     lines += [f"warning: {warning}" for warning in report.warnings]
     if report.problems:
-        lines.append(format_problems(report.problems))
+        lines.append(format_problems(report.problems, report.listing.root, report.hints))
     else:
         lines.append("no problems found" + (f" ({len(report.warnings)} warning(s) above)" if report.warnings else ""))
     return "\n".join(lines)

@@ -25,8 +25,55 @@ from gaugan.data.registry import DatasetSpec
 from gaugan.errors import UserError
 
 
+class Problem(str):
+    """One problem of one file: its line (the string itself), the file, and the cause.
+
+    ``cause`` is the line without what is particular to the file (its name, its size), the
+    same for every file with this problem: reports give all of them one line
+    (:func:`gaugan.data.check.format_problems`). A plain string is a problem of its own.
+    """
+
+    path: str
+    cause: str
+
+    def __new__(cls, line: str, path: str | os.PathLike, cause: str) -> Problem:
+        problem = super().__new__(cls, line)
+        problem.path, problem.cause = str(path), cause
+        return problem
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, cause: str) -> Problem:
+        """The problem whose line is ``<path>: <cause>``."""
+        return cls(f"{path}: {cause}", path, cause)
+
+    def __reduce__(self) -> tuple:  # to and from worker processes with its attributes
+        return (Problem, (str(self), self.path, self.cause))
+
+
 class DataError(UserError, ValueError):
-    """A data file is unreadable or violates the dataset's conventions."""
+    """A data file is unreadable or violates the dataset's conventions.
+
+    ``problem`` is the message, or the :class:`Problem` it was raised with (an error about
+    one file, which check-data groups with the same error of other files).
+    """
+
+    def __init__(self, message: str, problem: Problem | None = None) -> None:
+        super().__init__(message)
+        self.problem: str = problem if problem is not None else message
+
+    @classmethod
+    def about(cls, path: str | os.PathLike, cause: str) -> DataError:
+        """The error ``<path>: <cause>`` about one file."""
+        problem = Problem.of(path, cause)
+        return cls(problem, problem)
+
+
+class LabelValueError(DataError):
+    """A label map holds values outside the dataset's range (``values``, for check-data's void hint)."""
+
+    def __init__(self, message: str, problem: Problem | None = None, values: tuple[int, ...] = ()) -> None:
+        super().__init__(message, problem)
+        self.values = values
 
 
 @contextmanager
@@ -53,19 +100,22 @@ def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image
             img = Image.open(path)
             width, height = img.size
             if max_pixels is not None and width * height > max_pixels:
-                raise DataError(
-                    f"{path}: {width}x{height} = {width * height:,} pixels, more than data.max_image_pixels "
-                    f"({max_pixels:,}); a file this large is likely corrupt or a decompression bomb (raise "
-                    f"data.max_image_pixels if the image is genuine)"
-                )
+                limit = (f"data.max_image_pixels ({max_pixels:,}); a file this large is likely corrupt or a "
+                         f"decompression bomb (raise data.max_image_pixels if the image is genuine)")
+                line = f"{path}: {width}x{height} = {width * height:,} pixels, more than {limit}"
+                raise DataError(line, Problem(line, path, f"more pixels than {limit}"))
             img.load()
         return img
     except FileNotFoundError as err:
-        raise DataError(f"{path}: file not found") from err
+        raise DataError.about(path, "file not found") from err
     except Image.DecompressionBombError as err:
-        raise DataError(f"{path}: refused as a possible decompression bomb ({err})") from err
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DataError(f"{path}: unreadable image ({err})") from err
+        line = f"{path}: refused as a possible decompression bomb ({err})"
+        raise DataError(line, Problem(line, path, "refused as a possible decompression bomb")) from err
+    except UnidentifiedImageError as err:
+        line = f"{path}: unreadable image ({err})"
+        raise DataError(line, Problem(line, path, "unreadable image (not a format PIL can identify)")) from err
+    except (OSError, SyntaxError) as err:
+        raise DataError.about(path, f"unreadable image ({err})") from err
 
 
 def read_index_map(path: str | os.PathLike, what: str = "label map", max_pixels: int | None = None) -> np.ndarray:
@@ -81,11 +131,9 @@ def read_index_map(path: str | os.PathLike, what: str = "label map", max_pixels:
             channels[:, 1] == channels[:, 2]
         ).all():
             return arr[..., 0].astype(np.int64)
-        raise DataError(
-            f"{path}: the {what} is a colour ({img.mode}) image; {what}s must hold class indices "
-            f"(a greyscale or palette PNG), not colours"
-        )
-    raise DataError(f"{path}: unsupported {what} image mode {img.mode!r}")
+        raise DataError.about(path, f"the {what} is a colour ({img.mode}) image; {what}s must hold class indices "
+                                    f"(a greyscale or palette PNG), not colours")
+    raise DataError.about(path, f"unsupported {what} image mode {img.mode!r}")
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -108,7 +156,7 @@ def map_labels(raw: np.ndarray, spec: DatasetSpec, source: str | os.PathLike, se
 
     The don't-care value (255 for COCO-Stuff) becomes index ``label_nc``. Any other value
     outside ``[0, label_nc)`` (``label_nc`` itself included: it would silently merge into
-    the don't-care class) is an error naming the file, the value and the setting to change.
+    the don't-care class) is a :class:`LabelValueError` naming the file, the value and the setting to change.
     Datasets with a don't-care channel but no don't-care value (ADE20K) keep every value in
     ``[0, num_label_values)`` as it is.
     """
@@ -130,11 +178,10 @@ def map_labels(raw: np.ndarray, spec: DatasetSpec, source: str | os.PathLike, se
                 if spec.name == "custom"
                 else f"data.dataset (is {spec.name!r} the right dataset for this file?)"
             )
-        raise DataError(
-            f"{source}: label value(s) {shown} outside the valid range {allowed} for dataset "
-            f"{spec.name!r} (label_nc={spec.label_nc}, contain_dontcare={spec.contain_dontcare}); "
-            f"check {setting}"
-        )
+        problem = Problem.of(source, f"label value(s) {shown} outside the valid range {allowed} for dataset "
+                                     f"{spec.name!r} (label_nc={spec.label_nc}, "
+                                     f"contain_dontcare={spec.contain_dontcare}); check {setting}")
+        raise LabelValueError(problem, problem, tuple(int(v) for v in values))
     return labels
 
 

@@ -24,10 +24,18 @@ import numpy as np
 from PIL import Image
 
 from gaugan.config import DataConfig
-from gaugan.data.check import dataset_warnings, format_problems, load_pair, parallel_map, resolve_folder
+from gaugan.data.check import (
+    PairCheck,
+    dataset_warnings,
+    format_problems,
+    load_pair,
+    parallel_map,
+    problem_hints,
+    resolve_folder,
+)
 from gaugan.data.classes import class_colours, class_names
-from gaugan.data.diagnose import LabelStatistics, label_statistics
-from gaugan.data.io import DataError, atomic_write_text, check_replaceable, replace_dir
+from gaugan.data.diagnose import LabelStatistics, OutsideValues, label_statistics
+from gaugan.data.io import DataError, Problem, atomic_write_text, check_replaceable, replace_dir
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.render import render_samples
 from gaugan.data.resize import crop_shape, dense_instances, nearest_resize, train_shape
@@ -45,20 +53,24 @@ class ProcessedPair:
 
 
 def process_pair(pair: Pair, spec: DatasetSpec, train: bool, label_dtype: np.dtype,
-                 max_pixels: int | None = None) -> tuple[ProcessedPair | None, list[str]]:
-    """Read, check and resize one pair as published for its split."""
-    loaded, problems = load_pair(pair, spec, max_pixels)
+                 max_pixels: int | None = None) -> tuple[ProcessedPair | None, PairCheck]:
+    """Read, check and resize one pair as published for its split: the pair, or None, and what
+    reading it found (its problems, a resize problem included)."""
+    check = load_pair(pair, spec, max_pixels)
+    loaded = check.loaded
     if loaded is None:
-        return None, problems
+        return None, check
     width, height = loaded.image.size
     shape = train_shape(spec, width, height) if train else crop_shape(spec)
     need = crop_shape(spec)
     if shape[0] < need[0] or shape[1] < need[1]:
-        return None, [
-            f"{pair.image}: {width}x{height} (WxH) becomes {shape[1]}x{shape[0]} with preprocess_mode "
-            f"{spec.preprocess_mode!r}, smaller than the {need[1]}x{need[0]} crop; change data.load_size, "
-            f"data.crop_size or data.preprocess_mode"
-        ]
+        cause = (f"photo smaller than the {need[1]}x{need[0]} crop once resized with preprocess_mode "
+                 f"{spec.preprocess_mode!r}; change data.load_size, data.crop_size or data.preprocess_mode")
+        check.problems.append(Problem(f"{pair.image}: {width}x{height} (WxH) becomes {shape[1]}x{shape[0]} with "
+                                      f"preprocess_mode {spec.preprocess_mode!r}, smaller than the {need[1]}x{need[0]} "
+                                      f"crop; change data.load_size, data.crop_size or data.preprocess_mode",
+                                      pair.image, cause))
+        return None, check
     image = loaded.image
     if image.size != (shape[1], shape[0]):
         image = image.resize((shape[1], shape[0]), Image.BICUBIC)
@@ -67,16 +79,16 @@ def process_pair(pair: Pair, spec: DatasetSpec, train: bool, label_dtype: np.dty
     if loaded.instance is not None:
         instance = dense_instances(nearest_resize(loaded.instance, shape), pair.instance)
     statistics = label_statistics(loaded.label, spec.num_label_values)
-    return ProcessedPair(np.asarray(image, dtype=np.uint8), label, instance, (width, height), statistics), []
+    return ProcessedPair(np.asarray(image, dtype=np.uint8), label, instance, (width, height), statistics), check
 
 
-def _process(args: tuple[int, Pair, DatasetSpec, bool, Any, int | None]) -> tuple[int, ProcessedPair | None, list[str]]:
+def _process(args: tuple[int, Pair, DatasetSpec, bool, Any, int | None]) -> tuple[int, ProcessedPair | None, PairCheck]:
     index, pair, spec, train, label_dtype, max_pixels = args
     try:
-        processed, problems = process_pair(pair, spec, train, np.dtype(label_dtype), max_pixels)
+        processed, check = process_pair(pair, spec, train, np.dtype(label_dtype), max_pixels)
     except DataError as err:
-        processed, problems = None, [str(err)]
-    return index, processed, problems
+        processed, check = None, PairCheck(None, [err.problem], None)
+    return index, processed, check
 
 
 def _inputs_sha256(pairs: list[Pair], root: Path) -> str:
@@ -95,10 +107,10 @@ def _inputs_sha256(pairs: list[Pair], root: Path) -> str:
 
 
 def _write_split(split_dir: Path, pairs: list[Pair], source_root: Path, spec: DatasetSpec, label_dtype: np.dtype,
-                 problems: list[str], num_workers: int, progress: bool,
+                 problems: list[str], outside: OutsideValues, num_workers: int, progress: bool,
                  max_pixels: int | None) -> tuple[dict, Counter, LabelStatistics]:
-    """Process and write one split; append its problems; return its manifest entry, the photo
-    sizes on disk and the statistics of the label maps on disk."""
+    """Process and write one split; add its problems and label values outside the range; return
+    its manifest entry, the photo sizes on disk and the statistics of the label maps on disk."""
     train = split_dir.name == "train"
     fixed = spec.preprocess_mode in ("resize_and_crop", "fixed") or not train
     shape = crop_shape(spec) if not train else (train_shape(spec, 1, 1) if fixed else None)
@@ -112,8 +124,9 @@ def _write_split(split_dir: Path, pairs: list[Pair], source_root: Path, spec: Da
         from tqdm import tqdm
 
         results = tqdm(results, total=len(pairs), desc=f"preprocess {split_dir.name}", unit="pair")
-    for i, item, item_problems in results:
-        problems.extend(item_problems)
+    for i, item, check in results:
+        problems.extend(check.problems)
+        outside.add(check.outside_values)
         if item is None or problems:
             continue  # keep reading: every problem is reported, nothing is written
         writer.put(i, item.image, item.label, item.instance)
@@ -171,16 +184,19 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
     }
     sizes: dict[str, Counter] = {}
     labels: dict[str, LabelStatistics] = {}
+    outside = OutsideValues()
     try:
         for split, pairs in listing.splits.items():
             if not pairs:
                 problems.append(f"{listing.root}: no pairs found for split {split!r}")
                 continue
             manifest["splits"][split], sizes[split], labels[split] = _write_split(
-                tmp_dir / split, pairs, listing.root, spec, label_dtype, problems, num_workers, progress, max_pixels)
+                tmp_dir / split, pairs, listing.root, spec, label_dtype, problems, outside, num_workers, progress,
+                max_pixels)
         manifest["source"]["warnings"] = dataset_warnings(listing, spec, labels.get("train"), sizes)
         if problems:
-            raise DataError(f"{listing.root}: the dataset has problems; nothing was written.\n" + format_problems(problems))
+            raise DataError(f"{listing.root}: the dataset has problems; nothing was written.\n"
+                            + format_problems(problems, listing.root, problem_hints(listing, spec, outside)))
         (tmp_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)

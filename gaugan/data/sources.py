@@ -37,7 +37,7 @@ from pathlib import Path
 
 from gaugan.config import DataConfig
 from gaugan.data.classes import ClassFile
-from gaugan.data.io import DataError
+from gaugan.data.io import DataError, Problem
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")  # lossless only: a JPEG would blur class indices
@@ -133,7 +133,8 @@ def _files_by_stem(folder: Path, extensions: tuple[str, ...], problems: list[str
             name = path.stem
         if ext not in extensions:
             if flag_lossy and what == "label map" and ext in LOSSY_EXTENSIONS:
-                problems.append(f"{path}: a {what} saved as lossy {ext}; class indices must be stored losslessly (PNG)")
+                problems.append(Problem.of(path, f"a {what} saved as lossy {ext}; class indices must be stored "
+                                                 f"losslessly (PNG)"))
             continue
         rel_parent = path.parent.relative_to(folder).as_posix()
         stem = name if rel_parent == "." else f"{rel_parent}/{name}"
@@ -191,22 +192,25 @@ def _pair_up(images: dict[str, Path], labels: dict[str, Path], instances: dict[s
              where: str, problems: list[str], require_instances: bool) -> list[Pair]:
     """Match files by stem; every unmatched file is a problem, listed by name."""
     pairs = []
+
+    def unmatched(path: Path, stem: str, what: str, missing: str) -> Problem:
+        return Problem(f"{path}: {what} has no {missing} (expected stem {stem!r} among the {missing}s of {where})",
+                       path, f"{what} has no {missing} (none with the same stem among the {missing}s of {where})")
+
     for stem in sorted(set(images) - set(labels)):
-        problems.append(f"{images[stem]}: image has no label map (expected stem {stem!r} among the labels of {where})")
+        problems.append(unmatched(images[stem], stem, "image", "label map"))
     for stem in sorted(set(labels) - set(images)):
-        problems.append(f"{labels[stem]}: label map has no image (expected stem {stem!r} among the images of {where})")
+        problems.append(unmatched(labels[stem], stem, "label map", "image"))
     for stem in sorted(set(instances or ()) - set(labels)):
-        problems.append(f"{instances[stem]}: instance map has no label map (expected stem {stem!r} among the labels "
-                        f"of {where})")
+        problems.append(unmatched(instances[stem], stem, "instance map", "label map"))
     for stem in sorted(set(images) & set(labels)):
         instance = None
         if instances is not None:
             instance = instances.get(stem)
             if instance is None and require_instances:
-                problems.append(
-                    f"{labels[stem]}: no instance map with the stem {stem!r} in {where} "
-                    f"(add it, or set data.use_instance=false to train without instance edges)"
-                )
+                advice = "(add it, or set data.use_instance=false to train without instance edges)"
+                problems.append(Problem(f"{labels[stem]}: no instance map with the stem {stem!r} in {where} {advice}",
+                                        labels[stem], f"no instance map with the same stem in {where} {advice}"))
         pairs.append(Pair(stem, images[stem], labels[stem], instance))
     return pairs
 
