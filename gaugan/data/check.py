@@ -41,7 +41,7 @@ from gaugan.data.diagnose import (
 )
 from gaugan.data.io import DataError, LabelValueError, Problem, image_size, map_labels, read_image, read_index_map
 from gaugan.data.registry import ASPECT_MULTIPLE, DatasetSpec, resolve_dataset
-from gaugan.data.sources import Listing, Pair, list_dataset
+from gaugan.data.sources import Listing, Pair, list_dataset, split_problems
 
 EXIF_ORIENTATION = 0x0112
 T = TypeVar("T")
@@ -252,6 +252,8 @@ def _custom_class_count(data: DataConfig, listing: Listing, folder: Path, num_wo
                                                  num_workers, data.max_image_pixels)
     listing.problems.extend(problems)
     listing.warnings.extend([warning] if warning else [])
+    if not listing.splits.get("train"):  # the folders' problems, not the class count, are what to fix
+        raise DatasetProblems(listing.root, listing.problems + split_problems(listing))
     if count is None:
         raise DataError(f"{folder}: cannot infer the number of classes (no readable training label maps); "
                         f"set data.custom.num_classes")
@@ -347,7 +349,7 @@ def problem_hints(listing: Listing, spec: DatasetSpec, outside: OutsideValues) -
 def check_listing(listing: Listing, spec: DatasetSpec, num_workers: int = 0, progress: bool = False,
                   max_pixels: int | None = None) -> CheckReport:
     """Read every file of the listing and collect all problems, warnings and the summary statistics."""
-    report = CheckReport(spec, listing, problems=list(listing.problems))
+    report = CheckReport(spec, listing, problems=listing.problems + split_problems(listing))
     outside = OutsideValues()
     for split, pairs in listing.splits.items():
         report.pairs[split] = len(pairs)
@@ -355,7 +357,6 @@ def check_listing(listing: Listing, spec: DatasetSpec, num_workers: int = 0, pro
         report.labels[split] = LabelStatistics.zeros(spec.num_label_values)
         report.instance_maps[split] = 0
         if not pairs:
-            report.problems.append(f"{listing.root}: no pairs found for split {split!r}")
             continue
         results = parallel_map(_inspect, [(p, spec, max_pixels) for p in pairs], num_workers)
         if progress:
@@ -384,6 +385,15 @@ def check_dataset(data: DataConfig, folder: str | os.PathLike, repo_root: Path |
     """
     spec, listing = resolve_folder(data, Path(folder), repo_root, num_workers)
     return check_listing(listing, spec, num_workers, progress, data.max_image_pixels)
+
+
+class DatasetProblems(DataError):
+    """Every problem of a dataset folder (``problems``, with ``hints``); nothing was written."""
+
+    def __init__(self, root: Path, problems: list[str], hints: list[str] | None = None) -> None:
+        self.root, self.problems, self.hints = root, list(problems), list(hints or [])
+        super().__init__(f"{root}: the dataset has problems; nothing was written.\n"
+                         + format_problems(self.problems, root, self.hints))
 
 
 def format_problems(problems: list[str], root: Path | None = None, hints: Iterable[str] = ()) -> str:

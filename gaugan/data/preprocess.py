@@ -25,9 +25,9 @@ from PIL import Image
 
 from gaugan.config import DataConfig
 from gaugan.data.check import (
+    DatasetProblems,
     PairCheck,
     dataset_warnings,
-    format_problems,
     load_pair,
     parallel_map,
     problem_hints,
@@ -39,7 +39,7 @@ from gaugan.data.io import DataError, Problem, atomic_write_text, check_replacea
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.render import render_samples
 from gaugan.data.resize import crop_shape, dense_instances, nearest_resize, train_shape
-from gaugan.data.sources import Listing, Pair, dataset_dir
+from gaugan.data.sources import Listing, Pair, dataset_dir, split_problems
 from gaugan.data.store import MANIFEST, STORE_FORMAT, STORE_MARKER, SplitWriter, label_dtype_for
 
 
@@ -166,7 +166,7 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
     tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
-    problems = list(listing.problems)
+    problems = listing.problems + split_problems(listing)
     label_dtype = label_dtype_for(spec)
     manifest: dict[str, Any] = {
         "format": STORE_FORMAT,
@@ -188,15 +188,13 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
     try:
         for split, pairs in listing.splits.items():
             if not pairs:
-                problems.append(f"{listing.root}: no pairs found for split {split!r}")
                 continue
             manifest["splits"][split], sizes[split], labels[split] = _write_split(
                 tmp_dir / split, pairs, listing.root, spec, label_dtype, problems, outside, num_workers, progress,
                 max_pixels)
         manifest["source"]["warnings"] = dataset_warnings(listing, spec, labels.get("train"), sizes)
         if problems:
-            raise DataError(f"{listing.root}: the dataset has problems; nothing was written.\n"
-                            + format_problems(problems, listing.root, problem_hints(listing, spec, outside)))
+            raise DatasetProblems(listing.root, problems, problem_hints(listing, spec, outside))
         (tmp_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -88,6 +88,7 @@ class Listing:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # likely mistakes that are not errors (gaugan.data.diagnose)
     classes: ClassFile | None = None  # custom: classes.txt / classes.csv beside the splits
+    split_folders: dict[str, Path] = field(default_factory=dict)  # custom: the folder each split is read from
 
     def files(self, split: str) -> list[Path]:
         return [p for pair in self.splits.get(split, []) for p in (pair.image, pair.label, pair.instance) if p]
@@ -215,6 +216,27 @@ def _pair_up(images: dict[str, Path], labels: dict[str, Path], instances: dict[s
     return pairs
 
 
+def empty_split_problem(listing: Listing, split: str) -> str | None:
+    """The problem of a split without pairs, naming its folder (and saying when it is empty);
+    None when the listing already reported the folder missing."""
+    folder = listing.split_folders.get(split)
+    if folder is None:
+        return f"{listing.root}: no pairs found for split {split!r}"
+    if not folder.is_dir():
+        return None
+    layout = "" if folder == listing.root else f"{split}/"
+    where = f"(put the photos in {layout}images/ and their label maps, with the same names, in {layout}labels/)"
+    if not any(files for _, _, files in os.walk(folder)):
+        return f"{folder}: the folder is empty: no {split} pairs {where}"
+    return f"{folder}: no {split} pairs among its files {where}"
+
+
+def split_problems(listing: Listing) -> list[str]:
+    """A problem naming the folder of each split without pairs (:func:`empty_split_problem`)."""
+    found = [empty_split_problem(listing, split) for split, pairs in listing.splits.items() if not pairs]
+    return [problem for problem in found if problem]
+
+
 def stable_val_split(stems: list[str], val_fraction: float, seed: int) -> set[str]:
     """The stems held out for validation: those whose hash of (seed, stem) falls below val_fraction.
 
@@ -261,6 +283,7 @@ def list_custom(root: Path, val_fraction: float = 0.1, split_seed: int = 0, requ
                 listing.splits[split] = []
                 continue
             listing.splits[split] = _list_custom_split(base, listing.problems, require_instances)
+            listing.split_folders[split] = base
         listing.notes.append("layout: train/ and val/ folders")
         return listing
     if (root / "images").is_dir() or (root / "labels").is_dir():
@@ -268,6 +291,7 @@ def list_custom(root: Path, val_fraction: float = 0.1, split_seed: int = 0, requ
         held_out = stable_val_split([p.stem for p in pairs], val_fraction, split_seed)
         listing.splits["train"] = [p for p in pairs if p.stem not in held_out]
         listing.splits["val"] = [p for p in pairs if p.stem in held_out]
+        listing.split_folders["train"] = root
         listing.notes.append(
             f"layout: one images/ + labels/ folder, {len(held_out)} of {len(pairs)} pairs held out for val "
             f"(data.custom.val_fraction={val_fraction}, data.custom.split_seed={split_seed})"
