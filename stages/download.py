@@ -28,7 +28,7 @@ from gaugan.config import Config
 from gaugan.data.builtin import write_landscapes
 from gaugan.data.coco_instances import build_instance_maps
 from gaugan.data.download import Resource, download_dataset, locate_cityscapes
-from gaugan.data.io import DataError, atomic_write_json
+from gaugan.data.io import DataError, atomic_write_json, require_writable
 from gaugan.data.sources import dataset_dir, list_custom, split_problems
 from pipeline.stage import run_stage
 
@@ -43,6 +43,7 @@ def run(cfg: Config, root: Path, resources: dict[str, tuple[Resource, ...]] | No
     """
     data = cfg.data
     folder = dataset_dir(data, root)
+    require_writable((root / RECORD).parent, None, "the download record (download.json)")  # written last
     if data.dataset == "landscapes":
         b = data.builtin
         info = write_landscapes(folder, b.num_train, b.num_val, b.size, b.seed, progress=progress,

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from gaugan.data.io import DataError, OutputMarker, atomic_write_json, file_digest, replace_dir
+from gaugan.data.io import DataError, OutputMarker, atomic_write_json, file_digest, replace_dir, require_writable
 
 CHUNK = 1 << 20
 
@@ -285,6 +285,7 @@ def download_dataset(dataset: str, dataset_dir: str | os.PathLike, resources: di
     if dataset not in table:
         raise DownloadError(f"no downloadable archives for dataset {dataset!r}; known: {', '.join(sorted(table))}")
     dataset_dir = Path(dataset_dir)
+    require_writable(dataset_dir, "data.root", "the downloaded dataset")
     archive_dir = dataset_dir / "archives"
     files = []
     for resource in table[dataset]:
@@ -343,6 +344,7 @@ def locate_cityscapes(dataset_dir: str | os.PathLike, progress: bool = True) -> 
             f"{' and '.join(missing)} from {CITYSCAPES_URL} (packages 'gtFine_trainvaltest.zip (241MB)' and "
             f"'leftImg8bit_trainvaltest.zip (11GB)'), put them in {dataset_dir}/ and run the download stage again"
         )
+    require_writable(dataset_dir, "data.root", "the extracted dataset")
     files = []
     for name in CITYSCAPES_ARCHIVES:
         archive = dataset_dir / name

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -259,6 +260,52 @@ def atomic_save_image(img: Image.Image, path: str | os.PathLike) -> None:
 def atomic_save_png(img: Image.Image, path: str | os.PathLike) -> None:
     """Write a PNG atomically, whatever the suffix (:func:`atomic_write`)."""
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def require_writable(folder: str | os.PathLike, setting: str | None, what: str, replaced: bool = False) -> None:
+    """Refuse, before any work, a ``folder`` that ``what`` cannot be written into, in one line
+    naming it and ``setting`` (what chose it; None for a fixed folder).
+
+    The folder (its parent when it is ``replaced`` by a folder built beside it), or the
+    nearest folder above that exists (where it would be created), must be a folder this
+    process may create files in: ``os.access`` says so, and a probe file is created and
+    removed (which also finds a read-only file system, where root is refused too).
+    """
+    folder = Path(folder).absolute()
+    start = folder.parent if replaced else folder
+    existing = next(path for path in (start, *start.parents) if path.exists() or path.is_symlink())
+    into = "" if existing == folder else f" (for {folder})"
+    if not existing.is_dir():
+        reason = "it is a file, not a folder" if existing.exists() else "it is a broken link"
+        remedy = "Move it away"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason, remedy = "permission denied", "Make it writable"
+    else:
+        try:
+            handle, probe = tempfile.mkstemp(prefix=".gaugan-write-probe-", dir=existing)
+        except OSError as err:
+            reason, remedy = err.strerror or str(err), "Make it writable"
+        else:
+            os.close(handle)
+            os.unlink(probe)
+            return
+    other = f", or set {setting} to a folder you can write to" if setting else " (the folder is not a setting)"
+    raise DataError(f"{existing}: {what} cannot be written here{into}: {reason}. {remedy}{other}")
+
+
+def out_of_room(err: OSError, folder: str | os.PathLike, setting: str | None, kept: str = "") -> DataError | None:
+    """The one line for a write into ``folder`` that failed for lack of room (a full disk, a
+    quota, a file-size limit), naming ``setting`` (what chose the folder); None for any other
+    error. ``kept`` says what stays as it was (", an earlier store is kept")."""
+    elsewhere = f"set {setting} to a folder on" if setting else "write to"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DataError(f"{folder}: no room left on the disk to write here ({err.strerror}); nothing was written"
+                         f"{kept}. Free space on that disk, or {elsewhere} a disk with room")
+    if err.errno == errno.EFBIG:
+        return DataError(f"{folder}: a file is larger than this file system or `ulimit -f` allows ({err.strerror}); "
+                         f"nothing was written{kept}. {elsewhere[0].upper()}{elsewhere[1:]} another file system (FAT32 "
+                         f"stops at 4 GB), or raise the limit")
+    return None
 
 
 @dataclass(frozen=True)

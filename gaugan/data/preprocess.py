@@ -35,7 +35,15 @@ from gaugan.data.check import (
 )
 from gaugan.data.classes import class_colours, class_names
 from gaugan.data.diagnose import LabelStatistics, OutsideValues, label_statistics
-from gaugan.data.io import DataError, Problem, atomic_write_text, check_replaceable, replace_dir
+from gaugan.data.io import (
+    DataError,
+    Problem,
+    atomic_write_text,
+    check_replaceable,
+    out_of_room,
+    replace_dir,
+    require_writable,
+)
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.render import render_samples
 from gaugan.data.resize import crop_shape, dense_instances, nearest_resize, train_shape
@@ -153,7 +161,8 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
 
     All pairs are read and checked while the arrays are written into a temporary folder;
     if any problem was found (including those of the listing) the temporary folder is
-    removed and one :class:`DataError` lists them all. Otherwise the folder replaces
+    removed and one :class:`DataError` lists them all; so it is when the disk is full (or a
+    file-size limit is reached), in one line naming ``out_dir`` (:func:`out_of_room`). Otherwise the folder replaces
     ``out_dir`` in one rename; ``out_dir`` must be absent, empty or an earlier store (checked
     first, so nothing is read for a folder that would be refused). Returns the manifest, whose
     ``source.warnings`` lists likely mistakes that are not errors (gaugan.data.diagnose).
@@ -165,7 +174,6 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
     check_replaceable(out_dir, STORE_MARKER)
     tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
     problems = listing.problems + split_problems(listing)
     label_dtype = label_dtype_for(spec)
     manifest: dict[str, Any] = {
@@ -186,6 +194,7 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
     labels: dict[str, LabelStatistics] = {}
     outside = OutsideValues()
     try:
+        tmp_dir.mkdir(parents=True)
         for split, pairs in listing.splits.items():
             if not pairs:
                 continue
@@ -196,8 +205,12 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
         if problems:
             raise DatasetProblems(listing.root, problems, problem_hints(listing, spec, outside))
         (tmp_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        full = out_of_room(err, out_dir, STORE_MARKER.setting, " (an earlier store is kept)") \
+            if isinstance(err, OSError) else None
+        if full is not None:
+            raise full from err
         raise
     replace_dir(tmp_dir, out_dir, STORE_MARKER)
     return manifest
@@ -223,7 +236,14 @@ def write_class_histogram(manifest: dict, path: str | os.PathLike) -> None:
 
 def preprocess(data: DataConfig, root: Path, reports_dir: Path | None = None, num_workers: int | None = None,
                progress: bool = True) -> dict:
-    """The preprocess stage's work: raw dataset folder -> store, histogram CSV and sample grid."""
+    """The preprocess stage's work: raw dataset folder -> store, histogram CSV and sample grid.
+
+    Both output folders are checked for writing before anything is read; a full disk while
+    writing the reports is one line too (:func:`out_of_room`).
+    """
+    require_writable(root / data.processed_dir, STORE_MARKER.setting, "the store", replaced=True)
+    if reports_dir is not None:
+        require_writable(reports_dir, None, "the dataset's reports")
     folder = dataset_dir(data, root)
     workers = data.num_workers if num_workers is None else num_workers
     spec, listing = resolve_folder(data, folder, repo_root=root, num_workers=workers)
@@ -231,7 +251,13 @@ def preprocess(data: DataConfig, root: Path, reports_dir: Path | None = None, nu
                            source_name=folder.relative_to(root).as_posix() if folder.is_relative_to(root) else None,
                            max_pixels=data.max_image_pixels)
     if reports_dir is not None:
-        write_class_histogram(manifest, reports_dir / "class_histogram.csv")
-        split = "val" if "val" in manifest["splits"] else next(iter(manifest["splits"]))
-        render_samples(root / data.processed_dir, split, reports_dir / "samples.png")
+        try:
+            write_class_histogram(manifest, reports_dir / "class_histogram.csv")
+            split = "val" if "val" in manifest["splits"] else next(iter(manifest["splits"]))
+            render_samples(root / data.processed_dir, split, reports_dir / "samples.png")
+        except OSError as err:
+            full = out_of_room(err, reports_dir, None, " (the store was written)")
+            if full is None:
+                raise
+            raise full from err
     return manifest
