@@ -100,3 +100,14 @@ def test_empty_split_folders_are_named_not_a_class_count_problem(tmp_path):
     make_custom(root, values=[0, 1], num_val=0, instances=False)
     result = runner.invoke(app, ["check-data", "--dataset", "custom", "--root", str(root), "--num-workers", "0"])
     assert result.exit_code == 1 and result.output.splitlines()[-2:] == ["1 problem(s) found:", problems[1]]
+
+
+def test_unreadable_training_labels_are_listed_not_a_class_count_problem(tmp_path):
+    root = make_custom(tmp_path / "custom", num_train=2, values=[0, 1], instances=False)
+    for i in range(2):
+        (root / "train" / "labels" / f"img_{i}.png").write_bytes(b"")
+    result = runner.invoke(app, ["check-data", "--dataset", "custom", "--root", str(root), "--num-workers", "0"])
+    assert result.exit_code == 1 and "cannot infer" not in result.output
+    assert result.output.splitlines()[0] == "2 problem(s) found, 1 cause:"
+    assert result.output.splitlines()[1].startswith("  - 2 files: unreadable image (not a format PIL can identify) "
+                                                    "(e.g. train/labels/img_0.png, train/labels/img_1.png)")

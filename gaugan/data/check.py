@@ -252,11 +252,12 @@ def _custom_class_count(data: DataConfig, listing: Listing, folder: Path, num_wo
                                                  num_workers, data.max_image_pixels)
     listing.problems.extend(problems)
     listing.warnings.extend([warning] if warning else [])
-    if not listing.splits.get("train"):  # the folders' problems, not the class count, are what to fix
-        raise DatasetProblems(listing.root, listing.problems + split_problems(listing))
     if count is None:
-        raise DataError(f"{folder}: cannot infer the number of classes (no readable training label maps); "
-                        f"set data.custom.num_classes")
+        found = listing.problems + split_problems(listing)
+        if found:  # no training pairs, or none readable: those problems, not the class count, are what to fix
+            raise DatasetProblems(listing.root, found)
+        raise DataError(f"{folder}: cannot infer the number of classes (the training label maps hold no value but "
+                        f"the don't-care value {data.custom.dontcare_label}); set data.custom.num_classes")
     listing.notes.append(f"classes inferred from the training labels: {count} "
                          f"(max label value + 1, don't-care {data.custom.dontcare_label} excluded)")
     return count
