@@ -349,3 +349,20 @@ def test_a_file_size_limit_is_one_line_and_leaves_no_half_written_store(tmp_path
         f"large); nothing was written (an earlier store is kept). Set data.processed_dir to a folder on another file "
         f"system (FAT32 stops at 4 GB), or raise the limit\n"), result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "raw"]
+
+
+def test_a_full_disk_while_writing_the_reports_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    make_custom(tmp_path / "raw" / "custom", values=[0, 1])
+    cfg = config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16, custom={"num_classes": 2})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("gaugan.data.preprocess.render_samples", full)
+    with pytest.raises(DataError) as info:
+        preprocess(cfg.data, tmp_path, reports_dir=tmp_path / "reports", progress=False)
+    assert str(info.value) == (f"{tmp_path / 'reports'}: no room left on the disk to write here (No space left on "
+                               f"device); nothing was written there (the store itself was written). Free space on "
+                               f"that disk")

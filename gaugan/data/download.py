@@ -178,9 +178,9 @@ def extract(archive: Path, out_dir: Path) -> list[str]:
 
     Refuses entries that would land outside ``out_dir``; a corrupt archive is a clear error.
     An entry whose top-level name already exists in ``out_dir`` replaces only what an earlier
-    extraction put there (:func:`extracted_here`); anything else there (the user's folder,
-    file or link: the archives folder, another archive) is never touched, and the archive is
-    refused before anything is extracted.
+    extraction put there (:data:`EXTRACTED_FOLDER`, :data:`EXTRACTED_FILES`) or an empty
+    folder; anything else there (the user's folder, file or link: the archives folder,
+    another archive) is never touched, and the archive is refused before anything is extracted.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".extract-{archive.name}"

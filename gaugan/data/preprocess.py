@@ -256,7 +256,7 @@ def preprocess(data: DataConfig, root: Path, reports_dir: Path | None = None, nu
             split = "val" if "val" in manifest["splits"] else next(iter(manifest["splits"]))
             render_samples(root / data.processed_dir, split, reports_dir / "samples.png")
         except OSError as err:
-            full = out_of_room(err, reports_dir, None, " (the store was written)")
+            full = out_of_room(err, reports_dir, None, " there (the store itself was written)")
             if full is None:
                 raise
             raise full from err
