@@ -364,5 +364,5 @@ def test_a_full_disk_while_writing_the_reports_is_one_line(tmp_path, monkeypatch
     with pytest.raises(DataError) as info:
         preprocess(cfg.data, tmp_path, reports_dir=tmp_path / "reports", progress=False)
     assert str(info.value) == (f"{tmp_path / 'reports'}: no room left on the disk to write here (No space left on "
-                               f"device); nothing was written there (the store itself was written). Free space on "
-                               f"that disk")
+                               f"device); no file there is half written (the store itself was written). Free space "
+                               f"on that disk")

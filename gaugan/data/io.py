@@ -293,20 +293,20 @@ def require_writable(folder: str | os.PathLike, setting: str | None, what: str, 
     raise DataError(f"{existing}: {what} cannot be written here{into}: {reason}. {remedy}{other}")
 
 
-def out_of_room(err: OSError, folder: str | os.PathLike, setting: str | None, kept: str = "") -> DataError | None:
+def out_of_room(err: OSError, folder: str | os.PathLike, setting: str | None,
+                outcome: str = "nothing was written") -> DataError | None:
     """The one line for a write into ``folder`` that failed for lack of room (a full disk, a
-    quota, a file-size limit), naming ``setting`` (what chose the folder; None for a fixed
-    folder); None for any other error. ``kept`` follows "nothing was written" (" (an earlier
-    store is kept)")."""
+    quota, a file-size limit), saying the ``outcome`` and naming ``setting`` (what chose the
+    folder; None for a fixed folder); None for any other error."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         other = f", or set {setting} to a folder on a disk with room" if setting else ""
-        return DataError(f"{folder}: no room left on the disk to write here ({err.strerror}); nothing was written"
-                         f"{kept}. Free space on that disk{other}")
+        return DataError(f"{folder}: no room left on the disk to write here ({err.strerror}); {outcome}. Free space "
+                         f"on that disk{other}")
     if err.errno == errno.EFBIG:
         remedy = (f"Set {setting} to a folder on another file system (FAT32 stops at 4 GB), or raise the limit"
                   if setting else "Raise the limit")
         return DataError(f"{folder}: a file is larger than this file system or `ulimit -f` allows ({err.strerror}); "
-                         f"nothing was written{kept}. {remedy}")
+                         f"{outcome}. {remedy}")
     return None
 
 

@@ -207,7 +207,7 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
         (tmp_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     except BaseException as err:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        full = out_of_room(err, out_dir, STORE_MARKER.setting, " (an earlier store is kept)") \
+        full = out_of_room(err, out_dir, STORE_MARKER.setting, "nothing was written (an earlier store is kept)") \
             if isinstance(err, OSError) else None
         if full is not None:
             raise full from err
@@ -256,7 +256,7 @@ def preprocess(data: DataConfig, root: Path, reports_dir: Path | None = None, nu
             split = "val" if "val" in manifest["splits"] else next(iter(manifest["splits"]))
             render_samples(root / data.processed_dir, split, reports_dir / "samples.png")
         except OSError as err:
-            full = out_of_room(err, reports_dir, None, " there (the store itself was written)")
+            full = out_of_room(err, reports_dir, None, "no file there is half written (the store itself was written)")
             if full is None:
                 raise
             raise full from err
