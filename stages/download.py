@@ -28,8 +28,8 @@ from gaugan.config import Config
 from gaugan.data.builtin import write_landscapes
 from gaugan.data.coco_instances import build_instance_maps
 from gaugan.data.download import Resource, download_dataset, locate_cityscapes
-from gaugan.data.io import DataError, atomic_write_json
-from gaugan.data.sources import dataset_dir, list_custom
+from gaugan.data.io import DataError, atomic_write_json, require_writable
+from gaugan.data.sources import dataset_dir, list_custom, split_problems
 from pipeline.stage import run_stage
 
 RECORD = Path("data") / "download.json"
@@ -43,6 +43,7 @@ def run(cfg: Config, root: Path, resources: dict[str, tuple[Resource, ...]] | No
     """
     data = cfg.data
     folder = dataset_dir(data, root)
+    require_writable((root / RECORD).parent, None, "the download record (download.json)")  # written last
     if data.dataset == "landscapes":
         b = data.builtin
         info = write_landscapes(folder, b.num_train, b.num_val, b.size, b.seed, progress=progress,
@@ -53,8 +54,9 @@ def run(cfg: Config, root: Path, resources: dict[str, tuple[Resource, ...]] | No
               f"({timing['seconds']} s, {timing['num_workers']} workers)")
     elif data.dataset == "custom":
         listing = list_custom(folder, data.custom.val_fraction, data.custom.split_seed, require_instances=False)
-        if listing.problems:
-            raise DataError(f"{folder}: the custom dataset is incomplete:\n" + "\n".join(f"  - {p}" for p in listing.problems))
+        problems = listing.problems + split_problems(listing)
+        if problems:
+            raise DataError(f"{folder}: the custom dataset is incomplete:\n" + "\n".join(f"  - {p}" for p in problems))
         marker = {"dataset": "custom", "pairs": {s: len(p) for s, p in listing.splits.items()}, "notes": listing.notes}
     elif data.dataset == "cityscapes":
         marker = locate_cityscapes(folder, progress=progress)

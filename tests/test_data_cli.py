@@ -74,3 +74,40 @@ def test_benchmark_store_reuse_with_workers(tmp_path):
     store = build_benchmark_store(tmp_path, size=32, num_images=8)
     result = benchmark_loader(store, batch_size=4, num_workers=1, num_batches=4, warmup_batches=1)
     assert result["images_timed"] == 16 and np.isfinite(result["images_per_s"])
+
+
+def test_empty_split_folders_are_named_not_a_class_count_problem(tmp_path):
+    """Empty train/ and val/ folders used to be reported as 'cannot infer the number of classes'."""
+    import pytest
+
+    from gaugan.data.io import DataError
+    from gaugan.data.preprocess import preprocess
+    from tests.test_data_layouts import config
+
+    root = tmp_path / "raw" / "custom"
+    for split in ("train", "val"):
+        for sub in ("images", "labels"):
+            (root / split / sub).mkdir(parents=True)
+    problems = [f"  - {root / split}: the folder is empty: no {split} pairs (put the photos in {split}/images/ and "
+                f"their label maps, with the same names, in {split}/labels/)" for split in ("train", "val")]
+    result = runner.invoke(app, ["check-data", "--dataset", "custom", "--root", str(root), "--num-workers", "0"])
+    assert result.exit_code == 1 and result.output.splitlines() == ["2 problem(s) found:"] + problems
+    with pytest.raises(DataError) as info:
+        preprocess(config("custom", root="raw", processed_dir="store").data, tmp_path, progress=False)
+    assert str(info.value).splitlines() == [f"{root}: the dataset has problems; nothing was written.",
+                                            "2 problem(s) found:"] + problems
+    # an empty val/ beside a full train/ is named the same way
+    make_custom(root, values=[0, 1], num_val=0, instances=False)
+    result = runner.invoke(app, ["check-data", "--dataset", "custom", "--root", str(root), "--num-workers", "0"])
+    assert result.exit_code == 1 and result.output.splitlines()[-2:] == ["1 problem(s) found:", problems[1]]
+
+
+def test_unreadable_training_labels_are_listed_not_a_class_count_problem(tmp_path):
+    root = make_custom(tmp_path / "custom", num_train=2, values=[0, 1], instances=False)
+    for i in range(2):
+        (root / "train" / "labels" / f"img_{i}.png").write_bytes(b"")
+    result = runner.invoke(app, ["check-data", "--dataset", "custom", "--root", str(root), "--num-workers", "0"])
+    assert result.exit_code == 1 and "cannot infer" not in result.output
+    assert result.output.splitlines()[0] == "2 problem(s) found, 1 cause:"
+    assert result.output.splitlines()[1].startswith("  - 2 files: unreadable image (not a format PIL can identify) "
+                                                    "(e.g. train/labels/img_0.png, train/labels/img_1.png)")

@@ -81,7 +81,7 @@ def test_label_nc_beside_a_dontcare_value_is_an_error(tmp_path):
     result = runner.invoke(app, ["check-data", "--dataset", "custom", "--root", str(root), "--num-classes", "3",
                                  "--num-workers", "0"])
     assert result.exit_code == 1, result.output
-    assert "img_0.png: label value(s) 3 outside the valid range 0..2 or the don't-care value 255" in result.output
+    assert "5 files: label value(s) 3 outside the valid range 0..2 or the don't-care value 255" in result.output
     assert "no problems found" not in result.output
 
 
@@ -143,4 +143,46 @@ def test_train_and_val_distorted_differently_is_a_warning(tmp_path):
         "generator is scored on shapes it was not trained on. Leave data.preprocess_mode and data.aspect_ratio null "
         "for custom data (fixed at the photos' own aspect ratio), or set data.preprocess_mode: fixed and "
         "data.aspect_ratio: 0.75"
+    ]
+
+
+STREET_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car", "person", "bicycle"]
+
+
+def test_problems_are_grouped_by_cause_and_a_void_value_beyond_the_classes_is_named(tmp_path):
+    """classes.txt names 11 classes and void is stored as 11: check-data printed one identical line per
+    file (468 on a real set) and never said that 11 looks like void."""
+    root = tmp_path / "raw" / "custom"
+    make_street(root, num_train=24, num_val=6)
+    (root / "classes.txt").write_text("\n".join(STREET_CLASSES) + "\n")
+    for name in ("f3", "f4"):  # two files also hold a 12: another cause, too rare to be void
+        label = street_scene(int(name[1:]))
+        label[0, 0] = 12
+        save_index(root / "train" / "labels" / f"{name}.png", label)
+    cause = ("outside the valid range 0..10 or the don't-care value 255 for dataset 'custom' (label_nc=11, "
+             "contain_dontcare=True); check data.custom.num_classes, data.custom.dontcare_label or the dataset's "
+             "classes.txt / classes.csv")
+    grouped = [
+        f"  - 28 files: label value(s) 11 {cause} (e.g. train/labels/f0.png, train/labels/f1.png, "
+        f"train/labels/f10.png)",
+        f"  - 2 files: label value(s) 11, 12 {cause} (e.g. train/labels/f3.png, train/labels/f4.png)",
+    ]
+    hint = ("  hint: label value 11 is in all 30 label maps, beyond the 11 classes named in classes.txt (0..10): it is "
+            "probably the void / unlabelled label. If so, set data.custom.dontcare_label: 11 (check-data: --dontcare "
+            "11); if it is a class, name it in classes.txt")
+    result = runner.invoke(app, ["check-data", "--dataset", "custom", "--root", str(root), "--num-workers", "0"])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[lines.index("30 problem(s) found, 2 causes:") + 1:] == grouped + [hint]
+    cfg = config("custom", root="raw", processed_dir="store", load_size=96, crop_size=96)
+    with pytest.raises(DataError) as info:  # preprocess says the same
+        preprocess(cfg.data, tmp_path, progress=False)
+    assert str(info.value).splitlines()[1:] == ["30 problem(s) found, 2 causes:"] + grouped + [hint]
+    result = runner.invoke(app, ["check-data", "--dataset", "custom", "--root", str(root), "--num-workers", "0",
+                                 "--dontcare", "11"])
+    assert result.output.splitlines()[-2:] == [  # the hint's setting: only the rare 12 is left
+        "2 problem(s) found, 1 cause:",
+        "  - 2 files: label value(s) 12 outside the valid range 0..10 or the don't-care value 11 for dataset 'custom' "
+        "(label_nc=11, contain_dontcare=True); check data.custom.num_classes, data.custom.dontcare_label or the "
+        "dataset's classes.txt / classes.csv (e.g. train/labels/f3.png, train/labels/f4.png)",
     ]

@@ -320,3 +320,94 @@ def test_zip_member_beside_the_extraction_folder_is_refused(tmp_path):
     with pytest.raises(DownloadError, match=r"unsafe path '\.\./\.extract-a\.zipx/evil\.txt'"):
         extract(archive, tmp_path / "out")
     assert not (tmp_path / "out" / ".extract-a.zipx").exists()
+
+
+# ---------------------------------------------------------------- extraction never deletes the user's files
+
+
+def _tree(folder) -> dict:
+    """Every file under ``folder`` with its bytes (the user's files, to compare byte for byte)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_facades_entry_named_like_the_archives_folder_is_refused(tmp_path):
+    """A hand-placed Facades zip with an ``archives/readme.txt`` entry used to replace the user's
+    archives/ folder (the zip included) with that readme."""
+    folder = tmp_path / "data" / "raw" / "facades"
+    archive = folder / "archives" / "CMP_facade_DB_base.zip"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(zip_bytes({"base/cmp_b0001.png": png_bytes(label_map([1, 2]).astype(np.uint8)),
+                                   "archives/readme.txt": b"from the archive"}))
+    (folder / "archives" / "notes.txt").write_text("the user's notes")
+    before = _tree(folder)
+    with pytest.raises(DownloadError) as info:
+        download_stage.run(config("facades"), tmp_path, progress=False)  # no checksum: the hand-placed zip is used
+    assert str(info.value) == (
+        f"{archive}: the entry 'archives/readme.txt' would overwrite {folder / 'archives'}, a folder that this "
+        f"project did not extract; refusing to extract the archive. Move {folder / 'archives'} elsewhere (or "
+        f"extract the archive yourself)")
+    assert _tree(folder) == before  # nothing extracted, nothing removed
+    assert sorted(p.name for p in folder.iterdir()) == ["archives"]
+
+
+def test_a_cityscapes_entry_named_like_the_users_second_archive_is_refused(tmp_path):
+    """A gtFine zip holding an entry named ``leftImg8bit_trainvaltest.zip`` used to destroy the user's
+    real second archive (11 GB, behind a login)."""
+    folder = tmp_path / "data" / "raw" / "cityscapes"
+    folder.mkdir(parents=True)
+    (folder / "gtFine_trainvaltest.zip").write_bytes(zip_bytes({"gtFine/train/x.txt": b"",
+                                                                "leftImg8bit_trainvaltest.zip": b"not the photos"}))
+    (folder / "leftImg8bit_trainvaltest.zip").write_bytes(zip_bytes({"leftImg8bit/train/x.txt": b"photos"}))
+    before = _tree(folder)
+    with pytest.raises(DownloadError, match=(
+            r"gtFine_trainvaltest.zip: the entry 'leftImg8bit_trainvaltest.zip' would overwrite "
+            r".*cityscapes/leftImg8bit_trainvaltest.zip, a file that this project did not extract")):
+        download_stage.run(config("cityscapes"), tmp_path, progress=False)
+    assert _tree(folder) == before
+    assert not (folder / "gtFine").exists() and not (tmp_path / "data" / "download.json").exists()
+
+
+def test_extraction_replaces_only_what_it_extracted_before(tmp_path):
+    from gaugan.data.download import extract
+
+    out = tmp_path / "out"
+    first = tmp_path / "first.zip"
+    first.write_bytes(zip_bytes({"base/a.txt": b"1", "README": b"first readme"}))
+    second = tmp_path / "second.zip"
+    second.write_bytes(zip_bytes({"other/b.txt": b"2", "README": b"second readme"}))
+    assert extract(first, out) == ["README", "base"]
+    assert extract(second, out) == ["README", "other"]  # the first archive's README is ours: replaced
+    first.write_bytes(zip_bytes({"base/c.txt": b"3", "README": b"first readme"}))
+    extract(first, out)  # a changed archive replaces its own earlier folder
+    assert sorted(p.name for p in (out / "base").iterdir() if not p.name.startswith(".")) == ["c.txt"]
+    assert (out / "README").read_bytes() == b"first readme" and (out / "other" / "b.txt").read_bytes() == b"2"
+    # the user's own folder, file or link at an entry's name is never replaced
+    (out / "README").write_text("edited by the user")
+    with pytest.raises(DownloadError, match=r"the entry 'README' would overwrite .*out/README, a file that this "
+                                            r"project did not extract"):
+        extract(second, out)
+    (out / "README").unlink()
+    (out / "other").rename(tmp_path / "moved")
+    (out / "other").symlink_to(tmp_path / "moved")
+    with pytest.raises(DownloadError, match=r"the entry 'other/b.txt' would overwrite .*out/other, a link"):
+        extract(second, out)
+    assert (tmp_path / "moved" / "b.txt").read_bytes() == b"2" and (out / "other").is_symlink()
+    assert not any(p.name.startswith(".extract-") for p in out.iterdir())
+
+
+def test_coco_instance_maps_never_replace_the_users_folder(server, tmp_path):
+    archives = _coco_archives()
+    server.files.update(archives)
+    resources = resources_with_base_url("coco", server.url, {name: md5(data) for name, data in archives.items()})
+    mine = tmp_path / "data" / "raw" / "coco" / "instances2017" / "val2017"
+    mine.mkdir(parents=True)
+    (mine / "000000000009.png").write_bytes(b"the user's own instance map")
+    with pytest.raises(DataError, match=r"val2017: data.root names an existing folder that this project did not "
+                                        r"write \(it has no .gaugan-instances.json"):
+        download_stage.run(config("coco"), tmp_path, resources=resources, progress=False)
+    assert (mine / "000000000009.png").read_bytes() == b"the user's own instance map"
+    (mine / "000000000009.png").unlink()  # an empty folder, and then the maps built before, are replaced
+    download_stage.run(config("coco"), tmp_path, resources=resources, progress=False)
+    (tmp_path / "data" / "raw" / "coco" / "download.json").unlink()
+    download_stage.run(config("coco"), tmp_path, resources=resources, progress=False)
+    assert (mine / "000000000009.png").is_file()

@@ -380,3 +380,41 @@ def test_size_mismatch_mentions_exif_orientation(tmp_path):
     assert "image is 16x24 (WxH) but its label map" in report.problems[0]
     assert "the photo has EXIF orientation 6: viewers show it rotated or mirrored, but its pixels are used as stored" \
         in report.problems[0]
+
+
+# ---------------------------------------------------------------- linked folders
+
+
+def test_pairs_behind_a_linked_folder_are_listed(tmp_path):
+    """train/images/batch2 -> elsewhere: its 4 pairs used to be dropped while check-data said 'no problems found'."""
+    root = make_custom(tmp_path / "custom", num_train=6, values=[0, 1], instances=False)
+    elsewhere = tmp_path / "elsewhere"
+    for i in range(4):
+        save_photo(elsewhere / "images" / f"b{i}.jpg", seed=i)
+        save_index(elsewhere / "labels" / f"b{i}.png", label_map([0, 1], seed=i))
+    (root / "train" / "images" / "batch2").symlink_to(elsewhere / "images")
+    (root / "train" / "labels" / "batch2").symlink_to(elsewhere / "labels", target_is_directory=True)
+    report = check_dataset(config("custom").data, root)
+    assert report.ok, report.problems
+    assert report.pairs["train"] == 10
+    assert sorted(p.stem for p in report.listing.splits["train"])[:4] == [f"batch2/b{i}" for i in range(4)]
+
+
+def test_a_link_cycle_or_a_broken_link_is_a_problem_not_a_hang(tmp_path):
+    root = make_custom(tmp_path / "custom", values=[0, 1], instances=False)
+    images = root / "train" / "images"
+    (images / "again").symlink_to(images)  # a cycle: images/again/again/...
+    (images / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (tmp_path / "shared").mkdir()
+    (images / "one").symlink_to(tmp_path / "shared")
+    (images / "two").symlink_to(tmp_path / "shared")  # the same folder twice: its files would be listed twice
+    report = check_dataset(config("custom").data, root)
+    assert report.pairs["train"] == 3
+    assert sorted(report.problems) == [
+        f"{images / 'again'}: a link to {images}, a folder that holds it; a link cycle, not followed "
+        f"(remove the link)",
+        f"{images / 'gone.jpg'}: a link to {tmp_path / 'deleted.jpg'}, which does not exist (remove the link or "
+        f"restore the file)",
+        f"{images / 'two'}: the same folder as {images / 'one'}, which is listed already; not listed twice (remove "
+        f"one of them)",
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -189,7 +190,8 @@ def test_crop_larger_than_stored_size_is_an_error(tmp_path):
     make_custom(tmp_path / "raw" / "custom", num_train=2, values=[0, 1])
     cfg = config("custom", root="raw", processed_dir="store", preprocess_mode="none", load_size=64, crop_size=64,
                  custom={"num_classes": 2})
-    with pytest.raises(DataError, match="smaller than the 64x64 crop; change data.load_size"):
+    with pytest.raises(DataError, match="2 files: photo smaller than the 64x64 crop once resized with preprocess_mode "
+                                        "'none'; change data.load_size"):
         preprocess(cfg.data, tmp_path, progress=False)
 
 
@@ -335,3 +337,82 @@ def test_custom_values_inferred_by_preprocessing_are_not_compared(tmp_path):
             cfg.data, custom=dataclasses.replace(custom, dontcare_label=None)))
     with pytest.raises(DataError, match=r"aspect_ratio 1.0 \(data.aspect_ratio gives 2.0\)"):
         read_store(tmp_path / "store", dataclasses.replace(cfg.data, aspect_ratio=2.0))
+
+
+# ---------------------------------------------------------------- no room on the disk
+
+
+@pytest.mark.parametrize("failing", ["reserving the arrays", "writing a pair"])
+def test_a_full_disk_is_one_line_and_keeps_the_earlier_store(failing, tmp_path, monkeypatch):
+    """preprocess on a full disk died with a traceback ('No space left on device'), or of SIGBUS
+    (a memory-mapped sparse file; seen on a 256 KB tmpfs), leaving a half-written .store.tmp."""
+    import errno
+
+    from gaugan.data.store import SplitWriter
+
+    make_custom(tmp_path / "raw" / "custom", values=[0, 1])
+    cfg = config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16, custom={"num_classes": 2})
+    preprocess(cfg.data, tmp_path, progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if failing == "writing a pair":
+        monkeypatch.setattr(SplitWriter, "put", full)
+    else:
+        monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(DataError) as info:
+        preprocess(cfg.data, tmp_path, progress=False)
+    assert str(info.value) == (
+        f"{tmp_path / 'store'}: no room left on the disk to write here (No space left on device); nothing was "
+        f"written (an earlier store is kept). Free space on that disk, or set data.processed_dir to a folder on a "
+        f"disk with room")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "store"]  # no .store.tmp
+
+
+def test_a_file_size_limit_is_one_line_and_leaves_no_half_written_store(tmp_path):
+    """A store file over the file-size limit (`ulimit -f`, FAT32's 4 GB) died with 'File too large'."""
+    import subprocess
+    import sys
+
+    from tests.test_pipeline_stage import ROOT, write_params
+
+    make_custom(tmp_path / "raw" / "custom", num_train=6, values=[0, 1], instances=False)
+    write_params(tmp_path)
+    script = ("import resource\n"
+              "from pathlib import Path\n"
+              "from gaugan.data.preprocess import preprocess\n"
+              "from pipeline.stage import run_stage\n"
+              "from tests.test_data_layouts import config\n"
+              "cfg = config('custom', root='raw', processed_dir='store', load_size=64, crop_size=64,\n"
+              "             custom={'num_classes': 2})\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # each images.npy needs more\n"
+              "run_stage('preprocess', lambda _cfg, root: preprocess(cfg.data, root, progress=False))\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DVC_", "MLFLOW_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 2 and result.stderr == (
+        f"preprocess: {tmp_path / 'store'}: a file is larger than this file system or `ulimit -f` allows (File too "
+        f"large); nothing was written (an earlier store is kept). Set data.processed_dir to a folder on another file "
+        f"system (FAT32 stops at 4 GB), or raise the limit\n"), result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "raw"]
+
+
+def test_a_full_disk_while_writing_the_reports_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    make_custom(tmp_path / "raw" / "custom", values=[0, 1])
+    cfg = config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16, custom={"num_classes": 2})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("gaugan.data.preprocess.render_samples", full)
+    with pytest.raises(DataError) as info:
+        preprocess(cfg.data, tmp_path, reports_dir=tmp_path / "reports", progress=False)
+    assert str(info.value) == (f"{tmp_path / 'reports'}: no room left on the disk to write here (No space left on "
+                               f"device); no file there is half written (the store itself was written). Free space "
+                               f"on that disk")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gaugan.data.io import OutputMarker, check_replaceable, replace_dir
+from gaugan.data.io import OutputMarker, check_replaceable, replace_dir, require_writable
 from gaugan.data.registry import LANDSCAPE_CLASSES
 
 SKY, CLOUD, MOUNTAIN, SNOW, WATER, SAND, GRASS, TREE, ROCK, BUSH = range(10)
@@ -460,6 +460,7 @@ def write_landscapes(out_dir: str | os.PathLike, num_train: int, num_val: int, s
     from gaugan.data.check import parallel_map
 
     out_dir = Path(out_dir)
+    require_writable(out_dir, "data.root", "the generated dataset", replaced=True)
     check_replaceable(out_dir, LANDSCAPES_MARKER)
     tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)

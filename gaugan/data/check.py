@@ -11,8 +11,13 @@ cannot be read (with the reason). Nothing is ever dropped silently.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
-from collections import Counter
+import signal
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -25,16 +30,18 @@ from gaugan.config import DataConfig
 from gaugan.data.classes import class_names, named_class_count, read_class_file
 from gaugan.data.diagnose import (
     LabelStatistics,
+    OutsideValues,
     describe_aspects,
     describe_storage,
     distortion_warning,
     label_statistics,
     stray_value_warning,
+    void_value_hint,
     void_warning,
 )
-from gaugan.data.io import DataError, image_size, read_image, read_index_map, map_labels
+from gaugan.data.io import DataError, LabelValueError, Problem, image_size, map_labels, read_image, read_index_map
 from gaugan.data.registry import ASPECT_MULTIPLE, DatasetSpec, resolve_dataset
-from gaugan.data.sources import Listing, Pair, list_dataset
+from gaugan.data.sources import Listing, Pair, list_dataset, split_problems
 
 EXIF_ORIENTATION = 0x0112
 T = TypeVar("T")
@@ -50,41 +57,53 @@ class LoadedPair:
     instance: np.ndarray | None  # (H, W) int64 as read (only edges matter)
 
 
-def load_pair(pair: Pair, spec: DatasetSpec, max_pixels: int | None = None) -> tuple[LoadedPair | None, list[str]]:
-    """Read and check one pair; return it (or None) and every problem found in it.
+@dataclass
+class PairCheck:
+    """What reading one pair found: the pair (None when it has a problem), its problems, and the
+    raw label values outside the spec's range (None when the label map could not be read)."""
+
+    loaded: LoadedPair | None
+    problems: list[str]
+    outside_values: tuple[int, ...] | None
+
+
+def load_pair(pair: Pair, spec: DatasetSpec, max_pixels: int | None = None) -> PairCheck:
+    """Read and check one pair: the pair, or every problem found in it.
 
     ``max_pixels`` (data.max_image_pixels) refuses larger files before decoding them.
     """
     problems: list[str] = []
-    label = image = instance = None
+    label = image = instance = outside = None
     try:
         label = map_labels(read_index_map(pair.label, max_pixels=max_pixels), spec, pair.label)
+        outside = ()
+    except LabelValueError as err:
+        problems.append(err.problem)
+        outside = err.values
     except DataError as err:
-        problems.append(str(err))
+        problems.append(err.problem)
     try:
         image = read_image(pair.image, max_pixels)
     except DataError as err:
-        problems.append(str(err))
+        problems.append(err.problem)
     if spec.use_instance and pair.instance is not None:
         try:
             instance = read_index_map(pair.instance, what="instance map", max_pixels=max_pixels)
         except DataError as err:
-            problems.append(str(err))
+            problems.append(err.problem)
     if label is not None:
         height, width = label.shape
         if image is not None and image.size != (width, height):
-            problems.append(
+            problems.append(Problem(
                 f"{pair.image}: image is {image.size[0]}x{image.size[1]} (WxH) but its label map {pair.label} is "
-                f"{width}x{height}; they must be the same size{_orientation_hint(pair.image)}"
-            )
+                f"{width}x{height}; they must be the same size{_orientation_hint(pair.image)}",
+                pair.image, "image and its label map differ in size; they must be the same size"))
         if instance is not None and instance.shape != label.shape:
-            problems.append(
+            problems.append(Problem(
                 f"{pair.instance}: instance map is {instance.shape[1]}x{instance.shape[0]} (WxH) but its label map "
-                f"{pair.label} is {width}x{height}; they must be the same size"
-            )
-    if problems:
-        return None, problems
-    return LoadedPair(image, label, instance), problems
+                f"{pair.label} is {width}x{height}; they must be the same size",
+                pair.instance, "instance map and its label map differ in size; they must be the same size"))
+    return PairCheck(None if problems else LoadedPair(image, label, instance), problems, outside)
 
 
 def _orientation_hint(path: Path) -> str:
@@ -101,12 +120,75 @@ def _orientation_hint(path: Path) -> str:
 
 
 def parallel_map(function: Callable[[T], R], items: Iterable[T], num_workers: int, chunksize: int = 4) -> Iterator[R]:
-    """``map`` in worker processes (ordered), or in this process when num_workers == 0."""
+    """``map`` in worker processes (ordered), or in this process when num_workers == 0.
+
+    The workers stop by being told to, never by a signal, once the work is done or abandoned
+    (an error, Ctrl-C, SIGTERM in this process): ``multiprocessing.Pool`` ended with
+    ``terminate()``, and a worker forked just before lost that SIGTERM (Python clears a signal
+    that arrives while a child is being set up, and the stage's handler is inherited), or one
+    killed while holding the task queue's lock blocked the others: both hung forever. At most
+    two chunks per worker are submitted at a time, so an abandoned map waits only for those
+    (none is cancelled: Python 3.11's executor fails on a cancelled future when a worker dies).
+    A worker that dies (the out-of-memory killer) is a :class:`DataError`, not a hang.
+
+    Ctrl-C and SIGTERM are held back while the workers are forked (all of them at the first
+    submission): one arriving then would otherwise be lost, in a worker still being set up or
+    raised in this process inside Python's at-fork hooks, which ignore exceptions. Each worker
+    ignores Ctrl-C (this process stops them) and then takes the signals it was sent.
+    """
     if num_workers <= 0:
         yield from map(function, items)
         return
-    with get_context("spawn" if os.name == "nt" else "fork").Pool(num_workers) as pool:
-        yield from pool.imap(function, items, chunksize=chunksize)
+    chunks = _chunks(items, chunksize)
+    context = get_context("spawn" if os.name == "nt" else "fork")
+    with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_start_worker) as executor:
+        with _signals_held():
+            pending = deque(executor.submit(_run_chunk, function, chunk)
+                            for chunk in itertools.islice(chunks, 2 * num_workers))
+        try:
+            while pending:
+                results = pending.popleft().result()
+                for chunk in itertools.islice(chunks, 1):
+                    pending.append(executor.submit(_run_chunk, function, chunk))
+                yield from results
+        except BrokenProcessPool as err:
+            raise DataError("a worker process died while reading or writing the data (killed by the system: out of "
+                            "memory?); use fewer worker processes (data.num_workers, or check-data --num-workers)"
+                            ) from err
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, max(1, size))):
+        yield chunk
+
+
+def _run_chunk(function: Callable[[T], R], chunk: list[T]) -> list[R]:
+    return [function(item) for item in chunk]
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait (in this thread, and in the processes and threads started here) until the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: workers are spawned, not forked
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _start_worker() -> None:
+    """In each worker: ignore Ctrl-C (the main process stops the workers; no traceback from each),
+    then take the signals held back while it was forked (a pending SIGTERM ends it now)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 # --------------------------------------------------------------------------------------
@@ -141,7 +223,7 @@ def _label_values(args: tuple[Path, int | None, int | None]) -> list[int] | str:
     try:
         raw = read_index_map(path, max_pixels=max_pixels)
     except DataError as err:
-        return str(err)
+        return err.problem
     values = np.unique(raw)
     if dontcare is not None:
         values = values[values != dontcare]
@@ -171,8 +253,11 @@ def _custom_class_count(data: DataConfig, listing: Listing, folder: Path, num_wo
     listing.problems.extend(problems)
     listing.warnings.extend([warning] if warning else [])
     if count is None:
-        raise DataError(f"{folder}: cannot infer the number of classes (no readable training label maps); "
-                        f"set data.custom.num_classes")
+        found = listing.problems + split_problems(listing)
+        if found:  # no training pairs, or none readable: those problems, not the class count, are what to fix
+            raise DatasetProblems(listing.root, found)
+        raise DataError(f"{folder}: cannot infer the number of classes (the training label maps hold no value but "
+                        f"the don't-care value {data.custom.dontcare_label}); set data.custom.num_classes")
     listing.notes.append(f"classes inferred from the training labels: {count} "
                          f"(max label value + 1, don't-care {data.custom.dontcare_label} excluded)")
     return count
@@ -228,6 +313,7 @@ class CheckReport:
     image_sizes: dict[str, Counter] = field(default_factory=dict)  # split -> Counter of (width, height)
     labels: dict[str, LabelStatistics] = field(default_factory=dict)  # split -> pixels per stored index
     instance_maps: dict[str, int] = field(default_factory=dict)
+    hints: list[str] = field(default_factory=list)  # what the problems suggest (gaugan.data.diagnose)
 
     @property
     def ok(self) -> bool:
@@ -238,13 +324,13 @@ class CheckReport:
         return {split: statistics.pixels for split, statistics in self.labels.items()}
 
 
-def _inspect(args: tuple[Pair, DatasetSpec, int | None]) -> tuple[list[str], tuple[int, int] | None,
-                                                                  LabelStatistics | None, bool]:
+def _inspect(args: tuple[Pair, DatasetSpec, int | None]) -> tuple[PairCheck, tuple[int, int] | None,
+                                                                  LabelStatistics | None]:
     pair, spec, max_pixels = args
-    loaded, problems = load_pair(pair, spec, max_pixels)
-    if loaded is None:
-        return problems, None, None, False
-    return problems, loaded.image.size, label_statistics(loaded.label, spec.num_label_values), loaded.instance is not None
+    check = load_pair(pair, spec, max_pixels)
+    if check.loaded is None:
+        return check, None, None
+    return check, check.loaded.image.size, label_statistics(check.loaded.label, spec.num_label_values)
 
 
 def dataset_warnings(listing: Listing, spec: DatasetSpec, train_labels: LabelStatistics | None,
@@ -255,30 +341,38 @@ def dataset_warnings(listing: Listing, spec: DatasetSpec, train_labels: LabelSta
     return list(listing.warnings) + [warning for warning in found if warning]
 
 
+def problem_hints(listing: Listing, spec: DatasetSpec, outside: OutsideValues) -> list[str]:
+    """What the problems suggest (check-data and preprocess): a void value the settings do not name."""
+    hint = void_value_hint(spec, listing.classes, outside)
+    return [hint] if hint else []
+
+
 def check_listing(listing: Listing, spec: DatasetSpec, num_workers: int = 0, progress: bool = False,
                   max_pixels: int | None = None) -> CheckReport:
     """Read every file of the listing and collect all problems, warnings and the summary statistics."""
-    report = CheckReport(spec, listing, problems=list(listing.problems))
+    report = CheckReport(spec, listing, problems=listing.problems + split_problems(listing))
+    outside = OutsideValues()
     for split, pairs in listing.splits.items():
         report.pairs[split] = len(pairs)
         report.image_sizes[split] = Counter()
         report.labels[split] = LabelStatistics.zeros(spec.num_label_values)
         report.instance_maps[split] = 0
         if not pairs:
-            report.problems.append(f"{listing.root}: no pairs found for split {split!r}")
             continue
         results = parallel_map(_inspect, [(p, spec, max_pixels) for p in pairs], num_workers)
         if progress:
             from tqdm import tqdm
 
             results = tqdm(results, total=len(pairs), desc=f"check {split}", unit="pair")
-        for problems, size, statistics, has_instance in results:
-            report.problems.extend(problems)
+        for check, size, statistics in results:
+            report.problems.extend(check.problems)
+            outside.add(check.outside_values)
             if size is not None:
                 report.image_sizes[split][size] += 1
                 report.labels[split].add(statistics)
-                report.instance_maps[split] += int(has_instance)
+                report.instance_maps[split] += int(check.loaded.instance is not None)
     report.warnings = dataset_warnings(listing, spec, report.labels.get("train"), report.image_sizes)
+    report.hints = problem_hints(listing, spec, outside)
     report.problems = list(dict.fromkeys(report.problems))  # inferring the class count read the train labels once already
     return report
 
@@ -294,13 +388,45 @@ def check_dataset(data: DataConfig, folder: str | os.PathLike, repo_root: Path |
     return check_listing(listing, spec, num_workers, progress, data.max_image_pixels)
 
 
-def format_problems(problems: list[str], limit: int | None = None) -> str:
+class DatasetProblems(DataError):
+    """Every problem of a dataset folder (``problems``, with ``hints``); nothing was written."""
+
+    def __init__(self, root: Path, problems: list[str], hints: list[str] | None = None) -> None:
+        self.root, self.problems, self.hints = root, list(problems), list(hints or [])
+        super().__init__(f"{root}: the dataset has problems; nothing was written.\n"
+                         + format_problems(self.problems, root, self.hints))
+
+
+def format_problems(problems: list[str], root: Path | None = None, hints: Iterable[str] = ()) -> str:
+    """Every problem, one line per cause, then the hints.
+
+    Files with the same :class:`gaugan.data.io.Problem` cause share one line: their count,
+    the cause and three of them (relative to ``root``); any other problem is its own line.
+    """
     problems = list(dict.fromkeys(problems))  # the same problem found by two passes is one problem
-    shown = problems if limit is None else problems[:limit]
-    lines = [f"{len(problems)} problem(s) found:"] + [f"  - {p}" for p in shown]
-    if limit is not None and len(problems) > limit:
-        lines.append(f"  ... and {len(problems) - limit} more")
+    groups: dict[tuple[bool, str], list[str]] = {}
+    for problem in problems:
+        key = (True, problem.cause) if isinstance(problem, Problem) else (False, problem)
+        groups.setdefault(key, []).append(problem)
+    header = f"{len(problems)} problem(s) found"
+    if len(groups) < len(problems):
+        header += f", {len(groups)} cause{'' if len(groups) == 1 else 's'}"
+    lines = [header + ":"]
+    for (_, cause), members in groups.items():
+        if len(members) == 1:
+            lines.append(f"  - {members[0]}")
+        else:
+            examples = ", ".join(_shown_path(member.path, root) for member in members[:3])
+            lines.append(f"  - {len(members)} files: {cause} (e.g. {examples})")
+    lines += [f"  hint: {hint}" for hint in hints]
     return "\n".join(lines)
+
+
+def _shown_path(path: str, root: Path | None) -> str:
+    """``path`` relative to ``root`` when it lies inside it."""
+    if root is not None and Path(path).is_relative_to(root):
+        return Path(path).relative_to(root).as_posix()
+    return path
 
 
 def format_report(report: CheckReport, max_classes: int = 40) -> str:
@@ -335,7 +461,7 @@ def format_report(report: CheckReport, max_classes: int = 40) -> str:
                 lines.append(f"    ... {len(present) - max_classes} more")
     lines += [f"warning: {warning}" for warning in report.warnings]
     if report.problems:
-        lines.append(format_problems(report.problems))
+        lines.append(format_problems(report.problems, report.listing.root, report.hints))
     else:
         lines.append("no problems found" + (f" ({len(report.warnings)} warning(s) above)" if report.warnings else ""))
     return "\n".join(lines)

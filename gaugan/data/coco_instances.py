@@ -21,9 +21,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from gaugan.data.check import parallel_map
-from gaugan.data.io import DataError, read_index_map
+from gaugan.data.io import DataError, OutputMarker, check_replaceable, read_index_map, replace_dir
 
 FIRST_INSTANCE_VALUE = 256
+# Marks a folder of instance maps built here: only such a folder (or an empty one) is ever replaced.
+INSTANCES_MARKER = OutputMarker(".gaugan-instances.json", "gaugan-coco-instances-v1", "data.root")
 
 
 def decode_uncompressed_rle(counts: list[int], height: int, width: int) -> np.ndarray:
@@ -92,9 +94,12 @@ def build_instance_maps(dataset_dir: str | os.PathLike, splits: tuple[str, ...] 
     Reads ``annotations/instances_{split}2017.json`` and the label maps in
     ``stuffthingmaps_trainval2017/{split}2017/``. Each split is written to a temporary
     folder and renamed when complete; any problem (a missing or mis-sized label map) is
-    collected and reported at the end, and that split is not written.
+    collected and reported at the end, and that split is not written. Only a folder built
+    here before (it carries :data:`INSTANCES_MARKER`) is replaced, never one of the user's.
     """
     dataset_dir = Path(dataset_dir)
+    for split in splits:  # checked for every split before any work
+        check_replaceable(dataset_dir / "instances2017" / f"{split}2017", INSTANCES_MARKER)
     summary = {}
     for split in splits:
         annotation_file = dataset_dir / "annotations" / f"instances_{split}2017.json"
@@ -131,8 +136,7 @@ def build_instance_maps(dataset_dir: str | os.PathLike, splits: tuple[str, ...] 
             shutil.rmtree(tmp_dir, ignore_errors=True)
             shown = "\n".join(f"  - {p}" for p in problems)
             raise DataError(f"{annotation_file}: {len(problems)} problem(s) building instance maps:\n{shown}")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp_dir, out_dir)
+        INSTANCES_MARKER.write(tmp_dir, annotations=annotation_file.name)
+        replace_dir(tmp_dir, out_dir, INSTANCES_MARKER)
         summary[split] = {"images": len(jobs), "annotations": sum(len(j[2]) for j in jobs)}
     return summary

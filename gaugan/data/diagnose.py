@@ -8,6 +8,8 @@ changed silently:
   leave unlabelled pixels) or covers almost nothing (docs/SPADE.md section 3: a don't-care
   value gets its own channel and is never scored);
 - a stray label value that inflates an inferred class count (one 200 among 0..10);
+- a value beyond the classes in most label maps, which makes every one of them an error: a
+  void value the settings do not name (a hint beside those errors, with the setting);
 - photos that training and validation distort differently (a non-square photo squashed to
   a square for training but resized whole for validation).
 """
@@ -15,12 +17,12 @@ changed silently:
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from gaugan.data.classes import ClassFile, class_names
+from gaugan.data.classes import ClassFile, class_names, named_class_count
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.resize import crop_shape, train_shape
 
@@ -95,6 +97,38 @@ def void_warning(spec: DatasetSpec, classes: ClassFile | None, train: LabelStati
             f"It is trained and scored as a class ({train.pixels[value] / total:.1%} of the training pixels). If it "
             f"marks unlabelled pixels, set data.custom.dontcare_label: {value} (and, if you set "
             f"data.custom.num_classes, leave that value out of the count)")
+
+
+@dataclass
+class OutsideValues:
+    """How many label maps were read, and how many of them hold each value outside the spec's range."""
+
+    label_maps: int = 0
+    files: Counter = field(default_factory=Counter)
+
+    def add(self, values: tuple[int, ...] | None) -> None:
+        """The values outside the range of one label map (None: it could not be read)."""
+        if values is not None:
+            self.label_maps += 1
+            self.files.update(values)
+
+
+def void_value_hint(spec: DatasetSpec, classes: ClassFile | None, outside: OutsideValues) -> str | None:
+    """A custom dataset's one value beyond the classes found in most label maps: probably a void
+    value that the settings do not name (every such map is a problem), and what to set."""
+    if spec.name != "custom" or not outside.label_maps:
+        return None
+    common = [value for value, count in outside.files.items() if count > outside.label_maps / 2]
+    if len(common) != 1:
+        return None
+    value, count = common[0], outside.files[common[0]]
+    named = classes is not None and named_class_count(classes, spec.dontcare_value) == spec.label_nc
+    source = f"named in {classes.path.name}" if named else "of data.custom.num_classes"
+    otherwise = f"name it in {classes.path.name}" if named else "raise data.custom.num_classes"
+    found = f"all {count}" if count == outside.label_maps else f"{count} of {outside.label_maps}"
+    return (f"label value {value} is in {found} label maps, beyond the {spec.label_nc} classes {source} "
+            f"(0..{spec.label_nc - 1}): it is probably the void / unlabelled label. If so, set "
+            f"data.custom.dontcare_label: {value} (check-data: --dontcare {value}); if it is a class, {otherwise}")
 
 
 def _ranges(values: list[int]) -> str:

@@ -9,6 +9,12 @@ error says which URL failed and where to place the archive by hand. A marker JSO
 (``download.json``) records what was downloaded and verified; it is written last, so a
 failed run never reports anything as downloaded.
 
+Extraction never deletes the user's files: an archive entry replaces only what an earlier
+extraction put at its name (a folder carrying :data:`EXTRACTED_FOLDER`, a file recorded in
+:data:`EXTRACTED_FILES` with its sha256); an entry that would overwrite anything else (the
+``archives/`` folder, the user's other archive) refuses the archive before anything is
+extracted, naming the archive, the entry and the path.
+
 Cityscapes needs a login and is never downloaded: :func:`locate_cityscapes` checks for
 the user's archives and says exactly what is missing and where to get it.
 """
@@ -26,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from gaugan.data.io import DataError, atomic_write_json, file_digest
+from gaugan.data.io import DataError, OutputMarker, atomic_write_json, file_digest, replace_dir, require_writable
 
 CHUNK = 1 << 20
 
@@ -159,37 +165,114 @@ def _failure(url: str, dest: Path, partial: Path, reason: str) -> str:
             f"and place it at {dest}")
 
 
+# What extraction leaves behind, so that a later extraction replaces only its own work: every
+# top-level folder it extracted carries EXTRACTED_FOLDER; the top-level files it extracted are
+# listed, with their sha256, in EXTRACTED_FILES in the folder they were extracted into.
+EXTRACTED_FOLDER = OutputMarker(".gaugan-extracted.json", "gaugan-extracted-folder-v1", "an archive entry")
+EXTRACTED_FILES = ".gaugan-extracted-files.json"
+EXTRACTED_FILES_FORMAT = "gaugan-extracted-files-v1"
+
+
 def extract(archive: Path, out_dir: Path) -> list[str]:
     """Extract a zip into ``out_dir`` (via a temporary folder) and return its top-level names.
 
     Refuses entries that would land outside ``out_dir``; a corrupt archive is a clear error.
+    An entry whose top-level name already exists in ``out_dir`` replaces only what an earlier
+    extraction put there (:data:`EXTRACTED_FOLDER`, :data:`EXTRACTED_FILES`) or an empty
+    folder; anything else there (the user's folder, file or link: the archives folder,
+    another archive) is never touched, and the archive is refused before anything is extracted.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".extract-{archive.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with zipfile.ZipFile(archive) as bundle:
-            for member in bundle.namelist():
+            members = bundle.namelist()
+            for member in members:
                 if not (tmp / member).resolve().is_relative_to(tmp.resolve()):
                     raise DownloadError(f"{archive}: unsafe path {member!r} in the archive; refusing to extract")
+            _refuse_foreign(archive, out_dir, members)
             bundle.extractall(tmp)
     except zipfile.BadZipFile as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DownloadError(f"{archive}: not a valid zip archive ({err}); delete it and download again") from err
     names = sorted(p.name for p in tmp.iterdir())
+    try:
+        _refuse_foreign(archive, out_dir, names)  # what was extracted, in case a name escaped the first check
+    except DownloadError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files = _extracted_files(out_dir)
     for name in names:
-        target = out_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        os.replace(tmp / name, target)
+        if (tmp / name).is_dir():
+            EXTRACTED_FOLDER.write(tmp / name, archive=archive.name)
+        else:
+            files[name] = {"archive": archive.name, "sha256": file_digest(tmp / name)}
+    # recorded before the files are moved in: an interrupted run never leaves a file of ours unrecorded
+    atomic_write_json(out_dir / EXTRACTED_FILES, {"format": EXTRACTED_FILES_FORMAT, "files": files})
+    for name in names:
+        _move_in(tmp / name, out_dir / name)
     tmp.rmdir()
     return names
 
 
+def _top_level_name(member: str) -> str | None:
+    """The name a zip entry creates in the extraction folder (as ``ZipFile.extractall`` cleans it)."""
+    parts = [part for part in member.split("/") if part not in ("", ".", "..")]
+    return parts[0] if parts else None
+
+
+def _refuse_foreign(archive: Path, out_dir: Path, members: list[str]) -> None:
+    """Raise naming the first entry whose top-level name holds something that no extraction put there."""
+    files = _extracted_files(out_dir)
+    for member in members:
+        name = _top_level_name(member)
+        if name is None:
+            continue
+        target = out_dir / name
+        if not target.exists() and not target.is_symlink():
+            continue
+        if target.is_symlink():
+            what = "a link"
+        elif target.is_dir():
+            if EXTRACTED_FOLDER.found_in(target) or not any(target.iterdir()):
+                continue
+            what = "a folder"
+        else:
+            recorded = files.get(name, {}).get("sha256")
+            if recorded is not None and file_digest(target) == recorded:
+                continue
+            what = "a file"
+        raise DownloadError(
+            f"{archive}: the entry {member!r} would overwrite {target}, {what} that this project did not extract; "
+            f"refusing to extract the archive. Move {target} elsewhere (or extract the archive yourself)")
+
+
+def _extracted_files(out_dir: Path) -> dict[str, dict]:
+    """The top-level files that extraction put into ``out_dir`` (name -> archive and sha256)."""
+    try:
+        record = json.loads((out_dir / EXTRACTED_FILES).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or record.get("format") != EXTRACTED_FILES_FORMAT:
+        return {}
+    return dict(record.get("files") or {})
+
+
+def _move_in(new: Path, target: Path) -> None:
+    """Put the extracted entry ``new`` at ``target``, replacing what an earlier extraction put there."""
+    if new.is_dir() and not target.is_file():
+        replace_dir(new, target, EXTRACTED_FOLDER)  # swapped by renames: never half an old folder
+        return
+    if target.is_dir():
+        shutil.rmtree(target)  # an earlier extraction's folder where the archive now holds a file
+    elif new.is_dir() and target.exists():
+        target.unlink()  # an earlier extraction's file where the archive now holds a folder
+    os.replace(new, target)
+
+
 def download_dataset(dataset: str, dataset_dir: str | os.PathLike, resources: dict[str, tuple[Resource, ...]] | None = None,
-                     progress: bool = True, keep_archives: bool = True, timeout: float = 60.0,
+                     progress: bool = True, timeout: float = 60.0,
                      after_extract: Callable[[Path], dict] | None = None) -> dict:
     """Download, verify and extract every archive of ``dataset`` into ``dataset_dir``.
 
@@ -202,6 +285,7 @@ def download_dataset(dataset: str, dataset_dir: str | os.PathLike, resources: di
     if dataset not in table:
         raise DownloadError(f"no downloadable archives for dataset {dataset!r}; known: {', '.join(sorted(table))}")
     dataset_dir = Path(dataset_dir)
+    require_writable(dataset_dir, "data.root", "the downloaded dataset")
     archive_dir = dataset_dir / "archives"
     files = []
     for resource in table[dataset]:
@@ -228,8 +312,6 @@ def download_dataset(dataset: str, dataset_dir: str | os.PathLike, resources: di
     result = {"dataset": dataset, "files": files}
     if after_extract is not None:
         result["built"] = after_extract(dataset_dir)
-    if not keep_archives:
-        shutil.rmtree(archive_dir, ignore_errors=True)
     _write_marker(dataset_dir, result)
     return result
 
@@ -262,6 +344,7 @@ def locate_cityscapes(dataset_dir: str | os.PathLike, progress: bool = True) -> 
             f"{' and '.join(missing)} from {CITYSCAPES_URL} (packages 'gtFine_trainvaltest.zip (241MB)' and "
             f"'leftImg8bit_trainvaltest.zip (11GB)'), put them in {dataset_dir}/ and run the download stage again"
         )
+    require_writable(dataset_dir, "data.root", "the extracted dataset")
     files = []
     for name in CITYSCAPES_ARCHIVES:
         archive = dataset_dir / name

@@ -26,8 +26,55 @@ from gaugan.data.registry import DatasetSpec
 from gaugan.errors import UserError
 
 
+class Problem(str):
+    """One problem of one file: its line (the string itself), the file, and the cause.
+
+    ``cause`` is the line without what is particular to the file (its name, its size), the
+    same for every file with this problem: reports give all of them one line
+    (:func:`gaugan.data.check.format_problems`). A plain string is a problem of its own.
+    """
+
+    path: str
+    cause: str
+
+    def __new__(cls, line: str, path: str | os.PathLike, cause: str) -> Problem:
+        problem = super().__new__(cls, line)
+        problem.path, problem.cause = str(path), cause
+        return problem
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, cause: str) -> Problem:
+        """The problem whose line is ``<path>: <cause>``."""
+        return cls(f"{path}: {cause}", path, cause)
+
+    def __reduce__(self) -> tuple:  # to and from worker processes with its attributes
+        return (Problem, (str(self), self.path, self.cause))
+
+
 class DataError(UserError, ValueError):
-    """A data file is unreadable or violates the dataset's conventions."""
+    """A data file is unreadable or violates the dataset's conventions.
+
+    ``problem`` is the message, or the :class:`Problem` it was raised with (an error about
+    one file, which check-data groups with the same error of other files).
+    """
+
+    def __init__(self, message: str, problem: Problem | None = None) -> None:
+        super().__init__(message)
+        self.problem: str = problem if problem is not None else message
+
+    @classmethod
+    def about(cls, path: str | os.PathLike, cause: str) -> DataError:
+        """The error ``<path>: <cause>`` about one file."""
+        problem = Problem.of(path, cause)
+        return cls(problem, problem)
+
+
+class LabelValueError(DataError):
+    """A label map holds values outside the dataset's range (``values``, for check-data's void hint)."""
+
+    def __init__(self, message: str, problem: Problem | None = None, values: tuple[int, ...] = ()) -> None:
+        super().__init__(message, problem)
+        self.values = values
 
 
 @contextmanager
@@ -54,19 +101,22 @@ def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image
             img = Image.open(path)
             width, height = img.size
             if max_pixels is not None and width * height > max_pixels:
-                raise DataError(
-                    f"{path}: {width}x{height} = {width * height:,} pixels, more than data.max_image_pixels "
-                    f"({max_pixels:,}); a file this large is likely corrupt or a decompression bomb (raise "
-                    f"data.max_image_pixels if the image is genuine)"
-                )
+                limit = (f"data.max_image_pixels ({max_pixels:,}); a file this large is likely corrupt or a "
+                         f"decompression bomb (raise data.max_image_pixels if the image is genuine)")
+                line = f"{path}: {width}x{height} = {width * height:,} pixels, more than {limit}"
+                raise DataError(line, Problem(line, path, f"more pixels than {limit}"))
             img.load()
         return img
     except FileNotFoundError as err:
-        raise DataError(f"{path}: file not found") from err
+        raise DataError.about(path, "file not found") from err
     except Image.DecompressionBombError as err:
-        raise DataError(f"{path}: refused as a possible decompression bomb ({err})") from err
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DataError(f"{path}: unreadable image ({err})") from err
+        line = f"{path}: refused as a possible decompression bomb ({err})"
+        raise DataError(line, Problem(line, path, "refused as a possible decompression bomb")) from err
+    except UnidentifiedImageError as err:
+        line = f"{path}: unreadable image ({err})"
+        raise DataError(line, Problem(line, path, "unreadable image (not a format PIL can identify)")) from err
+    except (OSError, SyntaxError) as err:
+        raise DataError.about(path, f"unreadable image ({err})") from err
 
 
 def read_index_map(
@@ -91,11 +141,9 @@ def read_index_map(
             channels[:, 1] == channels[:, 2]
         ).all():
             return arr[..., 0].copy() if compact else arr[..., 0].astype(np.int64)
-        raise DataError(
-            f"{path}: the {what} is a colour ({img.mode}) image; {what}s must hold class indices "
-            f"(a greyscale or palette PNG), not colours"
-        )
-    raise DataError(f"{path}: unsupported {what} image mode {img.mode!r}")
+        raise DataError.about(path, f"the {what} is a colour ({img.mode}) image; {what}s must hold class indices "
+                                    f"(a greyscale or palette PNG), not colours")
+    raise DataError.about(path, f"unsupported {what} image mode {img.mode!r}")
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -119,7 +167,7 @@ def map_labels(raw: np.ndarray, spec: DatasetSpec, source: str | os.PathLike, se
 
     The don't-care value (255 for COCO-Stuff) becomes index ``label_nc``. Any other value
     outside ``[0, label_nc)`` (``label_nc`` itself included: it would silently merge into
-    the don't-care class) is an error naming the file, the value and the setting to change,
+    the don't-care class) is a :class:`LabelValueError` naming the file, the value and the setting to change,
     unless ``dontcare_index``: maps of stored indices (the studio's) hold ``label_nc`` itself
     for don't care. Datasets with a don't-care channel but no don't-care value (ADE20K) keep
     every value in ``[0, num_label_values)`` as it is.
@@ -145,11 +193,10 @@ def map_labels(raw: np.ndarray, spec: DatasetSpec, source: str | os.PathLike, se
                 if spec.name == "custom"
                 else f"data.dataset (is {spec.name!r} the right dataset for this file?)"
             )
-        raise DataError(
-            f"{source}: label value(s) {shown} outside the valid range {allowed} for dataset "
-            f"{spec.name!r} (label_nc={spec.label_nc}, contain_dontcare={spec.contain_dontcare}); "
-            f"check {setting}"
-        )
+        problem = Problem.of(source, f"label value(s) {shown} outside the valid range {allowed} for dataset "
+                                     f"{spec.name!r} (label_nc={spec.label_nc}, "
+                                     f"contain_dontcare={spec.contain_dontcare}); check {setting}")
+        raise LabelValueError(problem, problem, tuple(int(v) for v in values))
     return labels
 
 
@@ -227,6 +274,54 @@ def atomic_save_image(img: Image.Image, path: str | os.PathLike) -> None:
 def atomic_save_png(img: Image.Image, path: str | os.PathLike) -> None:
     """Write a PNG atomically, whatever the suffix (:func:`atomic_write`)."""
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def require_writable(folder: str | os.PathLike, setting: str | None, what: str, replaced: bool = False) -> None:
+    """Refuse, before any work, a ``folder`` that ``what`` cannot be written into, in one line
+    naming it and ``setting`` (what chose it; None for a fixed folder).
+
+    The folder (its parent when it is ``replaced`` by a folder built beside it), or the
+    nearest folder above that exists (where it would be created), must be a folder this
+    process may create files in: ``os.access`` says so, and a probe file is created and
+    removed (which also finds a read-only file system, where root is refused too).
+    """
+    folder = Path(folder).absolute()
+    start = folder.parent if replaced else folder
+    existing = next(path for path in (start, *start.parents) if path.exists() or path.is_symlink())
+    into = "" if existing == folder else f" (for {folder})"
+    if not existing.is_dir():
+        reason = "it is a file, not a folder" if existing.exists() else "it is a broken link"
+        remedy = "Move it away"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason, remedy = "permission denied", "Make it writable"
+    else:
+        try:
+            handle, probe = tempfile.mkstemp(prefix=".gaugan-write-probe-", dir=existing)
+        except OSError as err:
+            reason, remedy = err.strerror or str(err), "Make it writable"
+        else:
+            os.close(handle)
+            os.unlink(probe)
+            return
+    other = f", or set {setting} to a folder you can write to" if setting else " (the folder is not a setting)"
+    raise DataError(f"{existing}: {what} cannot be written here{into}: {reason}. {remedy}{other}")
+
+
+def out_of_room(err: OSError, folder: str | os.PathLike, setting: str | None,
+                outcome: str = "nothing was written") -> DataError | None:
+    """The one line for a write into ``folder`` that failed for lack of room (a full disk, a
+    quota, a file-size limit), saying the ``outcome`` and naming ``setting`` (what chose the
+    folder; None for a fixed folder); None for any other error."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        other = f", or set {setting} to a folder on a disk with room" if setting else ""
+        return DataError(f"{folder}: no room left on the disk to write here ({err.strerror}); {outcome}. Free space "
+                         f"on that disk{other}")
+    if err.errno == errno.EFBIG:
+        remedy = (f"Set {setting} to a folder on another file system (FAT32 stops at 4 GB), or raise the limit"
+                  if setting else "Raise the limit")
+        return DataError(f"{folder}: a file is larger than this file system or `ulimit -f` allows ({err.strerror}); "
+                         f"{outcome}. {remedy}")
+    return None
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,30 @@ import numpy as np
 from PIL import Image
 
 from gaugan.config import DataConfig
-from gaugan.data.check import dataset_warnings, format_problems, load_pair, parallel_map, resolve_folder
+from gaugan.data.check import (
+    DatasetProblems,
+    PairCheck,
+    dataset_warnings,
+    load_pair,
+    parallel_map,
+    problem_hints,
+    resolve_folder,
+)
 from gaugan.data.classes import class_colours, class_names
-from gaugan.data.diagnose import LabelStatistics, label_statistics
-from gaugan.data.io import DataError, atomic_write_text, check_replaceable, replace_dir
+from gaugan.data.diagnose import LabelStatistics, OutsideValues, label_statistics
+from gaugan.data.io import (
+    DataError,
+    Problem,
+    atomic_write_text,
+    check_replaceable,
+    out_of_room,
+    replace_dir,
+    require_writable,
+)
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.render import render_samples
 from gaugan.data.resize import crop_shape, dense_instances, nearest_resize, train_shape
-from gaugan.data.sources import Listing, Pair, dataset_dir
+from gaugan.data.sources import Listing, Pair, dataset_dir, split_problems
 from gaugan.data.store import MANIFEST, STORE_FORMAT, STORE_MARKER, SplitWriter, label_dtype_for
 
 
@@ -45,20 +61,24 @@ class ProcessedPair:
 
 
 def process_pair(pair: Pair, spec: DatasetSpec, train: bool, label_dtype: np.dtype,
-                 max_pixels: int | None = None) -> tuple[ProcessedPair | None, list[str]]:
-    """Read, check and resize one pair as published for its split."""
-    loaded, problems = load_pair(pair, spec, max_pixels)
+                 max_pixels: int | None = None) -> tuple[ProcessedPair | None, PairCheck]:
+    """Read, check and resize one pair as published for its split: the pair, or None, and what
+    reading it found (its problems, a resize problem included)."""
+    check = load_pair(pair, spec, max_pixels)
+    loaded = check.loaded
     if loaded is None:
-        return None, problems
+        return None, check
     width, height = loaded.image.size
     shape = train_shape(spec, width, height) if train else crop_shape(spec)
     need = crop_shape(spec)
     if shape[0] < need[0] or shape[1] < need[1]:
-        return None, [
-            f"{pair.image}: {width}x{height} (WxH) becomes {shape[1]}x{shape[0]} with preprocess_mode "
-            f"{spec.preprocess_mode!r}, smaller than the {need[1]}x{need[0]} crop; change data.load_size, "
-            f"data.crop_size or data.preprocess_mode"
-        ]
+        cause = (f"photo smaller than the {need[1]}x{need[0]} crop once resized with preprocess_mode "
+                 f"{spec.preprocess_mode!r}; change data.load_size, data.crop_size or data.preprocess_mode")
+        check.problems.append(Problem(f"{pair.image}: {width}x{height} (WxH) becomes {shape[1]}x{shape[0]} with "
+                                      f"preprocess_mode {spec.preprocess_mode!r}, smaller than the {need[1]}x{need[0]} "
+                                      f"crop; change data.load_size, data.crop_size or data.preprocess_mode",
+                                      pair.image, cause))
+        return None, check
     image = loaded.image
     if image.size != (shape[1], shape[0]):
         image = image.resize((shape[1], shape[0]), Image.BICUBIC)
@@ -67,16 +87,16 @@ def process_pair(pair: Pair, spec: DatasetSpec, train: bool, label_dtype: np.dty
     if loaded.instance is not None:
         instance = dense_instances(nearest_resize(loaded.instance, shape), pair.instance)
     statistics = label_statistics(loaded.label, spec.num_label_values)
-    return ProcessedPair(np.asarray(image, dtype=np.uint8), label, instance, (width, height), statistics), []
+    return ProcessedPair(np.asarray(image, dtype=np.uint8), label, instance, (width, height), statistics), check
 
 
-def _process(args: tuple[int, Pair, DatasetSpec, bool, Any, int | None]) -> tuple[int, ProcessedPair | None, list[str]]:
+def _process(args: tuple[int, Pair, DatasetSpec, bool, Any, int | None]) -> tuple[int, ProcessedPair | None, PairCheck]:
     index, pair, spec, train, label_dtype, max_pixels = args
     try:
-        processed, problems = process_pair(pair, spec, train, np.dtype(label_dtype), max_pixels)
+        processed, check = process_pair(pair, spec, train, np.dtype(label_dtype), max_pixels)
     except DataError as err:
-        processed, problems = None, [str(err)]
-    return index, processed, problems
+        processed, check = None, PairCheck(None, [err.problem], None)
+    return index, processed, check
 
 
 def _inputs_sha256(pairs: list[Pair], root: Path) -> str:
@@ -95,10 +115,10 @@ def _inputs_sha256(pairs: list[Pair], root: Path) -> str:
 
 
 def _write_split(split_dir: Path, pairs: list[Pair], source_root: Path, spec: DatasetSpec, label_dtype: np.dtype,
-                 problems: list[str], num_workers: int, progress: bool,
+                 problems: list[str], outside: OutsideValues, num_workers: int, progress: bool,
                  max_pixels: int | None) -> tuple[dict, Counter, LabelStatistics]:
-    """Process and write one split; append its problems; return its manifest entry, the photo
-    sizes on disk and the statistics of the label maps on disk."""
+    """Process and write one split; add its problems and label values outside the range; return
+    its manifest entry, the photo sizes on disk and the statistics of the label maps on disk."""
     train = split_dir.name == "train"
     fixed = spec.preprocess_mode in ("resize_and_crop", "fixed") or not train
     shape = crop_shape(spec) if not train else (train_shape(spec, 1, 1) if fixed else None)
@@ -112,8 +132,9 @@ def _write_split(split_dir: Path, pairs: list[Pair], source_root: Path, spec: Da
         from tqdm import tqdm
 
         results = tqdm(results, total=len(pairs), desc=f"preprocess {split_dir.name}", unit="pair")
-    for i, item, item_problems in results:
-        problems.extend(item_problems)
+    for i, item, check in results:
+        problems.extend(check.problems)
+        outside.add(check.outside_values)
         if item is None or problems:
             continue  # keep reading: every problem is reported, nothing is written
         writer.put(i, item.image, item.label, item.instance)
@@ -140,7 +161,8 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
 
     All pairs are read and checked while the arrays are written into a temporary folder;
     if any problem was found (including those of the listing) the temporary folder is
-    removed and one :class:`DataError` lists them all. Otherwise the folder replaces
+    removed and one :class:`DataError` lists them all; so it is when the disk is full (or a
+    file-size limit is reached), in one line naming ``out_dir`` (:func:`out_of_room`). Otherwise the folder replaces
     ``out_dir`` in one rename; ``out_dir`` must be absent, empty or an earlier store (checked
     first, so nothing is read for a folder that would be refused). Returns the manifest, whose
     ``source.warnings`` lists likely mistakes that are not errors (gaugan.data.diagnose).
@@ -152,8 +174,7 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
     check_replaceable(out_dir, STORE_MARKER)
     tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
-    problems = list(listing.problems)
+    problems = listing.problems + split_problems(listing)
     label_dtype = label_dtype_for(spec)
     manifest: dict[str, Any] = {
         "format": STORE_FORMAT,
@@ -171,19 +192,25 @@ def write_store(listing: Listing, spec: DatasetSpec, out_dir: str | os.PathLike,
     }
     sizes: dict[str, Counter] = {}
     labels: dict[str, LabelStatistics] = {}
+    outside = OutsideValues()
     try:
+        tmp_dir.mkdir(parents=True)
         for split, pairs in listing.splits.items():
             if not pairs:
-                problems.append(f"{listing.root}: no pairs found for split {split!r}")
                 continue
             manifest["splits"][split], sizes[split], labels[split] = _write_split(
-                tmp_dir / split, pairs, listing.root, spec, label_dtype, problems, num_workers, progress, max_pixels)
+                tmp_dir / split, pairs, listing.root, spec, label_dtype, problems, outside, num_workers, progress,
+                max_pixels)
         manifest["source"]["warnings"] = dataset_warnings(listing, spec, labels.get("train"), sizes)
         if problems:
-            raise DataError(f"{listing.root}: the dataset has problems; nothing was written.\n" + format_problems(problems))
+            raise DatasetProblems(listing.root, problems, problem_hints(listing, spec, outside))
         (tmp_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        full = out_of_room(err, out_dir, STORE_MARKER.setting, "nothing was written (an earlier store is kept)") \
+            if isinstance(err, OSError) else None
+        if full is not None:
+            raise full from err
         raise
     replace_dir(tmp_dir, out_dir, STORE_MARKER)
     return manifest
@@ -209,7 +236,14 @@ def write_class_histogram(manifest: dict, path: str | os.PathLike) -> None:
 
 def preprocess(data: DataConfig, root: Path, reports_dir: Path | None = None, num_workers: int | None = None,
                progress: bool = True) -> dict:
-    """The preprocess stage's work: raw dataset folder -> store, histogram CSV and sample grid."""
+    """The preprocess stage's work: raw dataset folder -> store, histogram CSV and sample grid.
+
+    Both output folders are checked for writing before anything is read; a full disk while
+    writing the reports is one line too (:func:`out_of_room`).
+    """
+    require_writable(root / data.processed_dir, STORE_MARKER.setting, "the store", replaced=True)
+    if reports_dir is not None:
+        require_writable(reports_dir, None, "the dataset's reports")
     folder = dataset_dir(data, root)
     workers = data.num_workers if num_workers is None else num_workers
     spec, listing = resolve_folder(data, folder, repo_root=root, num_workers=workers)
@@ -217,7 +251,13 @@ def preprocess(data: DataConfig, root: Path, reports_dir: Path | None = None, nu
                            source_name=folder.relative_to(root).as_posix() if folder.is_relative_to(root) else None,
                            max_pixels=data.max_image_pixels)
     if reports_dir is not None:
-        write_class_histogram(manifest, reports_dir / "class_histogram.csv")
-        split = "val" if "val" in manifest["splits"] else next(iter(manifest["splits"]))
-        render_samples(root / data.processed_dir, split, reports_dir / "samples.png")
+        try:
+            write_class_histogram(manifest, reports_dir / "class_histogram.csv")
+            split = "val" if "val" in manifest["splits"] else next(iter(manifest["splits"]))
+            render_samples(root / data.processed_dir, split, reports_dir / "samples.png")
+        except OSError as err:
+            full = out_of_room(err, reports_dir, None, "no file there is half written (the store itself was written)")
+            if full is None:
+                raise
+            raise full from err
     return manifest

@@ -24,7 +24,8 @@ layout for a user's own data:
 
 Listing never drops anything silently: an image without a label (or the other way
 round), a missing instance map or a lossy label file is a problem in the listing, which
-:mod:`gaugan.data.check` reports together with every other problem.
+:mod:`gaugan.data.check` reports together with every other problem. Links to folders are
+followed (``train/images/batch2 -> /elsewhere``); a link cycle or a broken link is a problem.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from gaugan.config import DataConfig
 from gaugan.data.classes import ClassFile
-from gaugan.data.io import DataError
+from gaugan.data.io import DataError, Problem
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")  # lossless only: a JPEG would blur class indices
@@ -87,6 +88,7 @@ class Listing:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # likely mistakes that are not errors (gaugan.data.diagnose)
     classes: ClassFile | None = None  # custom: classes.txt / classes.csv beside the splits
+    split_folders: dict[str, Path] = field(default_factory=dict)  # custom: the folder each split is read from
 
     def files(self, split: str) -> list[Path]:
         return [p for pair in self.splits.get(split, []) for p in (pair.image, pair.label, pair.instance) if p]
@@ -119,8 +121,8 @@ def _files_by_stem(folder: Path, extensions: tuple[str, ...], problems: list[str
     found: dict[str, Path] = {}
     if not folder.is_dir():
         return found
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.name.startswith("."):
+    for path in _walk_files(folder, problems):
+        if path.name.startswith("."):
             continue
         name = path.name
         ext = path.suffix.lower()
@@ -132,7 +134,8 @@ def _files_by_stem(folder: Path, extensions: tuple[str, ...], problems: list[str
             name = path.stem
         if ext not in extensions:
             if flag_lossy and what == "label map" and ext in LOSSY_EXTENSIONS:
-                problems.append(f"{path}: a {what} saved as lossy {ext}; class indices must be stored losslessly (PNG)")
+                problems.append(Problem.of(path, f"a {what} saved as lossy {ext}; class indices must be stored "
+                                                 f"losslessly (PNG)"))
             continue
         rel_parent = path.parent.relative_to(folder).as_posix()
         stem = name if rel_parent == "." else f"{rel_parent}/{name}"
@@ -143,28 +146,95 @@ def _files_by_stem(folder: Path, extensions: tuple[str, ...], problems: list[str
     return found
 
 
+def _walk_files(folder: Path, problems: list[str]) -> list[Path]:
+    """Every file under ``folder``, sorted, as found (paths through links kept as they are).
+
+    Links to folders are followed (``Path.rglob`` skips them, which silently dropped the pairs
+    of a linked ``train/images/batch2``). A link back to a folder that holds it (a cycle), a
+    second way into a folder already listed, a broken link and an unreadable folder are
+    problems naming the path, never a hang or a silent drop.
+    """
+    files: list[Path] = []
+    listed: dict[tuple[int, int], Path] = {}  # every folder listed: (device, inode) -> the path it was listed at
+    pending: list[tuple[Path, frozenset]] = [(folder, frozenset())]  # folder, the folders holding it
+    while pending:
+        directory, holders = pending.pop()
+        info = directory.stat()
+        identity = (info.st_dev, info.st_ino)
+        if identity in holders:
+            problems.append(f"{directory}: a link to {directory.resolve()}, a folder that holds it; a link cycle, "
+                            f"not followed (remove the link)")
+            continue
+        if identity in listed:
+            problems.append(f"{directory}: the same folder as {listed[identity]}, which is listed already; not "
+                            f"listed twice (remove one of them)")
+            continue
+        listed[identity] = directory
+        try:
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError as err:
+            problems.append(f"{directory}: cannot list the folder ({err.strerror})")
+            continue
+        folders = []
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_dir():  # links to folders included
+                folders.append((path, holders | {identity}))
+            elif entry.is_file():
+                files.append(path)
+            elif entry.is_symlink() and not path.exists():
+                problems.append(f"{path}: a link to {Path(os.readlink(path))}, which does not exist (remove the link "
+                                f"or restore the file)")
+        pending.extend(reversed(folders))  # depth first, in name order
+    return sorted(files)
+
+
 def _pair_up(images: dict[str, Path], labels: dict[str, Path], instances: dict[str, Path] | None,
              where: str, problems: list[str], require_instances: bool) -> list[Pair]:
     """Match files by stem; every unmatched file is a problem, listed by name."""
     pairs = []
+
+    def unmatched(path: Path, stem: str, what: str, missing: str) -> Problem:
+        return Problem(f"{path}: {what} has no {missing} (expected stem {stem!r} among the {missing}s of {where})",
+                       path, f"{what} has no {missing} (none with the same stem among the {missing}s of {where})")
+
     for stem in sorted(set(images) - set(labels)):
-        problems.append(f"{images[stem]}: image has no label map (expected stem {stem!r} among the labels of {where})")
+        problems.append(unmatched(images[stem], stem, "image", "label map"))
     for stem in sorted(set(labels) - set(images)):
-        problems.append(f"{labels[stem]}: label map has no image (expected stem {stem!r} among the images of {where})")
+        problems.append(unmatched(labels[stem], stem, "label map", "image"))
     for stem in sorted(set(instances or ()) - set(labels)):
-        problems.append(f"{instances[stem]}: instance map has no label map (expected stem {stem!r} among the labels "
-                        f"of {where})")
+        problems.append(unmatched(instances[stem], stem, "instance map", "label map"))
     for stem in sorted(set(images) & set(labels)):
         instance = None
         if instances is not None:
             instance = instances.get(stem)
             if instance is None and require_instances:
-                problems.append(
-                    f"{labels[stem]}: no instance map with the stem {stem!r} in {where} "
-                    f"(add it, or set data.use_instance=false to train without instance edges)"
-                )
+                advice = "(add it, or set data.use_instance=false to train without instance edges)"
+                problems.append(Problem(f"{labels[stem]}: no instance map with the stem {stem!r} in {where} {advice}",
+                                        labels[stem], f"no instance map with the same stem in {where} {advice}"))
         pairs.append(Pair(stem, images[stem], labels[stem], instance))
     return pairs
+
+
+def empty_split_problem(listing: Listing, split: str) -> str | None:
+    """The problem of a split without pairs, naming its folder (and saying when it is empty);
+    None when the listing already reported the folder missing."""
+    folder = listing.split_folders.get(split)
+    if folder is None:
+        return f"{listing.root}: no pairs found for split {split!r}"
+    if not folder.is_dir():
+        return None
+    layout = "" if folder == listing.root else f"{split}/"
+    where = f"(put the photos in {layout}images/ and their label maps, with the same names, in {layout}labels/)"
+    if not any(files for _, _, files in os.walk(folder)):
+        return f"{folder}: the folder is empty: no {split} pairs {where}"
+    return f"{folder}: no {split} pairs among its files {where}"
+
+
+def split_problems(listing: Listing) -> list[str]:
+    """A problem naming the folder of each split without pairs (:func:`empty_split_problem`)."""
+    found = [empty_split_problem(listing, split) for split, pairs in listing.splits.items() if not pairs]
+    return [problem for problem in found if problem]
 
 
 def stable_val_split(stems: list[str], val_fraction: float, seed: int) -> set[str]:
@@ -213,6 +283,7 @@ def list_custom(root: Path, val_fraction: float = 0.1, split_seed: int = 0, requ
                 listing.splits[split] = []
                 continue
             listing.splits[split] = _list_custom_split(base, listing.problems, require_instances)
+            listing.split_folders[split] = base
         listing.notes.append("layout: train/ and val/ folders")
         return listing
     if (root / "images").is_dir() or (root / "labels").is_dir():
@@ -220,6 +291,7 @@ def list_custom(root: Path, val_fraction: float = 0.1, split_seed: int = 0, requ
         held_out = stable_val_split([p.stem for p in pairs], val_fraction, split_seed)
         listing.splits["train"] = [p for p in pairs if p.stem not in held_out]
         listing.splits["val"] = [p for p in pairs if p.stem in held_out]
+        listing.split_folders["train"] = root
         listing.notes.append(
             f"layout: one images/ + labels/ folder, {len(held_out)} of {len(pairs)} pairs held out for val "
             f"(data.custom.val_fraction={val_fraction}, data.custom.split_seed={split_seed})"

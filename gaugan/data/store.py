@@ -20,6 +20,7 @@ reads it through :func:`read_store`, which refuses a store written for other dat
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 from pathlib import Path
@@ -51,10 +52,9 @@ class SplitWriter:
         self.label_dtype = label_dtype
         if shape is not None:
             h, w = shape
-            self.images = np.lib.format.open_memmap(split_dir / "images.npy", "w+", np.uint8, (count, h, w, 3))
-            self.labels = np.lib.format.open_memmap(split_dir / "labels.npy", "w+", label_dtype, (count, h, w))
-            self.instances = (np.lib.format.open_memmap(split_dir / "instances.npy", "w+", np.uint16, (count, h, w))
-                              if use_instance else None)
+            self.images = _allocated(split_dir / "images.npy", np.uint8, (count, h, w, 3))
+            self.labels = _allocated(split_dir / "labels.npy", label_dtype, (count, h, w))
+            self.instances = _allocated(split_dir / "instances.npy", np.uint16, (count, h, w)) if use_instance else None
         else:
             self.files = {name: open(split_dir / f"{name}.bin", "wb") for name in
                           ("images", "labels") + (("instances",) if use_instance else ())}
@@ -89,6 +89,21 @@ class SplitWriter:
             for handle in self.files.values():
                 handle.close()
             np.save(self.dir / "index.npy", self.index)
+
+
+def _allocated(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
+    """A new .npy array memory-mapped for writing, its disk space reserved up front: a full disk
+    is an ``OSError`` (ENOSPC) now, not a SIGBUS later when a page of the sparse file is written."""
+    array = np.lib.format.open_memmap(path, "w+", dtype, shape)
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows
+        return array
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a file system that cannot reserve
+                raise
+    return array
 
 
 def read_manifest(store_dir: str | os.PathLike) -> dict:

@@ -33,7 +33,7 @@ def check_data_command(
     error (a bad option value, a folder that does not exist).
     """
     from gaugan.config import Config, replace
-    from gaugan.data.check import check_dataset, format_problems, format_report
+    from gaugan.data.check import DatasetProblems, check_dataset, format_problems, format_report
     from gaugan.data.io import DataError
     from gaugan.data.sources import locate_dataset
 
@@ -50,6 +50,9 @@ def check_data_command(
                                   "max_image_pixels": max_image_pixels})
     try:
         report = check_dataset(cfg.data, locate_dataset(dataset, root), repo_root=Path.cwd(), num_workers=num_workers)
+    except DatasetProblems as err:  # problems that stop the check early (no training pairs)
+        typer.echo(format_problems(err.problems, err.root, err.hints))
+        raise typer.Exit(1)
     except DataError as err:  # the folder is there but does not hold the dataset's layout
         typer.echo(format_problems([str(err)]))
         raise typer.Exit(1)
