@@ -19,7 +19,7 @@ from pipeline.params import load_config
 from stages import report as report_stage
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["headline", "samples", "judge", "runs", "plots", "more", "protocol"]
+ORDER = ["headline", "samples", "judge", "runs", "methods", "plots", "more", "protocol"]
 FID_REASON = "the weights stage could not provide the Inception weights: offline"
 
 
@@ -40,8 +40,23 @@ def write_run_outputs(root: Path) -> None:
     write_csv_atomic(rows, reports / "per_class_iou.csv", PER_CLASS_COLUMNS)
     history = [{"epoch": 5, "step": 625, "fid/val": 90.0, "miou/val": 50.0},
                {"epoch": 10, "step": 1250, "fid/val": 80.0, "miou/val": 60.0}]
-    atomic_write_json(reports / "train.json", {"step": 1250, "perf/images_per_s": 30.0, "time/train_seconds": 360.0,
+    atomic_write_json(reports / "train.json", {"method": "OASIS", "step": 1250, "perf/images_per_s": 30.0,
+                                               "time/train_seconds": 360.0,
                                                "evaluation_during_training": {"every_epochs": 5, "history": history}})
+    def stat(*values):
+        return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)), "values": list(values)}
+    runs = [{"candidate": name, "method": method, "budget": "steps", "seed": seed, "steps": 500, "real_miou": 82.7,
+             "per_class_iou": {"sky": iou, "bush": None}}
+            for name, method, iou in (("spade", "SPADE", 0.5), ("oasis", "OASIS", 0.8)) for seed in (0, 1)]
+    summary = [{"candidate": "spade", "method": "SPADE", "budget": "steps", "seeds": [0, 1], "steps": stat(500, 500),
+                "train_seconds": stat(300, 310), "images_per_s": stat(13.3, 12.9), "miou": stat(50.0, 52.0),
+                "accuracy": stat(85.0, 86.0), "miou_ratio": stat(0.605, 0.629), "fid": None},
+               {"candidate": "oasis", "method": "OASIS", "budget": "time", "seeds": [0, 1], "steps": stat(400, 400),
+                "train_seconds": stat(305, 300), "images_per_s": stat(10.5, 10.7), "miou": stat(66.0, 67.0),
+                "accuracy": stat(90.0, 91.0), "miou_ratio": stat(0.798, 0.810), "fid": None}]
+    atomic_write_json(reports / "compare_methods.json", {
+        "what": "SPADE and OASIS on the built-in landscapes", "cpu": "AMD EPYC", "num_threads": 2, "torch": "2.14.1",
+        "equal_steps": 500, "reference_candidate": "spade", "runs": runs, "summary": summary})
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (8 * 64, 3 * 64, 3), dtype=np.uint8)).save(reports / "generated_grid.png")
     (reports / "data").mkdir()
@@ -68,6 +83,12 @@ def test_page_order_and_content(tmp_path):
     assert 'class="pixels" width="576" height="1536"' in page[positions[1]:positions[2]]  # 64 px tiles x3
     judge = page[positions[2]:positions[3]]
     assert '<tr class="unreliable"><td>bush</td><td>1.0</td><td>5.0</td>' in judge and "not judged reliably" in judge
+    assert "<td>OASIS</td>" in page[positions[3]:positions[4]]  # the method column of the runs table
+    methods = page[positions[4]:positions[5]]  # scripts/compare_methods.py's results
+    for cell in ("<td>SPADE</td><td>equal steps</td><td>0, 1</td><td>500</td>", "<td>0.617 ± 0.017</td>",
+                 "<td>OASIS</td><td>equal time</td>", "<td>82.7</td>", "<th>sky</th>", "<td>50.0</td>", "<td>80.0</td>"):
+        assert cell in methods, cell
+    assert "AMD EPYC" in methods and "-" in methods
     curves = Image.open(tmp_path / "run" / "reports" / "plots" / "training_metrics.png")
     assert curves.width > 500  # the curves from reports/train.json, not the one-line placeholder
     assert json.loads((tmp_path / "run" / "reports" / "headline.json").read_text())["miou"] == 61.02
