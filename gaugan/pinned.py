@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +56,29 @@ class Pin:
 
     def describe(self) -> str:
         return f"{self.num_bytes:,} bytes, sha256 {self.sha256}"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A pretrained file a run reads: what it is for, where it comes from, where it lives and
+    what vouches for it (fetched and pinned by :mod:`gaugan.weights`; the published segmenters
+    list theirs with :meth:`gaugan.segmenters.published.PublishedSegmenter.weight_files`)."""
+
+    what: str  # what it is for, in words
+    filename: str  # the publisher's file name (a mirror serves it under this name)
+    url: str | None  # None: no public URL, the user supplies it
+    destination: Path
+    pin: Pin | None = None  # the published size and SHA-256; None: pinned at the first verified fetch
+    first_fetch_check: Callable[[Path], object] | None = None  # raises a UserError when the file is unusable
+    own_file_setting: str | None = None  # the setting naming ``destination``: another file there is the user's choice
+    where_to_get: str = ""  # for files without a URL
+
+    @property
+    def checksum(self) -> str:
+        if self.pin is not None:
+            return f"published: {self.pin.describe()}"
+        return (f"none published: size and sha256 pinned at the first verified fetch "
+                f"({pin_path(self.destination).name})")
 
 
 def hash_cache_path() -> Path:

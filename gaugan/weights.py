@@ -32,7 +32,6 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,32 +43,13 @@ from gaugan.errors import UserError
 from gaugan.losses import VGG19_FILE, VGG19_URL, default_vgg_weights_path
 from gaugan.metrics import fid
 from gaugan.metrics.fid import FID_WEIGHTS_FILE, FID_WEIGHTS_URL
-from gaugan.pinned import Pin, PinFileError, file_sha256, pin_path, pin_problem, read_pin, write_pin
+from gaugan.pinned import Pin, PinFileError, WeightFile, file_sha256, pin_path, pin_problem, read_pin, write_pin
 from gaugan.segmenters.loading import resolve_choice
-from gaugan.segmenters.published import published_segmenter_for, read_state_dict, weight_path
+from gaugan.segmenters.published import published_segmenter_for
 
 GROUPS = ("inception", "vgg19", "segmenter")  # one record file each (the stage's outputs)
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 FOUND_IN_PLACE = "found in place (placed by hand or fetched before pins were kept)"
-
-
-@dataclass(frozen=True)
-class WeightFile:
-    what: str  # what it is for, in words
-    filename: str
-    url: str | None  # None: no public URL, the user supplies it
-    destination: Path
-    pin: Pin | None = None  # the published size and SHA-256; None: pinned at the first verified fetch
-    first_fetch_check: Callable[[Path], object] | None = None  # raises a UserError when the file is unusable
-    own_file_setting: str | None = None  # the setting naming ``destination``: another file there is the user's choice
-    where_to_get: str = ""  # for files without a URL
-
-    @property
-    def checksum(self) -> str:
-        if self.pin is not None:
-            return f"published: {self.pin.describe()}"
-        return (f"none published: size and sha256 pinned at the first verified fetch "
-                f"({pin_path(self.destination).name})")
 
 
 @dataclass(frozen=True)
@@ -103,11 +83,7 @@ def needed_weights(cfg: Config, root: Path, hub_dir: Path) -> dict[str, Needed]:
     if resolved == "published":
         entry = published_segmenter_for(cfg.data.dataset)
         weights_dir = root / cfg.evaluate.segmenter_weights_dir
-        needed["segmenter"] = Needed(tuple(
-            WeightFile(f"segmenter {entry.name} ({file.submodule})", file.name, file.url,
-                       weight_path(entry, file, weights_dir), first_fetch_check=read_state_dict,
-                       where_to_get=entry.where_to_get)
-            for file in entry.files))
+        needed["segmenter"] = Needed(tuple(entry.weight_files(weights_dir).values()))
     else:
         needed["segmenter"] = Needed((), f"{cfg.data.dataset!r} is judged by the {resolved!r} segmenter "
                                          f"(evaluate.segmenter={cfg.evaluate.segmenter!r}): no published weights")

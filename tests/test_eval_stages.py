@@ -339,7 +339,7 @@ def test_published_segmenter_path_with_user_supplied_weights(workspace, tmp_path
     small = dataclasses.replace(entry, build=functools.partial(DRND105Cityscapes, blocks=(1,) * 8))
     monkeypatch.setitem(published.PUBLISHED_SEGMENTERS, "drn_d_105_cityscapes", small)
     weights = tmp_path / "weights"
-    target = published.weight_path(small, small.files[0], weights)
+    target = small.weight_files(weights)["network"].destination
     target.parent.mkdir(parents=True)
     torch.save({"state_dict": {f"module.{k}": v for k, v in small.build().network.state_dict().items()}}, target)
     write_pin(target, "placed by hand")  # as the weights stage does when it first sees the file

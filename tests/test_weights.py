@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from gaugan.config import Config, replace
-from gaugan.pinned import Pin
-from gaugan.weights import FOUND_IN_PLACE, WeightFile, fetch, needed_weights
+from gaugan.pinned import Pin, WeightFile
+from gaugan.weights import FOUND_IN_PLACE, fetch, needed_weights
 from stages import weights as weights_stage
 from tests.http_support import serving
 
@@ -154,6 +154,17 @@ def test_what_a_run_needs(tmp_path):
     assert ade["vgg19"].files[0].pin.sha256.startswith("dcbb9e9d")
     configured = needed_weights(run_config(evaluate={"fid_weights": "w/inception.pth"}), tmp_path, hub)
     assert configured["inception"].files[0].destination == tmp_path / "w/inception.pth"
+
+
+def test_the_weights_stage_fetches_the_very_files_the_segmenter_loads(tmp_path):
+    """One description of a pretrained file (:class:`gaugan.pinned.WeightFile`): the weights
+    stage's files of a published segmenter are the ones its loader checks and reads."""
+    from gaugan.segmenters.published import published_segmenter_for
+
+    needed = needed_weights(run_config(data={"dataset": "ade20k"}), tmp_path, tmp_path / "hub")
+    loaded = published_segmenter_for("ade20k").weight_files(tmp_path / "data/weights")
+    assert needed["segmenter"].files == tuple(loaded.values()) and list(loaded) == ["encoder", "decoder"]
+    assert {type(file) for group in needed.values() for file in group.files} == {WeightFile}
 
 
 def test_stage_records_every_group_and_evaluation_reports_the_reason(server, tmp_path, monkeypatch):

@@ -36,7 +36,6 @@ WEIGHTS_URL = (
     "https://github.com/kazuto1011/deeplab-pytorch/releases/download/v1.0/"
     "deeplabv2_resnet101_msc-cocostuff164k-100000.pth"
 )
-WEIGHT_FILES = ("deeplabv2_resnet101_msc-cocostuff164k-100000.pth",)
 NUM_CLASSES = 182
 MEAN_BGR = (104.008, 116.669, 122.675)
 RESNET101_BLOCKS = (3, 4, 23, 3)

@@ -30,7 +30,6 @@ from torch import Tensor, nn
 
 from gaugan.segmenters.base import IGNORE_INDEX, Bottleneck, Segmenter, lookup_table
 
-WEIGHT_FILES = ("drn_d_105_cityscapes.pth",)
 NUM_CLASSES = 19
 # fyu/drn datasets/cityscapes/info.json
 CITYSCAPES_MEAN = (0.290101, 0.328081, 0.286964)

@@ -26,7 +26,7 @@ import torch
 
 from gaugan.checkpoint import CheckpointError, load_state_dict_exactly, read_torch_file
 from gaugan.errors import UserError
-from gaugan.pinned import PinFileError, pin_path, pin_problem, read_pin
+from gaugan.pinned import PinFileError, WeightFile, pin_path, pin_problem, read_pin
 from gaugan.segmenters.base import Segmenter
 from gaugan.segmenters.deeplab import WEIGHTS_URL as DEEPLAB_URL
 from gaugan.segmenters.deeplab import DeepLabV2COCOStuff
@@ -40,40 +40,43 @@ class SegmenterWeightsError(UserError, FileNotFoundError):
 
 
 @dataclass(frozen=True)
-class WeightFile:
-    name: str  # file name on disk
-    submodule: str  # attribute of the Segmenter the state dict loads into
-    url: str | None  # None: no public URL, the user supplies the file
-
-
-@dataclass(frozen=True)
 class PublishedSegmenter:
     name: str
     build: Callable[[], Segmenter]
-    files: tuple[WeightFile, ...]
+    # The attribute of the Segmenter each state dict loads into -> (file name, URL; None: the user supplies it).
+    files: dict[str, tuple[str, str | None]]
     where_to_get: str  # for the error message when a file is missing and cannot be downloaded
+
+    def weight_files(self, weights_dir: str | os.PathLike) -> dict[str, WeightFile]:
+        """Submodule -> its file, at ``<weights_dir>/<name>/<file name>``, read as a state dict when first fetched."""
+        return {
+            submodule: WeightFile(f"segmenter {self.name} ({submodule})", filename, url,
+                                  Path(weights_dir) / self.name / filename, first_fetch_check=read_state_dict,
+                                  where_to_get=self.where_to_get)
+            for submodule, (filename, url) in self.files.items()
+        }
 
 
 PUBLISHED_SEGMENTERS: dict[str, PublishedSegmenter] = {
     "upernet101_ade20k": PublishedSegmenter(
         "upernet101_ade20k",
         UperNet101,
-        (
-            WeightFile("encoder_epoch_50.pth", "encoder", UPERNET_URL.format(part="encoder")),
-            WeightFile("decoder_epoch_50.pth", "decoder", UPERNET_URL.format(part="decoder")),
-        ),
+        {
+            "encoder": ("encoder_epoch_50.pth", UPERNET_URL.format(part="encoder")),
+            "decoder": ("decoder_epoch_50.pth", UPERNET_URL.format(part="decoder")),
+        },
         "the CSAIL scene parsing model zoo (ade20k-resnet101-upernet)",
     ),
     "deeplabv2_resnet101_msc_cocostuff164k": PublishedSegmenter(
         "deeplabv2_resnet101_msc_cocostuff164k",
         DeepLabV2COCOStuff,
-        (WeightFile("deeplabv2_resnet101_msc-cocostuff164k-100000.pth", "network", DEEPLAB_URL),),
+        {"network": ("deeplabv2_resnet101_msc-cocostuff164k-100000.pth", DEEPLAB_URL)},
         "the kazuto1011/deeplab-pytorch v1.0 release",
     ),
     "drn_d_105_cityscapes": PublishedSegmenter(
         "drn_d_105_cityscapes",
         DRND105Cityscapes,
-        (WeightFile("drn_d_105_cityscapes.pth", "network", None),),
+        {"network": ("drn_d_105_cityscapes.pth", None)},
         "the DRN-D-105 Cityscapes model of fyu/drn (http://go.yf.io/drn-cityscapes-models; no direct URL: "
         "download it yourself and place it there)",
     ),
@@ -105,10 +108,6 @@ def published_segmenter_for(dataset: str) -> PublishedSegmenter:
     return PUBLISHED_SEGMENTERS[SEGMENTER_FOR_DATASET[dataset]]
 
 
-def weight_path(entry: PublishedSegmenter, file: WeightFile, weights_dir: str | os.PathLike) -> Path:
-    return Path(weights_dir) / entry.name / file.name
-
-
 def ensure_weights(entry: PublishedSegmenter, weights_dir: str | os.PathLike) -> dict[str, Path]:
     """The local path of every weight file of ``entry``, each one checked against its pin.
 
@@ -117,8 +116,8 @@ def ensure_weights(entry: PublishedSegmenter, weights_dir: str | os.PathLike) ->
     pins the files (:mod:`gaugan.weights`).
     """
     paths = {}
-    for file in entry.files:
-        path = weight_path(entry, file, weights_dir)
+    for file in entry.weight_files(weights_dir).values():
+        path = file.destination
         if not path.is_file():
             source = file.url or entry.where_to_get
             how = ("run the weights stage with internet access (dvc repro weights), or get it from "
@@ -129,7 +128,7 @@ def ensure_weights(entry: PublishedSegmenter, weights_dir: str | os.PathLike) ->
                 "'torchscript' or 'none'"
             )
         check_pin(path)
-        paths[file.name] = path
+        paths[file.filename] = path
     return paths
 
 
@@ -172,7 +171,7 @@ def load_published_segmenter(dataset: str, weights_dir: str | os.PathLike, devic
     entry = published_segmenter_for(dataset)
     paths = ensure_weights(entry, weights_dir)
     segmenter = entry.build()
-    for file in entry.files:
-        load_state_dict_exactly(getattr(segmenter, file.submodule), read_state_dict(paths[file.name]), paths[file.name],
-                                what=f"segmenter's {file.submodule}", error=SegmenterWeightsError)
+    for submodule, (filename, _) in entry.files.items():
+        load_state_dict_exactly(getattr(segmenter, submodule), read_state_dict(paths[filename]), paths[filename],
+                                what=f"segmenter's {submodule}", error=SegmenterWeightsError)
     return segmenter.to(device).eval()

@@ -31,7 +31,6 @@ from torch import Tensor, nn
 from gaugan.segmenters.base import IGNORE_INDEX, Bottleneck, Segmenter, lookup_table
 
 WEIGHTS_URL = "https://sceneparsing.csail.mit.edu/model/pytorch/ade20k-resnet101-upernet/{part}_epoch_50.pth"
-WEIGHT_FILES = ("encoder_epoch_50.pth", "decoder_epoch_50.pth")
 NUM_CLASSES = 150
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -28,7 +28,6 @@ so that none of them falls back to eager.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch._dynamo
@@ -40,9 +39,6 @@ from gaugan.train.performance import SpectralNormWithoutAutocast, WrappedHook
 from gaugan.models.discriminator import NLayerDiscriminator
 from gaugan.models.generator import ResnetBlock, SPADEResBlock
 from gaugan.models.oasis_discriminator import DownBlock, UpBlock
-
-CompileMode = Literal["none", "blocks", "full"]
-COMPILE_MODES: tuple[str, ...] = ("none", "blocks", "full")
 
 # torch.compile backend; tests swap in "aot_eager" (the same tracing, no code generation).
 BACKEND = "inductor"
@@ -94,8 +90,3 @@ def keep_spectral_norm_eager(module: nn.Module) -> int:
 def _raise_recompile_limit() -> None:
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
-
-
-def check_compile_mode(mode: str) -> None:
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"train.compile: got {mode!r}, expected one of {', '.join(COMPILE_MODES)}")
