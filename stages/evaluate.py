@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from gaugan.config import Config, flatten
-from gaugan.data.io import check_writable
+from gaugan.data.io import require_writable
 from gaugan.metrics.fid import pytorch_fid_version
 from gaugan.metrics.registry import registered_metrics
 from gaugan.threads import configure_threads
@@ -44,9 +44,9 @@ def read_json(path: Path) -> dict:
 def run(cfg: Config, root: Path) -> None:
     configure_threads(cfg.train.num_threads)  # no loader workers here
     # Where the stage writes, checked before the work.
-    check_writable((root / METRICS_PATH).parent, f"the stage's reports ({METRICS_PATH}, {PER_CLASS_PATH})")
-    check_writable(root / cfg.evaluate.fid_stats_dir, "the cached real-image Inception features",
-                   "evaluate.fid_stats_dir")
+    require_writable((root / METRICS_PATH).parent, None, f"the stage's reports ({METRICS_PATH}, {PER_CLASS_PATH})")
+    require_writable(root / cfg.evaluate.fid_stats_dir, "evaluate.fid_stats_dir",
+                     "the cached real-image Inception features")
     generation = read_json(root / GENERATION_REPORT)
     report = evaluate_generated(cfg, root, root / cfg.evaluate.output_dir, generation)
     write_evaluation(report, root / METRICS_PATH, root / PER_CLASS_PATH)

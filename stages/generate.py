@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gaugan.config import Config
-from gaugan.data.io import atomic_write_json, check_writable
+from gaugan.data.io import atomic_write_json, require_writable
 from gaugan.threads import configure_threads
 from pipeline.generation import generate
 from pipeline.stage import run_stage
@@ -28,8 +28,8 @@ def run(cfg: Config, root: Path) -> None:
     threads = configure_threads(cfg.train.num_threads)  # no loader workers here
     # Where the stage writes, checked before the work: the images are written beside the
     # output folder and swapped in (gaugan.generate), the reports after them.
-    check_writable((root / cfg.evaluate.output_dir).parent, "the generated images", "evaluate.output_dir")
-    check_writable((root / REPORT_PATH).parent, f"the stage's reports ({REPORT_PATH}, {GRID_PATH})")
+    require_writable(root / cfg.evaluate.output_dir, "evaluate.output_dir", "the generated images", replaced=True)
+    require_writable((root / REPORT_PATH).parent, None, f"the stage's reports ({REPORT_PATH}, {GRID_PATH})")
     summary = generate(cfg, root, root / cfg.evaluate.output_dir, root / GRID_PATH)
     summary["num_threads"] = threads.num_threads
     atomic_write_json(root / REPORT_PATH, summary)

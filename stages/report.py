@@ -35,7 +35,7 @@ import pandas as pd
 
 from gaugan import report
 from gaugan.config import Config, flatten
-from gaugan.data.io import atomic_write_json, atomic_write_text, check_writable
+from gaugan.data.io import atomic_write_json, atomic_write_text, require_writable
 from gaugan.metrics.registry import registered_metrics
 from pipeline.dvc import current_context
 from pipeline.stage import read_json_input, run_stage
@@ -101,7 +101,7 @@ def read_per_class(path: Path) -> list[dict[str, str]]:
 
 
 def run(cfg: Config, root: Path) -> None:
-    check_writable(root / REPORTS, f"the report ({PAGE}, tables, plots)")  # before the work
+    require_writable(root / REPORTS, None, f"the report ({PAGE}, tables, plots)")  # before the work
     metrics = read_json_input(root / METRICS, "evaluate")
     training = read_json_input(root / TRAINING, "train")
     current = read_run_file(root / cfg.train.checkpoint_dir / RUN_FILE)

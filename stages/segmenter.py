@@ -23,7 +23,7 @@ from typing import Any
 
 from gaugan.config import Config
 from gaugan.data.dataset import StoreDataset, make_loader
-from gaugan.data.io import atomic_write_text, check_writable
+from gaugan.data.io import atomic_write_text, require_writable
 from gaugan.data.store import read_store
 from gaugan.evaluate import percent, real_image_scores
 from gaugan.segmenters.loading import resolve_choice
@@ -49,7 +49,7 @@ def run(cfg: Config, root: Path) -> None:
     out_dir = root / cfg.segmenter.checkpoint_dir
     # Where the stage writes, checked before the work: never a folder of the user's.
     claim_segmenter_dir(out_dir)
-    check_writable((root / REPORT_PATH).parent, f"the stage's report ({REPORT_PATH})")
+    require_writable((root / REPORT_PATH).parent, None, f"the stage's report ({REPORT_PATH})")
     checkpoint = out_dir / SEGMENTER_FILE
     resolved = resolve_choice(cfg.evaluate.segmenter, spec.name)
     if resolved != "trained":

@@ -29,7 +29,7 @@ from gaugan.checkpoint import (
     load_for_resume,
 )
 from gaugan.config import Config, replace
-from gaugan.data.io import atomic_write_json, check_writable
+from gaugan.data.io import atomic_write_json, require_writable
 from gaugan.data.store import read_store
 from gaugan.methods import method_name
 from gaugan.threads import configure_threads
@@ -77,7 +77,7 @@ def run(cfg: Config, root: Path) -> None:
     read_store(store_dir, cfg.data)  # a store written for other data settings is refused first
     if int(os.environ.get("RANK", "0")) == 0:
         # Where this stage writes, checked before hours of training: never a user's folder.
-        check_writable((root / SUMMARY_PATH).parent, f"the stage's reports ({SUMMARY_PATH})")
+        require_writable((root / SUMMARY_PATH).parent, None, f"the stage's reports ({SUMMARY_PATH})")
         claim_checkpoint_dir(out_dir)
     # Decided by every process before any writes, so that all start afresh together.
     stale = stale_finished_run(cfg, store_dir, out_dir)

@@ -1,5 +1,6 @@
 """Output folders of the download and preprocess stages that cannot be written: refused before any
-work, in one line naming the folder and the setting (`gaugan.data.io.require_writable`).
+work, in one line naming the folder and the setting (`gaugan.data.io.require_writable`, an
+`OutputNotWritable`).
 
 The tests run as root too, which writes into read-only folders anyway: each makes a folder
 unwritable in a way that holds for root (a file where the folder should be), or stands in for the
@@ -15,7 +16,7 @@ import tempfile
 
 import pytest
 
-from gaugan.data.io import DataError
+from gaugan.data.io import OutputNotWritable
 from gaugan.data.preprocess import preprocess
 from stages import download as download_stage
 from tests.test_data_layouts import config, make_custom
@@ -43,7 +44,7 @@ def test_a_file_where_the_store_folder_should_be(tmp_path, monkeypatch):
     (tmp_path / "blocker").write_text("a file")
     monkeypatch.setattr("gaugan.data.preprocess.resolve_folder", no_work)
     cfg = config("custom", root="raw", processed_dir="blocker/store", custom={"num_classes": 2})
-    with pytest.raises(DataError) as info:
+    with pytest.raises(OutputNotWritable) as info:
         preprocess(cfg.data, tmp_path, progress=False)
     assert str(info.value) == (
         f"{tmp_path / 'blocker'}: the store cannot be written here (for {tmp_path / 'blocker' / 'store'}): it is a "
@@ -58,7 +59,7 @@ def test_a_read_only_reports_folder_is_refused_before_the_store_is_written(tmp_p
     deny_writing_to(monkeypatch, reports)
     monkeypatch.setattr("gaugan.data.preprocess.resolve_folder", no_work)
     cfg = config("custom", root="raw", processed_dir="store", custom={"num_classes": 2})
-    with pytest.raises(DataError) as info:
+    with pytest.raises(OutputNotWritable) as info:
         preprocess(cfg.data, tmp_path, reports_dir=reports, progress=False)
     assert str(info.value) == (f"{reports}: the dataset's reports cannot be written here: permission denied. Make "
                                f"it writable (the folder is not a setting)")
@@ -74,7 +75,7 @@ def test_a_read_only_file_system_is_found_by_the_probe_file(tmp_path, monkeypatc
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     monkeypatch.setattr("gaugan.data.preprocess.resolve_folder", no_work)
     cfg = config("custom", root="raw", processed_dir="store", custom={"num_classes": 2})
-    with pytest.raises(DataError, match=rf"^{tmp_path}: the store cannot be written here \(for "
+    with pytest.raises(OutputNotWritable, match=rf"^{tmp_path}: the store cannot be written here \(for "
                                         rf"{tmp_path / 'store'}\): Read-only file system\. Make it writable, or set "
                                         rf"data.processed_dir to a folder you can write to$"):
         preprocess(cfg.data, tmp_path, progress=False)
@@ -91,7 +92,7 @@ def test_a_download_into_an_unwritable_data_root_is_refused_before_any_download(
     """data.root naming a file: a traceback (FileExistsError) from the first download."""
     (tmp_path / "raw").write_text("a file")
     monkeypatch.setattr("gaugan.data.download.download_file", no_work)
-    with pytest.raises(DataError) as info:
+    with pytest.raises(OutputNotWritable) as info:
         download_stage.run(config("facades", root="raw"), tmp_path, progress=False)
     assert str(info.value) == (
         f"{tmp_path / 'raw'}: the downloaded dataset cannot be written here (for {tmp_path / 'raw' / 'facades'}): it "
@@ -105,7 +106,7 @@ def test_a_read_only_dataset_folder_is_refused_before_the_work(dataset, what, tm
     deny_writing_to(monkeypatch, raw)
     monkeypatch.setattr("gaugan.data.download.download_file", no_work)
     monkeypatch.setattr("gaugan.data.check.parallel_map", no_work)
-    with pytest.raises(DataError, match=rf"^{raw}: the {what} dataset cannot be written here \(for "
+    with pytest.raises(OutputNotWritable, match=rf"^{raw}: the {what} dataset cannot be written here \(for "
                                         rf"{raw / dataset}\): permission denied\. Make it writable, or set data.root "
                                         rf"to a folder you can write to$"):
         download_stage.run(config(dataset), tmp_path, progress=False)
@@ -116,7 +117,7 @@ def test_the_download_record_folder_is_checked_before_the_work(tmp_path, monkeyp
     make_custom(tmp_path / "data" / "raw" / "custom", values=[0, 1])
     deny_writing_to(monkeypatch, tmp_path / "data")
     monkeypatch.setattr("stages.download.list_custom", no_work)
-    with pytest.raises(DataError, match=rf"^{tmp_path / 'data'}: the download record \(download.json\) cannot be "
+    with pytest.raises(OutputNotWritable, match=rf"^{tmp_path / 'data'}: the download record \(download.json\) cannot be "
                                         rf"written here: permission denied\. Make it writable \(the folder is not a "
                                         rf"setting\)$"):
         download_stage.run(config("custom"), tmp_path, progress=False)

@@ -135,7 +135,9 @@ def test_an_unwritable_reports_folder_fails_before_the_work(name, work, store, t
     refuse_writes_into("reports", monkeypatch)
     monkeypatch.setattr(f"stages.{name}.{work}", no_work)
     stderr = run_stage_in(name, stage_config(store), tmp_path, monkeypatch, capsys)
-    assert stderr.startswith(f"{name}: {tmp_path / 'reports'}: cannot write into this folder (Permission denied)")
+    assert stderr.startswith(f"{name}: {tmp_path / 'reports'}: the ")
+    assert stderr.endswith(" cannot be written here: Permission denied. Make it writable (the folder is not a "
+                           "setting)\n")
     assert stderr.count("\n") == 1
 
 
@@ -144,24 +146,24 @@ def test_train_checks_its_checkpoint_folder_and_reports_before_training(store, t
     (tmp_path / "checkpoints" / "train").mkdir(parents=True)
     refuse_writes_into("train", monkeypatch)
     stderr = run_stage_in("train", stage_config(store), tmp_path, monkeypatch, capsys)
-    assert stderr == (f"train: {tmp_path / 'checkpoints' / 'train'}: cannot write into this folder (Permission "
-                      "denied), needed for the checkpoints: make it writable, or set train.checkpoint_dir to another "
-                      "folder\n")
+    assert stderr == (f"train: {tmp_path / 'checkpoints' / 'train'}: the checkpoints cannot be written here: "
+                      "Permission denied. Make it writable, or set train.checkpoint_dir to a folder you can write to\n")
     # A file where a folder is expected (no permissions involved: this holds for root too).
     monkeypatch.undo()
     monkeypatch.setattr("stages.train.train", no_work)
     (tmp_path / "reports").write_text("not a folder")
     stderr = run_stage_in("train", stage_config(store), tmp_path, monkeypatch, capsys)
-    assert stderr == (f"train: {tmp_path / 'reports'}: a file, where a folder is expected for the stage's reports "
-                      "(reports/train.json): remove or rename the file\n")
+    assert stderr == (f"train: {tmp_path / 'reports'}: the stage's reports (reports/train.json) cannot be written "
+                      "here: it is a file, not a folder. Move it away (the folder is not a setting)\n")
 
 
 def test_generate_checks_its_output_folder_before_generating(store, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("stages.generate.generate", no_work)
     (tmp_path / "outputs").write_text("not a folder")
     stderr = run_stage_in("generate", stage_config(store), tmp_path, monkeypatch, capsys)
-    assert stderr == (f"generate: {tmp_path / 'outputs'}: a file, where a folder is expected for the generated images: "
-                      "remove or rename the file, or set evaluate.output_dir to another folder\n")
+    assert stderr == (f"generate: {tmp_path / 'outputs'}: the generated images cannot be written here (for "
+                      f"{tmp_path / 'outputs' / 'generated'}): it is a file, not a folder. Move it away, or set "
+                      "evaluate.output_dir to a folder you can write to\n")
 
 
 # ---- a full disk while training ------------------------------------------------------------

@@ -276,6 +276,11 @@ def atomic_save_png(img: Image.Image, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
+class OutputNotWritable(UserError):
+    """A folder the project writes into cannot be written (read-only, a file in its place, a
+    folder of the user's)."""
+
+
 def require_writable(folder: str | os.PathLike, setting: str | None, what: str, replaced: bool = False) -> None:
     """Refuse, before any work, a ``folder`` that ``what`` cannot be written into, in one line
     naming it and ``setting`` (what chose it; None for a fixed folder).
@@ -296,15 +301,19 @@ def require_writable(folder: str | os.PathLike, setting: str | None, what: str, 
         reason, remedy = "permission denied", "Make it writable"
     else:
         try:
-            handle, probe = tempfile.mkstemp(prefix=".gaugan-write-probe-", dir=existing)
+            _probe_write(existing)
         except OSError as err:
             reason, remedy = err.strerror or str(err), "Make it writable"
         else:
-            os.close(handle)
-            os.unlink(probe)
             return
     other = f", or set {setting} to a folder you can write to" if setting else " (the folder is not a setting)"
-    raise DataError(f"{existing}: {what} cannot be written here{into}: {reason}. {remedy}{other}")
+    raise OutputNotWritable(f"{existing}: {what} cannot be written here{into}: {reason}. {remedy}{other}")
+
+
+def _probe_write(folder: Path) -> None:
+    handle, name = tempfile.mkstemp(prefix=".gaugan-write-probe-", dir=folder)
+    os.close(handle)
+    os.unlink(name)
 
 
 def out_of_room(err: OSError, folder: str | os.PathLike, setting: str | None,
@@ -395,40 +404,6 @@ def replace_dir(new: str | os.PathLike, target: str | os.PathLike, marker: Outpu
 # Output folders written in place, and whether a folder can be written at all.
 
 
-class OutputNotWritable(UserError):
-    """A folder a stage writes into cannot be written (read-only, a file in its place)."""
-
-
-def check_writable(folder: str | os.PathLike, contents: str, setting: str | None = None) -> None:
-    """Fail now, naming ``folder``, what it is for (``contents``) and the ``setting`` that chose
-    it, unless a file can be created in it, or, while it does not exist yet, in the nearest
-    existing folder above it (where it will be created).
-
-    Stages call this before their work, so that hours of training never end in an unwritable
-    folder. The test is a real file created and removed (:func:`_probe_write`): permission
-    bits would be wrong for root, who may write into read-only folders, and say nothing of a
-    read-only file system.
-    """
-    folder = Path(folder)
-    existing = next(path for path in (folder, *folder.parents) if path.exists() or path.is_symlink())
-    elsewhere = f", or set {setting} to another folder" if setting else ""
-    if not existing.is_dir():
-        raise OutputNotWritable(f"{existing}: a file, where a folder is expected for {contents}: remove or rename "
-                                f"the file{elsewhere}")
-    try:
-        _probe_write(existing)
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise OutputNotWritable(f"{existing}: cannot write into this folder ({reason}), needed for {contents}: make "
-                                f"it writable{elsewhere}") from err
-
-
-def _probe_write(folder: Path) -> None:
-    handle, name = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
-    os.close(handle)
-    os.unlink(name)
-
-
 def claim_output_dir(folder: str | os.PathLike, marker: OutputMarker, contents: str,
                      written_earlier: Callable[[Path], bool] | None = None) -> None:
     """Make ``folder`` an output folder that the project writes into in place, carrying ``marker``.
@@ -439,7 +414,7 @@ def claim_output_dir(folder: str | os.PathLike, marker: OutputMarker, contents: 
     there before it marked its folders (``written_earlier(folder)``); it is marked then. Anything
     else, a folder of the user's or a file, is refused, naming it and ``marker.setting``: writing
     into it would overwrite the user's files. An unwritable folder is refused too
-    (:func:`check_writable`; ``contents`` says what the folder is for).
+    (:func:`require_writable`; ``contents`` says what the folder is for).
     """
     folder = Path(folder)
     if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
@@ -455,7 +430,7 @@ def claim_output_dir(folder: str | os.PathLike, marker: OutputMarker, contents: 
                 f"{marker.file}; it holds {shown}); refusing to write into it, which could overwrite or delete its "
                 f"files. Set {marker.setting} to a new or empty folder"
             )
-    check_writable(folder, contents, marker.setting)
+    require_writable(folder, marker.setting, contents)
     if not marker.found_in(folder):
         folder.mkdir(parents=True, exist_ok=True)
         marker.write(folder)
