@@ -25,14 +25,12 @@ import errno
 import fnmatch
 import os
 import pickle
-import random
 import re
 import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +261,7 @@ def _write_failure(err: BaseException) -> tuple[str, int | None] | None:
     while cause is not None and not isinstance(cause, OSError):
         cause = cause.__cause__ or cause.__context__
     if cause is None:
-        return f"torch's writer: {_first_line(err)}", None
+        return f"torch's writer: {torch_error_reason(err)}", None
     return cause.strerror or str(cause), cause.errno
 
 
@@ -306,25 +304,6 @@ def remove_stale_temporary_files(folder: Path) -> None:
 # Our format: build, check, load.
 
 
-@dataclass(frozen=True)
-class Progress:
-    """Where training stands: the next batch to train is ``batch_in_epoch`` of ``epoch``."""
-
-    epoch: int = 0
-    step: int = 0
-    batch_in_epoch: int = 0
-
-    def advanced(self) -> Progress:
-        """After one more step."""
-        return Progress(self.epoch, self.step + 1, self.batch_in_epoch + 1)
-
-    def continuation(self, batches_per_epoch: int) -> Progress:
-        """Where to continue from: after an epoch's last batch, the start of the next epoch."""
-        if self.batch_in_epoch >= batches_per_epoch:
-            return Progress(self.epoch + 1, self.step, 0)
-        return self
-
-
 def _state(holder: Any) -> Any:
     return holder.state_dict() if hasattr(holder, "state_dict") else holder
 
@@ -335,7 +314,7 @@ def build_checkpoint(
     models: Mapping[str, Any],
     optimizers: Mapping[str, Any] | None = None,
     scalers: Mapping[str, Any] | None = None,
-    progress: Progress | None = None,
+    progress: Any = None,
     rng: Sequence[dict[str, Any]] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
@@ -343,7 +322,8 @@ def build_checkpoint(
 
     ``models``, ``optimizers`` and ``scalers`` map names (``G``, ``D``, ``E``, ``G_ema``) to
     objects with ``state_dict()`` or to state dicts. ``spec`` is a DatasetSpec or its dict.
-    ``rng`` holds one :func:`capture_rng_state` per process. A resumable checkpoint has
+    ``progress`` is a :class:`gaugan.train.progress.Progress` (stored as its fields);
+    ``rng`` holds one :func:`gaugan.seeding.capture_rng_state` per process. A resumable checkpoint has
     optimizers, progress and rng; a generator-only one (generator.pt, an import) has not.
     """
     payload: dict[str, Any] = {
@@ -453,114 +433,6 @@ def check_resumable(payload: dict[str, Any], config: dict[str, Any], spec: dict[
             f"{path}: cannot resume, the dataset spec differs (checkpoint {payload.get('spec')}, "
             f"store {spec}). Set train.resume=false to start afresh."
         )
-
-
-# --------------------------------------------------------------------------------------
-# Random-number generator states, as tensors and numbers.
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """This process's torch, NumPy, Python (and CUDA) random states as plain data."""
-    numpy_state = np.random.get_state(legacy=False)
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "bit_generator": numpy_state["bit_generator"],
-            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-            "pos": int(numpy_state["state"]["pos"]),
-            "has_gauss": int(numpy_state["has_gauss"]),
-            "gauss": float(numpy_state["gauss"]),
-        },
-        "python": random.getstate(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
-    }
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    numpy_state = state["numpy"]
-    if isinstance(numpy_state, dict):
-        key = numpy_state["key"].numpy().astype(np.uint32)
-        np.random.set_state((numpy_state["bit_generator"], key, numpy_state["pos"], numpy_state["has_gauss"],
-                             numpy_state["gauss"]))
-    else:  # an older checkpoint: NumPy's own tuple
-        np.random.set_state(numpy_state)
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        cuda_states = state["cuda"]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-        else:
-            torch.cuda.set_rng_state(cuda_states[0])
-
-
-# --------------------------------------------------------------------------------------
-# Restoring a training.
-
-
-def restore_training(
-    payload: dict[str, Any],
-    path: Path,
-    models: Mapping[str, Any],
-    optimizers: Mapping[str, torch.optim.Optimizer],
-    scalers: Mapping[str, torch.amp.GradScaler] | None,
-    rank: int,
-    world_size: int,
-    seed: int,
-) -> Progress:
-    """Load networks, optimisers, scalers and random states from ``payload``; the progress.
-
-    With another process count than the checkpoint's, the data order is still exact (it
-    depends on (seed, epoch) only) but the random streams are reseeded from the step.
-    """
-    saved_models = payload["models"]
-    for name, holder in models.items():
-        if name not in saved_models:
-            raise CheckpointError(f"{path}: the checkpoint has no models[{name!r}]")
-        load_state_dict_exactly(holder, saved_models[name], f"{path} (models[{name!r}])", what=name)
-    for name, optimizer in optimizers.items():
-        load_optimizer_state(optimizer, payload["optimizers"][name])
-    if scalers and payload.get("scaler"):
-        for name, scaler in scalers.items():
-            scaler.load_state_dict(payload["scaler"][name])
-    progress = Progress(**payload["progress"])
-    rng = payload["rng"]
-    rng_states = rng.get("per_rank") or [rng]  # older single-process files: the state itself
-    if len(rng_states) == world_size:
-        restore_rng_state(rng_states[rank])
-    else:
-        seed_everything(seed + rank + progress.step)
-    return progress
-
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """``optimizer.load_state_dict(state)``, keeping how this run executes the update.
-
-    ``capturable`` (step counts on the device) is set by CUDA-graph runs
-    (:func:`gaugan.train.cuda_graphs.make_capturable`) and saved with the state; the CPU refuses
-    to step a capturable Adam, and a graph needs the flag whatever the checkpoint says. So each
-    group keeps the flag it was built with, and its step counts follow it: on the parameter's
-    device when capturable (or fused), on the host otherwise, as a fresh optimiser keeps them.
-    """
-    capturable = [group.get("capturable", False) for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, flag in zip(optimizer.param_groups, capturable):
-        group["capturable"] = flag
-        for param in group["params"]:
-            param_state = optimizer.state.get(param, {})
-            step = param_state.get("step")
-            if isinstance(step, Tensor) and not (flag or group.get("fused")):
-                param_state["step"] = step.to("cpu")
-
-
-# --------------------------------------------------------------------------------------
-# Strict state-dict loading, with one error listing every disagreement.
 
 
 def _strip(key: str) -> str:

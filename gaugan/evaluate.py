@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gaugan.data.registry import DatasetSpec
 from gaugan.data.dataset import StoreDataset, make_loader
+from gaugan.data.registry import DatasetSpec
 from gaugan.generated import read_generated, split_stems
 from gaugan.metrics import fid as fid_metric
 from gaugan.metrics.inputs import Judges, MetricInputs, missing_judge

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gaugan.checkpoint import Progress, atomic_torch_save, build_checkpoint
+from gaugan.checkpoint import atomic_torch_save, build_checkpoint
 from gaugan.config import Config
 from gaugan.data.dataset import StoreDataset
 from gaugan.data.io import atomic_write_json
@@ -37,6 +37,7 @@ from gaugan.generate import synthesize_batch
 from gaugan.metrics.inputs import Judges, MetricInputs, missing_judge
 from gaugan.metrics.registry import Metric, compute_metrics, registered_metrics
 from gaugan.selection import CHOICES, SELECTION_FILE
+from gaugan.train.progress import Progress
 
 
 def subset_indices(cfg: Config, num_val: int, num_train: int) -> tuple[str, list[int]]:

@@ -1,6 +1,7 @@
 """The checkpoint module: safe reading (no pickled code runs; files that are not checkpoints
 get a message saying what they are), atomic writing, the payload builder, random states as
-plain data, and the resume-compatibility rule."""
+plain data (gaugan.seeding), the resume-compatibility rule and restoring a training
+(gaugan.train.progress)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ import torch
 from torch import nn
 
 from gaugan import checkpoint as ckpt
+from gaugan import seeding
 from gaugan.config import Config, config_to_dict, replace
 from gaugan.data.registry import published_spec
+from gaugan.train.progress import Progress, restore_training
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = published_spec("landscapes")
@@ -101,12 +104,12 @@ def _draws() -> tuple:
 
 def test_random_states_are_plain_data_and_restore_exactly(tmp_path):
     np.random.randn()  # leaves a cached Gaussian in NumPy's state
-    state = ckpt.capture_rng_state()
+    state = seeding.capture_rng_state()
     expected = _draws()
     path = tmp_path / "rng.pt"
     torch.save(state, path)
     reloaded = torch.load(path, weights_only=True)  # no allow-listing needed: tensors, numbers, strings
-    ckpt.restore_rng_state(reloaded)
+    seeding.restore_rng_state(reloaded)
     assert _draws() == expected
 
 
@@ -120,7 +123,7 @@ def test_checkpoints_with_numpy_random_state_from_earlier_versions_still_load(tm
     torch.save(payload, path)
     loaded = ckpt.load_checkpoint(path)
     np.random.seed(0)
-    ckpt.restore_rng_state(loaded["rng"])
+    seeding.restore_rng_state(loaded["rng"])
     assert np.random.rand(2).tolist() == expected
 
 
@@ -128,7 +131,7 @@ def test_builder_writes_our_format_and_the_generator_file_keeps_generation_model
     G, D = nn.Linear(2, 2), nn.Linear(2, 1)
     optimizer = torch.optim.Adam(G.parameters())
     payload = ckpt.build_checkpoint(Config(), SPEC, {"G": G, "D": D, "G_ema": G.state_dict()}, {"G": optimizer},
-                                    None, ckpt.Progress(epoch=1, step=5, batch_in_epoch=2), [ckpt.capture_rng_state()])
+                                    None, Progress(epoch=1, step=5, batch_in_epoch=2), [seeding.capture_rng_state()])
     assert payload["format"] == ckpt.CHECKPOINT_FORMAT and payload["spec"]["name"] == "landscapes"
     assert payload["config"] == config_to_dict(Config()) and payload["scaler"] is None
     assert payload["progress"] == {"epoch": 1, "step": 5, "batch_in_epoch": 2}
@@ -197,14 +200,14 @@ def test_optimiser_state_of_a_cuda_graph_run_resumes_on_the_cpu(tmp_path, fused)
     """A CUDA-graph run saves Adam with capturable=True (step counts on the GPU); the CPU refuses
     to step such an optimiser. The flag is how this run executes, not part of the state."""
     model, optimizer = _trained_adam(fused)
-    payload = ckpt.build_checkpoint(Config(), SPEC, {"G": model}, {"G": optimizer}, None, ckpt.Progress(0, 1, 1),
-                                    [ckpt.capture_rng_state()])
+    payload = ckpt.build_checkpoint(Config(), SPEC, {"G": model}, {"G": optimizer}, None, Progress(0, 1, 1),
+                                    [seeding.capture_rng_state()])
     for group in payload["optimizers"]["G"]["param_groups"]:
         group["capturable"] = True  # as train.cuda_graph leaves it (gaugan.train.cuda_graphs.make_capturable)
     path = tmp_path / "last.pt"
     ckpt.atomic_torch_save(payload, path)
     resumed_model, resumed = _trained_adam(fused)
-    ckpt.restore_training(ckpt.load_for_resume(path), path, {"G": resumed_model}, {"G": resumed}, None, 0, 1, 0)
+    restore_training(ckpt.load_for_resume(path), path, {"G": resumed_model}, {"G": resumed}, None, 0, 1, 0)
     assert [group["capturable"] for group in resumed.param_groups] == [False]
     resumed_model(torch.ones(1, 3)).sum().backward()
     resumed.step()  # before: AssertionError "If capturable=True, params and state_steps must be on supported devices"
@@ -218,7 +221,7 @@ def test_optimiser_state_of_a_cuda_graph_run_resumes_on_the_cpu(tmp_path, fused)
     ckpt.atomic_torch_save(payload, path)
     capturable_model = nn.Linear(3, 2)
     capturable = torch.optim.Adam(capturable_model.parameters(), fused=fused, capturable=True)  # stepped on a GPU only
-    ckpt.restore_training(ckpt.load_for_resume(path), path, {"G": capturable_model}, {"G": capturable}, None, 0, 1, 0)
+    restore_training(ckpt.load_for_resume(path), path, {"G": capturable_model}, {"G": capturable}, None, 0, 1, 0)
     assert [group["capturable"] for group in capturable.param_groups] == [True]
 
 
@@ -252,6 +255,24 @@ def test_a_full_disk_or_file_size_limit_is_one_line_and_keeps_the_previous_file(
                              "training resumes from the kept last.pt\n")
     assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.zeros(10))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_a_failed_write_without_a_cause_is_one_line_too(tmp_path, monkeypatch):
+    """torch's zip writer failing with no OSError behind it (before: NameError: _first_line)."""
+
+    def failing_save(payload, file):
+        file.write(b"PK partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\nmore of torch's lines")
+
+    path = tmp_path / "last.pt"
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(ckpt.CheckpointWriteError) as caught:
+        ckpt.atomic_torch_save({"weights": torch.zeros(1)}, path)
+    assert str(caught.value) == (
+        f"{path}: could not write the checkpoint (torch's writer: [enforce fail at inline_container.cc:664] "
+        ". unexpected pos 64 vs 0); no last.pt was written. Free space on that disk (or raise the file size limit) "
+        "and run again")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_reading_shows_no_torch_warning_or_advice(tmp_path, recwarn):

@@ -10,10 +10,8 @@ import torch
 from gaugan.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
-    Progress,
     atomic_torch_save,
     build_checkpoint,
-    capture_rng_state,
     load_state_dict_exactly,
     strip_wrapper_prefixes,
 )
@@ -22,6 +20,8 @@ from gaugan.data.registry import published_spec
 from gaugan.models import build_discriminator, build_encoder, build_generator, published_generator_config
 from gaugan.models.loading import load_encoder, load_generator
 from gaugan.models.official import load_official_generator, official_structure
+from gaugan.seeding import capture_rng_state
+from gaugan.train.progress import Progress
 
 # ---- the official layout, written out from docs/SPADE.md section 1 -------------------------
 

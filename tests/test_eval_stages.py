@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gaugan.checkpoint import Progress, atomic_torch_save, build_checkpoint
+from gaugan.checkpoint import atomic_torch_save, build_checkpoint
 from gaugan.config import Config, replace
 from gaugan.data.io import DataError
 from gaugan.data.store import read_manifest, spec_from_manifest
@@ -28,6 +28,7 @@ from gaugan.metrics.fid import FID_WEIGHTS_URL, pytorch_fid_version
 from gaugan.metrics.inputs import Judges
 from gaugan.models import build_encoder, build_generator
 from gaugan.models.loading import load_encoder, load_generator
+from gaugan.train.progress import Progress
 from stages import download as download_stage
 from stages import evaluate as evaluate_stage
 from stages import generate as generate_stage

@@ -19,10 +19,10 @@ import torch
 
 from gaugan.config import DataConfig
 from gaugan.data.builtin import write_landscapes
-from gaugan.data.registry import resolve_dataset
-from gaugan.data.sources import list_custom
 from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.preprocess import write_store
+from gaugan.data.registry import resolve_dataset
+from gaugan.data.sources import list_custom
 
 
 def build_benchmark_store(work_dir: str | os.PathLike, size: int = 256, num_images: int = 256, seed: int = 0,

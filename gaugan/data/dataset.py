@@ -3,7 +3,7 @@
 Every split is memory-mapped (:mod:`gaugan.data.store` describes the layout), so a loader
 worker does a slice, an optional flip and a ``torch.from_numpy`` per item. The random
 crop and flip of training items and the order of an epoch come only from
-``(seed, epoch, index)`` (:mod:`gaugan.data.seeding`): a resumed run sees bit-identical
+``(seed, epoch, index)`` (:mod:`gaugan.seeding`): a resumed run sees bit-identical
 batches whatever the number of workers.
 """
 
@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gaugan.data.io import DataError
 from gaugan.data.registry import DatasetSpec
-from gaugan.data.seeding import epoch_permutation, random_bits
 from gaugan.data.store import read_manifest, spec_from_manifest
+from gaugan.seeding import epoch_permutation, random_bits
 
 
 class StoreDataset(Dataset):
@@ -127,7 +127,7 @@ class EpochSampler(Sampler):
     """Yields ``(epoch, index)`` so that workers (also persistent ones) know the epoch.
 
     The epoch is read from the dataset (:meth:`StoreDataset.set_epoch`) when iteration
-    starts. The order is :func:`gaugan.data.seeding.epoch_permutation` of ``(seed, epoch)``;
+    starts. The order is :func:`gaugan.seeding.epoch_permutation` of ``(seed, epoch)``;
     ``inner`` (e.g. :class:`gaugan.train.distributed.GlobalBatchSampler`) replaces it and
     gets ``set_epoch`` forwarded. :meth:`resume_from` skips the first items of the next
     epoch (resuming mid-epoch).

@@ -12,7 +12,6 @@ from starlette.applications import Starlette
 
 from gaugan.errors import UserError
 
-
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 

@@ -34,11 +34,10 @@ import torch._dynamo
 from torch import nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 
-from gaugan.train.performance import SpectralNormWithoutAutocast, WrappedHook
-
 from gaugan.models.discriminator import NLayerDiscriminator
 from gaugan.models.generator import ResnetBlock, SPADEResBlock
 from gaugan.models.oasis_discriminator import DownBlock, UpBlock
+from gaugan.train.performance import SpectralNormWithoutAutocast, WrappedHook
 
 # torch.compile backend; tests swap in "aot_eager" (the same tracing, no code generation).
 BACKEND = "inductor"

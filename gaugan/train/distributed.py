@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from gaugan.config import ConfigError
-from gaugan.data.seeding import epoch_permutation
+from gaugan.seeding import epoch_permutation
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def barrier(context: DistributedContext) -> None:
 class GlobalBatchSampler(Sampler[int]):
     """Deterministic order of sample indices for one rank (use as ``make_loader``'s ``sampler``).
 
-    The epoch's permutation is :func:`gaugan.data.seeding.epoch_permutation` of (seed, epoch),
+    The epoch's permutation is :func:`gaugan.seeding.epoch_permutation` of (seed, epoch),
     the data pipeline's one seeding scheme. Global batch ``b`` is
     ``perm[b*B:(b+1)*B]`` (B the global batch size; the incomplete last batch is dropped, as
     the official training loader does); rank r takes the r-th contiguous slice of it. So any

@@ -27,15 +27,17 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from gaugan.callbacks import ImageCallback, MetricsCallback
-from gaugan.checkpoint import Progress, atomic_torch_save, build_checkpoint, capture_rng_state, generator_payload
+from gaugan.checkpoint import atomic_torch_save, build_checkpoint, generator_payload
 from gaugan.config import OptimConfig
 from gaugan.data.io import atomic_save_png
 from gaugan.data.registry import DatasetSpec
 from gaugan.models.noise import noise_for_images
+from gaugan.seeding import capture_rng_state
 from gaugan.train.distributed import DistributedContext, all_gather_objects, barrier
 from gaugan.train.ema import Forward, GeneratorEMA
 from gaugan.train.guard import FinitenessGuard
 from gaugan.train.performance import peak_memory_bytes
+from gaugan.train.progress import Progress
 from gaugan.train.schedule import learning_rates
 from gaugan.train.steps import prepare_batch
 from gaugan.visualize import sample_grid, to_uint8

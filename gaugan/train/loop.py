@@ -27,7 +27,6 @@ from gaugan.callbacks import ImageCallback, MetricsCallback
 from gaugan.checkpoint import (
     GENERATOR_CHECKPOINT,
     LAST_CHECKPOINT,
-    Progress,
     atomic_torch_save,
     check_resumable,
     claim_checkpoint_dir,
@@ -35,8 +34,6 @@ from gaugan.checkpoint import (
     load_checkpoint,
     load_for_resume,
     remove_stale_temporary_files,
-    restore_training,
-    seed_everything,
 )
 from gaugan.config import Config, ConfigError, OptimConfig, config_to_dict
 from gaugan.data.classes import class_table
@@ -44,6 +41,7 @@ from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.store import read_store
 from gaugan.models import build_discriminator, build_encoder, build_generator
+from gaugan.seeding import seed_everything
 from gaugan.selection import check_held_out_unchanged, num_training_samples
 from gaugan.train.distributed import (
     DistributedContext,
@@ -54,7 +52,7 @@ from gaugan.train.distributed import (
     shutdown_distributed,
     wrap_ddp,
 )
-from gaugan.train.ema import GeneratorEMA
+from gaugan.train.ema import Forward, GeneratorEMA
 from gaugan.train.guard import FinitenessGuard
 from gaugan.train.jobs import (
     Checkpointer,
@@ -66,9 +64,9 @@ from gaugan.train.jobs import (
     due_jobs,
 )
 from gaugan.train.performance import autocast_dtype, configure_device, spectral_norm_in_fp32
+from gaugan.train.progress import Progress, restore_training
 from gaugan.train.runner import StepRunner, make_step_runner
 from gaugan.train.schedule import adam_betas, learning_rates, set_learning_rate
-from gaugan.train.ema import Forward
 from gaugan.train.steps import Optimizers, prepare_batch, step_settings
 
 # (generator in its current state, finished epochs, step) -> metrics to report, {} when none
