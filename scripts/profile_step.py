@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gaugan.config import Config, replace
 from gaugan.data.registry import resolve_dataset
-from gaugan.train.bench import LOOKUP_FLOP_FORMULAS, reference_config, training_setup
+from gaugan.train.bench import LOOKUP_FLOP_FORMULAS, training_setup
 from gaugan.train.performance import configure_device
 from gaugan.train.adversaries import discriminate
 from gaugan.train.steps import generate_fake, prepare_batch
@@ -64,21 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     spec = resolve_dataset(cfg.data)
     if not args.reference_schedule:
         configure_device(device, cfg.train.cudnn_benchmark)
-    runner_for, batch = training_setup(cfg, spec, device, args.reference_schedule)
-    run_cfg = reference_config(cfg) if args.reference_schedule else cfg
-    runner = runner_for(run_cfg)
+    training, batch = training_setup(cfg, spec, device, args.reference_schedule)
+    step = training.step()  # the training step, as the loop and gaugan bench run it
     result = {"config": args.config, "batch_size": cfg.train.batch_size, "device": str(device),
               "threads": torch.get_num_threads(), "schedule": "reference" if args.reference_schedule else "ours",
-              "label_conv": "lookup" if runner.label_lookup else "dense"}
+              "label_conv": "lookup" if step.runner.label_lookup else "dense"}
     if args.flops:
-        result["flops"] = flops_by_part(runner, batch)
-    runner(batch)  # warm-up
+        result["flops"] = flops_by_part(step.runner, batch)
+    step(batch)  # warm-up
     activities = [torch.profiler.ProfilerActivity.CPU] + (
         [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
     started = time.perf_counter()
     with torch.profiler.profile(activities=activities) as profile:
         for _ in range(args.steps):
-            runner(batch)
+            step(batch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     result["step_s_profiled"] = (time.perf_counter() - started) / args.steps

@@ -25,11 +25,12 @@ from gaugan.models import (
 )
 from gaugan.models.noise import edited_noise, noise_for_images, noise_vector
 from gaugan.train.adversaries import PatchGANAdversary, SegmentationAdversary, make_adversary
-from gaugan.train.ema import GeneratorEMA
-from gaugan.train.loop import build_training_models, make_optimizers, train
-from gaugan.train.schedule import adam_betas, learning_rates
-from gaugan.train.steps import Networks, discriminator_step, generator_step, prepare_batch, step_settings
 from gaugan.train.bench import synthetic_batch
+from gaugan.train.ema import GeneratorEMA
+from gaugan.train.loop import train
+from gaugan.train.schedule import adam_betas, learning_rates
+from gaugan.train.setup import build_training_models, make_optimizers
+from gaugan.train.steps import Networks, discriminator_step, generator_step, prepare_batch, step_settings
 from tests.training_support import assert_identical, make_store, tiny_train_config
 
 LN = math.log

@@ -95,7 +95,7 @@ def test_oasis_presets_cover_its_papers_datasets() -> None:
 @pytest.mark.parametrize("name", OASIS_PRESETS)
 def test_oasis_preset_applies_the_authors_settings(name: str) -> None:
     from gaugan.models import count_parameters, published_parameter_counts
-    from gaugan.train.loop import build_training_models
+    from gaugan.train.setup import build_training_models
 
     dataset = name.removeprefix("gpu-").removesuffix("-oasis")
     batch_size, epochs, labelmix, ema_decay, (lr_g, lr_d), image_size = OASIS_SETTINGS[dataset]

@@ -22,7 +22,7 @@ RESULT_KEYS = {
     "images_per_s": float, "steps_per_s": float, "step_s": float, "process_cpu_s_per_step": float,
     "peak_memory_bytes": int, "peak_memory_kind": str, "device": str, "device_name": str, "torch_version": str,
     "num_threads": int, "schedule": str, "precision": str, "channels_last": bool, "label_conv": str, "compile": str,
-    "cuda_graph": bool, "batch_size": int, "image_size": list, "label_channels": int, "steps": int, "warmup": int,
+    "cuda_graph": bool, "ema": bool, "batch_size": int, "image_size": list, "label_channels": int, "steps": int, "warmup": int,
     "warmup_step_s": list, "losses_finite": bool, "load_average_before": list, "load_average": list,
     "cpu_count": int, "params_file": str, "config_overrides": list,
 }
@@ -110,3 +110,41 @@ def test_bench_stage_compares_both_schedules_in_their_own_processes(tmp_path: Pa
     assert report["repeats"] == 2 and len(runs["ours"]) == len(runs["reference"]) == len(report["paired_speedups"]) == 2
     assert report["ours"]["images_per_s"] == min(runs["ours"])  # the lower middle of two runs
     assert report["paired_speedups"][1] == runs["ours"][1] / runs["reference"][1]
+
+
+def test_bench_times_the_very_step_that_training_runs(tmp_path, monkeypatch):
+    """`gaugan bench` and stages.train build their step in one place (gaugan.train.setup): the
+    same TrainingStep, its EMA update included (before, the benchmark copied the loop's setup
+    and skipped the EMA); the reference schedule keeps none, as the official SPADE code."""
+    import torch
+
+    from gaugan.data.registry import resolve_dataset
+    from gaugan.train import setup
+    from gaugan.train.bench import BenchSettings, run_benchmark
+    from gaugan.train.loop import train
+    from tests.training_support import make_store
+
+    steps = []
+    step_call = setup.TrainingStep.__call__
+
+    def recording(step, batch):
+        steps.append(step)
+        return step_call(step, batch)
+
+    monkeypatch.setattr(setup.TrainingStep, "__call__", recording)
+    cfg = tiny_train_config(use_ema=True, ema_statistics_batches=0, max_steps=2)
+    train(cfg, make_store(tmp_path), tmp_path / "checkpoints", show_progress=False)
+    assert len(steps) == 2 and steps[0] is steps[1] and steps[0].ema is not None
+
+    steps.clear()
+    spec, cpu = resolve_dataset(cfg.data), torch.device("cpu")
+    result = run_benchmark(cfg, spec, cpu, BenchSettings(steps=2, warmup=1, count_flops=False))
+    assert result["ema"] and len(steps) == 3 and all(step is steps[0] for step in steps)
+    untrained = setup.build_training(cfg, spec, setup.single_process(cpu)).G.state_dict()
+    averaged = steps[0].ema.module.state_dict()
+    assert any(not torch.equal(averaged[name], untrained[name]) for name in untrained)  # the EMA followed G
+
+    steps.clear()
+    reference = run_benchmark(cfg, spec, cpu, BenchSettings(steps=1, warmup=0, reference_schedule=True,
+                                                            count_flops=False))
+    assert not reference["ema"] and len(steps) == 1 and steps[0].ema is None

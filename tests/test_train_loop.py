@@ -25,7 +25,8 @@ from gaugan.models.loading import load_generator
 from gaugan.train import steps
 from gaugan.train.bench import synthetic_batch
 from gaugan.train.guard import TrainingDiverged
-from gaugan.train.loop import build_training_models, make_optimizers, train
+from gaugan.train.loop import train
+from gaugan.train.setup import build_training_models, make_optimizers
 from gaugan.train.steps import Networks, discriminator_step, generator_step, prepare_batch, step_settings
 from pipeline.params import dump_config
 from stages import train as train_stage

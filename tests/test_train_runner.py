@@ -17,23 +17,20 @@ from gaugan.data.semantic import LabelRangeError, semantic_labels
 from gaugan.train import compiled
 from gaugan.train.bench import synthetic_batch
 from gaugan.train.cuda_graphs import EagerRecorder, GraphedStep
-from gaugan.train.loop import build_training_models, make_optimizers, train
-from gaugan.train.runner import LOOKUP_MIN_LABEL_CHANNELS, make_step_runner, use_label_lookup
+from gaugan.train.loop import train
+from gaugan.train.runner import LOOKUP_MIN_LABEL_CHANNELS, use_label_lookup
 from gaugan.train.schedule import set_learning_rate
-from gaugan.train.steps import step_settings
+from gaugan.train.setup import build_training, single_process
 from tests.training_support import assert_identical, make_store, tiny_train_config
 
 CPU = torch.device("cpu")
 
 
-def runner_for(cfg, seed: int = 0):
-    """A fresh G, D (+E) from ``seed`` and the runner ``cfg.train`` asks for."""
+def runner_for(cfg):
+    """Fresh G, D (+E) from ``train.seed``, built as training builds them, and the runner ``cfg.train`` asks for."""
     spec = resolve_dataset(cfg.data)
-    torch.manual_seed(seed)
-    G, D, E = build_training_models(cfg, spec)
-    optimizers = make_optimizers(cfg, G, D, E, CPU, epoch=0)
-    settings = step_settings(cfg, spec)
-    return make_step_runner(cfg, spec, CPU, (G, D, E), optimizers, settings), spec, (G, D, E)
+    training = build_training(cfg, spec, single_process(CPU))
+    return training.step().runner, spec, (training.G, training.D, training.E)
 
 
 def batches(spec, count: int, batch_size: int = 2):

@@ -1,6 +1,8 @@
 """Training-speed benchmark: images/s, step time, peak memory and (on GPU) model FLOPs
-utilisation of the G step + D step of :mod:`gaugan.train.steps`, run by the same
-:class:`~gaugan.train.runner.StepRunner` as training, on synthetic batches.
+utilisation of the training step, on synthetic batches. The step is the one training runs:
+built by :func:`gaugan.train.setup.build_training` and :meth:`~gaugan.train.setup.Training.step`
+as the loop builds it (G step + D step of :mod:`gaugan.train.steps`, executed by a
+:class:`~gaugan.train.runner.StepRunner`, then the EMA update when ``train.use_ema``).
 
 Synthetic label maps (blocky random classes and instances) cost the same per step as real
 data once on the device, so the benchmark needs no dataset. ``reference_schedule=True``
@@ -9,8 +11,10 @@ the same machine, not assumed: SPADE layers in the official order of operations
 (:attr:`gaugan.models.spade.SPADE.official_order`); D weight gradients computed in the G step and thrown away;
 in the D step a gradient w.r.t. the regenerated fake (the official code sets
 ``requires_grad`` on it); fp32; contiguous NCHW tensors; the dense one-hot map; torch's
-default (unfused) Adam; no compilation or CUDA graph; glibc's default allocator behaviour. It is an emulation inside our code, not the official
-code itself (which also loads data in the training process and differs in overheads).
+default (unfused) Adam; no compilation or CUDA graph; glibc's default allocator behaviour; no
+EMA generator unless the generator is OASIS's (the official SPADE code keeps none, the official
+OASIS code does). It is an emulation inside our code, not the official code itself (which also
+loads data in the training process and differs in overheads).
 
 Note that the allocator setting (:func:`gaugan.train.performance.keep_freed_memory`) is
 process-wide and cannot be undone: measure the reference schedule in its own process
@@ -33,11 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gaugan.config import Config, replace
 from gaugan.data.registry import DatasetSpec
-from gaugan.models.spade import SPADE
-from gaugan.train.loop import build_training_models, make_optimizers, make_vgg_loss, place_models
-from gaugan.train.performance import autocast_dtype, configure_device, peak_memory_bytes, spectral_norm_in_fp32
-from gaugan.train.runner import StepRunner, make_step_runner
-from gaugan.train.steps import step_settings
+from gaugan.train.performance import configure_device, peak_memory_bytes
+from gaugan.train.setup import Training, build_training, single_process
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched by substring
 # of torch.cuda.get_device_name(); MFU is reported only for devices listed here.
@@ -104,17 +105,18 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
         configure_device(device, cfg.train.cudnn_benchmark)
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the official training script turns it on too
-    runner_for, batch = training_setup(cfg, spec, device, reference)
+    training, batch = training_setup(cfg, spec, device, reference)
     channels_last = bench_cfg.train.channels_last
-    flops = measure_flops(bench_cfg, runner_for, batch) if settings.count_flops else {}  # eager, before compiling
-    runner = runner_for(bench_cfg)
+    flops = measure_flops(bench_cfg, training, batch) if settings.count_flops else {}  # eager, before compiling
+    step = training.step(bench_cfg)
+    runner = step.runner
     warmup = settings.warmup
     if runner.graphed is not None:  # the warm-up covers the eager steps and the recording
         warmup = max(warmup, runner.graphed.warmup_steps + 2)
     warmup_step_s = []
     for _ in range(warmup):
         started = time.perf_counter()
-        runner(batch)
+        step(batch)
         _synchronize(device)
         warmup_step_s.append(time.perf_counter() - started)
     if device.type == "cuda":
@@ -122,7 +124,7 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
     load_before = list(os.getloadavg())
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(settings.steps):
-        losses = runner(batch)
+        losses = step(batch)
     _synchronize(device)
     elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
     finite = bool(torch.isfinite(torch.stack(list(losses.values()))).all())
@@ -150,6 +152,7 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
         "label_conv": "lookup" if runner.label_lookup else "dense",
         "compile": bench_cfg.train.compile,
         "cuda_graph": runner.graphed is not None,
+        "ema": step.ema is not None,
         "batch_size": cfg.train.batch_size,
         "image_size": list(spec.image_size),
         "label_channels": spec.label_channels,
@@ -174,33 +177,16 @@ def run_benchmark(cfg: Config, spec: DatasetSpec, device: torch.device, settings
 
 def training_setup(
     cfg: Config, spec: DatasetSpec, device: torch.device, reference: bool
-) -> tuple[Callable[[Config], StepRunner], dict[str, Tensor]]:
-    """Networks from ``cfg.train.seed``, optimisers, step settings and the synthetic batch, as
-    training sets them up (or as the official code, with ``reference``); returns a factory of
-    step runners over them for a (possibly changed) ``train`` section, and the batch."""
-    torch.manual_seed(cfg.train.seed)
+) -> tuple[Training, dict[str, Tensor]]:
+    """The training as ``stages.train`` builds it (:func:`gaugan.train.setup.build_training`;
+    or as the official code, with ``reference``), in this one process, and the synthetic
+    batch. ``training.step(cfg)`` is its step, executed as ``cfg.train`` says."""
     run_cfg = reference_config(cfg) if reference else cfg
-    G, D, E = place_models(*build_training_models(cfg, spec), device, run_cfg.train.channels_last)
-    if reference:
-        for module in G.modules():
-            if isinstance(module, SPADE):
-                module.official_order = True
-    dtype = autocast_dtype(run_cfg.train.precision, device)
-    if dtype is not None:
-        for network in (G, D, E):
-            if network is not None:
-                spectral_norm_in_fp32(network)
-    optimizers = make_optimizers(run_cfg, G, D, E, device, epoch=0)
-    vgg = make_vgg_loss(cfg, device) if cfg.loss.use_vgg_loss else None
-    settings = step_settings(cfg, spec, dtype, vgg, reference=reference)
+    training = build_training(run_cfg, spec, single_process(device), reference_schedule=reference)
     batch = synthetic_batch(spec, cfg.train.batch_size, cfg.train.seed)
     if device.type == "cuda":
         batch = {key: value.pin_memory() for key, value in batch.items()}
-
-    def runner_for(train_cfg: Config) -> StepRunner:
-        return make_step_runner(train_cfg, spec, device, (G, D, E), optimizers, settings)
-
-    return runner_for, batch
+    return training, batch
 
 
 def compare_step_by_step(cfg: Config, other: Config, spec: DatasetSpec, device: torch.device, steps: int) -> dict[str, Any]:
@@ -209,12 +195,12 @@ def compare_step_by_step(cfg: Config, other: Config, spec: DatasetSpec, device: 
     setting -- CUDA graph, lookup, compilation -- leaves the training maths alone)."""
     runs = []
     for run_cfg in (cfg, other):
-        runner_for, batch = training_setup(run_cfg, spec, device, reference=False)
-        runner = runner_for(run_cfg)
+        training, batch = training_setup(run_cfg, spec, device, reference=False)
+        step = training.step()
         losses = []
-        for step in range(steps):
-            torch.manual_seed(step)  # the VAE's noise
-            losses.append({name: float(value) for name, value in runner(batch).items()})
+        for index in range(steps):
+            torch.manual_seed(index)  # the VAE's noise
+            losses.append({name: float(value) for name, value in step(batch).items()})
         runs.append(losses)
     differences = [
         abs(got[name] - expected[name]) / max(abs(expected[name]), 1e-3)
@@ -224,15 +210,17 @@ def compare_step_by_step(cfg: Config, other: Config, spec: DatasetSpec, device: 
 
 
 def reference_config(cfg: Config) -> Config:
-    """``cfg`` as the official code runs it: fp32, NCHW, unfused Adam, the one-hot map, no compilation."""
+    """``cfg`` as the official code runs it: fp32, NCHW, unfused Adam, the one-hot map, no
+    compilation; no EMA generator unless it is OASIS's (SPADE's official code keeps none)."""
     return replace(
         cfg,
         optim={"fused": False},
-        train={"precision": "fp32", "channels_last": False, "compile": "none", "cuda_graph": False, "label_conv": "dense"},
+        train={"precision": "fp32", "channels_last": False, "compile": "none", "cuda_graph": False, "label_conv": "dense",
+               "use_ema": cfg.train.use_ema and cfg.generator.arch == "oasis"},
     )
 
 
-def measure_flops(cfg: Config, runner_for: Callable[[Config], StepRunner], batch: dict[str, Tensor]) -> dict[str, float]:
+def measure_flops(cfg: Config, training: Training, batch: dict[str, Tensor]) -> dict[str, float]:
     """FLOPs of one eager step as configured, and of the same step with the one-hot map (dense).
 
     ``flops_per_step`` is the work done: convolutions and matrix products (torch's flop
@@ -241,12 +229,12 @@ def measure_flops(cfg: Config, runner_for: Callable[[Config], StepRunner], batch
     convolutions the reference computes, so that FLOP rates stay comparable across schedules.
     """
     eager_cfg = replace(cfg, train={"compile": "none", "cuda_graph": False})
-    runner = runner_for(eager_cfg)
-    flops = step_flops(lambda: runner(batch))
+    step = training.step(eager_cfg)
+    flops = step_flops(lambda: step(batch))
     dense = flops
-    if runner.label_lookup:
-        dense_runner = runner_for(replace(eager_cfg, train={"label_conv": "dense"}))
-        dense = step_flops(lambda: dense_runner(batch))
+    if step.runner.label_lookup:
+        dense_step = training.step(replace(eager_cfg, train={"label_conv": "dense"}))
+        dense = step_flops(lambda: dense_step(batch))
     return {"flops_per_step": flops, "onehot_equivalent_flops_per_step": dense}
 
 

@@ -5,9 +5,11 @@ section 4; docs/SPADE.md section 2).
 Logging is kept out of the maths: the loop hands namespaced metrics (``loss/g_gan``,
 ``lr/g``, ``perf/images_per_s``) to an injected ``report(metrics, step)`` callback and the
 paths of sample grids to ``report_image(path, step)``; the train stage connects them to
-MLflow, tests to lists. The periodic work (log, sample grid, checkpoint) lives in
-:mod:`gaugan.train.jobs`, the divergence guard in :mod:`gaugan.train.guard`, the checkpoint
-format in :mod:`gaugan.checkpoint`.
+MLflow, tests to lists. The networks, optimisers and the step are built by
+:mod:`gaugan.train.setup` (the benchmark builds its step there too), the periodic work (log,
+sample grid, checkpoint) lives in :mod:`gaugan.train.jobs`, the divergence guard in
+:mod:`gaugan.train.guard`, where a training stands and how it resumes in
+:mod:`gaugan.train.progress`, the checkpoint format in :mod:`gaugan.checkpoint`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from gaugan import losses
 from gaugan.callbacks import ImageCallback, MetricsCallback
 from gaugan.checkpoint import (
     GENERATOR_CHECKPOINT,
@@ -40,7 +41,6 @@ from gaugan.data.classes import class_table
 from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.store import read_store
-from gaugan.models import build_discriminator, build_encoder, build_generator
 from gaugan.seeding import seed_everything
 from gaugan.selection import check_held_out_unchanged, num_training_samples
 from gaugan.train.distributed import (
@@ -50,9 +50,8 @@ from gaugan.train.distributed import (
     check_sync_batchnorm,
     init_distributed,
     shutdown_distributed,
-    wrap_ddp,
 )
-from gaugan.train.ema import Forward, GeneratorEMA
+from gaugan.train.ema import Forward
 from gaugan.train.guard import FinitenessGuard
 from gaugan.train.jobs import (
     Checkpointer,
@@ -63,11 +62,11 @@ from gaugan.train.jobs import (
     SampleGrids,
     due_jobs,
 )
-from gaugan.train.performance import autocast_dtype, configure_device, spectral_norm_in_fp32
+from gaugan.train.performance import configure_device
 from gaugan.train.progress import Progress, restore_training
-from gaugan.train.runner import StepRunner, make_step_runner
-from gaugan.train.schedule import adam_betas, learning_rates, set_learning_rate
-from gaugan.train.steps import Optimizers, prepare_batch, step_settings
+from gaugan.train.schedule import learning_rates, set_learning_rate
+from gaugan.train.setup import TrainingStep, build_training
+from gaugan.train.steps import Optimizers, prepare_batch
 
 # (generator in its current state, finished epochs, step) -> metrics to report, {} when none
 # are due (gaugan.training_evaluation.TrainingEvaluator).
@@ -84,54 +83,6 @@ class TrainResult:
     generator_checkpoint: Path
     metrics: dict[str, float]
     resumed_from_step: int
-
-
-# ---- construction (shared with the benchmark) ----
-
-
-def build_training_models(cfg: Config, spec: DatasetSpec) -> tuple[nn.Module, nn.Module, nn.Module | None]:
-    """G, D and (VAE only) E for ``spec``'s label channels and image size, initialised on the CPU."""
-    z_dim = cfg.encoder.z_dim if cfg.encoder.use_vae else None
-    G = build_generator(cfg.generator, spec.label_channels, spec.image_size, z_dim)
-    D = build_discriminator(cfg.discriminator, spec.label_channels, spec.num_label_values)
-    E = build_encoder(cfg.encoder) if cfg.encoder.use_vae else None
-    return G, D, E
-
-
-def make_vgg_loss(cfg: Config, device: torch.device) -> nn.Module:
-    """The VGG19 perceptual loss (weights from loss.vgg_weights or the torch hub cache; never downloaded)."""
-    return losses.VGGLoss(cfg.loss.vgg_weights).to(device)
-
-
-def make_optimizers(
-    cfg: Config, G: nn.Module, D: nn.Module, E: nn.Module | None, device: torch.device, epoch: int
-) -> Optimizers:
-    """Adam for G (+E, as the official code) and for D, at the rates of ``epoch``.
-
-    optim.fused: torch's fused Adam (one kernel over all parameters; CUDA and, since torch
-    2.4, CPU, where it measured 4x faster than the multi-tensor default for G here). The
-    same update rule; rounding may differ in the last bit from the unfused version.
-    """
-    lr_g, lr_d = learning_rates(cfg.optim, epoch)
-    betas = adam_betas(cfg.optim)
-    fused = True if (cfg.optim.fused and device.type in ("cuda", "cpu")) else None
-    g_params = list(G.parameters()) + (list(E.parameters()) if E is not None else [])
-    optimizer_g = torch.optim.Adam(g_params, lr=lr_g, betas=betas, fused=fused)
-    optimizer_d = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas, fused=fused)
-    use_scaler = device.type == "cuda" and cfg.train.precision == "fp16"
-    scaler_g = torch.amp.GradScaler(device.type) if use_scaler else None
-    scaler_d = torch.amp.GradScaler(device.type) if use_scaler else None
-    return Optimizers(optimizer_g, optimizer_d, scaler_g, scaler_d)
-
-
-def place_models(
-    G: nn.Module, D: nn.Module, E: nn.Module | None, device: torch.device, channels_last: bool
-) -> tuple[nn.Module, nn.Module, nn.Module | None]:
-    """Move to ``device``; channels_last (NHWC) is faster for these convolutions on GPU and CPU alike."""
-    memory_format = torch.channels_last if channels_last else torch.preserve_format
-    G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
-    E = E.to(device, memory_format=memory_format) if E is not None else None
-    return G, D, E
 
 
 def _optimizer_maps(optimizers: Optimizers) -> tuple[dict[str, torch.optim.Optimizer],
@@ -250,30 +201,21 @@ def _train(
     check_sync_batchnorm(cfg.generator.param_free_norm, context)
     configure_device(device, cfg.train.cudnn_benchmark)
 
-    # Networks, from the seed (identical on every rank); then each rank gets its own
-    # stream for the VAE noise.
-    seed_everything(cfg.train.seed)
-    z_dim = cfg.encoder.z_dim if cfg.encoder.use_vae else None
-    G, D, E = place_models(*build_training_models(cfg, spec), device, cfg.train.channels_last)
-    dtype = autocast_dtype(cfg.train.precision, device)
-    if dtype is not None:
-        for network in (G, D, E):
-            if network is not None:
-                spectral_norm_in_fp32(network)
-    ema = GeneratorEMA(G, cfg.train.ema_decay) if cfg.train.use_ema else None
-    vgg = make_vgg_loss(cfg, device) if cfg.loss.use_vgg_loss else None
+    # Networks from the seed (identical on every rank), the EMA copy, optimisers at the first
+    # epoch's rates (each epoch sets its own) and the step's maths: gaugan.train.setup, which
+    # the benchmark builds its step with too. Then each rank gets its own stream for the
+    # VAE noise.
+    training = build_training(cfg, spec, context)
+    G, ema, optimizers = training.G, training.ema, training.optimizers
     seed_everything(cfg.train.seed + context.rank)
-    models = {"G": G, "D": D} | ({"E": E} if E is not None else {})  # what checkpoints hold: the bare networks
-    if ema is not None:
-        models["G_ema"] = ema.module
+    models = training.models  # what checkpoints hold: the bare networks and the EMA copy
+    optimizer_map, scaler_map = _optimizer_maps(optimizers)
+    z_dim = cfg.encoder.z_dim if cfg.encoder.use_vae else None
+    dtype = training.settings.autocast_dtype
 
     # Data: every rank's share of the same global batches, in an order fixed by (seed, epoch).
     dataset, sampler, loader = _training_data(cfg, store_dir, spec, context)
     total_steps = planned_steps(cfg, len(dataset))
-
-    # Optimisers, at the first epoch's rates (each epoch sets its own).
-    optimizers = make_optimizers(cfg, G, D, E, device, epoch=0)
-    optimizer_map, scaler_map = _optimizer_maps(optimizers)
 
     # Resume.
     progress, resumed = Progress(), False
@@ -290,12 +232,9 @@ def _train(
                        f"batch {progress.batch_in_epoch})")
     resumed_from_step = progress.step
 
-    # One training step, on the wrapped networks, executed as train.label_conv, train.compile
-    # and train.cuda_graph say (gaugan.train.runner; the benchmark runs the same).
-    settings = step_settings(cfg, spec, dtype, vgg)
-    run_step = make_step_runner(cfg, spec, device, (G, D, E), optimizers, settings,
-                                wrap=lambda module: wrap_ddp(module, context), num_processes=context.world_size)
-    train_step = functools.partial(_train_step, run_step=run_step, ema=ema, generator=G)
+    # The training step (G step, D step, EMA update), on the networks wrapped for DDP, executed
+    # as train.label_conv, train.compile and train.cuda_graph say (gaugan.train.runner).
+    train_step = training.step()
 
     # Periodic jobs, in this order, each every N steps and after the last step. The
     # evaluation's interval is one epoch (sampler.batches_per_epoch steps); the evaluator
@@ -340,15 +279,6 @@ def _train(
     return TrainResult(progress.step, progress.epoch, last_path, generator_path, logger.metrics, resumed_from_step)
 
 
-def _train_step(batch: dict[str, Tensor], run_step: StepRunner, ema: GeneratorEMA | None,
-                generator: nn.Module) -> dict[str, Tensor]:
-    """One G step, then one D step on the same batch, then the EMA update; the losses, on the device."""
-    step_losses = run_step(batch)
-    if ema is not None:
-        ema.update(generator)
-    return step_losses
-
-
 def _train_epochs(
     optim: OptimConfig,
     progress: Progress,
@@ -357,7 +287,7 @@ def _train_epochs(
     sampler: GlobalBatchSampler,
     loader: torch.utils.data.DataLoader,
     optimizers: Optimizers,
-    train_step: functools.partial,
+    train_step: TrainingStep,
     guard: FinitenessGuard,
     jobs: list[PeriodicJob],
     bar: tqdm,

@@ -11,8 +11,8 @@ float rounding), so that a run may switch them when it resumes:
 - ``train.compile``: ``blocks`` / ``full`` (:mod:`gaugan.train.compiled`).
 - ``train.cuda_graph``: the whole step replayed from a CUDA graph (:mod:`gaugan.train.cuda_graphs`).
 
-The training loop and the speed benchmark both run their steps through :class:`StepRunner`,
-so the benchmark measures what training runs.
+The training loop and the speed benchmark both build their runner through
+:meth:`gaugan.train.setup.Training.step`, so the benchmark measures what training runs.
 """
 
 from __future__ import annotations
