@@ -3,7 +3,7 @@
 Paper section 4 scores one synthesised image per validation label map. The images are
 ``<evaluate.output_dir>/<stem>.png``, where ``stem`` is the label map's file stem as the
 store lists it, so that :mod:`gaugan.generate` (which writes them) and
-:mod:`gaugan.evaluate` (which pairs them with the real photos and label maps) agree
+:mod:`gaugan.scoring` (which pairs them with the real photos and label maps) agree
 without either importing the other's dependencies.
 """
 

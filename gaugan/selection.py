@@ -3,7 +3,7 @@
 Users pick checkpoints by FID or mIoU curves (OASIS keeps the best FID); the paper reports
 the final generator. ``evaluate.checkpoint_choice`` is ``final``, ``best_fid`` or
 ``best_miou``; the best ones are kept during training
-(:class:`gaugan.training_evaluation.TrainingEvaluator`) as
+(:class:`gaugan.train.evaluator.TrainingEvaluator`) as
 ``<train.checkpoint_dir>/generator_best_<metric>.pt``.
 
 Choosing on the split that is then reported is optimistic: the best of N noisy scores of

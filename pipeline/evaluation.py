@@ -2,7 +2,7 @@
 (which runs it outside DVC, without MLflow), and the train stage's evaluation during training.
 
 Paper section 4: score the generated images (pipeline/generation.py) with every registered
-metric (gaugan/evaluate.py). This module turns the configuration into paths and judges:
+metric (gaugan/scoring.py). This module turns the configuration into paths and judges:
 which segmenter (``evaluate.segmenter``), where the Inception weights are
 (``evaluate.fid_weights``, else the torch hub cache where the weights stage put them).
 """
@@ -19,15 +19,15 @@ from gaugan.data.io import atomic_write_json
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.store import read_store
 from gaugan.errors import UserError
-from gaugan.evaluate import EvaluationReport, evaluate, inception_judge
 from gaugan.metrics.fid import WeightsLookup, find_inception_weights
 from gaugan.metrics.inputs import Judges
 from gaugan.metrics.segmentation import PER_CLASS_COLUMNS, write_csv_atomic
+from gaugan.scoring import EvaluationReport, inception_judge, score_generated
 from gaugan.segmenters.loading import judge_for
 from gaugan.segmenters.trained import SEGMENTER_FILE
 from gaugan.selection import CHOICES
 from gaugan.train.distributed import resolve_device
-from gaugan.training_evaluation import TrainingEvaluator
+from gaugan.train.evaluator import TrainingEvaluator
 from pipeline.weights import read_record
 
 
@@ -58,7 +58,7 @@ def evaluate_generated(cfg: Config, root: Path, generated_dir: Path, generation:
     spec = read_store(store_dir, cfg.data)[1]
     device = resolve_device(cfg.train.device)
     judges = load_judges(cfg, root, spec, device)
-    return evaluate(spec, store_dir, generated_dir, device, cfg.evaluate.batch_size, judges,
+    return score_generated(spec, store_dir, generated_dir, device, cfg.evaluate.batch_size, judges,
                     fid_stats_dir=root / cfg.evaluate.fid_stats_dir, generation=generation)
 
 

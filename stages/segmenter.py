@@ -25,7 +25,7 @@ from gaugan.config import Config
 from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.io import atomic_write_text, require_writable
 from gaugan.data.store import read_store
-from gaugan.evaluate import percent, real_image_scores
+from gaugan.scoring import percent, real_image_scores
 from gaugan.segmenters.loading import resolve_choice
 from gaugan.segmenters.trained import SEGMENTER_FILE, claim_segmenter_dir, save_trained_segmenter, train_segmenter
 from gaugan.threads import configure_threads

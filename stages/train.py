@@ -33,8 +33,8 @@ from gaugan.data.io import atomic_write_json, require_writable
 from gaugan.data.store import read_store
 from gaugan.methods import method_name
 from gaugan.threads import configure_threads
+from gaugan.train.evaluator import training_evaluator_summary
 from gaugan.train.loop import check_continuation, planned_steps, train
-from gaugan.training_evaluation import training_evaluator_summary
 from pipeline.evaluation import training_evaluator
 from pipeline.stage import run_stage
 from pipeline.tracking import RUN_FILE, open_run, read_run_file, write_run_file

@@ -21,13 +21,13 @@ from gaugan.checkpoint import atomic_torch_save, build_checkpoint
 from gaugan.config import Config, replace
 from gaugan.data.io import DataError
 from gaugan.data.store import read_manifest, spec_from_manifest
-from gaugan.evaluate import evaluate, real_features_path
 from gaugan.generate import GenerationError, generate_split
 from gaugan.generated import split_stems
 from gaugan.metrics.fid import FID_WEIGHTS_URL, pytorch_fid_version
 from gaugan.metrics.inputs import Judges
 from gaugan.models import build_encoder, build_generator
 from gaugan.models.loading import load_encoder, load_generator
+from gaugan.scoring import real_features_path, score_generated
 from gaugan.train.progress import Progress
 from stages import download as download_stage
 from stages import evaluate as evaluate_stage
@@ -172,12 +172,12 @@ def test_fid_computed_and_real_statistics_cached(workspace, tmp_path):
     judges = Judges(extract=stand_in_extractor(tmp_path / "stand_in.pth", CPU), segmenter_reason="none here")
     arguments = dict(spec=spec, store_dir=store, generated_dir=generated, device=CPU, batch_size=2, judges=judges,
                      fid_stats_dir=tmp_path / "fid_stats")
-    first = evaluate(**arguments)
+    first = score_generated(**arguments)
     assert first.metrics["fid"] > 0 and first.metrics["kid"] is not None and "fid" not in first.metrics["unavailable"]
     assert real_features_path(tmp_path / "fid_stats", spec).name == "landscapes_32x32.npz"
     assert real_features_path(tmp_path / "fid_stats", spec).is_file()
     assert first.metrics["protocol"]["inception"]["real_features_cached"] is False
-    second = evaluate(**arguments)
+    second = score_generated(**arguments)
     assert second.metrics["protocol"]["inception"]["real_features_cached"] is True
     assert second.metrics["fid"] == first.metrics["fid"] and second.metrics["kid"] == first.metrics["kid"]
     assert second.tracking == {"fid/val": second.metrics["fid"], "kid/val": second.metrics["kid"]}
@@ -187,7 +187,7 @@ def test_fid_computed_and_real_statistics_cached(workspace, tmp_path):
     images = np.load(store / "val" / "images.npy")
     for stem, image in zip(split_stems(store), images):
         Image.fromarray(image).save(real_as_generated / f"{stem}.png")
-    same = evaluate(**{**arguments, "generated_dir": real_as_generated})
+    same = score_generated(**{**arguments, "generated_dir": real_as_generated})
     assert same.metrics["fid"] == pytest.approx(0.0, abs=1e-6)
     assert same.metrics["kid"] < first.metrics["kid"]
 
@@ -248,7 +248,7 @@ def test_missing_generated_images_are_a_clear_error(workspace, tmp_path):
     root, cfg, spec = workspace
     judges = Judges(extract=stand_in_extractor(tmp_path / "w.pth", CPU))
     with pytest.raises(DataError, match="generated image missing; run the generate stage"):
-        evaluate(spec, root / cfg.data.processed_dir, tmp_path / "nothing", CPU, 2, judges, tmp_path / "stats")
+        score_generated(spec, root / cfg.data.processed_dir, tmp_path / "nothing", CPU, 2, judges, tmp_path / "stats")
 
 
 def test_published_segmenter_missing_under_auto_is_recorded_not_fatal(workspace, tmp_path, monkeypatch):
@@ -354,7 +354,7 @@ def test_published_segmenter_path_with_user_supplied_weights(workspace, tmp_path
     assert judge.status == "ok" and judge.protocol["resolved"] == "published"
     assert judge.segmenter.class_names()[:2] == ["road", "sidewalk"] and len(judge.segmenter.class_names()) == 19
     judges = Judges(segmenter=judge.segmenter, segmenter_protocol=judge.protocol)
-    report = evaluate(cityscapes_like, store, generated, CPU, 5, judges)
+    report = score_generated(cityscapes_like, store, generated, CPU, 5, judges)
     scored = [row["class_name"] for row in report.per_class_rows if row["ground_truth_pixels"] > 0]
     assert set(scored) <= {"road", "sidewalk"} and report.metrics["protocol"]["segmenter"]["resolved"] == "published"
     assert set(report.metrics["unavailable"]) == {m.name for m in registered_metrics() if "inception" in m.needs}

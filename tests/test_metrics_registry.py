@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from gaugan import report
-from gaugan.evaluate import evaluate
 from gaugan.metrics import registry
 from gaugan.metrics.inputs import Judges, MetricInputs
 from gaugan.metrics.kid import kernel_inception_distance
 from gaugan.metrics.registry import Metric, MetricUnavailable, compute_metrics, get_metric, registered_metrics
+from gaugan.scoring import score_generated
 from pipeline.evaluation import write_evaluation
 from stages.report import local_runs
 from tests.test_eval_stages import CPU, workspace  # noqa: F401 (the fixture)
@@ -97,7 +97,7 @@ def test_a_registered_metric_reaches_metrics_json_mlflow_and_the_report(workspac
     store = root / cfg.data.processed_dir
     generate_split(load_generator(root / cfg.train.checkpoint_dir / "generator.pt", spec, device=CPU), store,
                    tmp_path / "generated", CPU, batch_size=5)
-    result = evaluate(spec, store, tmp_path / "generated", CPU, 5, Judges())
+    result = score_generated(spec, store, tmp_path / "generated", CPU, 5, Judges())
     value = result.metrics["brightness_gap"]
     assert value > 0 and result.tracking == {"brightness_gap/val": value}
     assert result.metrics["protocol"]["metrics"]["brightness_gap"]["toy"] is True

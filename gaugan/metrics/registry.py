@@ -8,7 +8,7 @@ needs (generated images, real images, label maps, a segmenter, Inception weights
 MLflow key (``fid/val``) and how the report shows it (label, unit, better higher or lower,
 digits). A module of ``gaugan/metrics/`` that calls :func:`register` is a metric: the
 package imports all its modules (``gaugan/metrics/__init__.py``), so adding one is adding
-a file. Evaluation (:mod:`gaugan.evaluate`), the report (:mod:`gaugan.report`), the stages
+a file. Evaluation (:mod:`gaugan.scoring`), the report (:mod:`gaugan.report`), the stages
 and the command line read :func:`registered_metrics`; nothing else lists metric names.
 The model is stylegan3's ``metric_main``: small and explicit.
 """

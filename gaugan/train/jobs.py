@@ -61,7 +61,7 @@ class EpochEndEvaluation:
     """At an epoch's end, the evaluator's metrics of the generator, reported at that step.
 
     ``evaluate(generator, finished epochs, step)`` returns ``{}`` when no evaluation is due
-    (:class:`gaugan.training_evaluation.TrainingEvaluator` decides). Runs on rank 0 only;
+    (:class:`gaugan.train.evaluator.TrainingEvaluator` decides). Runs on rank 0 only;
     the other ranks wait at their next collective. A run that stops mid-epoch (``max_steps``)
     is not scored there.
     """

@@ -69,7 +69,7 @@ from gaugan.train.setup import TrainingStep, build_training
 from gaugan.train.steps import Optimizers, prepare_batch
 
 # (generator in its current state, finished epochs, step) -> metrics to report, {} when none
-# are due (gaugan.training_evaluation.TrainingEvaluator).
+# are due (gaugan.train.evaluator.TrainingEvaluator).
 EpochEvaluator = Callable[[nn.Module, int, int], dict[str, float]]
 
 NUM_SAMPLE_ROWS = 4

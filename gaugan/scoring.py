@@ -9,7 +9,7 @@ ceiling on real photos); each is computed, or recorded as unavailable with the r
 with, are loaded by :func:`inception_judge` and
 :func:`gaugan.segmenters.loading.judge_for`.
 
-:func:`evaluate` returns the content of ``reports/metrics.json``: numbers in the units of
+:func:`score_generated` returns the content of ``reports/metrics.json``: numbers in the units of
 the paper's Table 1 (mIoU and accuracy in percent), next to everything needed to
 interpret them (segmenter, preprocessing, class mapping, resolution, number of images,
 pytorch-fid version), and the per-class table with the classes the segmenter does not
@@ -141,7 +141,7 @@ def needs_of(metrics: Sequence[Metric], judges: Judges) -> set[str]:
     return set().union(*(metric.needs for metric in metrics if missing_judge(judges, metric.needs) is None))
 
 
-def evaluate(
+def score_generated(
     spec: DatasetSpec,
     store_dir: str | os.PathLike,
     generated_dir: str | os.PathLike,

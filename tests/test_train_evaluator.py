@@ -18,8 +18,8 @@ from gaugan.metrics.inputs import Judges
 from gaugan.models.loading import load_generator
 from gaugan.segmenters.trained import TrainedSegmenter
 from gaugan.selection import SELECTION_FILE, check_held_out_unchanged, num_training_samples
+from gaugan.train.evaluator import TrainingEvaluator, subset_indices
 from gaugan.train.loop import planned_steps, train
-from gaugan.training_evaluation import TrainingEvaluator, subset_indices
 from tests.test_eval_stages import stand_in_extractor
 from tests.training_support import make_store, tiny_train_config
 
