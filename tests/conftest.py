@@ -1,8 +1,9 @@
-"""Shared fixtures: tiny CPU configs. The suite never touches the network or a GPU."""
+"""Shared fixtures (helpers are in tests/support.py). The suite never touches the network or a GPU."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import pytest
 import torch
 
 from gaugan.config import Config, replace
-from pipeline.params import load_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from gaugan.data.registry import DatasetSpec
+from gaugan.data.store import read_manifest, spec_from_manifest
+from stages import download as download_stage
+from stages import preprocess as preprocess_stage
+from tests.support import make_store, tiny_config, write_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -35,24 +38,31 @@ def empty_torch_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
 
 
-@pytest.fixture
-def params_config() -> Config:
-    """params.yaml as shipped."""
-    return load_config(ROOT / "params.yaml")
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The landscapes store of :func:`tests.support.tiny_config`, made by the real stages once per test module."""
+    return make_store(tmp_path_factory.mktemp("store"))
 
 
-@pytest.fixture
-def tiny_config(params_config: Config) -> Config:
-    """A few-second configuration: 32x32 landscapes, ngf/ndf 8, batch 2."""
-    return replace(
-        params_config,
-        data={"builtin": {"num_train": 8, "num_val": 4, "size": 32, "seed": 0}, "num_workers": 0},
-        generator={"ngf": 8, "spade_hidden": 16},
-        discriminator={"ndf": 8},
-        encoder={"nef": 8, "z_dim": 16},
-        train={"batch_size": 2, "max_steps": 2, "log_every": 1, "device": "cpu"},
-        tracking={"enabled": False},
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config, DatasetSpec]:
+    """The evaluation tests' project: raw landscapes (10 train, 5 val, 32x32) and their store,
+    made by the real stages, and a tiny generator (with G_ema) at
+    ``<train.checkpoint_dir>/generator.pt``; (root, config, spec)."""
+    root = tmp_path_factory.mktemp("evalroot")
+    cfg = replace(
+        tiny_config(),
+        data={"builtin": {"num_train": 10, "num_val": 5, "size": 32, "seed": 0},
+              "root": "data/raw", "processed_dir": "data/processed"},
+        train={"checkpoint_dir": "checkpoints/train"},
+        segmenter={"width": 4, "num_steps": 4, "batch_size": 5},
+        evaluate={"batch_size": 2, "output_dir": "outputs/generated"},
     )
+    download_stage.run(cfg, root, progress=False)
+    preprocess_stage.run(cfg, root)
+    spec = spec_from_manifest(read_manifest(root / cfg.data.processed_dir))
+    write_checkpoint(root / cfg.train.checkpoint_dir / "generator.pt", spec, with_ema=True)
+    return root, cfg, spec
 
 
 class RunsACommand:
@@ -76,11 +86,25 @@ def write_crafted_checkpoint() -> Callable[[Path, Path], None]:
     return write
 
 
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def chromium_path() -> str | None:
+    """The browser the page tests drive: ``GAUGAN_CHROMIUM`` if set, else the first Chromium on
+    PATH (Debian's, ``apt-get install chromium``: Playwright's own download needs the internet)."""
+    configured = os.environ.get("GAUGAN_CHROMIUM")
+    if configured:
+        return configured
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
 @pytest.fixture(scope="session")
 def browser():
-    """Headless Chromium (tests/browser.py); skipped only when it is not installed."""
-    from tests.browser import chromium_path
-
+    """Headless Chromium (:func:`chromium_path`); skipped only when it is not installed."""
     path = chromium_path()
     if path is None:
         pytest.skip("no Chromium installed (apt-get install chromium, or set GAUGAN_CHROMIUM); "

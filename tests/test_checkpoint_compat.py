@@ -10,18 +10,15 @@ import torch
 from gaugan.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
-    atomic_torch_save,
-    build_checkpoint,
     load_state_dict_exactly,
     strip_wrapper_prefixes,
 )
-from gaugan.config import Config, DiscriminatorConfig, EncoderConfig, GeneratorConfig, replace
+from gaugan.config import DiscriminatorConfig, EncoderConfig, GeneratorConfig
 from gaugan.data.registry import published_spec
 from gaugan.models import build_discriminator, build_encoder, build_generator, published_generator_config
 from gaugan.models.loading import load_encoder, load_generator
 from gaugan.models.official import load_official_generator, official_structure
-from gaugan.seeding import capture_rng_state
-from gaugan.train.progress import Progress
+from tests.support import landscapes_spec, state_shapes, write_checkpoint
 
 # ---- the official layout, written out from docs/SPADE.md section 1 -------------------------
 
@@ -98,16 +95,12 @@ def official_encoder_layout(nef: int = 64, z_dim: int = 256) -> dict[str, tuple[
     return layout
 
 
-def shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    return {key: tuple(value.shape) for key, value in module.state_dict().items()}
-
-
 @pytest.mark.parametrize("dataset", ["ade20k", "coco", "cityscapes"])
 def test_published_generator_has_the_official_layout(dataset):
     spec = published_spec(dataset)
     with torch.device("meta"):
         G = build_generator(published_generator_config(dataset), spec.label_channels, spec.image_size)
-    assert shapes(G) == official_generator_layout(spec.label_channels)
+    assert state_shapes(G) == official_generator_layout(spec.label_channels)
     assert len(G.state_dict()) == 234
 
 
@@ -125,13 +118,13 @@ def test_published_examples_of_official_keys():
 
 def test_small_default_structure_layouts_key_for_key():
     G = build_generator(GeneratorConfig(ngf=4, spade_hidden=8, num_upsampling_layers="most"), 7, (128, 128))
-    assert shapes(G) == official_generator_layout(7, ngf=4, hidden=8, most=True)
+    assert state_shapes(G) == official_generator_layout(7, ngf=4, hidden=8, most=True)
     assert list(G.state_dict())[:3] == ["fc.weight", "fc.bias", "head_0.conv_0.bias"]  # official order
     D = build_discriminator(DiscriminatorConfig(ndf=4), 7)
-    assert shapes(D) == official_discriminator_layout(10, ndf=4)
+    assert state_shapes(D) == official_discriminator_layout(10, ndf=4)
     with torch.device("meta"):
         E = build_encoder(EncoderConfig())
-    assert shapes(E) == official_encoder_layout()
+    assert state_shapes(E) == official_encoder_layout()
 
 
 def test_vae_generator_fc_is_linear_z_to_start_tensor():
@@ -242,29 +235,14 @@ def test_unreadable_or_missing_file_is_a_clear_error(tmp_path):
 # ---- our format --------------------------------------------------------------------------
 
 
-def tiny_config() -> Config:
-    return replace(Config(), generator={"ngf": 4, "spade_hidden": 8}, encoder={"nef": 4, "z_dim": 8})
-
-
-def save_ours(tmp_path, cfg: Config, with_ema: bool = True) -> tuple[dict, str]:
-    spec = dataclasses.replace(published_spec("landscapes"), crop_size=64, load_size=64)
-    z_dim = cfg.encoder.z_dim if cfg.encoder.use_vae else None
-    torch.manual_seed(0)
-    G = build_generator(cfg.generator, spec.label_channels, spec.image_size, z_dim)
-    models = {"G": G.state_dict(), "D": build_discriminator(cfg.discriminator, spec.label_channels).state_dict()}
-    if with_ema:
-        ema = build_generator(cfg.generator, spec.label_channels, spec.image_size, z_dim)
-        models["G_ema"] = ema.state_dict()
-    if cfg.encoder.use_vae:
-        models["E"] = build_encoder(cfg.encoder).state_dict()
-    payload = build_checkpoint(cfg, spec, models, progress=Progress(epoch=1, step=3), rng=[capture_rng_state()])
-    path = tmp_path / "last.pt"
-    atomic_torch_save(payload, path)
-    return payload, str(path)
+def save_ours(tmp_path, use_vae: bool = False, with_ema: bool = True) -> tuple[dict, str]:
+    """A tiny generator (tests/support.py) for 64x64 landscapes as ``last.pt``; its payload and path."""
+    path = write_checkpoint(tmp_path / "last.pt", landscapes_spec(64), use_vae=use_vae, with_ema=with_ema)
+    return torch.load(path, weights_only=True), str(path)
 
 
 def test_our_checkpoint_prefers_ema_when_asked(tmp_path):
-    payload, path = save_ours(tmp_path, tiny_config())
+    payload, path = save_ours(tmp_path)
     loaded = load_generator(path)
     assert (loaded.source, loaded.weights, loaded.z_dim, loaded.image_size) == ("gaugan", "G_ema", None, (64, 64))
     assert torch.equal(loaded.generator.state_dict()["fc.weight"], payload["models"]["G_ema"]["fc.weight"])
@@ -275,16 +253,15 @@ def test_our_checkpoint_prefers_ema_when_asked(tmp_path):
 
 
 def test_our_vae_checkpoint_and_its_encoder(tmp_path):
-    cfg = replace(tiny_config(), encoder={"use_vae": True})
-    payload, path = save_ours(tmp_path, cfg, with_ema=False)
+    payload, path = save_ours(tmp_path, use_vae=True, with_ema=False)
     loaded = load_generator(path)
-    assert loaded.z_dim == 8 and loaded.weights == "G"
+    assert loaded.z_dim == 16 and loaded.weights == "G"
     encoder = load_encoder(path)
     assert torch.equal(encoder.state_dict()["fc_mu.weight"], payload["models"]["E"]["fc_mu.weight"])
 
 
 def test_our_checkpoint_errors(tmp_path):
-    payload, path = save_ours(tmp_path, tiny_config())
+    payload, path = save_ours(tmp_path)
     with pytest.raises(CheckpointError, match="no style encoder"):
         load_encoder(path)
     payload["format"] = "gaugan-checkpoint-v0"
@@ -292,7 +269,7 @@ def test_our_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match=r"format 'gaugan-checkpoint-v0' is not supported"):
         load_generator(path)
     payload["format"] = CHECKPOINT_FORMAT
-    payload["config"]["generator"]["ngf"] = 8  # config and weights disagree
+    payload["config"]["generator"]["ngf"] = 16  # config and weights disagree
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match=r"(?s)models\['G_ema'\].*shape mismatches"):
         load_generator(path)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import gaugan.studio.server
 from pipeline.cli import app
-from tests.studio_support import landscapes_spec, write_checkpoint
+from tests.support import landscapes_spec, write_checkpoint
 
 runner = CliRunner()
 

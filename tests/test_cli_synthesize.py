@@ -13,46 +13,21 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from gaugan.checkpoint import atomic_torch_save, build_checkpoint
-from gaugan.config import Config, replace
 from gaugan.data.registry import published_spec
 from gaugan.data.semantic import semantic_input
-from gaugan.models import build_encoder, build_generator, published_parameter_counts
+from gaugan.models import build_generator, published_parameter_counts
 from pipeline.cli import app
-from tests.studio_support import dontcare_spec, write_checkpoint
+from tests.support import dontcare_spec, tiny_config, write_checkpoint
 
 SPEC = published_spec("landscapes")  # 10 classes + instance edges = 11 channels, 64x64
 runner = CliRunner()
 
 
-def tiny_config(use_vae: bool = False) -> Config:
-    return replace(Config(), generator={"ngf": 4, "spade_hidden": 8}, encoder={"nef": 4, "z_dim": 8, "use_vae": use_vae})
-
-
-def write_ours(path, use_vae: bool = False) -> dict:
-    cfg = tiny_config(use_vae)
-    z_dim = cfg.encoder.z_dim if use_vae else None
-    torch.manual_seed(0)
-    G = build_generator(cfg.generator, SPEC.label_channels, SPEC.image_size, z_dim)
-    with torch.no_grad():  # weights larger than the published init, so that z visibly changes the image
-        for param in G.parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, 0.1)
-    seg = semantic_input(torch.randint(0, 10, (2, 64, 64)), SPEC.num_label_values, torch.randint(0, 3, (2, 64, 64)))
-    G(seg, torch.randn(2, 8) if use_vae else None)  # move the running statistics off their init
-    models = {"G": G.state_dict(), "G_ema": G.state_dict()}
-    if use_vae:
-        models["E"] = build_encoder(cfg.encoder).state_dict()
-    payload = build_checkpoint(cfg, SPEC, models)
-    atomic_torch_save(payload, path)
-    return payload
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
-    write_ours(root / "generator.pt")
-    write_ours(root / "vae.pt", use_vae=True)
+    write_checkpoint(root / "generator.pt", SPEC)
+    write_checkpoint(root / "vae.pt", SPEC, use_vae=True)
     # An official-style file: a plain state dict (here at a tiny width; the structure is read from the file).
     official = tmp_path_factory.mktemp("official") / "latest_net_G.pth"
     torch.save(torch.load(root / "generator.pt", weights_only=True)["models"]["G"], official)
@@ -90,10 +65,10 @@ def synthesize(files, output, *extra: str, checkpoint=None, dataset: str = "land
 
 
 def expected_image(files, checkpoint) -> np.ndarray:
-    """The same image computed step by step: PIL nearest resize, one-hot + edges, G_ema in eval mode."""
+    """The same image computed step by step: PIL nearest resize, one-hot + edges, G in eval mode."""
     payload = torch.load(checkpoint, weights_only=True)
     G = build_generator(tiny_config().generator, SPEC.label_channels, SPEC.image_size)
-    G.load_state_dict(payload["models"]["G_ema"])
+    G.load_state_dict(payload["models"]["G"])
     G.eval()
     label = np.asarray(Image.open(files["label"]).resize((64, 64), Image.Resampling.NEAREST), dtype=np.int64)
     instance = np.asarray(Image.open(files["instance"]).resize((64, 64), Image.Resampling.NEAREST), dtype=np.int64)
@@ -117,7 +92,7 @@ def test_synthesize_official_style_checkpoint(files, tmp_path):
     output = tmp_path / "official.png"
     result = synthesize(files, output, checkpoint=files["official"])
     assert result.exit_code == 0, result.output
-    # Official files hold one set of weights: the same as our G (= G_ema here).
+    # Official files hold one set of weights: here our G.
     np.testing.assert_array_equal(np.asarray(Image.open(output)), expected_image(files, files["ours"]))
 
 

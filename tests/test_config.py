@@ -8,7 +8,7 @@ import pytest
 
 from gaugan.config import Config, ConfigError, config_from_dict, config_to_dict, flatten, replace
 from pipeline.params import apply_overrides, load_config, read_params
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def test_params_yaml_mirrors_schema_key_for_key():

@@ -19,7 +19,7 @@ from gaugan.data.preprocess import preprocess
 from gaugan.data.registry import resolve_dataset
 from gaugan.data.store import read_manifest
 from pipeline.cli import app
-from tests.test_data_layouts import config, make_custom
+from tests.support import data_config, make_custom
 
 runner = CliRunner()
 
@@ -27,7 +27,7 @@ runner = CliRunner()
 def test_names_from_classes_txt_everywhere(tmp_path):
     raw = make_custom(tmp_path / "raw" / "custom", values=[0, 1, 2, 255])
     (raw / "classes.txt").write_text("# CamVid-like\nsky\n\nroad\ntree\n")
-    cfg = config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16)
+    cfg = data_config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16)
     report = check_dataset(cfg.data, raw)
     assert report.spec.label_nc == 3  # the count comes from the file when num_classes is null
     text = format_report(report)
@@ -42,7 +42,7 @@ def test_names_from_classes_txt_everywhere(tmp_path):
 def test_colours_from_classes_csv(tmp_path):
     raw = make_custom(tmp_path / "raw" / "custom", values=[0, 1, 2])
     (raw / "classes.csv").write_text("name,r,g,b\nsky,70,130,180\nroad,128,64,128\ntree\n")
-    cfg = config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16)
+    cfg = data_config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16)
     manifest = preprocess(cfg.data, tmp_path, progress=False)
     assert manifest["class_names"][:3] == ["sky", "road", "tree"]
     spec = resolve_dataset(cfg.data, inferred_num_classes=3)
@@ -54,7 +54,7 @@ def test_colours_from_classes_csv(tmp_path):
 def test_dontcare_channel_takes_the_name_of_the_dontcare_value(tmp_path):
     (tmp_path / "classes.txt").write_text("sky\nroad\nvoid\n")
     classes = read_class_file(tmp_path)
-    cfg = config("custom", custom={"dontcare_label": 2})
+    cfg = data_config("custom", custom={"dontcare_label": 2})
     spec = resolve_dataset(cfg.data, inferred_num_classes=2)
     assert class_names(spec, classes) == ["sky", "road", "void"]
 
@@ -70,7 +70,7 @@ def test_bad_class_file_names_file_and_line(tmp_path, name, text, message):
     raw = make_custom(tmp_path / "custom", values=[0, 1])
     (raw / name).write_text(text)
     with pytest.raises(DataError, match=message):
-        check_dataset(config("custom").data, raw)
+        check_dataset(data_config("custom").data, raw)
     result = runner.invoke(app, ["check-data", "--dataset", "custom", "--root", str(raw), "--num-workers", "0"])
     assert result.exit_code == 1 and name in result.output and "Traceback" not in result.output
 
@@ -99,7 +99,7 @@ def test_segmenter_reports_per_class_iou_under_the_file_names(tmp_path, monkeypa
 
     raw = make_custom(tmp_path / "data" / "raw" / "custom", num_train=4, values=[0, 1, 2])
     (raw / "classes.txt").write_text("sky\nroad\ntree\n")
-    base = config("custom", root="data/raw", processed_dir="data/processed", load_size=16, crop_size=16,
+    base = data_config("custom", root="data/raw", processed_dir="data/processed", load_size=16, crop_size=16,
                   custom={"dontcare_label": None})
     cfg = replace(base, train={"device": "cpu"}, segmenter={"width": 4, "num_steps": 2, "batch_size": 2})
     preprocess(cfg.data, tmp_path, progress=False)
@@ -114,7 +114,7 @@ def test_training_sample_grids_use_the_classes_file_colours(tmp_path):
 
     raw = make_custom(tmp_path / "raw" / "custom", values=[0, 1, 2])
     (raw / "classes.csv").write_text("name,r,g,b\nsky,70,130,180\nroad,128,64,128\ntree,250,10,10\n")
-    base = config("custom", root="raw", processed_dir="store", load_size=32, crop_size=32,
+    base = data_config("custom", root="raw", processed_dir="store", load_size=32, crop_size=32,
                   preprocess_mode="fixed", aspect_ratio=1.0, custom={"dontcare_label": None})
     preprocess(base.data, tmp_path, progress=False)
     cfg = replace(base, generator={"ngf": 8, "spade_hidden": 16}, discriminator={"ndf": 8}, loss={"use_vgg_loss": False},

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from gaugan.data.bench import benchmark_loader, build_benchmark_store
 from pipeline.cli import app
-from tests.test_data_layouts import label_map, make_cityscapes, make_custom, save_index
+from tests.support import label_map, make_cityscapes, make_custom, save_index
 
 runner = CliRunner()
 
@@ -82,7 +82,7 @@ def test_empty_split_folders_are_named_not_a_class_count_problem(tmp_path):
 
     from gaugan.data.io import DataError
     from gaugan.data.preprocess import preprocess
-    from tests.test_data_layouts import config
+    from tests.support import data_config
 
     root = tmp_path / "raw" / "custom"
     for split in ("train", "val"):
@@ -93,7 +93,7 @@ def test_empty_split_folders_are_named_not_a_class_count_problem(tmp_path):
     result = runner.invoke(app, ["check-data", "--dataset", "custom", "--root", str(root), "--num-workers", "0"])
     assert result.exit_code == 1 and result.output.splitlines() == ["2 problem(s) found:"] + problems
     with pytest.raises(DataError) as info:
-        preprocess(config("custom", root="raw", processed_dir="store").data, tmp_path, progress=False)
+        preprocess(data_config("custom", root="raw", processed_dir="store").data, tmp_path, progress=False)
     assert str(info.value).splitlines() == [f"{root}: the dataset has problems; nothing was written.",
                                             "2 problem(s) found:"] + problems
     # an empty val/ beside a full train/ is named the same way

@@ -12,7 +12,7 @@ from gaugan.data.check import check_dataset, format_report
 from gaugan.data.io import DataError
 from gaugan.data.preprocess import preprocess
 from pipeline.cli import app
-from tests.test_data_layouts import config, label_map, make_custom, save_index, save_photo
+from tests.support import data_config, label_map, make_custom, save_index, save_photo
 
 runner = CliRunner()
 
@@ -37,7 +37,7 @@ def make_street(root, num_train: int = 4, num_val: int = 2, **scene) -> None:
 
 def test_void_along_boundaries_is_flagged_with_the_setting_to_use(tmp_path):
     make_street(tmp_path / "raw" / "custom")
-    cfg = config("custom", root="raw", processed_dir="store", load_size=96, crop_size=96)
+    cfg = data_config("custom", root="raw", processed_dir="store", load_size=96, crop_size=96)
     report = check_dataset(cfg.data, tmp_path / "raw" / "custom")
     assert report.ok and len(report.warnings) == 1
     text = format_report(report)
@@ -46,7 +46,7 @@ def test_void_along_boundaries_is_flagged_with_the_setting_to_use(tmp_path):
     assert "no problems found (1 warning(s) above)" in text
     manifest = preprocess(cfg.data, tmp_path, progress=False)  # the same warning in the preprocess output
     assert manifest["source"]["warnings"] == report.warnings
-    fixed = config("custom", root="raw", processed_dir="store", load_size=96, crop_size=96,
+    fixed = data_config("custom", root="raw", processed_dir="store", load_size=96, crop_size=96,
                    custom={"dontcare_label": 11})
     report = check_dataset(fixed.data, tmp_path / "raw" / "custom")
     assert report.ok and report.warnings == [] and report.spec.label_nc == 11
@@ -57,12 +57,12 @@ def test_void_named_in_the_class_file_is_flagged_but_background_is_not(tmp_path)
     make_street(root, void_regions=True)
     names = ["sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car", "person", "bicycle"]
     (root / "classes.txt").write_text("\n".join(names + ["Unlabelled"]) + "\n")
-    report = check_dataset(config("custom").data, root)
+    report = check_dataset(data_config("custom").data, root)
     assert len(report.warnings) == 1
     assert report.warnings[0].startswith("label value 11 (Unlabelled) looks like a void / unlabelled value, not a "
                                          "class: classes.txt names it 'Unlabelled'")
     (root / "classes.txt").write_text("\n".join(names + ["background"]) + "\n")
-    assert check_dataset(config("custom").data, root).warnings == []
+    assert check_dataset(data_config("custom").data, root).warnings == []
 
 
 def test_void_warning_through_the_preprocess_stage(tmp_path, capsys):
@@ -70,7 +70,7 @@ def test_void_warning_through_the_preprocess_stage(tmp_path, capsys):
     from stages import preprocess as preprocess_stage
 
     make_street(tmp_path / "data" / "raw" / "custom")
-    cfg = replace(config("custom", load_size=96, crop_size=96), data={"processed_dir": "data/processed"})
+    cfg = replace(data_config("custom", load_size=96, crop_size=96), data={"processed_dir": "data/processed"})
     preprocess_stage.run(cfg, tmp_path)
     assert "preprocess: warning: label value 11 (class_11) looks like a void" in capsys.readouterr().err
 
@@ -100,7 +100,7 @@ def test_a_stray_value_that_inflates_the_inferred_class_count_is_named(tmp_path)
     stray = label_map([0, 1, 2], seed=1, shape=(18, 28))
     stray[0, 0] = 200
     save_index(root / "train" / "labels" / "img_1.png", stray)
-    report = check_dataset(config("custom").data, root)
+    report = check_dataset(data_config("custom").data, root)
     assert report.ok and report.spec.label_nc == 201
     assert report.warnings == [
         "label values 0..2 in 4 training files, but 200 only in train/labels/img_1.png: 201 classes inferred "
@@ -108,7 +108,7 @@ def test_a_stray_value_that_inflates_the_inferred_class_count_is_named(tmp_path)
     ]
     # a class missing from the training split (a small gap) is not a stray value
     save_index(root / "train" / "labels" / "img_1.png", label_map([0, 2, 4], seed=1, shape=(18, 28)))
-    assert check_dataset(config("custom").data, root).warnings == []
+    assert check_dataset(data_config("custom").data, root).warnings == []
 
 
 def make_photos(root, size: tuple[int, int], num_train: int = 3, num_val: int = 2) -> None:
@@ -121,7 +121,7 @@ def make_photos(root, size: tuple[int, int], num_train: int = 3, num_val: int = 
 def test_custom_photos_keep_their_aspect_ratio_by_default(tmp_path):
     """480x360-like photos: stored 'fixed' at their own 4:3 for training and validation alike."""
     make_photos(tmp_path / "raw" / "custom", (120, 90))
-    cfg = config("custom", root="raw", processed_dir="store", load_size=143, crop_size=128)
+    cfg = data_config("custom", root="raw", processed_dir="store", load_size=143, crop_size=128)
     report = check_dataset(cfg.data, tmp_path / "raw" / "custom")
     assert report.spec.preprocess_mode == "fixed" and report.spec.image_size == (96, 128)
     text = format_report(report)
@@ -135,7 +135,7 @@ def test_custom_photos_keep_their_aspect_ratio_by_default(tmp_path):
 
 def test_train_and_val_distorted_differently_is_a_warning(tmp_path):
     make_photos(tmp_path / "custom", (90, 120))  # portrait photos, square crops, aspect kept only for training
-    cfg = config("custom", preprocess_mode="scale_width_and_crop", load_size=72, crop_size=64)
+    cfg = data_config("custom", preprocess_mode="scale_width_and_crop", load_size=72, crop_size=64)
     report = check_dataset(cfg.data, tmp_path / "custom")
     assert report.ok and report.warnings == [
         "train and val distort the photos differently: 5 photos (e.g. 5 of aspect 0.75 like 90x120) are stored at "
@@ -174,7 +174,7 @@ def test_problems_are_grouped_by_cause_and_a_void_value_beyond_the_classes_is_na
     assert result.exit_code == 1
     lines = result.output.splitlines()
     assert lines[lines.index("30 problem(s) found, 2 causes:") + 1:] == grouped + [hint]
-    cfg = config("custom", root="raw", processed_dir="store", load_size=96, crop_size=96)
+    cfg = data_config("custom", root="raw", processed_dir="store", load_size=96, crop_size=96)
     with pytest.raises(DataError) as info:  # preprocess says the same
         preprocess(cfg.data, tmp_path, progress=False)
     assert str(info.value).splitlines()[1:] == ["30 problem(s) found, 2 causes:"] + grouped + [hint]

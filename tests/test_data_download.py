@@ -22,7 +22,7 @@ from gaugan.data.io import DataError
 from gaugan.data.semantic import instance_edges
 from stages import download as download_stage
 from tests.http_support import serving
-from tests.test_data_layouts import config, label_map, make_custom
+from tests.support import data_config, label_map, make_custom
 
 
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
@@ -156,7 +156,7 @@ def test_facades_download_extract_and_marker(server, tmp_path):
     archive = zip_bytes(files)
     server.files["CMP_facade_DB_base.zip"] = archive
     resources = resources_with_base_url("facades", server.url, {"CMP_facade_DB_base.zip": md5(archive)})
-    cfg = config("facades")
+    cfg = data_config("facades")
     marker = download_stage.run(cfg, tmp_path, resources=resources, progress=False)
     folder = tmp_path / "data" / "raw" / "facades"
     assert (folder / "base" / "cmp_b0002.png").is_file()
@@ -172,7 +172,7 @@ def test_failed_checksum_reports_nothing_downloaded(server, tmp_path):
     server.files["ADEChallengeData2016.zip"] = zip_bytes({"ADEChallengeData2016/x.txt": b"x"})
     resources = resources_with_base_url("ade20k", server.url)  # the real md5: cannot match
     with pytest.raises(DownloadError, match="7328b3957e407ddae1d3cbf487f149ef"):
-        download_stage.run(config("ade20k"), tmp_path, resources=resources, progress=False)
+        download_stage.run(data_config("ade20k"), tmp_path, resources=resources, progress=False)
     folder = tmp_path / "data" / "raw" / "ade20k"
     assert not (folder / "download.json").exists() and not (folder / "ADEChallengeData2016").exists()
     assert (folder / "archives" / "ADEChallengeData2016.zip.md5-mismatch").is_file()
@@ -225,7 +225,7 @@ def test_coco_download_builds_instance_maps_and_checks(server, tmp_path):
     archives = _coco_archives()
     server.files.update(archives)
     resources = resources_with_base_url("coco", server.url, {name: md5(data) for name, data in archives.items()})
-    cfg = config("coco")
+    cfg = data_config("coco")
     marker = download_stage.run(cfg, tmp_path, resources=resources, progress=False)
     assert marker["built"] == {"train": {"images": 1, "annotations": 3}, "val": {"images": 1, "annotations": 3}}
     folder = tmp_path / "data" / "raw" / "coco"
@@ -258,7 +258,7 @@ def test_paint_instances_edges_and_rle():
 
 def test_cityscapes_says_what_is_missing(tmp_path):
     with pytest.raises(DownloadError) as info:
-        download_stage.run(config("cityscapes"), tmp_path, progress=False)
+        download_stage.run(data_config("cityscapes"), tmp_path, progress=False)
     message = str(info.value)
     assert "gtFine_trainvaltest.zip" in message and "leftImg8bit_trainvaltest.zip" in message
     assert str(tmp_path / "data" / "raw" / "cityscapes") in message and "cityscapes-dataset.com" in message
@@ -266,23 +266,23 @@ def test_cityscapes_says_what_is_missing(tmp_path):
     folder.mkdir(parents=True)
     (folder / "gtFine_trainvaltest.zip").write_bytes(zip_bytes({"gtFine/train/x.txt": b""}))
     with pytest.raises(DownloadError) as info:
-        download_stage.run(config("cityscapes"), tmp_path, progress=False)
+        download_stage.run(data_config("cityscapes"), tmp_path, progress=False)
     assert "leftImg8bit_trainvaltest.zip" in str(info.value) and "Missing: " + str(folder / "gtFine") not in str(info.value)
     (folder / "leftImg8bit_trainvaltest.zip").write_bytes(zip_bytes({"leftImg8bit/train/x.txt": b""}))
-    marker = download_stage.run(config("cityscapes"), tmp_path, progress=False)
+    marker = download_stage.run(data_config("cityscapes"), tmp_path, progress=False)
     assert (folder / "gtFine").is_dir() and (folder / "leftImg8bit").is_dir() and len(marker["files"]) == 2
 
 
 def test_custom_stage_says_what_is_missing(tmp_path):
     with pytest.raises(DataError, match="dataset folder for 'custom' not found"):
-        download_stage.run(config("custom"), tmp_path, progress=False)
+        download_stage.run(data_config("custom"), tmp_path, progress=False)
     folder = tmp_path / "data" / "raw" / "custom"
     make_custom(folder)
     (folder / "val" / "labels").rename(folder / "val" / "masks")
     with pytest.raises(DataError, match=r"val/labels: folder missing"):
-        download_stage.run(config("custom"), tmp_path, progress=False)
+        download_stage.run(data_config("custom"), tmp_path, progress=False)
     (folder / "val" / "masks").rename(folder / "val" / "labels")
-    marker = download_stage.run(config("custom"), tmp_path, progress=False)
+    marker = download_stage.run(data_config("custom"), tmp_path, progress=False)
     assert marker["pairs"] == {"train": 3, "val": 2}
 
 
@@ -290,13 +290,13 @@ def test_custom_stage_never_writes_into_the_dataset_folder(tmp_path):
     """A custom dataset may be a read-only shared mount: the record goes to data/download.json."""
     folder = make_custom(tmp_path / "data" / "raw" / "custom")
     before = sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*"))
-    marker = download_stage.run(config("custom"), tmp_path, progress=False)
+    marker = download_stage.run(data_config("custom"), tmp_path, progress=False)
     assert sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*")) == before
     assert json.loads((tmp_path / "data" / "download.json").read_text()) == marker
 
 
 def test_landscapes_stage_generates_deterministically(tmp_path):
-    cfg = config("landscapes", builtin={"num_train": 4, "num_val": 2, "size": 32, "seed": 5})
+    cfg = data_config("landscapes", builtin={"num_train": 4, "num_val": 2, "size": 32, "seed": 5})
     marker = download_stage.run(cfg, tmp_path, progress=False)
     folder = tmp_path / "data" / "raw" / "landscapes"
     assert marker["generated"]["counts"] == {"train": 4, "val": 2}
@@ -341,7 +341,7 @@ def test_a_facades_entry_named_like_the_archives_folder_is_refused(tmp_path):
     (folder / "archives" / "notes.txt").write_text("the user's notes")
     before = _tree(folder)
     with pytest.raises(DownloadError) as info:
-        download_stage.run(config("facades"), tmp_path, progress=False)  # no checksum: the hand-placed zip is used
+        download_stage.run(data_config("facades"), tmp_path, progress=False)  # no checksum: the hand-placed zip is used
     assert str(info.value) == (
         f"{archive}: the entry 'archives/readme.txt' would overwrite {folder / 'archives'}, a folder that this "
         f"project did not extract; refusing to extract the archive. Move {folder / 'archives'} elsewhere (or "
@@ -362,7 +362,7 @@ def test_a_cityscapes_entry_named_like_the_users_second_archive_is_refused(tmp_p
     with pytest.raises(DownloadError, match=(
             r"gtFine_trainvaltest.zip: the entry 'leftImg8bit_trainvaltest.zip' would overwrite "
             r".*cityscapes/leftImg8bit_trainvaltest.zip, a file that this project did not extract")):
-        download_stage.run(config("cityscapes"), tmp_path, progress=False)
+        download_stage.run(data_config("cityscapes"), tmp_path, progress=False)
     assert _tree(folder) == before
     assert not (folder / "gtFine").exists() and not (tmp_path / "data" / "download.json").exists()
 
@@ -404,10 +404,10 @@ def test_coco_instance_maps_never_replace_the_users_folder(server, tmp_path):
     (mine / "000000000009.png").write_bytes(b"the user's own instance map")
     with pytest.raises(DataError, match=r"val2017: data.root names an existing folder that this project did not "
                                         r"write \(it has no .gaugan-instances.json"):
-        download_stage.run(config("coco"), tmp_path, resources=resources, progress=False)
+        download_stage.run(data_config("coco"), tmp_path, resources=resources, progress=False)
     assert (mine / "000000000009.png").read_bytes() == b"the user's own instance map"
     (mine / "000000000009.png").unlink()  # an empty folder, and then the maps built before, are replaced
-    download_stage.run(config("coco"), tmp_path, resources=resources, progress=False)
+    download_stage.run(data_config("coco"), tmp_path, resources=resources, progress=False)
     (tmp_path / "data" / "raw" / "coco" / "download.json").unlink()
-    download_stage.run(config("coco"), tmp_path, resources=resources, progress=False)
+    download_stage.run(data_config("coco"), tmp_path, resources=resources, progress=False)
     assert (mine / "000000000009.png").is_file()

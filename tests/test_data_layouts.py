@@ -1,135 +1,44 @@
 """Every dataset layout, with tiny files shaped exactly like the real ones, through listing,
 validation (check-data's report) and the store; plus every validation error path.
 
-The builders here (one per official layout) are reused by the other test_data_* files.
+The builders (one per official layout) are in tests/support.py.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from gaugan.config import Config, replace
+from gaugan.config import replace
 from gaugan.data.check import check_dataset, format_report
 from gaugan.data.dataset import StoreDataset
 from gaugan.data.io import DataError
 from gaugan.data.preprocess import preprocess
 from gaugan.data.sources import stable_val_split
 from gaugan.data.store import read_manifest, spec_from_manifest
-
-W, H = 24, 16  # every photo/label below is W x H unless a test says otherwise
-
-
-def save_photo(path: Path, size: tuple[int, int] = (W, H), seed: int = 0, fmt: str | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, format=fmt)
-
-
-def save_index(path: Path, array: np.ndarray, mode: str | None = None) -> None:
-    """8-bit ("L"), 16-bit ("I;16") or palette ("P") PNG of index values."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if mode == "P":  # indices with a random colour palette, as annotation tools save them
-        img = Image.frombytes("P", (array.shape[1], array.shape[0]), array.astype(np.uint8).tobytes())
-        img.putpalette([int(v) for v in np.random.default_rng(1).integers(0, 255, 768)])
-        img.save(path)
-    elif mode == "I;16" or array.max() > 255:
-        Image.fromarray(array.astype(np.uint16)).save(path)
-    else:
-        Image.fromarray(array.astype(np.uint8)).save(path)
-
-
-def label_map(values: list[int], seed: int = 0, shape: tuple[int, int] = (H, W)) -> np.ndarray:
-    """Vertical stripes of the given values in shuffled column order (every value present)."""
-    rng = np.random.default_rng(seed)
-    out = np.asarray(values)[np.arange(shape[0] * shape[1]) * len(values) // (shape[0] * shape[1])].reshape(shape)
-    return out[:, rng.permutation(shape[1])]
-
-
-# ---------------------------------------------------------------- official layouts
-
-
-def make_ade20k(root: Path, num_train: int = 3, num_val: int = 2, scenes: dict[str, str] | None = None) -> Path:
-    base = root / "ADEChallengeData2016"
-    lines = []
-    for split, folder, count in (("train", "training", num_train), ("val", "validation", num_val)):
-        for i in range(1, count + 1):
-            stem = f"ADE_{split}_{i:08d}"
-            save_photo(base / "images" / folder / f"{stem}.jpg", seed=i)
-            save_index(base / "annotations" / folder / f"{stem}.png", label_map([0, 3, 150, 17], seed=i))
-            lines.append(f"{stem} {(scenes or {}).get(stem, 'bathroom' if i % 2 else 'street')}")
-    (base / "sceneCategories.txt").write_text("\n".join(lines) + "\n")
-    return root
-
-
-def make_coco_spade(root: Path, num_train: int = 3, num_val: int = 2) -> Path:
-    for split, count in (("train", num_train), ("val", num_val)):
-        for i in range(count):
-            stem = f"{i + 9:012d}"
-            save_photo(root / f"{split}_img" / f"{stem}.jpg", seed=i)
-            label = label_map([0, 90, 181, 255], seed=i)
-            save_index(root / f"{split}_label" / f"{stem}.png", label)
-            instance = label.copy()
-            instance[2:6, 3:9] = 7  # an object
-            save_index(root / f"{split}_inst" / f"{stem}.png", instance)
-    return root
-
-
-def make_cityscapes(root: Path, cities: tuple[str, ...] = ("aachen", "bochum")) -> Path:
-    for split, city_list in (("train", cities), ("val", ("frankfurt",))):
-        for city in city_list:
-            for frame in (19, 20):
-                stem = f"{city}_000000_{frame:06d}"
-                save_photo(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", size=(32, 16), seed=frame)
-                label = label_map([7, 11, 23, 26, 33], seed=frame, shape=(16, 32))
-                save_index(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", label)
-                instance = label.astype(np.int64).copy()  # stuff: the labelId itself
-                instance[label == 26] = 26000  # car instance 0
-                instance[4:8, 0:6] = 26001  # car instance 1 (class*1000 + k)
-                instance[10:14, 20:26] = 24000  # a person
-                save_index(root / "gtFine" / split / city / f"{stem}_gtFine_instanceIds.png", instance, mode="I;16")
-                # the real archive also holds colour and polygon files, which must be ignored
-                save_photo(root / "gtFine" / split / city / f"{stem}_gtFine_color.png", size=(32, 16))
-                (root / "gtFine" / split / city / f"{stem}_gtFine_polygons.json").write_text("{}")
-    return root
-
-
-def make_facades(root: Path, count: int = 10) -> Path:
-    for i in range(1, count + 1):
-        save_photo(root / "base" / f"cmp_b{i:04d}.jpg", seed=i)
-        save_index(root / "base" / f"cmp_b{i:04d}.png", label_map(list(range(1, 13)), seed=i))
-        (root / "base" / f"cmp_b{i:04d}.xml").write_text("<annotation/>")
-    return root
-
-
-def make_custom(root: Path, num_train: int = 3, num_val: int = 2, values: list[int] | None = None,
-                instances: bool = True, label_mode: str | None = None) -> Path:
-    values = values or [0, 1, 2, 255]
-    for split, count in (("train", num_train), ("val", num_val)):
-        for i in range(count):
-            size = (W + 4 * i, H + 2 * i)  # photos of differing sizes
-            save_photo(root / split / "images" / f"img_{i}.jpg", size=size, seed=i)
-            label = label_map(values, seed=i, shape=(size[1], size[0]))
-            save_index(root / split / "labels" / f"img_{i}.png", label, mode=label_mode)
-            if instances:
-                save_index(root / split / "instances" / f"img_{i}.png", label.astype(np.int64) * 10 + (i % 2))
-    return root
-
-
-def config(dataset: str, **data) -> Config:
-    return replace(Config(), data={"dataset": dataset, "num_workers": 0, **data})
-
+from tests.support import (
+    H,
+    W,
+    data_config,
+    label_map,
+    make_ade20k,
+    make_cityscapes,
+    make_coco_spade,
+    make_custom,
+    make_facades,
+    save_index,
+    save_photo,
+)
 
 # ---------------------------------------------------------------- happy paths
 
 
 def test_ade20k_layout(tmp_path):
     root = make_ade20k(tmp_path / "ade20k")
-    report = check_dataset(config("ade20k").data, root)
+    report = check_dataset(data_config("ade20k").data, root)
     assert report.ok, report.problems
     assert report.pairs == {"train": 3, "val": 2}
     assert report.spec.label_channels == 151 and report.instance_maps == {"train": 0, "val": 0}
@@ -140,19 +49,19 @@ def test_ade20k_layout(tmp_path):
 
 def test_ade20k_outdoor_filters_by_scene_and_by_list(tmp_path):
     root = make_ade20k(tmp_path / "ade20k", num_train=4, num_val=2)
-    report = check_dataset(config("ade20k_outdoor").data, root)
+    report = check_dataset(data_config("ade20k_outdoor").data, root)
     # odd indices are "bathroom" (indoor), even ones "street" (outdoor)
     assert [p.stem for p in report.listing.splits["train"]] == ["ADE_train_00000002", "ADE_train_00000004"]
     assert any("NOT comparable" in note for note in report.listing.notes)
     stems = tmp_path / "outdoor.txt"
     stems.write_text("ADE_train_00000001\nADE_val_00000001\n")
-    report = check_dataset(config("ade20k_outdoor", outdoor_list=str(stems)).data, root)
+    report = check_dataset(data_config("ade20k_outdoor", outdoor_list=str(stems)).data, root)
     assert [p.stem for s in ("train", "val") for p in report.listing.splits[s]] == ["ADE_train_00000001", "ADE_val_00000001"]
 
 
 def test_coco_spade_layout_with_dontcare_and_instances(tmp_path):
     root = make_coco_spade(tmp_path / "coco")
-    report = check_dataset(config("coco").data, root)
+    report = check_dataset(data_config("coco").data, root)
     assert report.ok, report.problems
     assert report.instance_maps == {"train": 3, "val": 2}
     assert report.class_pixels["train"][182] > 0  # 255 -> the don't-care index label_nc
@@ -161,7 +70,7 @@ def test_coco_spade_layout_with_dontcare_and_instances(tmp_path):
 
 def test_cityscapes_layout_16bit_instances(tmp_path):
     root = make_cityscapes(tmp_path / "cityscapes")
-    report = check_dataset(config("cityscapes").data, root)
+    report = check_dataset(data_config("cityscapes").data, root)
     assert report.ok, report.problems
     assert report.pairs == {"train": 4, "val": 2} and report.instance_maps == {"train": 4, "val": 2}
     stems = [p.stem for p in report.listing.splits["train"]]
@@ -171,7 +80,7 @@ def test_cityscapes_layout_16bit_instances(tmp_path):
 
 def test_facades_layout_and_stable_split(tmp_path):
     root = make_facades(tmp_path / "facades", count=10)
-    report = check_dataset(config("facades").data, root)
+    report = check_dataset(data_config("facades").data, root)
     assert report.ok, report.problems
     assert report.pairs["train"] + report.pairs["val"] == 10 and report.pairs["val"] >= 1
     assert report.class_pixels["train"][0] == 0 and (report.class_pixels["train"][1:] > 0).all()
@@ -184,7 +93,7 @@ def test_facades_layout_and_stable_split(tmp_path):
 
 def test_custom_layout_inferred_classes_and_sizes(tmp_path):
     root = make_custom(tmp_path / "custom", values=[0, 1, 4, 255])
-    report = check_dataset(config("custom").data, root)
+    report = check_dataset(data_config("custom").data, root)
     assert report.ok, report.problems
     assert report.spec.label_nc == 5  # max value 4 + 1; 255 is don't care
     assert report.spec.use_instance and report.spec.label_channels == 5 + 1 + 1
@@ -197,7 +106,7 @@ def test_custom_single_folder_split_and_palette_labels(tmp_path):
         save_photo(root / "images" / f"{i}.png", seed=i)
         save_index(root / "labels" / f"{i}.png", label_map([0, 2, 3], seed=i), mode="P")
     assert Image.open(root / "labels" / "0.png").mode == "P"
-    cfg = config("custom", custom={"val_fraction": 0.2, "split_seed": 3, "dontcare_label": None})
+    cfg = data_config("custom", custom={"val_fraction": 0.2, "split_seed": 3, "dontcare_label": None})
     report = check_dataset(cfg.data, root)
     assert report.ok, report.problems
     assert report.pairs["train"] + report.pairs["val"] == 10 and report.pairs["val"] >= 1
@@ -209,7 +118,7 @@ def test_custom_single_folder_split_and_palette_labels(tmp_path):
 
 def test_custom_16bit_labels_store_as_uint16(tmp_path):
     make_custom(tmp_path / "raw" / "custom", values=[0, 299, 1000], instances=False, label_mode="I;16")
-    cfg = config("custom", custom={"dontcare_label": 1000}, load_size=24, crop_size=16)
+    cfg = data_config("custom", custom={"dontcare_label": 1000}, load_size=24, crop_size=16)
     cfg = replace(cfg, data={"root": "raw", "processed_dir": "store"})
     manifest = preprocess(cfg.data, tmp_path, progress=False)
     assert manifest["label_dtype"] == "uint16" and manifest["num_label_values"] == 301
@@ -225,7 +134,7 @@ def test_out_of_range_value_names_file_value_and_setting(tmp_path):
     root = make_ade20k(tmp_path / "ade20k")
     bad = root / "ADEChallengeData2016" / "annotations" / "training" / "ADE_train_00000002.png"
     save_index(bad, label_map([0, 151, 200]))
-    report = check_dataset(config("ade20k").data, root)
+    report = check_dataset(data_config("ade20k").data, root)
     assert not report.ok
     (problem,) = report.problems
     assert str(bad) in problem and "151, 200" in problem and "data.dataset" in problem
@@ -233,7 +142,7 @@ def test_out_of_range_value_names_file_value_and_setting(tmp_path):
 
 def test_custom_out_of_range_names_custom_settings(tmp_path):
     root = make_custom(tmp_path / "custom", values=[0, 1, 7])
-    report = check_dataset(config("custom", custom={"num_classes": 3}).data, root)
+    report = check_dataset(data_config("custom", custom={"num_classes": 3}).data, root)
     assert report.problems and all("data.custom.num_classes" in p and "7" in p for p in report.problems)
     assert len(report.problems) == 5  # every file is reported, not just the first
 
@@ -247,7 +156,7 @@ def test_size_mismatch_missing_pairs_unreadable_and_lossy_all_reported(tmp_path)
     save_photo(root / "train" / "labels" / "img_9.jpg")  # a lossy label file
     (root / "train" / "instances" / "img_3.png").unlink()  # missing instance map
     save_index(root / "val" / "instances" / "typo_0.png", label_map([0]))  # instance map without a pair
-    report = check_dataset(config("custom", custom={"num_classes": 2}).data, root)
+    report = check_dataset(data_config("custom", custom={"num_classes": 2}).data, root)
     text = "\n".join(report.problems)
     assert "img_0.jpg: image is 5x5 (WxH)" in text and "must be the same size" in text
     assert "img_1.jpg: image has no label map" in text
@@ -264,23 +173,23 @@ def test_instance_map_size_mismatch(tmp_path):
     root = make_cityscapes(tmp_path / "cityscapes", cities=("aachen",))
     inst = root / "gtFine" / "train" / "aachen" / "aachen_000000_000019_gtFine_instanceIds.png"
     save_index(inst, np.full((8, 8), 26001), mode="I;16")
-    report = check_dataset(config("cityscapes").data, root)
+    report = check_dataset(data_config("cityscapes").data, root)
     assert len(report.problems) == 1 and "instance map is 8x8" in report.problems[0]
 
 
 def test_missing_dataset_folder_and_wrong_layout(tmp_path):
     with pytest.raises(DataError, match="dataset folder for 'ade20k' not found"):
-        check_dataset(config("ade20k").data, tmp_path / "nothing")
+        check_dataset(data_config("ade20k").data, tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="gtFine and leftImg8bit/ missing.*cityscapes-dataset.com"):
-        check_dataset(config("cityscapes").data, tmp_path / "empty")
+        check_dataset(data_config("cityscapes").data, tmp_path / "empty")
     with pytest.raises(DataError, match="no COCO-Stuff folders"):
-        check_dataset(config("coco").data, tmp_path / "empty")
+        check_dataset(data_config("coco").data, tmp_path / "empty")
 
 
 def test_preprocess_reports_all_problems_and_writes_nothing(tmp_path):
     raw = make_custom(tmp_path / "raw" / "custom", values=[0, 1, 9])
-    cfg = config("custom", root="raw", processed_dir="store", custom={"num_classes": 2})
+    cfg = data_config("custom", root="raw", processed_dir="store", custom={"num_classes": 2})
     with pytest.raises(DataError) as info:
         preprocess(cfg.data, tmp_path, progress=False)
     assert "5 problem(s)" in str(info.value) and "nothing was written" in str(info.value)
@@ -300,7 +209,7 @@ def test_preprocess_reports_all_problems_and_writes_nothing(tmp_path):
 def test_store_from_each_layout(tmp_path, dataset, make, expected_shape):
     make(tmp_path / "raw" / dataset)
     sizes = {"cityscapes": {"load_size": 16, "crop_size": 16}}.get(dataset, {"load_size": 20, "crop_size": 16})
-    cfg = config(dataset, root="raw", processed_dir="store", **sizes)
+    cfg = data_config(dataset, root="raw", processed_dir="store", **sizes)
     manifest = preprocess(cfg.data, tmp_path, reports_dir=tmp_path / "reports", progress=False)
     spec = spec_from_manifest(read_manifest(tmp_path / "store"))
     assert spec.name == dataset and manifest["label_channels"] == spec.label_channels
@@ -339,14 +248,14 @@ def test_decompression_bomb_is_a_problem_of_its_file(tmp_path):
     assert "2 problem(s) found" in result.output
     assert ("img_1.png: 15000x15000 = 225,000,000 pixels, more than data.max_image_pixels (100,000,000); a file "
             "this large is likely corrupt or a decompression bomb") in result.output
-    cfg = config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16, custom={"num_classes": 2})
+    cfg = data_config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16, custom={"num_classes": 2})
     with pytest.raises(DataError, match=r"(?s)2 problem\(s\).*img_1.png: 15000x15000 = 225,000,000 pixels"):
         preprocess(cfg.data, tmp_path, progress=False)
 
 
 def test_max_image_pixels_is_a_setting(tmp_path):
     raw = make_custom(tmp_path / "custom", num_train=1, num_val=1, values=[0, 1], instances=False)
-    report = check_dataset(config("custom", max_image_pixels=300, custom={"num_classes": 2}).data, raw)
+    report = check_dataset(data_config("custom", max_image_pixels=300, custom={"num_classes": 2}).data, raw)
     assert len(report.problems) == 4  # the 24x16 photo and label of each split: 384 pixels > 300
     assert "24x16 = 384 pixels, more than data.max_image_pixels (300)" in report.problems[0]
 
@@ -362,7 +271,7 @@ def test_train_label_errors_are_reported_once(tmp_path):
     result = CliRunner().invoke(app, ["check-data", "--dataset", "custom", "--root", str(raw), "--num-workers", "0"])
     assert result.exit_code == 1 and "1 problem(s) found" in result.output
     assert result.output.count("img_1.png: unreadable image") == 1
-    cfg = config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16)
+    cfg = data_config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16)
     with pytest.raises(DataError) as info:
         preprocess(cfg.data, tmp_path, progress=False)
     assert str(info.value).count("img_1.png: unreadable image") == 1 and "1 problem(s)" in str(info.value)
@@ -375,7 +284,7 @@ def test_size_mismatch_mentions_exif_orientation(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (W, H, 3), dtype=np.uint8)).save(raw / "train" / "images" / "img_0.jpg",
                                                                            exif=exif)
-    report = check_dataset(config("custom", custom={"num_classes": 2}).data, raw)
+    report = check_dataset(data_config("custom", custom={"num_classes": 2}).data, raw)
     assert len(report.problems) == 1
     assert "image is 16x24 (WxH) but its label map" in report.problems[0]
     assert "the photo has EXIF orientation 6: viewers show it rotated or mirrored, but its pixels are used as stored" \
@@ -394,7 +303,7 @@ def test_pairs_behind_a_linked_folder_are_listed(tmp_path):
         save_index(elsewhere / "labels" / f"b{i}.png", label_map([0, 1], seed=i))
     (root / "train" / "images" / "batch2").symlink_to(elsewhere / "images")
     (root / "train" / "labels" / "batch2").symlink_to(elsewhere / "labels", target_is_directory=True)
-    report = check_dataset(config("custom").data, root)
+    report = check_dataset(data_config("custom").data, root)
     assert report.ok, report.problems
     assert report.pairs["train"] == 10
     assert sorted(p.stem for p in report.listing.splits["train"])[:4] == [f"batch2/b{i}" for i in range(4)]
@@ -408,7 +317,7 @@ def test_a_link_cycle_or_a_broken_link_is_a_problem_not_a_hang(tmp_path):
     (tmp_path / "shared").mkdir()
     (images / "one").symlink_to(tmp_path / "shared")
     (images / "two").symlink_to(tmp_path / "shared")  # the same folder twice: its files would be listed twice
-    report = check_dataset(config("custom").data, root)
+    report = check_dataset(data_config("custom").data, root)
     assert report.pairs["train"] == 3
     assert sorted(report.problems) == [
         f"{images / 'again'}: a link to {images}, a folder that holds it; a link cycle, not followed "

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from gaugan.data.check import parallel_map
-from tests.test_pipeline_stage import write_params
+from tests.support import write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_S = 20.0  # a hang; each test takes 1-3 s on two shared cores

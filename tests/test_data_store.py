@@ -20,14 +20,14 @@ from gaugan.data.preprocess import preprocess
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.resize import nearest_resize, train_shape
 from gaugan.data.store import read_manifest, read_store, spec_from_manifest
-from tests.test_data_layouts import config, make_cityscapes, make_custom
+from tests.support import data_config, make_cityscapes, make_custom
 
 
 @pytest.fixture(scope="module")
 def landscape_store(tmp_path_factory):
     """A 32x32 built-in store stored at 40x40 (so training crops really move)."""
     root = tmp_path_factory.mktemp("landscapes")
-    cfg = config("landscapes", root="raw", processed_dir="store", load_size=40, crop_size=32,
+    cfg = data_config("landscapes", root="raw", processed_dir="store", load_size=40, crop_size=32,
                  builtin={"num_train": 12, "num_val": 4, "size": 40, "seed": 0})
     b = cfg.data.builtin
     write_landscapes(root / "raw" / "landscapes", b.num_train, b.num_val, b.size, b.seed)
@@ -155,7 +155,7 @@ def test_resume_mid_epoch_skips_items(landscape_store):
 
 def test_fixed_mode_cityscapes_sizes(tmp_path):
     make_cityscapes(tmp_path / "raw" / "cityscapes")
-    cfg = config("cityscapes", root="raw", processed_dir="store", load_size=16, crop_size=16)
+    cfg = data_config("cityscapes", root="raw", processed_dir="store", load_size=16, crop_size=16)
     manifest = preprocess(cfg.data, tmp_path, progress=False)
     assert manifest["splits"]["train"]["stored_size"] == [8, 16]  # load x load / aspect 2
     item = StoreDataset(tmp_path / "store", "train", train=True)[0]
@@ -174,7 +174,7 @@ def test_fixed_mode_cityscapes_sizes(tmp_path):
 
 def test_scale_width_store_is_ragged(tmp_path):
     make_custom(tmp_path / "raw" / "custom", num_train=3, values=[0, 1, 2])
-    cfg = config("custom", root="raw", processed_dir="store", preprocess_mode="scale_width_and_crop",
+    cfg = data_config("custom", root="raw", processed_dir="store", preprocess_mode="scale_width_and_crop",
                  load_size=32, crop_size=16, custom={"num_classes": 3})
     manifest = preprocess(cfg.data, tmp_path, progress=False)
     assert manifest["splits"]["train"]["layout"] == "ragged" and manifest["splits"]["val"]["layout"] == "dense"
@@ -188,7 +188,7 @@ def test_scale_width_store_is_ragged(tmp_path):
 
 def test_crop_larger_than_stored_size_is_an_error(tmp_path):
     make_custom(tmp_path / "raw" / "custom", num_train=2, values=[0, 1])
-    cfg = config("custom", root="raw", processed_dir="store", preprocess_mode="none", load_size=64, crop_size=64,
+    cfg = data_config("custom", root="raw", processed_dir="store", preprocess_mode="none", load_size=64, crop_size=64,
                  custom={"num_classes": 2})
     with pytest.raises(DataError, match="2 files: photo smaller than the 64x64 crop once resized with preprocess_mode "
                                         "'none'; change data.load_size"):
@@ -197,7 +197,7 @@ def test_crop_larger_than_stored_size_is_an_error(tmp_path):
 
 def test_failed_preprocess_keeps_the_previous_store(tmp_path):
     raw = make_custom(tmp_path / "raw" / "custom", values=[0, 1])
-    cfg = config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16, custom={"num_classes": 2})
+    cfg = data_config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16, custom={"num_classes": 2})
     preprocess(cfg.data, tmp_path, progress=False)
     before = (tmp_path / "store" / "manifest.json").read_text()
     (raw / "train" / "images" / "img_0.jpg").write_bytes(b"broken")
@@ -262,7 +262,7 @@ def test_preprocess_never_replaces_a_folder_it_did_not_write(tmp_path):
     mydata = tmp_path / "mydata"
     (mydata / "sub").mkdir(parents=True)
     (mydata / "precious.txt").write_text("precious\n")
-    cfg = config("custom", root="raw", processed_dir=str(mydata), load_size=16, crop_size=16,
+    cfg = data_config("custom", root="raw", processed_dir=str(mydata), load_size=16, crop_size=16,
                  custom={"num_classes": 2})
     with pytest.raises(DataError, match=r"mydata: data.processed_dir names an existing folder that this project did "
                                         r"not write \(it has no manifest.json"):
@@ -272,7 +272,7 @@ def test_preprocess_never_replaces_a_folder_it_did_not_write(tmp_path):
     # an empty folder and an earlier store are replaced
     empty = tmp_path / "empty"
     empty.mkdir()
-    cfg = config("custom", root="raw", processed_dir=str(empty), load_size=16, crop_size=16, custom={"num_classes": 2})
+    cfg = data_config("custom", root="raw", processed_dir=str(empty), load_size=16, crop_size=16, custom={"num_classes": 2})
     preprocess(cfg.data, tmp_path, progress=False)
     preprocess(cfg.data, tmp_path, progress=False)
     assert (empty / "manifest.json").is_file()
@@ -294,7 +294,7 @@ def test_the_store_must_match_the_data_settings(landscape_store):
     """Every stage reads the store through read_store, which compares its spec with what the
     configuration resolves to and names each disagreement and its setting."""
     root, manifest = landscape_store
-    data = config("landscapes", root="raw", processed_dir="store", load_size=40, crop_size=32,
+    data = data_config("landscapes", root="raw", processed_dir="store", load_size=40, crop_size=32,
                   builtin={"num_train": 12, "num_val": 4, "size": 40, "seed": 0}).data
     checked_manifest, spec = read_store(root / "store", data)
     assert checked_manifest == manifest and spec == spec_from_manifest(manifest)
@@ -321,7 +321,7 @@ def test_the_store_must_match_the_data_settings(landscape_store):
 
 def test_custom_values_inferred_by_preprocessing_are_not_compared(tmp_path):
     make_custom(tmp_path / "raw" / "custom", num_train=2, values=[0, 1, 2, 255])
-    cfg = config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16)
+    cfg = data_config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16)
     manifest = preprocess(cfg.data, tmp_path, progress=False)
     stored = spec_from_manifest(manifest)
     assert cfg.data.custom.num_classes is None and cfg.data.use_instance is None and stored.label_nc == 3
@@ -351,7 +351,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_earlier_store(failing, tmp_path, 
     from gaugan.data.store import SplitWriter
 
     make_custom(tmp_path / "raw" / "custom", values=[0, 1])
-    cfg = config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16, custom={"num_classes": 2})
+    cfg = data_config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16, custom={"num_classes": 2})
     preprocess(cfg.data, tmp_path, progress=False)
     before = {p.name: p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file()}
 
@@ -377,7 +377,7 @@ def test_a_file_size_limit_is_one_line_and_leaves_no_half_written_store(tmp_path
     import subprocess
     import sys
 
-    from tests.test_pipeline_stage import ROOT, write_params
+    from tests.support import ROOT, write_params
 
     make_custom(tmp_path / "raw" / "custom", num_train=6, values=[0, 1], instances=False)
     write_params(tmp_path)
@@ -385,8 +385,8 @@ def test_a_file_size_limit_is_one_line_and_leaves_no_half_written_store(tmp_path
               "from pathlib import Path\n"
               "from gaugan.data.preprocess import preprocess\n"
               "from pipeline.stage import run_stage\n"
-              "from tests.test_data_layouts import config\n"
-              "cfg = config('custom', root='raw', processed_dir='store', load_size=64, crop_size=64,\n"
+              "from tests.support import data_config\n"
+              "cfg = data_config('custom', root='raw', processed_dir='store', load_size=64, crop_size=64,\n"
               "             custom={'num_classes': 2})\n"
               "resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # each images.npy needs more\n"
               "run_stage('preprocess', lambda _cfg, root: preprocess(cfg.data, root, progress=False))\n")
@@ -405,7 +405,7 @@ def test_a_full_disk_while_writing_the_reports_is_one_line(tmp_path, monkeypatch
     import errno
 
     make_custom(tmp_path / "raw" / "custom", values=[0, 1])
-    cfg = config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16, custom={"num_classes": 2})
+    cfg = data_config("custom", root="raw", processed_dir="store", load_size=16, crop_size=16, custom={"num_classes": 2})
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

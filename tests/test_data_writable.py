@@ -19,11 +19,7 @@ import pytest
 from gaugan.data.io import OutputNotWritable
 from gaugan.data.preprocess import preprocess
 from stages import download as download_stage
-from tests.test_data_layouts import config, make_custom
-
-
-def no_work(*args, **kwargs):
-    raise AssertionError("the work started before the output folders were checked")
+from tests.support import data_config, make_custom, no_work
 
 
 def deny_writing_to(monkeypatch, folder):
@@ -43,7 +39,7 @@ def test_a_file_where_the_store_folder_should_be(tmp_path, monkeypatch):
     make_custom(tmp_path / "raw" / "custom", values=[0, 1])
     (tmp_path / "blocker").write_text("a file")
     monkeypatch.setattr("gaugan.data.preprocess.resolve_folder", no_work)
-    cfg = config("custom", root="raw", processed_dir="blocker/store", custom={"num_classes": 2})
+    cfg = data_config("custom", root="raw", processed_dir="blocker/store", custom={"num_classes": 2})
     with pytest.raises(OutputNotWritable) as info:
         preprocess(cfg.data, tmp_path, progress=False)
     assert str(info.value) == (
@@ -58,7 +54,7 @@ def test_a_read_only_reports_folder_is_refused_before_the_store_is_written(tmp_p
     reports.mkdir(parents=True)
     deny_writing_to(monkeypatch, reports)
     monkeypatch.setattr("gaugan.data.preprocess.resolve_folder", no_work)
-    cfg = config("custom", root="raw", processed_dir="store", custom={"num_classes": 2})
+    cfg = data_config("custom", root="raw", processed_dir="store", custom={"num_classes": 2})
     with pytest.raises(OutputNotWritable) as info:
         preprocess(cfg.data, tmp_path, reports_dir=reports, progress=False)
     assert str(info.value) == (f"{reports}: the dataset's reports cannot be written here: permission denied. Make "
@@ -74,7 +70,7 @@ def test_a_read_only_file_system_is_found_by_the_probe_file(tmp_path, monkeypatc
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     monkeypatch.setattr("gaugan.data.preprocess.resolve_folder", no_work)
-    cfg = config("custom", root="raw", processed_dir="store", custom={"num_classes": 2})
+    cfg = data_config("custom", root="raw", processed_dir="store", custom={"num_classes": 2})
     with pytest.raises(OutputNotWritable, match=rf"^{tmp_path}: the store cannot be written here \(for "
                                         rf"{tmp_path / 'store'}\): Read-only file system\. Make it writable, or set "
                                         rf"data.processed_dir to a folder you can write to$"):
@@ -93,7 +89,7 @@ def test_a_download_into_an_unwritable_data_root_is_refused_before_any_download(
     (tmp_path / "raw").write_text("a file")
     monkeypatch.setattr("gaugan.data.download.download_file", no_work)
     with pytest.raises(OutputNotWritable) as info:
-        download_stage.run(config("facades", root="raw"), tmp_path, progress=False)
+        download_stage.run(data_config("facades", root="raw"), tmp_path, progress=False)
     assert str(info.value) == (
         f"{tmp_path / 'raw'}: the downloaded dataset cannot be written here (for {tmp_path / 'raw' / 'facades'}): it "
         f"is a file, not a folder. Move it away, or set data.root to a folder you can write to")
@@ -109,7 +105,7 @@ def test_a_read_only_dataset_folder_is_refused_before_the_work(dataset, what, tm
     with pytest.raises(OutputNotWritable, match=rf"^{raw}: the {what} dataset cannot be written here \(for "
                                         rf"{raw / dataset}\): permission denied\. Make it writable, or set data.root "
                                         rf"to a folder you can write to$"):
-        download_stage.run(config(dataset), tmp_path, progress=False)
+        download_stage.run(data_config(dataset), tmp_path, progress=False)
 
 
 def test_the_download_record_folder_is_checked_before_the_work(tmp_path, monkeypatch):
@@ -120,4 +116,4 @@ def test_the_download_record_folder_is_checked_before_the_work(tmp_path, monkeyp
     with pytest.raises(OutputNotWritable, match=rf"^{tmp_path / 'data'}: the download record \(download.json\) cannot be "
                                         rf"written here: permission denied\. Make it writable \(the folder is not a "
                                         rf"setting\)$"):
-        download_stage.run(config("custom"), tmp_path, progress=False)
+        download_stage.run(data_config("custom"), tmp_path, progress=False)

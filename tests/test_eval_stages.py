@@ -17,63 +17,18 @@ import pytest
 import torch
 from PIL import Image
 
-from gaugan.checkpoint import atomic_torch_save, build_checkpoint
-from gaugan.config import Config, replace
+from gaugan.config import replace
 from gaugan.data.io import DataError
-from gaugan.data.store import read_manifest, spec_from_manifest
 from gaugan.generate import GenerationError, generate_split
 from gaugan.generated import split_stems
 from gaugan.metrics.fid import FID_WEIGHTS_URL, pytorch_fid_version
 from gaugan.metrics.inputs import Judges
-from gaugan.models import build_encoder, build_generator
 from gaugan.models.loading import load_encoder, load_generator
 from gaugan.scoring import real_features_path, score_generated
-from gaugan.train.progress import Progress
-from stages import download as download_stage
 from stages import evaluate as evaluate_stage
 from stages import generate as generate_stage
-from stages import preprocess as preprocess_stage
 from stages import segmenter as segmenter_stage
-
-CPU = torch.device("cpu")
-
-
-def write_generator_checkpoint(cfg: Config, spec, path: Path, use_vae: bool = False, seed: int = 0) -> Path:
-    """A tiny untrained generator in the gaugan-checkpoint-v1 layout of docs/ARCHITECTURE.md."""
-    torch.manual_seed(seed)
-    if use_vae:
-        cfg = replace(cfg, encoder={"use_vae": True})
-    z_dim = cfg.encoder.z_dim if use_vae else None
-    generator = build_generator(cfg.generator, spec.label_channels, spec.image_size, z_dim)
-    ema = build_generator(cfg.generator, spec.label_channels, spec.image_size, z_dim)
-    models = {"G": generator.state_dict(), "G_ema": ema.state_dict()}
-    if use_vae:
-        models["E"] = build_encoder(cfg.encoder).state_dict()
-    atomic_torch_save(build_checkpoint(cfg, spec, models, progress=Progress(epoch=1, step=2)), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """Raw landscapes (10 train, 5 val, 32x32) and their store, made by the real stages."""
-    root = tmp_path_factory.mktemp("evalroot")
-    base = Config()
-    cfg = replace(
-        base,
-        data={"builtin": {"num_train": 10, "num_val": 5, "size": 32, "seed": 0}, "num_workers": 0,
-              "root": "data/raw", "processed_dir": "data/processed"},
-        generator={"ngf": 4, "spade_hidden": 8, "param_free_norm": "batch"},
-        encoder={"nef": 4, "z_dim": 8},
-        train={"device": "cpu", "checkpoint_dir": "checkpoints/train"},
-        segmenter={"width": 4, "num_steps": 4, "batch_size": 5},
-        evaluate={"batch_size": 2, "output_dir": "outputs/generated"},
-        tracking={"enabled": False},
-    )
-    download_stage.run(cfg, root, progress=False)
-    preprocess_stage.run(cfg, root)
-    spec = spec_from_manifest(read_manifest(root / cfg.data.processed_dir))
-    write_generator_checkpoint(cfg, spec, root / cfg.train.checkpoint_dir / "generator.pt")
-    return root, cfg, spec
+from tests.support import CPU, stand_in_extractor, write_checkpoint
 
 
 def test_stages_end_to_end_with_fid_unavailable(workspace, tmp_path, monkeypatch):
@@ -153,23 +108,12 @@ def test_evaluate_logs_into_the_training_run(workspace, tmp_path, monkeypatch):
     (root / tracked.train.checkpoint_dir / "run.json").unlink()
 
 
-def stand_in_extractor(weights: Path, device: torch.device):
-    """Tests only: a fixed tiny feature map instead of Inception (never called FID outside tests)."""
-    projection = torch.randn(3 * 4 * 4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-
-    def extract(images):
-        pooled = torch.nn.functional.adaptive_avg_pool2d(images.double() / 255, 4)
-        return pooled.reshape(images.shape[0], -1) @ projection
-
-    return extract
-
-
 def test_fid_computed_and_real_statistics_cached(workspace, tmp_path):
     root, cfg, spec = workspace
     store, generated = root / cfg.data.processed_dir, tmp_path / "generated"
     loaded = load_generator(root / cfg.train.checkpoint_dir / "generator.pt", spec, device=CPU)
     generate_split(loaded, store, generated, CPU, batch_size=3)
-    judges = Judges(extract=stand_in_extractor(tmp_path / "stand_in.pth", CPU), segmenter_reason="none here")
+    judges = Judges(extract=stand_in_extractor, segmenter_reason="none here")
     arguments = dict(spec=spec, store_dir=store, generated_dir=generated, device=CPU, batch_size=2, judges=judges,
                      fid_stats_dir=tmp_path / "fid_stats")
     first = score_generated(**arguments)
@@ -195,19 +139,22 @@ def test_fid_computed_and_real_statistics_cached(workspace, tmp_path):
 def test_vae_latents_do_not_depend_on_batching_and_style_images_work(workspace, tmp_path):
     root, cfg, spec = workspace
     store = root / cfg.data.processed_dir
-    path = write_generator_checkpoint(cfg, spec, tmp_path / "vae.pt", use_vae=True)
+    path = write_checkpoint(tmp_path / "vae.pt", spec, use_vae=True, with_ema=True)
     loaded = load_generator(path, spec, device=CPU)
-    assert loaded.z_dim == 8
+    assert loaded.z_dim == 16
     one = generate_split(loaded, store, tmp_path / "one", CPU, batch_size=1, seed=3)
     generate_split(loaded, store, tmp_path / "three", CPU, batch_size=3, seed=3)
     generate_split(loaded, store, tmp_path / "other", CPU, batch_size=3, seed=4)
     assert "prior" in one.latent and one.num_images == 5
+    def pixels(folder: Path, stem: str) -> np.ndarray:
+        return np.asarray(Image.open(folder / f"{stem}.png"), dtype=np.int64)
+
+    # The same z whatever the batching: equal up to rounding (convolutions of another batch
+    # size round the last bit differently); another seed's z changes the image clearly.
     for stem in split_stems(store):
-        a, b = (np.asarray(Image.open(d / f"{stem}.png")) for d in (tmp_path / "one", tmp_path / "three"))
-        assert np.array_equal(a, b)
+        assert np.abs(pixels(tmp_path / "one", stem) - pixels(tmp_path / "three", stem)).max() <= 1
     stem = split_stems(store)[0]
-    assert not np.array_equal(np.asarray(Image.open(tmp_path / "one" / f"{stem}.png")),
-                              np.asarray(Image.open(tmp_path / "other" / f"{stem}.png")))
+    assert np.abs(pixels(tmp_path / "one", stem) - pixels(tmp_path / "other", stem)).max() > 16
     style = torch.rand(1, 3, 32, 32) * 2 - 1
     styled = generate_split(loaded, store, tmp_path / "styled", CPU, batch_size=2, style=style,
                             encoder=load_encoder(path, CPU))
@@ -238,7 +185,7 @@ def test_generation_replaces_the_previous_set_atomically(workspace, tmp_path):
 def test_generator_for_another_dataset_is_a_clear_error(workspace, tmp_path):
     root, cfg, spec = workspace
     other = dataclasses.replace(spec, label_nc=5)
-    path = write_generator_checkpoint(cfg, other, tmp_path / "other.pt")
+    path = write_checkpoint(tmp_path / "other.pt", other, with_ema=True)
     loaded = load_generator(path, spec, device=CPU)
     with pytest.raises(GenerationError, match=r"6 label channels.*11 channels.*data.dataset"):
         generate_split(loaded, root / cfg.data.processed_dir, tmp_path / "out", CPU, batch_size=2)
@@ -246,7 +193,7 @@ def test_generator_for_another_dataset_is_a_clear_error(workspace, tmp_path):
 
 def test_missing_generated_images_are_a_clear_error(workspace, tmp_path):
     root, cfg, spec = workspace
-    judges = Judges(extract=stand_in_extractor(tmp_path / "w.pth", CPU))
+    judges = Judges(extract=stand_in_extractor)
     with pytest.raises(DataError, match="generated image missing; run the generate stage"):
         score_generated(spec, root / cfg.data.processed_dir, tmp_path / "nothing", CPU, 2, judges, tmp_path / "stats")
 
@@ -276,7 +223,7 @@ def test_cli_evaluate_scores_any_checkpoint(workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     (root / "params.yaml").write_text(dump_config(replace(cfg, evaluate={"segmenter": "none"},
                                                           weights={"download": False})))
-    other = write_generator_checkpoint(cfg, spec, tmp_path / "elsewhere" / "generator.pt", seed=5)
+    other = write_checkpoint(tmp_path / "elsewhere" / "generator.pt", spec, seed=5, with_ema=True)
     out = tmp_path / "scored"
     result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(other), "--out", str(out),
                                       "-S", "evaluate.batch_size=3"])

@@ -13,6 +13,7 @@ import torch
 
 from gaugan.metrics import fid
 from gaugan.pinned import Pin
+from tests.support import stand_in_extractor
 
 
 def independent_frechet(mu1, sigma1, mu2, sigma2):
@@ -48,13 +49,6 @@ def test_frechet_distance_special_cases():
     zero = np.zeros(3)
     value = fid.frechet_distance(fid.FeatureStatistics(zero, d1, 2), fid.FeatureStatistics(zero, d2, 2))
     assert value == pytest.approx((1 - 2) ** 2 + 0 + (3 - 1) ** 2)
-
-
-def stand_in_extractor(images: torch.Tensor) -> torch.Tensor:
-    """Tests only: 4 features per image (channel means and a brightness contrast)."""
-    x = images.double() / 255
-    means = x.mean(dim=(2, 3))
-    return torch.cat([means, (x[:, :, :, :4].mean(dim=(1, 2, 3)) - x.mean(dim=(1, 2, 3)))[:, None]], dim=1)
 
 
 def test_feature_statistics_equal_numpy_on_the_stacked_features():

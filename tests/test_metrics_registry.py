@@ -20,7 +20,7 @@ from gaugan.metrics.registry import Metric, MetricUnavailable, compute_metrics, 
 from gaugan.scoring import score_generated
 from pipeline.evaluation import write_evaluation
 from stages.report import local_runs
-from tests.test_eval_stages import CPU, workspace  # noqa: F401 (the fixture)
+from tests.support import CPU
 
 
 def hand_kid(x: np.ndarray, y: np.ndarray) -> float:

@@ -20,7 +20,6 @@ from gaugan.models import (
     OASISGenerator,
     build_discriminator,
     build_generator,
-    count_parameters,
     published_parameter_counts,
 )
 from gaugan.models.noise import edited_noise, noise_for_images, noise_vector
@@ -31,7 +30,7 @@ from gaugan.train.loop import train
 from gaugan.train.schedule import adam_betas, learning_rates
 from gaugan.train.setup import build_training_models, make_optimizers
 from gaugan.train.steps import Networks, discriminator_step, generator_step, prepare_batch, step_settings
-from tests.training_support import assert_identical, make_store, tiny_train_config
+from tests.support import assert_identical, tiny_config
 
 LN = math.log
 
@@ -39,7 +38,7 @@ LN = math.log
 def oasis_config(size: int = 32, **train: object):
     """The tiny training configuration with every OASIS part (5 D blocks fit 32x32 images)."""
     return replace(
-        tiny_train_config(size, **train),
+        tiny_config(size, **train),
         generator={"arch": "oasis", "noise_channels": 4},
         discriminator={"arch": "oasis", "num_res_blocks": 5},
         loss={"use_feat_loss": False, "use_labelmix": True},
@@ -205,7 +204,7 @@ def test_generator_with_noise_resamples_and_edits_locally(arch):
 
 
 def test_noise_settings_are_checked():
-    cfg = tiny_train_config()
+    cfg = tiny_config()
     with pytest.raises(ConfigError, match="generator.noise_channels"):
         replace(cfg, generator={"arch": "clade", "noise_channels": 4})
     with pytest.raises(ConfigError, match="encoder.use_vae"):
@@ -294,7 +293,7 @@ def test_params_command_prints_oasis_counts():
 
 
 def test_settings_pair_the_parts_and_name_the_method():
-    base = tiny_train_config()
+    base = tiny_config()
     assert method_name(base) == "SPADE"
     spade_g_oasis_d = replace(base, discriminator={"arch": "oasis"}, loss={"use_feat_loss": False})
     assert method_name(spade_g_oasis_d) == "SPADE G + OASIS D (no LabelMix)"
@@ -369,11 +368,6 @@ def test_ema_statistics_are_recomputed_without_touching_the_global_random_stream
 
 
 # ---- a whole OASIS run -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("oasisroot"))
 
 
 def test_oasis_run_resumes_bit_for_bit(store, tmp_path):

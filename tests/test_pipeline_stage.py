@@ -9,20 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gaugan.errors import USER_ERROR_EXIT_CODE
 from pipeline.stage import run_stage
+from tests.support import write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = sorted(path.stem for path in (ROOT / "stages").glob("*.py") if path.stem != "__init__")
-
-
-def write_params(folder: Path, **changes: dict) -> None:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in changes.items():
-        params[section].update(values)
-    (folder / "params.yaml").write_text(yaml.safe_dump(params))
 
 
 def stage_fails(name: str, folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> str:
@@ -76,10 +69,10 @@ def test_report_names_a_missing_input_and_the_stage_that_writes_it(missing: str,
 
 def test_generate_without_a_trained_generator_says_to_train_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture) -> None:
-    from tests.training_support import make_store
+    from tests.support import make_store
     make_store(tmp_path)
     capsys.readouterr()  # preprocessing's progress bars
-    write_params(tmp_path, data={"processed_dir": "data/processed",  # the store's settings (tiny_train_config)
+    write_params(tmp_path, data={"processed_dir": "data/processed",  # the store's settings (tiny_config)
                                  "builtin": {"num_train": 8, "num_val": 4, "size": 32, "seed": 0}},
                  tracking={"enabled": False})
     stderr = stage_fails("generate", tmp_path, monkeypatch, capsys)
@@ -151,7 +144,7 @@ def test_forked_pool_workers_still_stop_on_sigterm(tmp_path: Path) -> None:
 def test_data_settings_that_disagree_with_the_store_are_one_line_before_any_work(
         name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """data.dataset=custom over a built-in store: no stage trains, generates or scores the other data."""
-    from tests.training_support import make_store
+    from tests.support import make_store
     make_store(tmp_path)
     capsys.readouterr()  # preprocessing's progress bars
     write_params(tmp_path, data={"dataset": "custom", "num_workers": 0}, tracking={"enabled": False},

@@ -37,6 +37,7 @@ from gaugan.segmenters.trained import (
     train_segmenter,
 )
 from gaugan.segmenters.upernet import UperNet101
+from tests.support import state_shapes
 
 SHALLOW = (1, 1, 1, 1)  # one block per stage: the same code, fast enough for every test
 
@@ -46,16 +47,12 @@ def meta(cls):
         return cls()
 
 
-def shapes(module):
-    return {key: tuple(value.shape) for key, value in module.state_dict().items()}
-
-
 # ---- key layout of the full-size networks (built on the meta device: no memory, no init) ----
 
 
 def test_upernet101_key_layout():
     model = meta(UperNet101)
-    encoder, decoder = shapes(model.encoder), shapes(model.decoder)
+    encoder, decoder = state_shapes(model.encoder), state_shapes(model.decoder)
     # deep stem: three 3x3 convs 3-64-64-128, the first with stride 2; layer1 starts at 128 channels
     assert encoder["conv1.weight"] == (64, 3, 3, 3) and encoder["conv3.weight"] == (128, 64, 3, 3)
     assert encoder["layer1.0.conv1.weight"] == (64, 128, 1, 1)
@@ -77,7 +74,7 @@ def test_upernet101_key_layout():
 
 
 def test_deeplabv2_key_layout():
-    state = shapes(meta(DeepLabV2COCOStuff).network)
+    state = state_shapes(meta(DeepLabV2COCOStuff).network)
     assert all(key.startswith("base.") for key in state)  # MSC wraps the network as "base"
     assert state["base.layer1.conv1.conv.weight"] == (64, 3, 7, 7) and "base.layer1.conv1.bn.running_mean" in state
     assert state["base.layer2.block1.reduce.conv.weight"] == (64, 64, 1, 1)
@@ -92,7 +89,7 @@ def test_deeplabv2_key_layout():
 
 def test_drn_d_105_key_layout_and_published_parameter_count():
     model = meta(DRND105Cityscapes)
-    state = shapes(model.network)
+    state = state_shapes(model.network)
     assert state["base.0.0.weight"] == (16, 3, 7, 7)
     assert state["base.1.0.weight"] == (16, 16, 3, 3) and state["base.2.0.weight"] == (32, 16, 3, 3)
     assert state["base.3.0.downsample.0.weight"] == (256, 32, 1, 1)

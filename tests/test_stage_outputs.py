@@ -20,17 +20,12 @@ from gaugan.train.loop import train
 from pipeline.params import dump_config
 from pipeline.stage import run_stage
 from stages import segmenter as segmenter_stage
-from tests.training_support import make_store, tiny_train_config
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("outputsroot"))
+from tests.support import no_work, tiny_config
 
 
 def stage_config(store: Path, **train: object) -> Config:
     """The tiny training configuration reading ``store`` (an absolute path) from any root."""
-    return replace(tiny_train_config(**train), data={"processed_dir": str(store)})
+    return replace(tiny_config(**train), data={"processed_dir": str(store)})
 
 
 def run_stage_in(name: str, cfg: Config, root: Path, monkeypatch: pytest.MonkeyPatch,
@@ -73,7 +68,7 @@ def test_checkpoint_folders_of_earlier_versions_keep_resuming(store, tmp_path):
     """A folder written before folders were marked (last.pt, generator.pt, run.json, samples/) is
     recognised, marked and resumed; one holding anything else besides is refused."""
     folder = tmp_path / "checkpoints"
-    cfg = tiny_train_config(max_steps=2, sample_every=2)
+    cfg = tiny_config(max_steps=2, sample_every=2)
     train(cfg, store, folder, show_progress=False)
     (folder / ckpt.CHECKPOINT_DIR_MARKER.file).unlink()  # as an earlier version left it
     (folder / "run.json").write_text("{}\n")
@@ -122,10 +117,6 @@ def refuse_writes_into(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
         probe(folder)
 
     monkeypatch.setattr(io, "_probe_write", refusing)
-
-
-def no_work(*args, **kwargs):
-    raise AssertionError("the stage started its work before checking where it writes")
 
 
 @pytest.mark.parametrize(("name", "work"), [("train", "train"), ("generate", "generate"),

@@ -8,7 +8,6 @@ import io
 import json
 import re
 import threading
-import time
 import tracemalloc
 
 import httpx2 as httpx
@@ -27,7 +26,7 @@ from gaugan.studio.app import studio_for_checkpoint
 from gaugan.studio.inputs import MAX_UPLOAD_BYTES, LabelInput, Upload, read_label_upload
 from gaugan.studio.service import StudioService, StudioSetupError
 from gaugan.synthesize import synthesize_image
-from tests.studio_support import dontcare_spec, landscapes_spec, serve_in_thread, write_checkpoint
+from tests.support import dontcare_spec, landscapes_spec, serve_in_thread, wait_until, write_checkpoint
 
 SPEC = landscapes_spec(32)  # 10 classes + instance edges
 FACADES = dataclasses.replace(published_spec("facades"), load_size=32, crop_size=32)  # 13 classes, no instances
@@ -326,17 +325,20 @@ def test_concurrent_requests_never_overlap_on_the_device(checkpoints):
     """Eight clients at once: every request answered (generated, or refused by the queue), the generator
     never runs twice at the same time."""
     with make_client(checkpoints) as test_client:
-        generator = test_client.app.state.service.loaded.generator
+        service = test_client.app.state.service
+        generator = service.loaded.generator
         forward = generator.forward
         active, overlaps, calls = [0], [0], [0]
         guard = threading.Lock()
+        statuses: list[int] = []
 
         def watched_forward(*args, **kwargs):
             with guard:
                 active[0] += 1
                 calls[0] += 1
                 overlaps[0] = max(overlaps[0], active[0])
-            time.sleep(0.02)  # widen the window in which a second call would overlap
+            # The widest window for an overlap: every other request has arrived (refused or waiting).
+            wait_until(lambda: len(statuses) + service.queue.waiting >= 7, "the other requests have arrived")
             try:
                 return forward(*args, **kwargs)
             finally:
@@ -344,7 +346,6 @@ def test_concurrent_requests_never_overlap_on_the_device(checkpoints):
                     active[0] -= 1
 
         generator.forward = watched_forward
-        statuses = []
 
         def request(client_id: str) -> None:
             statuses.append(generate(test_client, png(scene()), headers={"X-Studio-Client": client_id}).status_code)
@@ -442,28 +443,40 @@ def test_a_client_that_leaves_while_waiting_costs_no_generation(checkpoints):
     import socket
 
     app = studio_for_checkpoint(checkpoints["plain"], None, CPU, checkpoints["root"], checkpoints["root"] / "none.pt")
-    generator = app.state.service.loaded.generator
-    forward, calls = generator.forward, []
+    service = app.state.service
+    generator = service.loaded.generator
+    forward, calls, entered, release = generator.forward, [], threading.Event(), threading.Event()
 
-    def slow_forward(*args, **kwargs):
-        calls.append(time.monotonic())
-        time.sleep(0.6)
+    def held_forward(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        entered.set()
+        release.wait(timeout=60)
         return forward(*args, **kwargs)
 
-    generator.forward = slow_forward
+    generator.forward = held_forward
+    label = png(scene())
     with serve_in_thread(app) as url:
         port = int(url.rstrip("/").rsplit(":", 1)[1])
         first = socket.create_connection(("127.0.0.1", port))
-        first.sendall(multipart_request(port, png(scene())))
-        time.sleep(0.2)  # the first request holds the device
+        first.sendall(multipart_request(port, label))
+        wait_until(entered.is_set, "the first request holds the device")
         stale = socket.create_connection(("127.0.0.1", port))
-        stale.sendall(multipart_request(port, png(scene())))
-        time.sleep(0.1)
+        stale.sendall(multipart_request(port, label))
+        wait_until(lambda: service.queue.waiting == 1, "the second request waits")
         stale.close()  # as the page's AbortController does
+        # A third request, behind the stale one: when it is answered, the stale one's turn has come and gone.
+        later: list[httpx.Response] = []
+        third = threading.Thread(target=lambda: later.append(post_label(url, "page-c", label)))
+        third.start()
+        try:
+            wait_until(lambda: service.queue.waiting == 2, "the third request waits behind the stale one")
+        finally:
+            release.set()
         assert first.recv(12) == b"HTTP/1.1 200"
-        time.sleep(0.5)  # the stale request's turn has come and gone
+        third.join(timeout=60)
         first.close()
-    assert len(calls) == 1
+    assert [response.status_code for response in later] == [200]
+    assert len(calls) == 2  # the first and the third: the stale one never reached the device
 
 
 # ---------------------------------------------------------------------------------------
@@ -545,14 +558,6 @@ def post_label(url: str, client_id: str | None, label: bytes) -> httpx.Response:
     headers = {"X-Studio-Client": client_id} if client_id else {}
     with httpx.Client(timeout=60) as http:
         return http.post(url + "api/generate", files={"label": ("label.png", label, "image/png")}, headers=headers)
-
-
-def wait_until(condition, what: str, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.005)
 
 
 def test_a_newer_request_replaces_the_older_one_of_its_client_and_a_full_queue_answers_429(checkpoints):

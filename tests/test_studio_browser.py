@@ -35,7 +35,7 @@ from gaugan.data.classes import label_palette
 from gaugan.studio.app import studio_for_checkpoint
 from pipeline.cli import app as cli
 from tests.http_support import serving
-from tests.studio_support import coco_spec, landscapes_spec, serve_in_thread, write_checkpoint
+from tests.support import coco_spec, landscapes_spec, serve_in_thread, write_checkpoint
 
 SIZE = 64
 GRASS, TREE, WATER = 6, 7, 4

@@ -16,7 +16,7 @@ from gaugan.config import ConfigError, replace
 from gaugan.threads import ThreadSettingError, choose_num_threads, configure_threads
 from pipeline.cli import app
 from stages import train as train_stage
-from tests.training_support import ROOT, make_store, tiny_train_config
+from tests.support import ROOT, make_store, tiny_config
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_cores_come_from_the_process_affinity(monkeypatch: pytest.MonkeyPatch) -
 
 def test_config_rejects_a_thread_count_below_one() -> None:
     with pytest.raises(ConfigError, match=r"train.num_threads: got 0, expected null or >= 1"):
-        replace(tiny_train_config(), train={"num_threads": 0})
+        replace(tiny_config(), train={"num_threads": 0})
 
 
 class ThreadsChosen(Exception):
@@ -73,7 +73,7 @@ def test_every_computing_stage_applies_the_setting_first(stage: str, workers: in
         raise ThreadsChosen
 
     monkeypatch.setattr(module, "configure_threads", spy)
-    cfg = replace(tiny_train_config(), data={"num_workers": 3}, train={"num_threads": 7})
+    cfg = replace(tiny_config(), data={"num_workers": 3}, train={"num_threads": 7})
     with pytest.raises(ThreadsChosen):
         module.run(cfg, tmp_path)
     assert calls == [(7, workers)]
@@ -82,7 +82,7 @@ def test_every_computing_stage_applies_the_setting_first(stage: str, workers: in
 def test_train_records_the_thread_count(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     make_store(root)
-    train_stage.run(tiny_train_config(max_steps=1, num_threads=1), root)
+    train_stage.run(tiny_config(max_steps=1, num_threads=1), root)
     assert json.loads((root / "reports" / "train.json").read_text())["num_threads"] == 1
     assert torch.get_num_threads() == 1
 

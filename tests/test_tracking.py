@@ -21,11 +21,11 @@ from gaugan.config import replace
 from pipeline import tracking
 from pipeline.tracking_store import BackgroundWriter, TrackingError
 from stages import train as train_stage
-from tests.training_support import ROOT, make_store, tiny_train_config
+from tests.support import ROOT, make_store, tiny_config
 
 
 def test_tracking_uri_precedence(tmp_path, monkeypatch):
-    cfg = tiny_train_config()
+    cfg = tiny_config()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     assert tracking.resolve_tracking_uri(cfg, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
@@ -47,7 +47,7 @@ def test_train_stage_logs_a_complete_run_and_resumes_into_it(tmp_path, monkeypat
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.setenv("DVC_EXP_NAME", "tiny-exp")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
-    cfg = tiny_train_config(max_steps=2, log_every=1, sample_every=2, checkpoint_every=2)
+    cfg = tiny_config(max_steps=2, log_every=1, sample_every=2, checkpoint_every=2)
     cfg = replace(cfg, tracking={"enabled": True, "tracking_uri": uri, "experiment_name": "tiny"})
 
     train_stage.run(cfg, root)
@@ -101,7 +101,7 @@ def test_train_stage_logs_a_complete_run_and_resumes_into_it(tmp_path, monkeypat
 def test_a_failed_training_marks_the_run_failed(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = replace(tiny_train_config(), tracking={"enabled": True, "tracking_uri": uri})
+    cfg = replace(tiny_config(), tracking={"enabled": True, "tracking_uri": uri})
     with pytest.raises(RuntimeError, match="boom"):
         with tracking.open_run(cfg, tmp_path, "train") as tracker:
             run_id = tracker.run_id
@@ -118,7 +118,7 @@ def test_rerun_of_a_finished_training_retrains_instead_of_keeping_stale_weights(
     """DVC re-runs train only when an input changed: a finished run with no steps left starts afresh."""
     root = tmp_path / "repo"
     make_store(root)
-    cfg = replace(tiny_train_config(max_steps=2, checkpoint_every=2), tracking={"enabled": False})
+    cfg = replace(tiny_config(max_steps=2, checkpoint_every=2), tracking={"enabled": False})
     train_stage.run(cfg, root)
     assert "starting afresh" not in capsys.readouterr().out
     train_stage.run(cfg, root)
@@ -149,14 +149,14 @@ def test_an_unreachable_server_fails_within_seconds_naming_it(tmp_path, monkeypa
         monkeypatch.delenv(name, raising=False)  # MLflow's defaults: 7 retries, minutes
     started = time.monotonic()
     expected = rf"MLflow tracking server {uri} does not answer .*tracking.enabled: false"
-    with pytest.raises(TrackingError, match=expected), tracking.open_run(_tracked(tiny_train_config(), uri), tmp_path, "t"):
+    with pytest.raises(TrackingError, match=expected), tracking.open_run(_tracked(tiny_config(), uri), tmp_path, "t"):
         pass
     assert time.monotonic() - started < 20
 
 
 def test_an_unusable_sqlite_location_is_named(tmp_path):
     (tmp_path / "a_file").write_text("")
-    cfg = tiny_train_config()
+    cfg = tiny_config()
     not_a_folder = _tracked(cfg, f"sqlite:///{tmp_path}/a_file/sub/mlflow.db")
     with pytest.raises(TrackingError, match=r"cannot create the folder .*a_file/sub \(Not a directory\)"), \
             tracking.open_run(not_a_folder, tmp_path, "train"):
@@ -174,7 +174,7 @@ def test_a_read_only_folder_is_named(tmp_path):
     folder.mkdir()
     folder.chmod(0o555)
     try:
-        read_only = _tracked(tiny_train_config(), f"sqlite:///{folder}/mlflow.db")
+        read_only = _tracked(tiny_config(), f"sqlite:///{folder}/mlflow.db")
         with pytest.raises(TrackingError, match=rf"{folder} is read-only"), tracking.open_run(read_only, tmp_path, "t"):
             pass
     finally:
@@ -222,7 +222,7 @@ def test_training_survives_a_locked_store_and_loses_no_step(tmp_path, monkeypatc
     uri = f"sqlite:///{database}"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(mlflow.store.db.utils, "sql", _ShortBusyTimeout())
-    cfg = _tracked(tiny_train_config(max_steps=3, log_every=1, sample_every=2), uri)
+    cfg = _tracked(tiny_config(max_steps=3, log_every=1, sample_every=2), uri)
     real_train = train_stage.train
     holders = []
 
@@ -252,7 +252,7 @@ def test_an_interrupted_training_is_killed_and_resumes_without_repeating_steps(t
     make_store(root)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = _tracked(tiny_train_config(max_steps=4, log_every=1, checkpoint_every=2, num_threads=1), uri)
+    cfg = _tracked(tiny_config(max_steps=4, log_every=1, checkpoint_every=2, num_threads=1), uri)
     real_train = train_stage.train
 
     def interrupted_after_step_3(*args, report, **kwargs):

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from gaugan.config import replace
 from pipeline.cli import app
 from stages import bench as bench_stage
-from tests.training_support import ROOT, tiny_train_config
+from tests.support import ROOT, tiny_config
 
 TINY = ["-S", "data.builtin.size=32", "-S", "generator.ngf=8", "-S", "generator.spade_hidden=16",
         "-S", "discriminator.ndf=8", "-S", "train.batch_size=2"]
@@ -102,7 +102,7 @@ def test_bench_stage_compares_both_schedules_in_their_own_processes(tmp_path: Pa
     monkeypatch.setattr(bench_stage, "NUM_WARMUP", 0)
     monkeypatch.setattr(bench_stage, "NUM_REPEATS", 2)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the child processes' torch threads (see conftest.py)
-    cfg = replace(tiny_train_config(), train={"max_steps": None})
+    cfg = replace(tiny_config(), train={"max_steps": None})
     bench_stage.run(cfg, tmp_path)
     report = json.loads((tmp_path / "reports" / "bench.json").read_text())
     assert report["ours"]["schedule"] == "ours" and report["reference"]["schedule"] == "reference"
@@ -122,7 +122,7 @@ def test_bench_times_the_very_step_that_training_runs(tmp_path, monkeypatch):
     from gaugan.train import setup
     from gaugan.train.bench import BenchSettings, run_benchmark
     from gaugan.train.loop import train
-    from tests.training_support import make_store
+    from tests.support import make_store
 
     steps = []
     step_call = setup.TrainingStep.__call__
@@ -132,7 +132,7 @@ def test_bench_times_the_very_step_that_training_runs(tmp_path, monkeypatch):
         return step_call(step, batch)
 
     monkeypatch.setattr(setup.TrainingStep, "__call__", recording)
-    cfg = tiny_train_config(use_ema=True, ema_statistics_batches=0, max_steps=2)
+    cfg = tiny_config(use_ema=True, ema_statistics_batches=0, max_steps=2)
     train(cfg, make_store(tmp_path), tmp_path / "checkpoints", show_progress=False)
     assert len(steps) == 2 and steps[0] is steps[1] and steps[0].ema is not None
 

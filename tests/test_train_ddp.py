@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 from gaugan import checkpoint as ckpt
 from gaugan.config import Config, replace
 from gaugan.train.loop import train
-from tests.training_support import checkpoint_tensors, make_store, tiny_train_config
+from tests.support import checkpoint_tensors, make_store, tiny_config
 
 GRADIENT_RELATIVE_TOLERANCE = 1e-4  # of the tensor's largest gradient
 GRADIENT_ABSOLUTE_TOLERANCE = 1e-6  # covers the noise of zero-by-construction gradients
@@ -32,7 +32,7 @@ GRADIENT_ABSOLUTE_TOLERANCE = 1e-6  # covers the noise of zero-by-construction g
 
 def ddp_config() -> Config:
     # 64x64: instance norm needs more than the 1x1 start of a 32x32 generator.
-    cfg = tiny_train_config(size=64, max_steps=1, batch_size=4, use_ema=True, ema_decay=0.5)
+    cfg = tiny_config(size=64, max_steps=1, batch_size=4, use_ema=True, ema_decay=0.5)
     return replace(cfg, generator={"param_free_norm": "instance"})
 
 

@@ -5,7 +5,6 @@ and the errors that stop a run before it wastes its time."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,25 +19,19 @@ from gaugan.segmenters.trained import TrainedSegmenter
 from gaugan.selection import SELECTION_FILE, check_held_out_unchanged, num_training_samples
 from gaugan.train.evaluator import TrainingEvaluator, subset_indices
 from gaugan.train.loop import planned_steps, train
-from tests.test_eval_stages import stand_in_extractor
-from tests.training_support import make_store, tiny_train_config
+from tests.support import stand_in_extractor, tiny_config
 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("evaltrainroot"))
-
-
 def judges(spec) -> Judges:
     torch.manual_seed(0)
-    return Judges(segmenter=TrainedSegmenter(spec, width=4).eval(), extract=stand_in_extractor(Path("unused"), CPU))
+    return Judges(segmenter=TrainedSegmenter(spec, width=4).eval(), extract=stand_in_extractor)
 
 
 def evaluated_config(**evaluate):
     """8 training images, batch 2, 1 + 2 epochs (12 steps), scored every 2 epochs and after the last."""
-    return replace(tiny_train_config(max_steps=None),
+    return replace(tiny_config(max_steps=None),
                    evaluate={"every_epochs": 2, "during_training_images": 3, **evaluate})
 
 
@@ -100,7 +93,7 @@ def test_choices_that_cannot_work_fail_before_training(store, tmp_path, monkeypa
     from pipeline.evaluation import training_evaluator
 
     with pytest.raises(ConfigError, match="checkpoint_choice.*'final' while evaluate.every_epochs is 0"):
-        replace(tiny_train_config(), evaluate={"checkpoint_choice": "best_fid"})
+        replace(tiny_config(), evaluate={"checkpoint_choice": "best_fid"})
     root = store.parent.parent
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     cfg = replace(evaluated_config(checkpoint_choice="best_fid"), evaluate={"segmenter": "none"})

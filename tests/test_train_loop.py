@@ -30,12 +30,7 @@ from gaugan.train.setup import build_training_models, make_optimizers
 from gaugan.train.steps import Networks, discriminator_step, generator_step, prepare_batch, step_settings
 from pipeline.params import dump_config
 from stages import train as train_stage
-from tests.training_support import ROOT, assert_identical, make_store, tiny_train_config
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("trainroot"))
+from tests.support import ROOT, assert_identical, make_store, tiny_config
 
 
 def one_batch(store: Path, cfg: Config):
@@ -66,7 +61,7 @@ ZERO_GRADIENT_BY_CONSTRUCTION = (".conv_0.bias", ".conv_1.bias", ".model4.0.bias
 def test_steps_touch_every_parameter_and_losses_move(use_vae):
     # 64x64 (start 2x2): at 32x32 the generator starts at 1x1, where a batch of 2 makes
     # BatchNorm's output constant and the first block's SPADE gets no gradient at all.
-    cfg = replace(tiny_train_config(size=64), encoder={"use_vae": use_vae})
+    cfg = replace(tiny_config(size=64), encoder={"use_vae": use_vae})
     spec = resolve_dataset(cfg.data)
     seg, real = prepare_batch(synthetic_batch(spec, batch_size=2), spec.num_label_values, torch.device("cpu"))
     networks, optimizers, settings = step_objects(cfg, spec)
@@ -99,7 +94,7 @@ def test_steps_touch_every_parameter_and_losses_move(use_vae):
 def test_fast_g_step_has_the_official_maths(store):
     """Our schedule against the official one (D weight gradients in the G step, a gradient for
     the fake in the D step): the skipped work changes no number."""
-    cfg = tiny_train_config()
+    cfg = tiny_config()
     spec, (seg, real) = one_batch(store, cfg)
     results = []
     for skip in (True, False):
@@ -114,7 +109,7 @@ def test_fast_g_step_has_the_official_maths(store):
 
 def test_resume_equals_an_uninterrupted_run_exactly(store, tmp_path):
     # VAE: the encoder's noise comes from the global RNG, so this also checks its restore.
-    cfg = replace(tiny_train_config(use_ema=True, ema_decay=0.9, checkpoint_every=3), encoder={"use_vae": True})
+    cfg = replace(tiny_config(use_ema=True, ema_decay=0.9, checkpoint_every=3), encoder={"use_vae": True})
     full = train(cfg, store, tmp_path / "full", show_progress=False)
     assert full.step == 6 and full.resumed_from_step == 0
 
@@ -146,14 +141,14 @@ def test_resume_equals_an_uninterrupted_run_exactly(store, tmp_path):
 
 def test_resume_after_kill_9_equals_an_uninterrupted_run(store, tmp_path):
     """A process killed with SIGKILL right after step 5 (checkpoints every 2 steps) resumes from step 4."""
-    cfg = tiny_train_config(checkpoint_every=2)
+    cfg = tiny_config(checkpoint_every=2)
     full = train(cfg, store, tmp_path / "full", show_progress=False)
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(ROOT)!r})
         sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
         from pathlib import Path
-        from tests.training_support import tiny_train_config
+        from tests.support import tiny_config
         from gaugan.config import replace
         from gaugan.train.loop import train
 
@@ -161,7 +156,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(store, tmp_path):
             if step == 5:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        cfg = replace(tiny_train_config(checkpoint_every=2), train={{"log_every": 1}})
+        cfg = replace(tiny_config(checkpoint_every=2), train={{"log_every": 1}})
         train(cfg, Path({str(store)!r}), Path({str(tmp_path / "killed")!r}), report=report, show_progress=False)
     """)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -176,7 +171,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(store, tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_from_another_training_config(store, tmp_path):
-    cfg = tiny_train_config(max_steps=2)
+    cfg = tiny_config(max_steps=2)
     train(cfg, store, tmp_path, show_progress=False)
     before = (tmp_path / "last.pt").read_bytes()
     changed = replace(cfg, optim={"lr": 1e-3}, loss={"lambda_feat": 5.0}, train={"max_steps": 4})
@@ -194,7 +189,7 @@ def test_resume_refuses_a_checkpoint_from_another_training_config(store, tmp_pat
 def test_train_stage_refuses_a_crafted_last_pt_without_running_its_code(tmp_path, write_crafted_checkpoint):
     """``python -m stages.train`` reads last.pt to resume only through the safe reader: a
     pickle calling os.system never runs; the message names it and says how to start afresh."""
-    cfg = tiny_train_config()
+    cfg = tiny_config()
     make_store(tmp_path)
     (tmp_path / "params.yaml").write_text(dump_config(cfg))
     last, marker = tmp_path / cfg.train.checkpoint_dir / "last.pt", tmp_path / "command_ran"
@@ -216,7 +211,7 @@ def test_train_stage_refuses_a_crafted_last_pt_without_running_its_code(tmp_path
 
 
 def test_non_finite_loss_stops_naming_loss_and_step_and_keeps_the_good_checkpoint(store, tmp_path, monkeypatch):
-    cfg = tiny_train_config(checkpoint_every=2, log_every=4)
+    cfg = tiny_config(checkpoint_every=2, log_every=4)
     calls = {"count": 0}
     real_feature_matching = losses.feature_matching_loss
 
@@ -236,7 +231,7 @@ def test_non_finite_loss_stops_naming_loss_and_step_and_keeps_the_good_checkpoin
 
 
 def test_divergence_before_any_checkpoint_says_a_rerun_starts_afresh(store, tmp_path, monkeypatch):
-    cfg = tiny_train_config(checkpoint_every=100, log_every=2)
+    cfg = tiny_config(checkpoint_every=100, log_every=2)
     real_feature_matching = losses.feature_matching_loss
     monkeypatch.setattr(losses, "feature_matching_loss", lambda *args: real_feature_matching(*args) * float("nan"))
     with pytest.raises(TrainingDiverged, match=r"became non-finite at step 1;") as caught:
@@ -249,7 +244,7 @@ def test_divergence_before_any_checkpoint_says_a_rerun_starts_afresh(store, tmp_
 def test_non_finite_weights_are_never_checkpointed(store, tmp_path, monkeypatch):
     """D's weights turn NaN in the D update of step 4, a checkpoint step, while every loss up to
     then was finite: the checkpoint of step 2 must stay the last one."""
-    cfg = tiny_train_config(checkpoint_every=2, log_every=100)
+    cfg = tiny_config(checkpoint_every=2, log_every=100)
     calls = {"count": 0}
     real_discriminator_step = steps.discriminator_step
 
@@ -274,7 +269,7 @@ def test_non_finite_weights_are_never_checkpointed(store, tmp_path, monkeypatch)
 def test_headline_speed_is_the_whole_runs_average_not_the_last_window(store, tmp_path, monkeypatch):
     """perf/images_per_s is images trained / wall time of the loop so far (after the last step:
     the run's average); the rate of the steps since the previous log is perf/images_per_s_window."""
-    cfg = tiny_train_config(max_steps=4, log_every=2)
+    cfg = tiny_config(max_steps=4, log_every=2)
     calls = {"count": 0}
     real_generator_step = steps.generator_step
 
@@ -297,7 +292,7 @@ def test_headline_speed_is_the_whole_runs_average_not_the_last_window(store, tmp
 
 
 def test_metrics_and_sample_grids_are_reported(store, tmp_path):
-    cfg = tiny_train_config(max_steps=4, log_every=2, sample_every=2)
+    cfg = tiny_config(max_steps=4, log_every=2, sample_every=2)
     reported, images = [], []
     result = train(cfg, store, tmp_path, report=lambda m, s: reported.append((s, m)),
                    report_image=lambda p, s: images.append((s, p)))
@@ -321,7 +316,7 @@ def test_mixed_precision_steps_keep_fp32_weights_and_losses(dtype):
     gradients, fp32 losses, spectral norm in fp32; fp16 goes through gradient scalers."""
     from gaugan.train.performance import spectral_norm_in_fp32
 
-    cfg = tiny_train_config(size=64)
+    cfg = tiny_config(size=64)
     spec = resolve_dataset(cfg.data)
     seg, real = prepare_batch(synthetic_batch(spec, batch_size=2), spec.num_label_values, torch.device("cpu"),
                               channels_last=True)

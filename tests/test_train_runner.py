@@ -5,7 +5,6 @@ the settings' errors. The maths must not change with any of them."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from gaugan.train.loop import train
 from gaugan.train.runner import LOOKUP_MIN_LABEL_CHANNELS, use_label_lookup
 from gaugan.train.schedule import set_learning_rate
 from gaugan.train.setup import build_training, single_process
-from tests.training_support import assert_identical, make_store, tiny_train_config
+from tests.support import assert_identical, tiny_config
 
 CPU = torch.device("cpu")
 
@@ -60,7 +59,7 @@ def test_a_step_with_the_lookup_equals_a_step_with_the_one_hot_map(use_vae):
     this size: the L1 feature-matching terms flip sign on rounding alone -- channels-last vs
     NCHW moves G's gradients by 1% here -- so the gradients are compared layer by layer and
     network by network in test_onehot_conv.py.)"""
-    base = replace(tiny_train_config(size=64), encoder={"use_vae": use_vae})
+    base = replace(tiny_config(size=64), encoder={"use_vae": use_vae})
     results = []
     for label_conv in ("dense", "lookup"):
         runner, spec, _ = runner_for(replace(base, train={"label_conv": label_conv}))
@@ -74,7 +73,7 @@ def test_a_step_with_the_lookup_equals_a_step_with_the_one_hot_map(use_vae):
 def test_a_batch_with_an_out_of_range_label_stops_the_step_with_one_line(graphed):
     """Checked on the host once per batch: also before a CUDA graph's replay, which reads the
     batch from device buffers where the step itself cannot check it without a host sync."""
-    runner, spec, _ = runner_for(replace(tiny_train_config(), train={"label_conv": "lookup"}))
+    runner, spec, _ = runner_for(replace(tiny_config(), train={"label_conv": "lookup"}))
     if graphed:
         runner.graphed = lambda batch: pytest.fail("the recorded step ran on a batch with an out-of-range label")
     batch = batches(spec, 1)[0]
@@ -88,7 +87,7 @@ def test_a_batch_with_an_out_of_range_label_stops_the_step_with_one_line(graphed
 
 
 def test_graphed_step_warms_up_records_once_and_replays_like_eager_steps():
-    cfg = tiny_train_config()
+    cfg = tiny_config()
     eager, spec, eager_models = runner_for(cfg)
     graphed_runner, _, graphed_models = runner_for(cfg)
     recorder = EagerRecorder()
@@ -109,7 +108,7 @@ def test_graphed_step_warms_up_records_once_and_replays_like_eager_steps():
 
 
 def test_graphed_step_refuses_another_batch_shape_and_too_little_warmup():
-    runner, spec, _ = runner_for(tiny_train_config())
+    runner, spec, _ = runner_for(tiny_config())
     graphed = GraphedStep(runner.eager_step, [runner.optimizers.G], CPU, warmup_steps=1, recorder=EagerRecorder())
     graphed(synthetic_batch(spec, 2))
     graphed(synthetic_batch(spec, 2))
@@ -121,7 +120,7 @@ def test_graphed_step_refuses_another_batch_shape_and_too_little_warmup():
 
 def test_cuda_graph_setting_names_what_it_needs():
     with pytest.raises(ConfigError, match=r"train.cuda_graph: true needs a CUDA device \(this run uses cpu\)"):
-        runner_for(tiny_train_config(cuda_graph=True))
+        runner_for(tiny_config(cuda_graph=True))
 
 
 # ---- compiled blocks ---------------------------------------------------------------------
@@ -139,7 +138,7 @@ def dynamo_only(monkeypatch):
 
 @pytest.mark.parametrize(("mode", "use_vae"), [("blocks", True), ("full", False)])
 def test_compiled_steps_equal_eager_steps_and_keep_the_state_dict(dynamo_only, mode, use_vae):
-    cfg = replace(tiny_train_config(size=64), encoder={"use_vae": use_vae})
+    cfg = replace(tiny_config(size=64), encoder={"use_vae": use_vae})
     eager, spec, eager_models = runner_for(cfg)
     compiled_runner, _, compiled_models = runner_for(replace(cfg, train={"compile": mode}))
     batch = batches(spec, 1)[0]
@@ -219,13 +218,8 @@ def assert_same_grads_and_buffers(module: nn.Module, reference: nn.Module) -> No
 # ---- in the training loop ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("runnerroot"))
-
-
 def test_training_with_the_lookup_resumes_exactly(store, tmp_path):
-    cfg = tiny_train_config(max_steps=4, checkpoint_every=2, label_conv="lookup")
+    cfg = tiny_config(max_steps=4, checkpoint_every=2, label_conv="lookup")
     full = train(cfg, store, tmp_path / "full", show_progress=False)
     train(replace(cfg, train={"max_steps": 2}), store, tmp_path / "split", show_progress=False)
     resumed = train(cfg, store, tmp_path / "split", show_progress=False)
@@ -247,11 +241,11 @@ def test_the_loop_steps_through_the_runner_of_its_settings(store, tmp_path, monk
         return real_generator_step(networks, optimizers, seg, *args)
 
     monkeypatch.setattr(steps, "generator_step", recording)
-    train(tiny_train_config(max_steps=1, label_conv="lookup"), store, tmp_path / "lookup", show_progress=False)
-    train(tiny_train_config(max_steps=1, label_conv="dense"), store, tmp_path / "dense", show_progress=False)
+    train(tiny_config(max_steps=1, label_conv="lookup"), store, tmp_path / "lookup", show_progress=False)
+    train(tiny_config(max_steps=1, label_conv="dense"), store, tmp_path / "dense", show_progress=False)
     assert seen == [SemanticLabels, torch.Tensor]
     with pytest.raises(ConfigError, match="train.cuda_graph: true needs a CUDA device"):
-        train(tiny_train_config(max_steps=1, cuda_graph=True), store, tmp_path / "graph", show_progress=False)
+        train(tiny_config(max_steps=1, cuda_graph=True), store, tmp_path / "graph", show_progress=False)
 
 
 # ---- on a GPU (skipped here; scripts/gpu_bench.sh runs the same checks) ----------------------
@@ -262,7 +256,7 @@ def test_the_loop_steps_through_the_runner_of_its_settings(store, tmp_path, monk
 def test_on_a_gpu_an_execution_setting_gives_the_eager_dense_losses(setting):
     from gaugan.train.bench import compare_step_by_step
 
-    cfg = replace(tiny_train_config(size=64), train={"device": "cuda", "precision": "fp32", "label_conv": "dense"})
+    cfg = replace(tiny_config(size=64), train={"device": "cuda", "precision": "fp32", "label_conv": "dense"})
     spec = resolve_dataset(cfg.data)
     # A CUDA graph replays from the 5th step on; the others differ from the first step on.
     steps = 6 if "cuda_graph" in setting else 1
