@@ -22,7 +22,7 @@ from gaugan.data.classes import label_palette
 from gaugan.data.registry import published_spec
 from gaugan.models.loading import load_generator
 from gaugan.segmenters.trained import TrainedSegmenter, save_trained_segmenter
-from gaugan.studio.app import studio_for_checkpoint
+from gaugan.studio.app import STATIC_DIR, studio_for_checkpoint
 from gaugan.studio.inputs import MAX_UPLOAD_BYTES, LabelInput, Upload, read_label_upload
 from gaugan.studio.service import StudioService, StudioSetupError
 from gaugan.synthesize import synthesize_image
@@ -407,11 +407,36 @@ def test_the_page_is_served_without_external_resources(client):
     page = client.get("/")
     assert page.status_code == 200 and "GauGAN" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
-    for name in ("studio.js", "studio.css", "favicon.svg"):
+    names = sorted(path.name for path in STATIC_DIR.iterdir() if path.name != "index.html")
+    assert {"studio.js", "studio.css", "favicon.svg"} <= set(names)
+    for name in names:
         response = client.get(f"/{name}")
         assert response.status_code == 200
         assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", response.text), name
     assert not re.search(r"https?://", page.text)
+
+
+def test_the_page_script_is_es_modules_served_as_javascript(client, monkeypatch):
+    """A module script runs only when served with a JavaScript MIME type (the page also sends
+    nosniff), whatever the system's MIME table says (text/plain for .js on some systems)."""
+    import starlette.responses
+
+    guess_type = starlette.responses.guess_type
+    monkeypatch.setattr(starlette.responses, "guess_type", lambda path, *args, **kwargs: (
+        ("text/plain", None) if str(path).endswith(".js") else guess_type(path, *args, **kwargs)))
+    page = client.get("/")
+    assert re.findall(r"<script[^>]*>", page.text) == ['<script type="module" src="studio.js">']
+    modules = sorted(path.name for path in STATIC_DIR.glob("*.js"))
+    assert len(modules) > 1
+    imported = set()
+    for name in modules:
+        response = client.get(f"/{name}")
+        assert response.status_code == 200 and response.headers["content-type"] == "text/javascript; charset=utf-8"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        imports = re.findall(r'^import [^;]*? from "([^"]+)";', response.text, re.MULTILINE | re.DOTALL)
+        assert all(spec.startswith("./") and (STATIC_DIR / spec[2:]).is_file() for spec in imports), name
+        imported.update(spec[2:] for spec in imports)
+    assert imported == set(modules) - {"studio.js"}  # every module is used, from the entry module down
 
 
 def test_a_request_cancelled_while_waiting_is_dropped(client):

@@ -10,7 +10,8 @@
   from the dataset's segmenter; 503 with the reason when there is none.
 - ``POST /api/label`` / ``POST /api/instance``: a label / instance map as the page edits it
   (validated, resized to the model's size; instance ids renumbered into 16 bits).
-- ``/``: the page (``static/``), no external resources (the Content-Security-Policy says so).
+- ``/``: the page (``static/``: index.html, its ES modules and styles, served as they are, no
+  build step), no external resources (the Content-Security-Policy says so).
 
 Errors are JSON ``{"error": message}`` with a 4xx status for bad input (see
 :mod:`gaugan.studio.inputs`); an unexpected error answers 500 and the server keeps serving.
@@ -64,6 +65,7 @@ from gaugan.synthesize import load_generator_for
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 3 * MAX_UPLOAD_BYTES + 2**20  # label + instance + style, and the multipart framing
+JAVASCRIPT = "text/javascript; charset=utf-8"  # the page's ES modules (RFC 9239)
 CLIENT_HEADER = "x-studio-client"  # the page's id, so that its newer requests replace its older ones
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request its client abandoned; nobody reads it
 # Everything the page loads comes from this server; photos are shown from blob: URLs.
@@ -163,7 +165,7 @@ def create_app(
         Route("/api/segment", segment, methods=["POST"]),
         Route("/api/label", normalise_label, methods=["POST"]),
         Route("/api/instance", normalise_instance, methods=["POST"]),
-        Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"),
+        Mount("/", PageFiles(directory=STATIC_DIR, html=True), name="static"),
     ]
     middleware = [
         Middleware(SecurityHeaders),
@@ -298,6 +300,18 @@ class BodySizeLimit:
     def message(self, size: int) -> str:
         return (f"request body of {size / 2**20:.1f} MB is over the {self.max_bytes / 2**20:.0f} MB limit "
                 f"({MAX_UPLOAD_BYTES // 2**20} MB per file)")
+
+
+class PageFiles(StaticFiles):
+    """The page's files. Its scripts are ES modules, which a browser runs only when they come
+    as JavaScript (the page is also sent with nosniff): ``.js`` is always ``text/javascript``,
+    whatever the system's MIME table says (some map it to ``text/plain``)."""
+
+    def file_response(self, full_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(full_path, *args, **kwargs)
+        if str(full_path).endswith(".js") and "content-type" in response.headers:  # not on a 304
+            response.headers["content-type"] = JAVASCRIPT
+        return response
 
 
 class SecurityHeaders:
