@@ -206,10 +206,11 @@ def torch_error_reason(err: BaseException) -> str:
     if lines and lines[0].startswith("The following operation failed in the TorchScript interpreter"):
         lines = [re.sub(r"^\w+: ", "", lines[-1])]
     for line in lines:
+        reason = line
         for boilerplate in _TORCH_BOILERPLATE:
-            line = line.split(boilerplate, 1)[0].strip()
-        if line and not any(advice in line for advice in _TORCH_ADVICE):
-            return line[:300].rstrip(".")
+            reason = reason.split(boilerplate, 1)[0].strip()
+        if reason and not any(advice in reason for advice in _TORCH_ADVICE):
+            return reason[:300].rstrip(".")
     return type(err).__name__
 
 

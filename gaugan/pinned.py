@@ -29,12 +29,13 @@ cache that cannot be read or written only costs the hashing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +113,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     if settled and _stat_key(path.stat()) == key:
         entries = {name: value for name, value in entries.items() if Path(name).is_file()}
         entries[str(path)] = {"stat": key, "sha256": digest}
-        try:
+        with contextlib.suppress(OSError):  # a read-only cache folder: the next reader hashes again
             atomic_write_json(cache_path, entries)
-        except OSError:
-            pass  # a read-only cache folder: the next reader hashes again
     return digest
 
 
@@ -157,5 +156,5 @@ def write_pin(path: str | os.PathLike, source: str) -> Pin:
     pin = Pin(Path(path).stat().st_size, file_sha256(path))
     atomic_write_json(pin_path(path), {"file": Path(path).name, "bytes": pin.num_bytes, "sha256": pin.sha256,
                                        "source": source,
-                                       "pinned_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                                       "pinned_at": datetime.now(UTC).isoformat(timespec="seconds")})
     return pin

@@ -179,8 +179,8 @@ def table_html(table: pd.DataFrame, highlight_row: int | None = None) -> str:
     for index, row in enumerate(rows):
         cells = []
         for column, text in zip(table.columns, row):
-            text = html.escape(text)
-            cells.append(f"<td><b>{text}</b></td>" if best.get(column) == index else f"<td>{text}</td>")
+            escaped = html.escape(text)
+            cells.append(f"<td><b>{escaped}</b></td>" if best.get(column) == index else f"<td>{escaped}</td>")
         css = ' class="current"' if index == highlight_row else ""
         parts.append(f"<tr{css}>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table>")
@@ -236,8 +236,8 @@ def plot_curves(history: pd.DataFrame, labels: dict[str, str], path: Path, keys:
     rows = math.ceil(len(keys) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.0 * rows), squeeze=False)
     for axis, key in zip(axes.flat, keys):
-        for run_id, curve in history[history["key"] == key].groupby("run_id", sort=False):
-            curve = curve.sort_values("step")
+        for run_id, points in history[history["key"] == key].groupby("run_id", sort=False):
+            curve = points.sort_values("step")
             axis.plot(curve["step"], curve["value"], linewidth=1.0, marker="o" if len(curve) < 30 else None,
                       markersize=3, label=labels.get(run_id, str(run_id)[:8]))
         axis.set_title(key, fontsize=10)

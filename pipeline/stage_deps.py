@@ -105,7 +105,8 @@ def rewrite_code_deps(text: str, root: Path) -> str:
         while index < len(lines) and lines[index].startswith(indent + "- "):
             entries.append(lines[index][len(indent) + 2:])
             index += 1
-        command = next((l.split("-m stages.", 1)[1].strip() for l in reversed(output) if "-m stages." in l), None)
+        command = next((line.split("-m stages.", 1)[1].strip() for line in reversed(output) if "-m stages." in line),
+                       None)
         if command is None:
             raise ValueError("a deps: list before any `cmd: ... -m stages.<name>` line")
         kept = [entry for entry in entries if not entry.endswith(".py")]

@@ -24,9 +24,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gaugan.config import Config, replace
 from gaugan.data.registry import resolve_dataset
+from gaugan.train.adversaries import discriminate
 from gaugan.train.bench import LOOKUP_FLOP_FORMULAS, training_setup
 from gaugan.train.performance import configure_device
-from gaugan.train.adversaries import discriminate
 from gaugan.train.steps import generate_fake, prepare_batch
 
 CONFIGS = {

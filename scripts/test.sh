@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh), install the browser the page tests drive, and run the whole test
-# suite. This is what CI runs (.ci/run).
+# Set up (scripts/setup.sh), install the browser the page tests drive, check the code with
+# ruff (pyproject.toml [tool.ruff.lint]; a finding fails the run) and run the whole test suite.
+# This is what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,4 +18,5 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
     echo "warning: no Chromium and no apt-get; the browser tests will be skipped (set GAUGAN_CHROMIUM to a Chromium binary)" >&2
   fi
 fi
+.venv/bin/python -m ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -19,7 +19,7 @@ NEWEST_TORCH_APIS = [
      "config.recompile_limit"),
     ("torch.serialization.safe_globals as a context manager", (2, 5), "gaugan/checkpoint.py",
      "torch.serialization.safe_globals("),
-    ("fused Adam on the CPU", (2, 4), "gaugan/train/loop.py", "fused=fused"),
+    ("fused Adam on the CPU", (2, 4), "gaugan/train/setup.py", "fused=fused"),
     ("torch.get_autocast_dtype / is_autocast_enabled(device_type)", (2, 4), "gaugan/models/onehot_conv.py",
      "torch.get_autocast_dtype(weight.device.type)"),
 ]
@@ -52,3 +52,14 @@ def test_the_declared_floors_have_every_api_the_code_uses():
     readme = (ROOT / "README.md").read_text()
     version = ".".join(map(str, torch_floor))
     assert f"torch >= {version}" in readme and f"torchvision >= {'.'.join(map(str, vision_floor))}" in readme
+
+
+def test_ruff_checks_the_code_before_the_tests_run():
+    """scripts/test.sh (what CI runs) fails on a ruff finding before pytest starts; ruff comes
+    with the test extras, and the stricter rule sets are selected."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert any(re.match(r"ruff\b", dependency) for dependency in project["project"]["optional-dependencies"]["test"])
+    assert {"F", "UP", "PLW", "B", "SIM"} <= set(project["tool"]["ruff"]["lint"]["select"])
+    script = (ROOT / "scripts" / "test.sh").read_text()
+    assert "set -euo pipefail" in script and script.index("-m ruff check .") < script.index("-m pytest")
+

@@ -126,7 +126,7 @@ def test_full_size_forward_on_a_tiny_input(cls):
     images = torch.randint(0, 256, (1, 3, 32, 48), dtype=torch.uint8)
     prediction = model.predict(images)
     assert prediction.shape == (1, 32, 48) and prediction.dtype == torch.int64
-    assert 0 <= int(prediction.min()) and int(prediction.max()) < model.num_classes
+    assert int(prediction.min()) >= 0 and int(prediction.max()) < model.num_classes
 
 
 def test_drn_upsamples_to_the_input_size_exactly():

@@ -102,10 +102,9 @@ def test_a_failed_training_marks_the_run_failed(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = replace(tiny_config(), tracking={"enabled": True, "tracking_uri": uri})
-    with pytest.raises(RuntimeError, match="boom"):
-        with tracking.open_run(cfg, tmp_path, "train") as tracker:
-            run_id = tracker.run_id
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), tracking.open_run(cfg, tmp_path, "train") as tracker:
+        run_id = tracker.run_id
+        raise RuntimeError("boom")
     from mlflow.tracking import MlflowClient
 
     assert MlflowClient(uri).get_run(run_id).info.status == "FAILED"

@@ -258,10 +258,10 @@ def _layout_objects(rng: np.random.Generator, canvas: _Canvas, horizon: float) -
             x = rng.uniform(0, width)
             probe_y = min(int(base_y), height - 1)
             if canvas.label[probe_y, min(int(x), width - 1)] in allowed:
-                if cls == ROCK and canvas.label[probe_y, min(int(x), width - 1)] == WATER:
-                    # rocks in water only near a shore
-                    if not (np.asarray(canvas.label[max(0, probe_y - 3):probe_y + 4, :]) != WATER).any():
-                        continue
+                in_open_water = (cls == ROCK and canvas.label[probe_y, min(int(x), width - 1)] == WATER
+                                 and not (np.asarray(canvas.label[max(0, probe_y - 3):probe_y + 4, :]) != WATER).any())
+                if in_open_water:
+                    continue  # rocks in water only near a shore
                 placed.append((base_y, x, 0.12 + 0.88 * depth, cls))
                 break
     placed.sort(key=lambda item: item[0])  # far (high) objects first, near ones cover them

@@ -160,8 +160,8 @@ def _txt_rows(text: str) -> list[tuple[int, str, Colour | None]]:
 
 def _csv_rows(path: Path, text: str) -> list[tuple[int, str, Colour | None]]:
     rows: list[tuple[int, str, Colour | None]] = []
-    for number, fields in enumerate(csv.reader(text.splitlines()), 1):
-        fields = [field.strip() for field in fields]
+    for number, row in enumerate(csv.reader(text.splitlines()), 1):
+        fields = [field.strip() for field in row]
         if not any(fields) or fields[0].startswith("#"):
             continue
         if not rows and [f.lower() for f in fields] in (["name"], ["name", "r", "g", "b"]):

@@ -28,9 +28,9 @@ import shutil
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from gaugan.data.io import DataError, OutputMarker, atomic_write_json, file_digest, replace_dir, require_writable
 

@@ -56,8 +56,8 @@ class SplitWriter:
             self.labels = _allocated(split_dir / "labels.npy", label_dtype, (count, h, w))
             self.instances = _allocated(split_dir / "instances.npy", np.uint16, (count, h, w)) if use_instance else None
         else:
-            self.files = {name: open(split_dir / f"{name}.bin", "wb") for name in
-                          ("images", "labels") + (("instances",) if use_instance else ())}
+            self.files = {name: open(split_dir / f"{name}.bin", "wb")  # noqa: SIM115 (open until close())
+                          for name in ("images", "labels") + (("instances",) if use_instance else ())}
             self.index = np.zeros((count, 3), dtype=np.int64)
             self.offset = 0
 

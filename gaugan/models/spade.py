@@ -32,7 +32,7 @@ same.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ ParamFreeNorm = Literal["instance", "batch", "syncbatch"]
 PARAM_FREE_NORMS: tuple[str, ...] = ("instance", "batch", "syncbatch")
 
 # The label map: the one-hot tensor, or class indices + edges, or those prepared for a lookup.
-Segmap = Union[Tensor, SemanticLabels, LabelBags]
+Segmap = Tensor | SemanticLabels | LabelBags
 
 
 def make_param_free_norm(kind: ParamFreeNorm, channels: int) -> nn.Module:

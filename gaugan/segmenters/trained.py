@@ -157,7 +157,7 @@ def balanced_class_weights(pixel_counts: Tensor) -> Tensor:
     return weights.float()
 
 
-def class_pixel_counts(loader: Iterable[dict[str, Tensor]], segmenter: "TrainedSegmenter") -> Tensor:
+def class_pixel_counts(loader: Iterable[dict[str, Tensor]], segmenter: TrainedSegmenter) -> Tensor:
     """Pixels per training class over one pass of ``loader`` (don't-care excluded)."""
     counts = torch.zeros(segmenter.num_classes, dtype=torch.int64)
     for batch in loader:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,12 +16,12 @@ def check_data_command(
     dataset: Annotated[str, typer.Option(help="landscapes, ade20k, ade20k_outdoor, coco, cityscapes, facades or custom")],
     root: Annotated[Path, typer.Option(
         help="what data.root names (the folder holding <dataset>/, e.g. data/raw) or the dataset folder itself")],
-    num_classes: Annotated[Optional[int], typer.Option(help="custom: number of classes (default: inferred)")] = None,
-    dontcare: Annotated[Optional[int], typer.Option(help="custom: the label value meaning don't care (default 255)")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="custom: number of classes (default: inferred)")] = None,
+    dontcare: Annotated[int | None, typer.Option(help="custom: the label value meaning don't care (default 255)")] = None,
     no_dontcare: Annotated[bool, typer.Option("--no-dontcare", help="custom: no value means don't care")] = False,
-    use_instance: Annotated[Optional[bool], typer.Option(
+    use_instance: Annotated[bool | None, typer.Option(
         "--instance/--no-instance", help="check instance maps (default: the dataset's convention)")] = None,
-    outdoor_list: Annotated[Optional[Path], typer.Option(help="ade20k_outdoor: a file of image stems")] = None,
+    outdoor_list: Annotated[Path | None, typer.Option(help="ade20k_outdoor: a file of image stems")] = None,
     num_workers: Annotated[int, typer.Option(help="processes reading files")] = 2,
     max_image_pixels: Annotated[int, typer.Option(
         help="larger images are problems (corrupt files, decompression bombs); data.max_image_pixels")
@@ -52,10 +52,10 @@ def check_data_command(
         report = check_dataset(cfg.data, locate_dataset(dataset, root), repo_root=Path.cwd(), num_workers=num_workers)
     except DatasetProblems as err:  # problems that stop the check early (no training pairs)
         typer.echo(format_problems(err.problems, err.root, err.hints))
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except DataError as err:  # the folder is there but does not hold the dataset's layout
         typer.echo(format_problems([str(err)]))
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(format_report(report))
     if not report.ok:
         raise typer.Exit(1)
@@ -68,7 +68,7 @@ def bench_loader_command(
     batch_size: Annotated[int, typer.Option()] = 32,
     num_workers: Annotated[int, typer.Option()] = 2,
     num_batches: Annotated[int, typer.Option(help="batches timed after the warm-up")] = 100,
-    store: Annotated[Optional[Path], typer.Option(help="benchmark an existing store instead of a generated one")] = None,
+    store: Annotated[Path | None, typer.Option(help="benchmark an existing store instead of a generated one")] = None,
     output: Annotated[Path, typer.Option(help="where to write the result")] = Path("reports/bench_loader.json"),
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:

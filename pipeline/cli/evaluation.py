@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,7 +13,7 @@ from pipeline.cli.app import command
 
 @command("evaluate")
 def evaluate_command(
-    checkpoint: Annotated[Optional[Path], typer.Option(
+    checkpoint: Annotated[Path | None, typer.Option(
         help="generator to score: one of ours or an official latest_net_G.pth "
              "(default: evaluate.checkpoint, else the one evaluate.checkpoint_choice names)")] = None,
     out: Annotated[Path, typer.Option(

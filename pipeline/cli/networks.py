@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,14 +17,14 @@ def synthesize_command(
     dataset: Annotated[str, typer.Option(help="the dataset whose label conventions the label map follows")],
     label: Annotated[Path, typer.Option(help="label map PNG (class indices, any size)")],
     output: Annotated[Path, typer.Option(help="where to write the image: .png, .jpg/.jpeg or .webp")],
-    instance: Annotated[Optional[Path], typer.Option(help="instance map PNG (datasets with instance edges)")] = None,
-    style: Annotated[Optional[Path], typer.Option(help="style photo (VAE generators only)")] = None,
+    instance: Annotated[Path | None, typer.Option(help="instance map PNG (datasets with instance edges)")] = None,
+    style: Annotated[Path | None, typer.Option(help="style photo (VAE generators only)")] = None,
     seed: Annotated[int, typer.Option(help="seed of z (VAE generators) or of the 3D noise (OASIS)")] = 0,
-    region: Annotated[Optional[list[str]], typer.Option(
+    region: Annotated[list[str] | None, typer.Option(
         help="CLASS=SEED: re-draw the 3D noise of that class's region (repeatable; the studio's 'Regions')")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
     use_ema: Annotated[bool, typer.Option("--ema/--no-ema", help="use the EMA weights when the checkpoint has them")] = True,
-    threads: Annotated[Optional[int], typer.Option(
+    threads: Annotated[int | None, typer.Option(
         help="CPU threads for torch (default: OMP_NUM_THREADS, else all available cores)")] = None,
 ) -> None:
     """Generate one image from one label map (PNG, JPEG or WebP, as --output's suffix says)."""
@@ -102,8 +102,8 @@ def import_checkpoint_command(
 @command("classes")
 def classes_command(
     dataset: Annotated[str, typer.Option(help="landscapes, ade20k, ade20k_outdoor, coco, cityscapes, facades or custom")],
-    num_classes: Annotated[Optional[int], typer.Option(help="custom datasets: the number of classes")] = None,
-    root: Annotated[Optional[Path], typer.Option(
+    num_classes: Annotated[int | None, typer.Option(help="custom datasets: the number of classes")] = None,
+    root: Annotated[Path | None, typer.Option(
         help="custom datasets: what data.root names or the dataset folder; its classes.txt / classes.csv gives "
              "the names, colours and (without --num-classes) the class count")] = None,
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,11 +29,11 @@ def prefer_passive_openmp() -> None:
 def studio_command(
     checkpoint: Annotated[Path, typer.Option(
         help="one of our checkpoints, or an official latest_net_G.pth (with --dataset)")] = DEFAULT_CHECKPOINT,
-    dataset: Annotated[Optional[str], typer.Option(
+    dataset: Annotated[str | None, typer.Option(
         help="the dataset the model was trained on (needed for official files; ours carry it)")] = None,
     host: Annotated[str, typer.Option(help="address to listen on; anything but loopback opens it to the network "
                                            "and needs --allowed-host")] = "127.0.0.1",
-    allowed_host: Annotated[Optional[list[str]], typer.Option(
+    allowed_host: Annotated[list[str] | None, typer.Option(
         "--allowed-host", help="a name or address browsers on the network will use to reach the studio (repeat "
                                "for more); needed to serve beyond loopback, and the only names answered besides "
                                "the loopback ones")] = None,

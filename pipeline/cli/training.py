@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,9 +27,9 @@ def bench_command(
     repeats: Annotated[int, typer.Option(
         help="with --compare: alternate the two schedules this many times each and compare medians")] = 1,
     count_flops: Annotated[bool, typer.Option("--flops/--no-flops", help="count model FLOPs of one step (MFU on GPU)")] = True,
-    threads: Annotated[Optional[int], typer.Option(
+    threads: Annotated[int | None, typer.Option(
         help="CPU threads for torch (default: train.num_threads, else OMP_NUM_THREADS, else all available cores)")] = None,
-    output: Annotated[Optional[Path], typer.Option(help="also write the JSON here")] = None,
+    output: Annotated[Path | None, typer.Option(help="also write the JSON here")] = None,
 ) -> None:
     """Training speed of G step + D step on synthetic batches: images/s, step time, peak memory, MFU.
 
