@@ -22,7 +22,9 @@ setting does not concern it.
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -91,3 +93,14 @@ def configure_threads(requested: int | None, num_workers: int = 0, processes: in
     if export:
         os.environ["OMP_NUM_THREADS"] = str(chosen.num_threads)
     return chosen
+
+
+def cpu_model() -> str:
+    """The CPU's model name (lscpu's "Model name", from /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

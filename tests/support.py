@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -71,6 +72,14 @@ def write_params(folder: Path, **changes: dict) -> None:
     for section, values in changes.items():
         params[section].update(values)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def stage_environment() -> dict[str, str]:
+    """The environment of a stage run in another folder as DVC would run it: this checkout's code
+    first on the path (``PYTHONPATH``), none of the calling DVC's or MLflow's variables."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DVC_", "MLFLOW_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
 
 
 def landscapes_spec(size: int = 32) -> DatasetSpec:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from gaugan.data.check import parallel_map
-from tests.support import write_params
+from tests.support import stage_environment, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_S = 20.0  # a hang; each test takes 1-3 s on two shared cores
@@ -23,8 +23,7 @@ def start_stage(folder: Path, body: str) -> subprocess.Popen:
     script = ("import os, signal, sys\n"
               "from gaugan.data.check import parallel_map\n"
               "from pipeline.stage import run_stage\n" + body + "\nrun_stage('check-data', run)\n")
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("DVC_", "MLFLOW_"))}
-    env["PYTHONPATH"] = str(ROOT)
+    env = stage_environment()
     return subprocess.Popen([sys.executable, "-c", script], cwd=folder, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 

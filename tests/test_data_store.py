@@ -20,7 +20,7 @@ from gaugan.data.preprocess import preprocess
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.resize import nearest_resize, train_shape
 from gaugan.data.store import read_manifest, read_store, spec_from_manifest
-from tests.support import data_config, make_cityscapes, make_custom
+from tests.support import data_config, make_cityscapes, make_custom, stage_environment
 
 
 @pytest.fixture(scope="module")
@@ -377,7 +377,7 @@ def test_a_file_size_limit_is_one_line_and_leaves_no_half_written_store(tmp_path
     import subprocess
     import sys
 
-    from tests.support import ROOT, write_params
+    from tests.support import write_params
 
     make_custom(tmp_path / "raw" / "custom", num_train=6, values=[0, 1], instances=False)
     write_params(tmp_path)
@@ -390,8 +390,7 @@ def test_a_file_size_limit_is_one_line_and_leaves_no_half_written_store(tmp_path
               "             custom={'num_classes': 2})\n"
               "resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # each images.npy needs more\n"
               "run_stage('preprocess', lambda _cfg, root: preprocess(cfg.data, root, progress=False))\n")
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("DVC_", "MLFLOW_"))}
-    env["PYTHONPATH"] = str(ROOT)
+    env = stage_environment()
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 2 and result.stderr == (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 from gaugan.errors import USER_ERROR_EXIT_CODE
 from pipeline.stage import run_stage
-from tests.support import write_params
+from tests.support import stage_environment, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = sorted(path.stem for path in (ROOT / "stages").glob("*.py") if path.stem != "__init__")
@@ -46,8 +45,7 @@ def test_a_missing_store_is_one_line_naming_it(name: str, tmp_path: Path, monkey
 
 def test_python_dash_m_takes_the_same_path(tmp_path: Path) -> None:
     write_params(tmp_path, data={"processed_dir": "no/store/here"}, tracking={"enabled": False})
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("DVC_", "MLFLOW_"))}
-    env["PYTHONPATH"] = str(ROOT)  # the stages of this checkout, run in another folder
+    env = stage_environment()
     result = subprocess.run([sys.executable, "-m", "stages.generate"], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == USER_ERROR_EXIT_CODE and "Traceback" not in result.stderr
@@ -133,8 +131,7 @@ def test_forked_pool_workers_still_stop_on_sigterm(tmp_path: Path) -> None:
               "    with get_context('fork').Pool(2) as pool:\n"
               "        print(sum(pool.map(abs, [-1, -2, -3])))\n"
               "run_stage('probe', run)\n")
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("DVC_", "MLFLOW_"))}
-    env["PYTHONPATH"] = str(ROOT)
+    env = stage_environment()
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=120, check=False)
     assert result.returncode == 0 and result.stdout == "6\n" and result.stderr == "", result.stderr

@@ -21,7 +21,7 @@ from gaugan.config import replace
 from pipeline import tracking
 from pipeline.tracking_store import BackgroundWriter, TrackingError
 from stages import train as train_stage
-from tests.support import ROOT, make_store, tiny_config
+from tests.support import ROOT, make_store, stage_environment, tiny_config
 
 
 def test_tracking_uri_precedence(tmp_path, monkeypatch):
@@ -298,8 +298,7 @@ def test_sigterm_marks_the_run_killed_and_exits_143(tmp_path):
 
         run_stage("probe", run)
     """)
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("DVC_", "MLFLOW_"))}
-    env["PYTHONPATH"] = str(ROOT)
+    env = stage_environment()
     process = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

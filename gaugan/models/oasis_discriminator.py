@@ -35,7 +35,20 @@ DOWN_WIDTHS = (2, 2, 4, 4, 8, 8)
 # Blocks.
 
 
-class DownBlock(nn.Module):
+class _ResidualConvs(nn.Module):
+    """A residual block's convolutions: two 3x3 (``conv_0``, ``conv_1``) and, where the width
+    changes, a 1x1 learned shortcut (``conv_s``); the subclasses say where the resampling goes."""
+
+    def __init__(self, in_channels: int, out_channels: int, use_spectral_norm: bool) -> None:
+        super().__init__()
+        self.conv_0 = maybe_spectral_norm(nn.Conv2d(in_channels, out_channels, 3, padding=1), use_spectral_norm)
+        self.conv_1 = maybe_spectral_norm(nn.Conv2d(out_channels, out_channels, 3, padding=1), use_spectral_norm)
+        self.conv_s = None
+        if in_channels != out_channels:
+            self.conv_s = maybe_spectral_norm(nn.Conv2d(in_channels, out_channels, 1), use_spectral_norm)
+
+
+class DownBlock(_ResidualConvs):
     """``x -> avgpool(conv(lrelu(conv(lrelu(x))))) + shortcut(x)``, halving the size.
 
     The first block of the network has no activation in front of its first convolution and
@@ -44,13 +57,8 @@ class DownBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, use_spectral_norm: bool, first: bool) -> None:
-        super().__init__()
+        super().__init__(in_channels, out_channels, use_spectral_norm)
         self.first = first
-        self.conv_0 = maybe_spectral_norm(nn.Conv2d(in_channels, out_channels, 3, padding=1), use_spectral_norm)
-        self.conv_1 = maybe_spectral_norm(nn.Conv2d(out_channels, out_channels, 3, padding=1), use_spectral_norm)
-        self.conv_s = None
-        if in_channels != out_channels:
-            self.conv_s = maybe_spectral_norm(nn.Conv2d(in_channels, out_channels, 1), use_spectral_norm)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.first:
@@ -65,16 +73,8 @@ class DownBlock(nn.Module):
         return shortcut + F.avg_pool2d(dx, 2)
 
 
-class UpBlock(nn.Module):
+class UpBlock(_ResidualConvs):
     """``x -> conv(lrelu(conv(up(lrelu(x))))) + shortcut(up(x))``, doubling the size."""
-
-    def __init__(self, in_channels: int, out_channels: int, use_spectral_norm: bool) -> None:
-        super().__init__()
-        self.conv_0 = maybe_spectral_norm(nn.Conv2d(in_channels, out_channels, 3, padding=1), use_spectral_norm)
-        self.conv_1 = maybe_spectral_norm(nn.Conv2d(out_channels, out_channels, 3, padding=1), use_spectral_norm)
-        self.conv_s = None
-        if in_channels != out_channels:
-            self.conv_s = maybe_spectral_norm(nn.Conv2d(in_channels, out_channels, 1), use_spectral_norm)
 
     def forward(self, x: Tensor) -> Tensor:
         up = F.interpolate(x, scale_factor=2, mode="nearest")

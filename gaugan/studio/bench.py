@@ -27,7 +27,8 @@ from gaugan.data.registry import DatasetSpec
 from gaugan.models import build_generator
 from gaugan.models.loading import LoadedGenerator
 from gaugan.studio.app import create_app
-from gaugan.studio.service import cpu_model, label_png
+from gaugan.studio.service import label_png
+from gaugan.threads import cpu_model
 
 
 def random_generator(cfg: GeneratorConfig, spec: DatasetSpec, device: torch.device, seed: int = 0) -> LoadedGenerator:

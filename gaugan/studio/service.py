@@ -10,12 +10,10 @@ when its turn comes instead of occupying the device.
 from __future__ import annotations
 
 import io
-import platform
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +33,7 @@ from gaugan.studio.inputs import LabelInput, NamedBytes
 from gaugan.studio.queue import RequestQueue
 from gaugan.studio.segment import SegmenterUnavailable, labels_from_photo
 from gaugan.synthesize import style_tensor, synthesize_image
+from gaugan.threads import cpu_model
 
 MAX_LABEL_VALUES = 256  # the page paints 8-bit class indices
 
@@ -57,16 +56,6 @@ def device_description(device: torch.device) -> str:
         return f"{device} ({torch.cuda.get_device_name(device)})"
     threads = torch.get_num_threads()
     return f"cpu ({cpu_model()}, {threads} thread{'s' if threads > 1 else ''})"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def prepare_for_inference(generator: nn.Module) -> int:

@@ -24,7 +24,6 @@ process-wide and cannot be undone: measure the reference schedule in its own pro
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gaugan.config import Config, replace
 from gaugan.data.registry import DatasetSpec
+from gaugan.threads import cpu_model
 from gaugan.train.performance import configure_device, peak_memory_bytes
 from gaugan.train.setup import Training, build_training, single_process
 
@@ -267,14 +267,7 @@ def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU model (lscpu's "Model name") where it can be read."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 def _run_in_child(args: tuple[Config, DatasetSpec, str, BenchSettings]) -> dict[str, Any]:
