@@ -23,7 +23,7 @@ from gaugan.models import (
     published_parameter_counts,
 )
 from gaugan.models.noise import edited_noise, noise_for_images, noise_vector
-from gaugan.train.adversaries import PatchGANAdversary, SegmentationAdversary, make_adversary
+from gaugan.train.adversaries import ADVERSARIES, PatchGANAdversary, SegmentationAdversary, make_adversary
 from gaugan.train.bench import synthetic_batch
 from gaugan.train.ema import GeneratorEMA
 from gaugan.train.loop import train
@@ -380,3 +380,18 @@ def test_oasis_run_resumes_bit_for_bit(store, tmp_path):
     second = train(replace(cfg, train={"checkpoint_every": 5}), store, tmp_path / "split", show_progress=False)
     assert second.resumed_from_step == 3 and second.step == 6
     assert_identical(full.last_checkpoint, second.last_checkpoint)
+
+
+def test_every_discriminator_family_is_complete():
+    """A discriminator family is a network (gaugan.models.DISCRIMINATORS), its adversary
+    (ADVERSARIES), a value of discriminator.arch and a name in the method's (gaugan.methods):
+    none may be missing (before, make_adversary gave any unknown family SPADE's adversary)."""
+    import typing
+
+    from gaugan.config import DiscriminatorConfig
+    from gaugan.methods import DISCRIMINATOR_NAMES
+    from gaugan.models import DISCRIMINATORS
+
+    settings = set(typing.get_args(typing.get_type_hints(DiscriminatorConfig)["arch"]))
+    assert set(DISCRIMINATORS) == set(ADVERSARIES) == set(DISCRIMINATOR_NAMES) == settings
+

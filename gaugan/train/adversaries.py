@@ -18,6 +18,7 @@ unweighted where the config has no weight for them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from gaugan import losses
-from gaugan.config import Config, LossConfig
+from gaugan.config import Config, ConfigError, LossConfig
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.semantic import SemanticLabels
 from gaugan.models import split_discriminator_output
@@ -138,9 +139,19 @@ class SegmentationAdversary:
         return terms
 
 
+# The adversary of each discriminator family: ``discriminator.arch`` (a key of
+# gaugan.models.DISCRIMINATORS) -> builder ``(cfg, spec) -> Adversary``.
+ADVERSARIES: dict[str, Callable[[Config, DatasetSpec], Adversary]] = {
+    "multiscale": lambda cfg, spec: PatchGANAdversary(cfg.loss, cfg.discriminator.num_discriminators),
+    "oasis": lambda cfg, spec: SegmentationAdversary(spec.num_label_values, spec.void_index,
+                                                     cfg.loss.use_class_balancing, cfg.loss.use_labelmix,
+                                                     cfg.loss.lambda_labelmix),
+}
+
+
 def make_adversary(cfg: Config, spec: DatasetSpec) -> Adversary:
     """The adversary of ``discriminator.arch`` for ``spec``'s classes."""
-    if cfg.discriminator.arch == "oasis":
-        return SegmentationAdversary(spec.num_label_values, spec.void_index, cfg.loss.use_class_balancing,
-                                     cfg.loss.use_labelmix, cfg.loss.lambda_labelmix)
-    return PatchGANAdversary(cfg.loss, cfg.discriminator.num_discriminators)
+    builder = ADVERSARIES.get(cfg.discriminator.arch)
+    if builder is None:
+        raise ConfigError(f"discriminator.arch: got {cfg.discriminator.arch!r}, expected one of {', '.join(ADVERSARIES)}")
+    return builder(cfg, spec)
