@@ -54,7 +54,7 @@ from gaugan.train.distributed import (
     shutdown_distributed,
     wrap_ddp,
 )
-from gaugan.train.ema import GeneratorEMA
+from gaugan.train.ema import Forward, GeneratorEMA
 from gaugan.train.guard import FinitenessGuard
 from gaugan.train.jobs import (
     Checkpointer,
@@ -68,7 +68,6 @@ from gaugan.train.jobs import (
 from gaugan.train.performance import autocast_dtype, configure_device, spectral_norm_in_fp32
 from gaugan.train.runner import StepRunner, make_step_runner
 from gaugan.train.schedule import adam_betas, learning_rates, set_learning_rate
-from gaugan.train.ema import Forward
 from gaugan.train.steps import Optimizers, prepare_batch, step_settings
 
 # (generator in its current state, finished epochs, step) -> metrics to report, {} when none
