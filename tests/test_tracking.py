@@ -278,6 +278,7 @@ def test_an_interrupted_training_is_killed_and_resumes_without_repeating_steps(t
     assert [m.step for m in client.get_metric_history(run_id, "loss/g_gan")] == [1, 2, 3, 4]
     assert run.data.params["runtime.num_threads"] == "1"
     assert run.data.params["runtime.threads_source"] == "train.num_threads"
+    assert run.data.params["runtime.gpus"] == "none"  # started without pipeline/launch.py: nothing claimed
 
 
 def test_sigterm_marks_the_run_killed_and_exits_143(tmp_path):
