@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,45 @@ def test_queued_sweep_keeps_every_run_under_the_real_root(repo: Path) -> None:
     assert tagged["e2e-ngf4"] == revs["e2e-ngf4"] and tagged["e2e-kernel1"] == revs["e2e-kernel1"]
     for experiment in shown:  # `dvc exp show` lists the headline metrics of every row
         assert experiment.metrics.get("reports/headline.json:miou") is not None, experiment
+
+
+def test_gaugan_sweep_runs_experiments_in_parallel_through_one_tracking_server(repo: Path) -> None:
+    """`gaugan sweep --jobs 2`: three experiments, two at a time, every stage writing to MLflow
+    through one loopback server over mlflow.db; then the runs linked and the report rebuilt."""
+    experiments = {"sweep-ngf6": "generator.ngf=6", "sweep-kernel5": "generator.spade_kernel_size=5",
+                   "sweep-seed1": "train.seed=1"}  # settings no earlier test ran (DVC would restore those)
+    listing = repo.parent / "sweep.txt"
+    listing.write_text("".join(f"{name} {override}\n" for name, override in experiments.items()))
+    started = time.monotonic()
+    # `python -m pipeline.cli` is `gaugan` with the copy's own code (the installed one may be another checkout's).
+    result = run([sys.executable, "-m", "pipeline.cli", "sweep", "--jobs", "2", "--from-file", str(listing)], repo,
+                 timeout=900)
+    repo.joinpath(".e2e_sweep_seconds").write_text(f"{time.monotonic() - started:.1f}\n")
+    output = result.stdout + result.stderr
+    assert "3 experiment(s) to run, 2 at a time on the CPU, tracked through http://127.0.0.1:" in output, output
+    assert "3 succeeded, 0 failed" in output and "report rebuilt over every run" in output, output
+
+    client = mlflow_client(repo)  # the same file, read directly now that the server is stopped
+    experiment = client.get_experiment_by_name(read_params(repo / "params.yaml")["tracking"]["experiment_name"])
+    runs = {r.data.tags.get("dvc.exp_name"): r for r in client.search_runs([experiment.experiment_id])}
+    for name in experiments:
+        mlrun = runs[name]
+        assert mlrun.info.status == "FINISHED", name
+        assert "miou/val" in mlrun.data.metrics and "loss/g_gan" in mlrun.data.metrics, name
+        assert mlrun.data.params["runtime.gpus"] == "none" and mlrun.data.params["runtime.num_threads"] == "1"
+        assert mlrun.info.artifact_uri.startswith((repo / "mlartifacts").as_uri()), mlrun.info.artifact_uri
+        assert {a.path for a in client.list_artifacts(mlrun.info.run_id)} >= {"checkpoints", "evaluation"}, name
+    spans = sorted((runs[name].info.start_time, runs[name].info.end_time) for name in experiments)
+    assert spans[1][0] < spans[0][1], f"two experiments ran at the same time: {spans}"
+    shown = parse_exp_show(json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout))
+    assert set(experiments) <= {row.name for row in shown if not row.is_baseline}
+
+    logs = [output, (repo / ".dvc" / "tmp" / "gaugan-sweep" / "mlflow.log").read_text()]
+    logs += [path.read_text(errors="replace") for path in (repo / ".dvc" / "tmp" / "exps" / "run").rglob("*.out")]
+    assert sum("Running stage 'train'" in log for log in logs) >= 3
+    assert not [log for log in logs if "database is locked" in log]
+    server = re.search(r"tracked through (http://127\.0\.0\.1:\d+)", output)[1]
+    with pytest.raises(OSError):  # stopped with the sweep
+        urllib.request.urlopen(f"{server}/health", timeout=5)
+    table = (repo / "reports" / "ablations.md").read_text()
+    assert all(name in table for name in experiments), table

@@ -234,13 +234,13 @@ def test_launch_on_the_cpu_claims_nothing_and_does_not_count_gpus(tmp_path: Path
 
 # Claims GPU 0 of a fake one, then becomes (exec) a program that prints its environment and waits.
 EXECS = """
-import sys
+import os, sys
 from pathlib import Path
 from pipeline import launch
 from gaugan.gpu_claims import try_claim
 claim = try_claim(1, ["0"], Path(sys.argv[1]))
-launch.execute([sys.executable, "-c", "import os, sys; print('started', os.environ['MARK'], flush=True); sys.stdin.read()"],
-               {**__import__("os").environ, "MARK": "after-exec"}, claim)
+program = "import os, sys; print('started', os.environ['MARK'], flush=True); sys.stdin.read()"
+launch.execute([sys.executable, "-c", program], {**os.environ, "MARK": "after-exec"}, claim)
 """
 
 
