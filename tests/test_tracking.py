@@ -38,6 +38,27 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
     assert tracking.resolve_tracking_uri(explicit, tmp_path) == "sqlite:////explicit.db"
 
 
+def test_a_new_experiment_keeps_its_artifacts_at_the_root_or_where_the_server_does(tmp_path):
+    """Processes reporting to one tracking server may run on other machines (a SLURM sweep):
+    their artifacts go where the server keeps them, not into one machine's folder."""
+
+    class Client:
+        def __init__(self):
+            self.created = {}
+
+        def get_experiment_by_name(self, name):
+            return None
+
+        def create_experiment(self, name, artifact_location=None):
+            self.created[name] = artifact_location
+            return "7"
+
+    client = Client()
+    assert tracking._experiment_id(client, "local", tmp_path, f"sqlite:///{tmp_path}/mlflow.db") == "7"
+    assert tracking._experiment_id(client, "served", tmp_path, "http://mlflow.cluster:5000") == "7"
+    assert client.created == {"local": (tmp_path.resolve() / "mlartifacts" / "local").as_uri(), "served": None}
+
+
 def test_train_stage_logs_a_complete_run_and_resumes_into_it(tmp_path, monkeypatch):
     root = tmp_path / "repo"
     make_store(root)
