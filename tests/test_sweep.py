@@ -402,3 +402,104 @@ def test_tracking_server_that_fails_says_why(tmp_path: Path) -> None:
     with pytest.raises(SweepError, match=r"did not answer within 1 s"):
         silent.start(timeout_s=1)
     assert silent.process is None
+
+
+# --------------------------------------------------------------------------------------
+# The ablation list and the scripts that run it (SLURM itself is not here: its script runs
+# with stand-ins for git, dvc and python that record what they were asked).
+
+STUBS = {
+    "git": """#!/usr/bin/env bash
+echo "git $*" >> "$RECORD"
+if [ "$1" = -C ] && [ "$3" = remote ]; then echo /remote/gaugan.git; fi
+if [ "$1" = -C ] && [ "$3" = rev-parse ]; then echo 0123abc; fi
+if [ "$1" = clone ]; then mkdir -p "${@: -1}/scripts"; cp "$ABLATIONS" "${@: -1}/scripts/ablations.txt"; fi
+""",
+    "python": """#!/usr/bin/env bash
+echo "python $*" >> "$RECORD"
+while [ "$#" -gt 0 ]; do if [ "$1" = --from-file ]; then cp "$2" "$SLICE"; fi; shift; done
+echo "env MLFLOW_TRACKING_URI=$MLFLOW_TRACKING_URI GAUGAN_GPU_CLAIMS_DIR=$GAUGAN_GPU_CLAIMS_DIR" >> "$RECORD"
+exit "${SWEEP_EXIT:-0}"
+""",
+    "dvc": """#!/usr/bin/env bash
+echo "dvc $*" >> "$RECORD"
+""",
+    "gaugan": """#!/usr/bin/env bash
+echo "gaugan $*" >> "$RECORD"
+while [ "$#" -gt 0 ]; do if [ "$1" = --from-file ]; then cp "$2" "$SLICE"; fi; shift; done
+""",
+}
+
+
+@pytest.fixture
+def stubs(tmp_path: Path) -> Path:
+    """A fake environment whose bin/ holds the stand-ins (GAUGAN_VENV points at it)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    for name, text in STUBS.items():
+        (venv / "bin" / name).write_text(text)
+        (venv / "bin" / name).chmod(0o755)
+    return venv
+
+
+def run_task(stubs: Path, tmp_path: Path, task: int, tasks: int, **extra: str) -> tuple[subprocess.CompletedProcess,
+                                                                                      str, list[str]]:
+    record, slice_file = tmp_path / f"record-{task}.txt", tmp_path / f"slice-{task}.txt"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "RECORD": str(record),
+           "SLICE": str(slice_file), "ABLATIONS": str(ROOT / "scripts" / "ablations.txt"),
+           "GAUGAN_TRACKING_URI": "http://mlflow.cluster:5000", "GAUGAN_VENV": str(stubs),
+           "GAUGAN_WORKDIR": str(tmp_path / "work"), "SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "77",
+           "SLURM_ARRAY_JOB_ID": "70", "SLURM_ARRAY_TASK_ID": str(task + 10), "SLURM_ARRAY_TASK_MIN": "10",
+           "SLURM_ARRAY_TASK_COUNT": str(tasks), **extra}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "slurm" / "sweep.sbatch")], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    names = [line.split()[0] for line in slice_file.read_text().splitlines()] if slice_file.exists() else []
+    return result, record.read_text() if record.exists() else "", names
+
+
+def test_the_ablation_list_is_valid() -> None:
+    planned = read_experiment_file(ROOT / "scripts" / "ablations.txt")
+    assert len(planned) == 12 and planned[0].name == "norm-instance" and planned[-1].name == "arch-clade"
+    assert len(check_overrides(planned, PARAMS)) == 12
+
+
+def test_slurm_tasks_split_the_list_and_push_what_they_ran(stubs: Path, tmp_path: Path) -> None:
+    names = [experiment.name for experiment in read_experiment_file(ROOT / "scripts" / "ablations.txt")]
+    slices = []
+    for task in range(4):
+        result, record, ran = run_task(stubs, tmp_path, task, 4)
+        assert result.returncode == 0, result.stderr
+        assert ran == names[task::4], f"task {task}: every 4th experiment from the {task}th"
+        assert "git clone --quiet /remote/gaugan.git" in record and "git checkout --quiet --detach 0123abc" in record
+        assert "python -m pipeline.cli sweep --from-file" in record
+        assert f"env MLFLOW_TRACKING_URI=http://mlflow.cluster:5000 GAUGAN_GPU_CLAIMS_DIR={tmp_path}/gaugan-gpu-" \
+               "claims-77" in record
+        assert record.rstrip().endswith("dvc exp push --rev 0123abc origin"), record
+        slices += ran
+    assert sorted(slices) == sorted(names)  # each experiment in exactly one task
+
+
+def test_slurm_task_edge_cases(stubs: Path, tmp_path: Path) -> None:
+    result, record, ran = run_task(stubs, tmp_path, 13, 14)  # more tasks than experiments
+    assert result.returncode == 0 and "task 13 of 14: no experiment in its slice" in result.stdout
+    assert ran == [] and "pipeline.cli sweep" not in record and "dvc exp push" not in record
+    result, record, ran = run_task(stubs, tmp_path, 0, 1, SWEEP_EXIT="1")  # an experiment failed
+    assert result.returncode == 1 and len(ran) == 12 and "dvc exp push --rev 0123abc origin" in record
+    result, _, _ = run_task(stubs, tmp_path, 0, 1, GAUGAN_TRACKING_URI="")
+    assert result.returncode != 0 and "set GAUGAN_TRACKING_URI to the MLflow server" in result.stderr
+
+
+def test_ablations_script_runs_the_list_as_one_sweep(stubs: Path, tmp_path: Path) -> None:
+    project = tmp_path / "project"  # a copy: the checkout's own .venv/bin would come first on PATH
+    (project / "scripts").mkdir(parents=True)
+    for name in ("ablations.sh", "ablations.txt"):
+        (project / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
+    record, slice_file = tmp_path / "record.txt", tmp_path / "list.txt"
+    env = {"PATH": f"{stubs / 'bin'}{os.pathsep}{os.environ['PATH']}", "RECORD": str(record),
+           "SLICE": str(slice_file)}
+    result = subprocess.run(["bash", str(project / "scripts" / "ablations.sh"), "--jobs", "3", "--with-vgg"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert record.read_text().startswith("gaugan sweep --from-file /") and "--jobs 3" in record.read_text()
+    listed = slice_file.read_text()
+    assert listed.splitlines()[-1] == "vgg-on loss.use_vgg_loss=true" and "arch-clade generator.arch=clade" in listed

@@ -113,6 +113,7 @@ def sweep_command(
         SWEEP_DIR,
         DvcQueue,
         PlannedExperiment,
+        SweepError,
         TrackingServer,
         check_clean_workspace,
         check_overrides,
@@ -193,6 +194,11 @@ def sweep_command(
     if problem is None:
         typer.echo("\nsweep: report rebuilt over every run: reports/index.html (dvc exp show --only-changed: the "
                    "headline metrics per experiment)")
+        try:
+            check_clean_workspace(root)
+        except SweepError:
+            typer.echo("sweep: the rebuild changed tracked files (dvc.lock): commit them before the next sweep, "
+                       "whose experiments start from the last commit")
     else:
         typer.echo(f"\nsweep: the report was not rebuilt ({problem}); it needs the baseline's outputs in the "
                    "workspace (dvc repro once), then dvc repro --force --single-item report")
