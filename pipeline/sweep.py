@@ -7,8 +7,8 @@ their GPUs themselves (pipeline/launch.py). What this module adds around them:
 
 - checks before anything is queued, each naming what to change: a clean workspace (queued
   experiments start from the last commit), overrides that params.yaml accepts, GPUs that
-  exist, a tracking server that answers, no queue workers already running (they would run
-  the experiments without the sweep's settings);
+  exist, a tracking server that answers; queue workers left idle by an earlier run are stopped
+  and busy ones refused (either would run the experiments without the sweep's settings);
 - with a SQLite store, an MLflow server on loopback over it (one server process), so that
   parallel experiments write through it instead of locking the file; the workers get its URI
   as ``MLFLOW_TRACKING_URI``; it is stopped at the end and the store stays where it was;
@@ -20,8 +20,8 @@ their GPUs themselves (pipeline/launch.py). What this module adds around them:
   as Ctrl-C would (their stages mark their MLflow runs KILLED), the queued ones stay queued.
 
 The queue is reached through :class:`DvcQueue` (the ``dvc`` commands, and DVC's own Python
-objects for the status that ``dvc queue status`` prints); tests drive :func:`wait_for_tasks`
-and :func:`stop_running` with a stand-in.
+objects for the status that ``dvc queue status`` prints); tests drive :func:`run_sweep` with a
+stand-in.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import sys
 import tempfile
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -131,12 +130,24 @@ def _override_choices(override: str) -> list[str]:
     return [f"{key}={choice}" for choice in value.split(",")] if "," in value else [override]
 
 
+def _params_overrides(overrides: Sequence[str], params: Path) -> list[str]:
+    """The overrides of params.yaml: ``key=value`` or ``params.yaml:key=value``, as DVC takes them
+    (``launch.yaml:train_launcher=...`` sets another file, which DVC checks itself)."""
+    chosen = []
+    for override in overrides:
+        target = override.partition("=")[0].rpartition(":")[0]
+        if not target or target == params.name:
+            chosen.append(override.removeprefix(f"{target}:") if target else override)
+    return chosen
+
+
 def check_overrides(planned: Sequence[PlannedExperiment], params: Path) -> list[Config]:
     """Every configuration the experiments will run (each grid point), validated as the stages
     will validate it; an error names the line or option it came from."""
     configs = []
     for experiment in planned:
-        for overrides in itertools.product(*map(_override_choices, experiment.overrides)):
+        choices = map(_override_choices, _params_overrides(experiment.overrides, params))
+        for overrides in itertools.product(*choices):
             try:
                 configs.append(load_config(params, list(overrides)))
             except ConfigError as err:
@@ -201,6 +212,9 @@ def plan_gpus(requested: str | None, device_count: int, cuda_visible_devices: st
             raise SweepError(f"--gpus {requested}: GPU {missing[0]} does not exist; {len(names)} GPU(s) are "
                              f"visible{visible_note}, indices 0-{len(names) - 1}")
         names = tuple(names[index] for index in indices)
+        if not on_gpu:
+            raise SweepError(f"--gpus {requested}: every experiment runs on the CPU (train.device: cpu); leave --gpus "
+                             "out, or set train.device to auto or cuda")
     if not on_gpu or not names:
         return GpuPlan((), 1)
     per_experiment = max(cfg.train.gpus for cfg in on_gpu)

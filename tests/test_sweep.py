@@ -97,6 +97,9 @@ def test_overrides_are_checked_against_params_before_anything_is_queued() -> Non
             PlannedExperiment(None, ("generator.ngf=8,16", "train.gpus=2"), "-S")]
     configs = check_overrides(good, PARAMS)
     assert [(c.generator.ngf, c.train.gpus) for c in configs] == [(32, 1), (8, 2), (16, 2)]
+    two_gpus = PlannedExperiment("ddp", ("launch.yaml:train_launcher=torchrun --nproc_per_node=2",
+                                         "params.yaml:train.gpus=2"), "list.txt:3")
+    assert [c.train.gpus for c in check_overrides([two_gpus], PARAMS)] == [2]  # DVC's file:key form
     with pytest.raises(SweepError, match=r"list.txt:2: .*unknown key 'generator.ngff'"):
         check_overrides([good[0], PlannedExperiment("b", ("generator.ngff=3",), "list.txt:2")], PARAMS)
     with pytest.raises(SweepError, match=r"^-S: .*generator.ngf: got 'wide'"):
@@ -132,6 +135,8 @@ def test_gpus_are_checked_and_named_as_cuda_names_them(params_config) -> None:
     with pytest.raises(GpuClaimError, match=r"train.gpus: asks for 4 GPU\(s\) but 2 are visible \(0, 1\) to the "
                                             r"sweep \(--gpus 0-1\)"):
         plan_gpus("0-1", 8, None, [gpu, replace(gpu, train={"gpus": 4})])
+    with pytest.raises(SweepError, match=r"--gpus 0: every experiment runs on the CPU \(train.device: cpu\)"):
+        plan_gpus("0", 2, None, [replace(gpu, train={"device": "cpu"})])
     with pytest.raises(GpuClaimError, match="--gpus: got '0-x'"):
         plan_gpus("0-x", 8, None, [gpu])
 
