@@ -95,6 +95,8 @@ def read_experiment_file(path: Path) -> list[PlannedExperiment]:
         text = path.read_text()
     except OSError as err:
         raise SweepError(f"--from-file {path}: cannot read it ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise SweepError(f"--from-file {path}: not a text file ({err.reason} at byte {err.start})") from err
     planned: list[PlannedExperiment] = []
     seen: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
@@ -174,6 +176,9 @@ def check_clean_workspace(root: Path) -> list[str]:
     if result.returncode != 0:
         raise SweepError(f"{root}: not a git repository ({result.stderr.strip()}); gaugan sweep queues DVC "
                          "experiments, which start from a commit")
+    if not (root / ".dvc").is_dir():
+        raise SweepError(f"{root}: not the root of a DVC project (no .dvc folder); run gaugan sweep in the "
+                         "project's root folder")
     entries = [(line[:2], line[3:]) for line in result.stdout.splitlines() if line.strip()]
     changed = [name for state, name in entries if state != "??"]
     if changed:

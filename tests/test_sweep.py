@@ -56,6 +56,7 @@ def repo(tmp_path: Path) -> Path:
     git(tmp_path, "init", "-q")
     git(tmp_path, "add", "params.yaml")
     git(tmp_path, "commit", "-qm", "params")
+    (tmp_path / ".dvc").mkdir()  # what `dvc init` leaves that the checks look at
     return tmp_path
 
 
@@ -90,6 +91,11 @@ def test_experiment_file_errors_name_the_line(tmp_path: Path, text: str, message
         read_experiment_file(path)
     with pytest.raises(SweepError, match="--from-file .*missing.txt: cannot read it"):
         read_experiment_file(tmp_path / "missing.txt")
+    with pytest.raises(SweepError, match="--from-file .*: cannot read it"):
+        read_experiment_file(tmp_path)  # a folder
+    (tmp_path / "binary.txt").write_bytes(b"a generator.ngf=8\n\xff\xfe")
+    with pytest.raises(SweepError, match="binary.txt: not a text file"):
+        read_experiment_file(tmp_path / "binary.txt")
 
 
 def test_overrides_are_checked_against_params_before_anything_is_queued() -> None:
@@ -120,6 +126,10 @@ def test_a_dirty_workspace_is_refused_untracked_files_are_listed(repo: Path) -> 
         check_clean_workspace(repo)
     with pytest.raises(SweepError, match="not a git repository"):
         check_clean_workspace(repo.parent)
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text()[:-1])
+    (repo / ".dvc").rmdir()
+    with pytest.raises(SweepError, match="not the root of a DVC project"):
+        check_clean_workspace(repo)
 
 
 def test_gpus_are_checked_and_named_as_cuda_names_them(params_config) -> None:
