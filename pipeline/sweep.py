@@ -60,7 +60,8 @@ POLL_INTERVAL_S = 2.0
 WORKER_CHECK_EVERY_S = 30.0
 WORKER_GRACE_S = 60.0  # workers register a few seconds after `dvc queue start`
 STOP_TIMEOUT_S = 120.0  # how long interrupted experiments get to end (MLflow runs marked KILLED)
-UNFINISHED = ("Queued", "Running")
+DONE = ("Success", "Failed", "Removed")  # the other states: Queued, Running, Moving (SweepTasks)
+MISSING_GRACE_S = 30.0
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -468,11 +469,39 @@ class DvcQueue:
 def progress_line(tasks: Sequence[Task], elapsed_s: float, width: int = 24) -> str:
     """``[#########-----] 3/8 done (1 failed), 2 running, 3 queued, 12m04s``."""
     counts = Counter(task.status for task in tasks)
-    done = len(tasks) - counts["Queued"] - counts["Running"]
+    done = sum(counts[status] for status in DONE)
     filled = round(width * done / len(tasks)) if tasks else width
     minutes, seconds = divmod(int(elapsed_s), 60)
     return (f"[{'#' * filled}{'-' * (width - filled)}] {done}/{len(tasks)} done ({counts['Failed']} failed), "
-            f"{counts['Running']} running, {counts['Queued']} queued, {minutes}m{seconds:02d}s")
+            f"{counts['Running']} running, {counts['Queued'] + counts['Moving']} queued, {minutes}m{seconds:02d}s")
+
+
+class SweepTasks:
+    """The sweep's experiments as DVC's queue lists them, in queue order.
+
+    DVC's status misses an experiment for a moment while a worker takes it from the queue (seen
+    between two polls): one missing is ``Moving`` (not finished) until it has been missing for
+    ``grace_s``, and only then ``Removed`` (``dvc queue remove``), so that the wait never ends
+    while an experiment is starting.
+    """
+
+    def __init__(self, queue: Queue, revs: Sequence[str], clock: Callable[[], float] = time.monotonic,
+                 grace_s: float = MISSING_GRACE_S) -> None:
+        self.queue, self.revs, self.clock, self.grace_s = queue, list(revs), clock, grace_s
+        self.missing_since: dict[str, float] = {}
+
+    def poll(self) -> list[Task]:
+        listed = {task.rev: task for task in self.queue.tasks()}
+        now = self.clock()
+        tasks = []
+        for rev in self.revs:
+            if rev in listed:
+                self.missing_since.pop(rev, None)
+                tasks.append(listed[rev])
+                continue
+            since = self.missing_since.setdefault(rev, now)
+            tasks.append(Task(rev, rev[:7], "Removed" if now - since >= self.grace_s else "Moving"))
+        return tasks
 
 
 @dataclass(frozen=True)
@@ -482,31 +511,26 @@ class WaitResult:
     workers_lost: bool  # the workers stopped while experiments were left
 
 
-def _ours(queue: Queue, revs: Sequence[str]) -> list[Task]:
-    by_rev = {task.rev: task for task in queue.tasks()}
-    # An entry removed meanwhile (dvc queue remove) did not run.
-    return [by_rev.get(rev, Task(rev, rev[:7], "Removed")) for rev in revs]
-
-
 def wait_for_tasks(queue: Queue, revs: Sequence[str], progress: Callable[[list[Task], float], None],
                    poll_interval_s: float = POLL_INTERVAL_S, worker_check_every_s: float = WORKER_CHECK_EVERY_S,
                    worker_grace_s: float = WORKER_GRACE_S, clock: Callable[[], float] = time.monotonic,
                    sleep: Callable[[float], None] = time.sleep) -> WaitResult:
-    """Poll the queue until none of ``revs`` is queued or running; ``progress(tasks, elapsed)``
-    after every poll. Gives up when the workers are gone twice in a row with work left."""
+    """Poll the queue until every one of ``revs`` ended; ``progress(tasks, elapsed)`` after every
+    poll. Gives up when the workers are gone twice in a row with work left."""
+    view = SweepTasks(queue, revs, clock)
     started = clock()
     next_worker_check = started + worker_grace_s
     missed = 0
     while True:
-        tasks = _ours(queue, revs)
+        tasks = view.poll()
         now = clock()
         progress(tasks, now - started)
-        if not any(task.status in UNFINISHED for task in tasks):
+        if all(task.status in DONE for task in tasks):
             return WaitResult(tasks, now - started, False)
         if now >= next_worker_check:
             missed = missed + 1 if sum(queue.workers()) == 0 else 0
             if missed >= 2:
-                return WaitResult(_ours(queue, revs), clock() - started, True)
+                return WaitResult(tasks, now - started, True)
             next_worker_check = now + worker_check_every_s
         sleep(poll_interval_s)
 
@@ -550,21 +574,32 @@ def signals_ignored() -> Iterator[None]:
 def stop_running(queue: Queue, revs: Sequence[str], say: Callable[[str], None], timeout_s: float = STOP_TIMEOUT_S,
                  poll_interval_s: float = POLL_INTERVAL_S, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> tuple[list[Task], list[str]]:
-    """After Ctrl-C: no new experiment starts, the running ones are interrupted (SIGINT, as
-    Ctrl-C in their terminal would: their MLflow runs end KILLED) and, after ``timeout_s``,
-    killed. Returns the sweep's experiments as they are then, and the names interrupted."""
+    """After Ctrl-C: no new experiment starts, the running ones (also one a worker was just
+    taking) are interrupted (SIGINT, as Ctrl-C in their terminal would: their MLflow runs end
+    KILLED) and, after ``timeout_s``, killed. Returns the sweep's experiments as they are then,
+    and the names interrupted."""
     queue.stop_workers()  # each worker finishes (here: ends) its experiment and takes no other
-    running = [task.name for task in _ours(queue, revs) if task.status == "Running"]
-    if running:
-        say(f"interrupting {len(running)} running experiment(s): {', '.join(running)} (their MLflow runs end KILLED)")
-        queue.interrupt(running)
+    view = SweepTasks(queue, revs, clock, grace_s=min(timeout_s, MISSING_GRACE_S))
+    interrupted: list[str] = []
     deadline = clock() + timeout_s
-    while (left := [t.name for t in _ours(queue, revs) if t.status == "Running"]) and clock() < deadline:
+    while True:
+        tasks = view.poll()
+        running = [task.name for task in tasks if task.status == "Running" and task.name not in interrupted]
+        if running:
+            say(f"interrupting {len(running)} running experiment(s): {', '.join(running)} (their MLflow runs end "
+                "KILLED)")
+            queue.interrupt(running)
+            interrupted += running
+        left = [task for task in tasks if task.status in ("Running", "Moving")]
+        if not left:
+            return tasks, interrupted
+        if clock() >= deadline:
+            stuck = [task.name for task in left if task.status == "Running"]
+            say(f"{', '.join(stuck) or 'the experiments'} did not stop within {timeout_s:.0f} s; killing them")
+            if stuck:
+                queue.interrupt(stuck, force=True)
+            return view.poll(), interrupted
         sleep(poll_interval_s)
-    if left:
-        say(f"{', '.join(left)} did not stop within {timeout_s:.0f} s; killing them")
-        queue.interrupt(left, force=True)
-    return _ours(queue, revs), running
 
 
 def resume_advice(tasks: Sequence[Task], interrupted: Sequence[str], planned: Mapping[str, PlannedExperiment],
@@ -644,7 +679,9 @@ def run_sweep(queue: Queue, planned: Sequence[PlannedExperiment], jobs: int, tra
         if server is not None:
             say(f"starting an MLflow server on loopback over {server.database} (its log: {server.log_path})")
             stack.enter_context(server)
+            started = time.monotonic()
             uri = server.start()
+            say(f"the MLflow server answers at {uri} after {time.monotonic() - started:.0f} s")
         for experiment in planned:
             queue.queue(experiment)
         revs = [task.rev for task in queue.tasks() if task.status == "Queued"]

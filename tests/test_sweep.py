@@ -341,6 +341,59 @@ def test_gone_workers_end_the_wait() -> None:
     assert result.workers_lost and result.tasks[0].status == "Queued"
 
 
+class Scripted:
+    """A queue whose status is a script: one list of (name, status) per poll (a name left out:
+    DVC's status does not list it then)."""
+
+    def __init__(self, polls: list[list[tuple[str, str]]]) -> None:
+        self.polls = iter(polls)
+        self.calls: list[str] = []
+
+    def tasks(self) -> list[Task]:
+        return [Task(f"rev-{name}", name, status) for name, status in next(self.polls)]
+
+    def workers(self) -> tuple[int, int]:
+        return 1, 0
+
+    def stop_workers(self) -> None:
+        self.calls.append("stop")
+
+    def interrupt(self, names: Sequence[str], force: bool = False) -> None:
+        self.calls.append(f"interrupt {','.join(names)}{' --force' if force else ''}")
+
+
+def test_an_experiment_that_a_worker_is_taking_is_not_taken_for_done() -> None:
+    """DVC's status misses an experiment for a moment while a worker takes it from the queue."""
+    queue = Scripted([[("a", "Running"), ("b", "Queued")], [("a", "Success")], [("a", "Success")],
+                      [("a", "Success"), ("b", "Running")], [("a", "Success"), ("b", "Success")]])
+    seen = []
+    ticks = iter(range(100))
+    result = sweep.wait_for_tasks(queue, ["rev-a", "rev-b"], lambda tasks, elapsed: seen.append(
+        progress_line(tasks, elapsed)), sleep=lambda s: None, clock=lambda: float(next(ticks)))
+    assert [t.status for t in result.tasks] == ["Success", "Success"]
+    assert "1/2 done (0 failed), 0 running, 1 queued" in seen[1]  # b was moving: not done
+    gone = Scripted([[("a", "Success")]] * 50)  # removed for good (dvc queue remove): after the grace
+    ticks = iter(range(0, 1000, 10))
+    result = sweep.wait_for_tasks(gone, ["rev-a", "rev-b"], lambda tasks, elapsed: None, sleep=lambda s: None,
+                                  clock=lambda: float(next(ticks)), worker_grace_s=1e9)
+    assert [t.status for t in result.tasks] == ["Success", "Removed"]
+
+
+def test_ctrl_c_also_stops_an_experiment_that_was_starting() -> None:
+    queue = Scripted([[("a", "Running")], [("a", "Running")], [("a", "Running"), ("b", "Running")],
+                      [("a", "Failed"), ("b", "Failed")]])
+    said = []
+    tasks, interrupted = sweep.stop_running(queue, ["rev-a", "rev-b"], said.append, sleep=lambda s: None)
+    assert queue.calls == ["stop", "interrupt a", "interrupt b"] and interrupted == ["a", "b"]
+    assert [t.status for t in tasks] == ["Failed", "Failed"]
+    stuck = Scripted([[("a", "Running")]] * 10)
+    ticks = iter(range(0, 1000, 100))
+    sweep.stop_running(stuck, ["rev-a"], said.append, timeout_s=150, sleep=lambda s: None,
+                       clock=lambda: float(next(ticks)))
+    assert stuck.calls == ["stop", "interrupt a", "interrupt a --force"]
+    assert "a did not stop within 150 s; killing them" in said
+
+
 def test_the_command_lists_a_failure_with_its_log_and_exits_1(repo: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     (repo / "list.txt").write_text("a generator.ngf=8\nb generator.ngf=4\n")
