@@ -516,7 +516,9 @@ def wait_for_tasks(queue: Queue, revs: Sequence[str], progress: Callable[[list[T
                    worker_grace_s: float = WORKER_GRACE_S, clock: Callable[[], float] = time.monotonic,
                    sleep: Callable[[float], None] = time.sleep) -> WaitResult:
     """Poll the queue until every one of ``revs`` ended; ``progress(tasks, elapsed)`` after every
-    poll. Gives up when the workers are gone twice in a row with work left."""
+    poll. Gives up when experiments wait in the queue, none runs, and no worker answered twice in
+    a row, ``worker_check_every_s`` apart. (A busy worker may not answer DVC's worker status in
+    time on a loaded machine, so a running experiment always counts as a worker at work.)"""
     view = SweepTasks(queue, revs, clock)
     started = clock()
     next_worker_check = started + worker_grace_s
@@ -527,7 +529,9 @@ def wait_for_tasks(queue: Queue, revs: Sequence[str], progress: Callable[[list[T
         progress(tasks, now - started)
         if all(task.status in DONE for task in tasks):
             return WaitResult(tasks, now - started, False)
-        if now >= next_worker_check:
+        if any(task.status in ("Running", "Moving") for task in tasks):
+            missed = 0
+        elif now >= next_worker_check:
             missed = missed + 1 if sum(queue.workers()) == 0 else 0
             if missed >= 2:
                 return WaitResult(tasks, now - started, True)
