@@ -23,7 +23,7 @@ import yaml
 from gaugan.config import flatten
 from pipeline.dvc import parse_exp_show
 from pipeline.params import apply_overrides, read_params
-from tests.dvc_support import BIN, run, tiny_repo
+from tests.dvc_support import run, tiny_repo
 
 pytestmark = pytest.mark.slow
 
@@ -126,7 +126,8 @@ def test_queued_sweep_keeps_every_run_under_the_real_root(repo: Path) -> None:
     assert not (repo / ".dvc" / "tmp" / "exps").exists() or not any(
         p.is_dir() and p.name.startswith("tmp") for p in (repo / ".dvc" / "tmp" / "exps").iterdir())
 
-    linked = run([str(BIN / "gaugan"), "link-experiments"], repo).stdout
+    # `python -m pipeline.cli` is `gaugan` with the copy's own code (the installed one may be another checkout's).
+    linked = run([sys.executable, "-m", "pipeline.cli", "link-experiments"], repo).stdout
     lines = {line.split()[0]: line for line in linked.splitlines() if line.startswith("e2e-")}
     assert " ran " in lines["e2e-ngf4"] and " ran " in lines["e2e-kernel1"], linked
     assert " restored " in lines["e2e-unchanged"], linked
@@ -148,7 +149,6 @@ def test_gaugan_sweep_runs_experiments_in_parallel_through_one_tracking_server(r
     listing = repo.parent / "sweep.txt"
     listing.write_text("".join(f"{name} {override}\n" for name, override in experiments.items()))
     started = time.monotonic()
-    # `python -m pipeline.cli` is `gaugan` with the copy's own code (the installed one may be another checkout's).
     result = run([sys.executable, "-m", "pipeline.cli", "sweep", "--jobs", "2", "--from-file", str(listing)], repo,
                  timeout=900)
     repo.joinpath(".e2e_sweep_seconds").write_text(f"{time.monotonic() - started:.1f}\n")
