@@ -43,7 +43,7 @@ from gaugan.data.classes import class_table
 from gaugan.data.dataset import StoreDataset, make_loader
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.store import read_store
-from gaugan.models import build_discriminator, build_encoder, build_generator
+from gaugan.models import OASISDiscriminator, build_discriminator, build_encoder, build_generator
 from gaugan.selection import check_held_out_unchanged, num_training_samples
 from gaugan.train.distributed import (
     DistributedContext,
@@ -95,6 +95,8 @@ def build_training_models(cfg: Config, spec: DatasetSpec) -> tuple[nn.Module, nn
     z_dim = cfg.encoder.z_dim if cfg.encoder.use_vae else None
     G = build_generator(cfg.generator, spec.label_channels, spec.image_size, z_dim)
     D = build_discriminator(cfg.discriminator, spec.label_channels, spec.num_label_values)
+    if isinstance(D, OASISDiscriminator):  # its depth fits the image size: said before training, not in the first step
+        D.check_image_size(*spec.image_size)
     E = build_encoder(cfg.encoder) if cfg.encoder.use_vae else None
     return G, D, E
 
