@@ -74,6 +74,7 @@ RESUMABLE_DIFFERENCES = (
     "train.cudnn_benchmark",
     "train.channels_last",  # memory layout: the same maths (float rounding may differ)
     "train.device",
+    "train.gpus",  # N processes see exactly the batches one process would
     "train.num_threads",
     "data.num_workers",
     "data.root",

@@ -155,6 +155,9 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (smoke runs, benchmarks); None: all epochs
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # GPUs one training claims on its node among those no other experiment holds (one per
+    # torchrun process; pipeline/launch.py, gaugan/gpu_claims.py).
+    gpus: int = 1
     # CPU threads torch computes with in every stage; None: OMP_NUM_THREADS, else the
     # cores available minus data.num_workers, at least 1 (gaugan/threads.py).
     num_threads: int | None = None
@@ -328,7 +331,7 @@ def _check_ranges(obj: Any, prefix: str) -> None:
         GeneratorConfig: ("ngf", "spade_hidden", "pix2pixhd_num_blocks"),
         DiscriminatorConfig: ("ndf", "num_discriminators", "num_layers", "num_res_blocks"),
         EncoderConfig: ("nef", "z_dim"),
-        TrainConfig: ("batch_size", "log_every", "sample_every", "checkpoint_every"),
+        TrainConfig: ("batch_size", "gpus", "log_every", "sample_every", "checkpoint_every"),
         SegmenterConfig: ("width", "num_steps", "batch_size"),
         EvaluateConfig: ("batch_size", "during_training_images"),
     }.get(type(obj), ())

@@ -229,11 +229,16 @@ class Tracker(NullTracker):
             warn(f"{err}; the run stays RUNNING in MLflow")
 
 
-def _experiment_id(client: Any, name: str, root: Path) -> str:
+def _experiment_id(client: Any, name: str, root: Path, tracking_uri: str) -> str:
+    """The MLflow experiment ``name``, created when missing: its artifacts under the real root
+    (``<root>/mlartifacts/<name>``), or, with a tracking server, where the server keeps them
+    (``mlflow server --serve-artifacts``): the processes that report to one server may run on
+    other machines, whose folders the others cannot read."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    artifact_location = (tracking_root(root) / "mlartifacts" / name).as_uri()
+    served = tracking_uri.startswith(("http://", "https://"))
+    artifact_location = None if served else (tracking_root(root) / "mlartifacts" / name).as_uri()
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # noqa: BLE001 - another process created it between the two calls
@@ -261,7 +266,7 @@ def _start_run(client: Any, cfg: Config, root: Path, stage: str, resume_run_id: 
     if run is not None:
         client.update_run(run.info.run_id, status="RUNNING")
         return run.info.run_id, run.info.experiment_id
-    experiment_id = _experiment_id(client, cfg.tracking.experiment_name, root)
+    experiment_id = _experiment_id(client, cfg.tracking.experiment_name, root, tracking_uri)
     run_name = current_context(cwd=root).exp_name or stage
     return client.create_run(experiment_id, run_name=run_name).info.run_id, experiment_id
 

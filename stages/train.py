@@ -5,10 +5,12 @@ Thin: load the config, open (or continue) the MLflow run, call
 names the run so that the generate/evaluate stages log into it, and so that a resumed
 training continues the same run. torch computes with ``train.num_threads`` CPU threads
 (null: derived from the cores and ``data.num_workers``, gaugan/threads.py), recorded as
-the run's ``runtime.*`` params and in reports/train.json. Under ``torchrun`` every process
-runs this module; only rank 0 talks to MLflow and writes files:
+the run's ``runtime.*`` params and in reports/train.json, with the GPUs claimed for it
+(``runtime.gpus``, ``gpus``: dvc.yaml starts it through pipeline/launch.py, which claims
+``train.gpus`` of them). Under ``torchrun`` every process runs this module; only rank 0 talks
+to MLflow and writes files:
 
-    torchrun --standalone --nproc_per_node=N -m stages.train
+    python -m pipeline.launch torchrun --standalone --nproc_per_node=N -m stages.train
 
 Its params, data and code deps and outputs are listed once, in dvc.yaml (stage ``train``).
 """
@@ -31,6 +33,7 @@ from gaugan.checkpoint import (
 from gaugan.config import Config, replace
 from gaugan.data.io import atomic_write_json, require_writable
 from gaugan.data.store import read_store
+from gaugan.gpu_claims import GpuClaimError, claimed_from_environment
 from gaugan.methods import method_name
 from gaugan.threads import configure_threads
 from gaugan.train.evaluator import training_evaluator_summary
@@ -68,10 +71,23 @@ def stale_finished_run(cfg: Config, store_dir: Path, out_dir: Path) -> bool:
     return checkpoint["progress"]["step"] >= planned_steps(cfg, manifest["splits"]["train"]["count"])
 
 
+def claimed_gpus(processes: int) -> tuple[str, ...]:
+    """The GPUs pipeline/launch.py claimed for this node's training processes (none on the CPU),
+    one per process: rank r computes on the r-th."""
+    claimed = claimed_from_environment() or ()
+    if claimed and len(claimed) != processes:
+        raise GpuClaimError(
+            f"train.gpus: {len(claimed)} GPU(s) claimed ({','.join(claimed)}) for {processes} training process(es) "
+            f"on this machine; set train.gpus to the processes torchrun starts per node (launch.yaml "
+            f"train_launcher's --nproc_per_node), e.g. -S train.gpus={processes}")
+    return claimed
+
+
 def run(cfg: Config, root: Path) -> None:
-    # torchrun's ranks on this machine share its cores.
-    threads = configure_threads(cfg.train.num_threads, cfg.data.num_workers,
-                                processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    # torchrun's ranks on this machine share its cores, and the GPUs claimed for them.
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    gpus = claimed_gpus(processes)
+    threads = configure_threads(cfg.train.num_threads, cfg.data.num_workers, processes=processes)
     store_dir = root / cfg.data.processed_dir
     out_dir = root / cfg.train.checkpoint_dir
     read_store(store_dir, cfg.data)  # a store written for other data settings is refused first
@@ -103,7 +119,8 @@ def run(cfg: Config, root: Path) -> None:
     with open_run(cfg, root, "train", resume_run_id=resume_run_id) as tracker:
         write_run_file(tracker, run_file)
         tracker.log_config(cfg)
-        tracker.log_params({f"runtime.{key}": value for key, value in threads.as_dict().items()})
+        tracker.log_params({**{f"runtime.{key}": value for key, value in threads.as_dict().items()},
+                            "runtime.gpus": ",".join(gpus) or "none"})
         evaluator = training_evaluator(train_cfg, root, out_dir, resume=resuming)  # None unless evaluate.every_epochs
         started = time.perf_counter()
         result = train(train_cfg, store_dir, out_dir, report=tracker.training_reporter(),
@@ -115,6 +132,7 @@ def run(cfg: Config, root: Path) -> None:
         summary = {"method": method_name(cfg), "step": result.step, "epoch": result.epoch,
                    "resumed_from_step": result.resumed_from_step,
                    **result.metrics, "time/train_seconds": train_seconds, "num_threads": threads.num_threads,
+                   "gpus": [int(gpu) if gpu.isdigit() else gpu for gpu in gpus],
                    "evaluation_during_training": training_evaluator_summary(evaluator)}
         tracker.log_metrics({"final/step": result.step, "time/train_seconds": train_seconds}, step=result.step)
     summary_path = root / SUMMARY_PATH

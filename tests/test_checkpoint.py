@@ -143,7 +143,8 @@ def test_builder_writes_our_format_and_the_generator_file_keeps_generation_model
 def test_config_differences_that_change_training_are_listed_others_allowed():
     base = Config()
     saved = config_to_dict(base)
-    harmless = replace(base, train={"log_every": 1, "sample_every": 5, "checkpoint_every": 7, "max_steps": 3},
+    harmless = replace(base, train={"log_every": 1, "sample_every": 5, "checkpoint_every": 7, "max_steps": 3,
+                                    "gpus": 4},  # four processes train on the batches one would
                        data={"num_workers": 0}, tracking={"enabled": False}, evaluate={"batch_size": 2})
     assert ckpt.training_config_differences(saved, config_to_dict(harmless)) == []
     changed = replace(base, optim={"lr": 1e-3}, train={"batch_size": 4}, generator={"ngf": 8})

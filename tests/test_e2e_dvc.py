@@ -1,22 +1,20 @@
 """End to end: `dvc repro` on a tiny built-in configuration, then a queued sweep.
 
-The working tree (tracked and new, not ignored files) is copied into a temporary git
-repository, params.yaml is shrunk to 32x32 images and a few training steps with
-tracking on, and DVC runs the real stages. The sweep then checks the traps of
-docs/SPADE.md section 6: every queued experiment's MLflow run, with its artifacts, ends up
-under the real root, and an experiment that DVC completes without running anything is
-listed as such by `gaugan link-experiments`.
+A tiny copy of the working tree (tests/dvc_support.py: 32x32 images, a few training steps,
+tracking on) becomes a git repository, and DVC runs the real stages. The queued sweep then
+checks the traps of docs/SPADE.md section 6: every queued experiment's MLflow run, with its
+artifacts, ends up under the real root, and an experiment that DVC completes without running
+anything is listed as such by `gaugan link-experiments`. `gaugan sweep --jobs 2` runs
+experiments in parallel through one loopback MLflow server.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,69 +23,14 @@ import yaml
 from gaugan.config import flatten
 from pipeline.dvc import parse_exp_show
 from pipeline.params import apply_overrides, read_params
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from tests.dvc_support import run, tiny_repo
 
 pytestmark = pytest.mark.slow
-
-TINY = [
-    "data.builtin.num_train=16", "data.builtin.num_val=8", "data.builtin.size=32", "data.num_workers=0",
-    "generator.ngf=8", "generator.spade_hidden=16", "discriminator.ndf=8", "discriminator.num_layers=3",
-    "discriminator.num_res_blocks=5",  # the OASIS discriminator on 32x32 images
-    "encoder.nef=8", "encoder.z_dim=16",
-    "optim.num_epochs_constant=1", "optim.num_epochs_decay=1",
-    "train.batch_size=4", "train.log_every=1", "train.sample_every=4", "train.checkpoint_every=4",
-    "train.device=cpu",
-    "segmenter.width=8", "segmenter.num_steps=2", "segmenter.batch_size=8",
-    "evaluate.batch_size=8",
-]
-
-
-def run(command: list[str], cwd: Path, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("DVC_", "MLFLOW_")) and key != "PYTHONPATH"}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n"
-                             f"--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}")
-    return result
-
-
-def clone_working_tree(destination: Path) -> Path:
-    """The project as a fresh clone would have it, plus uncommitted work, in a new git repo."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = ROOT / name
-        # reports/ holds generated outputs only (left over from runs in the working tree).
-        generated = name.startswith("reports/") and not name.endswith(".gitignore")
-        if source.is_file() and not generated:  # deleted-but-tracked files are skipped
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    return destination
-
-
-def git_commit_all(repo: Path, message: str) -> None:
-    run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=e2e", "-c", "user.email=e2e@localhost", "commit", "-q", "-m", message], repo)
-
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A temp clone whose baseline ran `dvc repro` with the tiny params, committed."""
-    repo = clone_working_tree(tmp_path_factory.mktemp("e2e") / "repo")
-    params = apply_overrides(read_params(repo / "params.yaml"), TINY)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], repo)
-    git_commit_all(repo, "snapshot")
-    started = time.monotonic()
-    result = run(["dvc", "repro"], repo, timeout=900)
-    repo.joinpath(".e2e_repro_seconds").write_text(f"{time.monotonic() - started:.1f}\n")
-    repo.joinpath(".e2e_repro_log").write_text(result.stdout + result.stderr)
-    git_commit_all(repo, "baseline outputs")
-    return repo
+    return tiny_repo(tmp_path_factory.mktemp("e2e") / "repo")
 
 
 def mlflow_client(repo: Path):
@@ -185,7 +128,8 @@ def test_queued_sweep_keeps_every_run_under_the_real_root(repo: Path) -> None:
     assert not (repo / ".dvc" / "tmp" / "exps").exists() or not any(
         p.is_dir() and p.name.startswith("tmp") for p in (repo / ".dvc" / "tmp" / "exps").iterdir())
 
-    linked = run([str(BIN / "gaugan"), "link-experiments"], repo).stdout
+    # `python -m pipeline.cli` is `gaugan` with the copy's own code (the installed one may be another checkout's).
+    linked = run([sys.executable, "-m", "pipeline.cli", "link-experiments"], repo).stdout
     lines = {line.split()[0]: line for line in linked.splitlines() if line.startswith("e2e-")}
     assert " ran " in lines["e2e-ngf4"] and " ran " in lines["e2e-oasis-d"], linked
     # The method is a parameter runs filter by; the swapped discriminator really trained.
@@ -201,3 +145,44 @@ def test_queued_sweep_keeps_every_run_under_the_real_root(repo: Path) -> None:
     assert tagged["e2e-ngf4"] == revs["e2e-ngf4"] and tagged["e2e-oasis-d"] == revs["e2e-oasis-d"]
     for experiment in shown:  # `dvc exp show` lists the headline metrics of every row
         assert experiment.metrics.get("reports/headline.json:miou") is not None, experiment
+
+
+def test_gaugan_sweep_runs_experiments_in_parallel_through_one_tracking_server(repo: Path) -> None:
+    """`gaugan sweep --jobs 2`: three experiments, two at a time, every stage writing to MLflow
+    through one loopback server over mlflow.db; then the runs linked and the report rebuilt."""
+    experiments = {"sweep-ngf6": "generator.ngf=6", "sweep-kernel5": "generator.spade_kernel_size=5",
+                   "sweep-seed1": "train.seed=1"}  # settings no earlier test ran (DVC would restore those)
+    listing = repo.parent / "sweep.txt"
+    listing.write_text("".join(f"{name} {override}\n" for name, override in experiments.items()))
+    started = time.monotonic()
+    result = run([sys.executable, "-m", "pipeline.cli", "sweep", "--jobs", "2", "--from-file", str(listing)], repo,
+                 timeout=900)
+    repo.joinpath(".e2e_sweep_seconds").write_text(f"{time.monotonic() - started:.1f}\n")
+    output = result.stdout + result.stderr
+    assert "3 experiment(s) to run, 2 at a time on the CPU, tracked through http://127.0.0.1:" in output, output
+    assert "3 succeeded, 0 failed" in output and "report rebuilt over every run" in output, output
+
+    client = mlflow_client(repo)  # the same file, read directly now that the server is stopped
+    experiment = client.get_experiment_by_name(read_params(repo / "params.yaml")["tracking"]["experiment_name"])
+    runs = {r.data.tags.get("dvc.exp_name"): r for r in client.search_runs([experiment.experiment_id])}
+    for name in experiments:
+        mlrun = runs[name]
+        assert mlrun.info.status == "FINISHED", name
+        assert "miou/val" in mlrun.data.metrics and "loss/g_gan" in mlrun.data.metrics, name
+        assert mlrun.data.params["runtime.gpus"] == "none" and mlrun.data.params["runtime.num_threads"] == "1"
+        assert mlrun.info.artifact_uri.startswith((repo / "mlartifacts").as_uri()), mlrun.info.artifact_uri
+        assert {a.path for a in client.list_artifacts(mlrun.info.run_id)} >= {"checkpoints", "evaluation"}, name
+    spans = sorted((runs[name].info.start_time, runs[name].info.end_time) for name in experiments)
+    assert spans[1][0] < spans[0][1], f"two experiments ran at the same time: {spans}"
+    shown = parse_exp_show(json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout))
+    assert set(experiments) <= {row.name for row in shown if not row.is_baseline}
+
+    logs = [output, (repo / ".dvc" / "tmp" / "gaugan-sweep" / "mlflow.log").read_text()]
+    logs += [path.read_text(errors="replace") for path in (repo / ".dvc" / "tmp" / "exps" / "run").rglob("*.out")]
+    assert sum("Running stage 'train'" in log for log in logs) >= 3
+    assert not [log for log in logs if "database is locked" in log]
+    server = re.search(r"tracked through (http://127\.0\.0\.1:\d+)", output)[1]
+    with pytest.raises(OSError):  # stopped with the sweep
+        urllib.request.urlopen(f"{server}/health", timeout=5)
+    table = (repo / "reports" / "ablations.md").read_text()
+    assert all(name in table for name in experiments), table

@@ -234,6 +234,10 @@ def test_oasis_networks_shapes_and_gradients():
             assert param.grad is not None, name
     with pytest.raises(ConfigError, match="multiples of 64"):
         D(torch.zeros(1, 3, 32, 32))
+    # A store too small for the D's depth is refused when the networks are built, before training.
+    with pytest.raises(ConfigError, match="num_res_blocks=6 needs image sides that are multiples of 64, got 32x32"):
+        build_training_models(replace(oasis_config(), discriminator={"num_res_blocks": 6}),
+                              resolve_dataset(oasis_config().data))
     with pytest.raises(ConfigError, match="num_upsampling_layers"):
         OASISGenerator(GeneratorConfig(arch="oasis", num_upsampling_layers="most"), 6, (256, 256))
 

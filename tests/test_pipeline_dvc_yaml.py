@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = {**yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"],
           **yaml.safe_load((ROOT / "bench" / "dvc.yaml").read_text())["stages"]}
 PARAMS = read_params(ROOT / "params.yaml")
+# The stages that compute on train.device start through pipeline/launch.py, which claims their GPUs.
+CLAIM_GPUS = {"segmenter", "train", "generate", "evaluate"}
 
 
 def _path(entry: str | dict) -> str:
@@ -26,7 +28,8 @@ def _path(entry: str | dict) -> str:
 def test_stage_runs_its_module_and_depends_on_exactly_its_code(name: str) -> None:
     stage = STAGES[name]
     launcher = "${train_launcher}" if name == "train" else "python"  # launch.yaml: torchrun for several GPUs
-    assert stage["cmd"] == f"{launcher} -m stages.{name}" and stage.get("wdir", "..") == ".."
+    claims = "python -m pipeline.launch " if name in CLAIM_GPUS else ""
+    assert stage["cmd"] == f"{claims}{launcher} -m stages.{name}" and stage.get("wdir", "..") == ".."
     code = sorted(d for d in map(_path, stage["deps"]) if d.endswith(".py"))
     assert code == stage_code_deps(name, ROOT), (
         f"dvc.yaml stage {name!r}: code deps differ from its imports; `python -m pipeline.stage_deps {name}` "

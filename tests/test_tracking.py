@@ -38,6 +38,27 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
     assert tracking.resolve_tracking_uri(explicit, tmp_path) == "sqlite:////explicit.db"
 
 
+def test_a_new_experiment_keeps_its_artifacts_at_the_root_or_where_the_server_does(tmp_path):
+    """Processes reporting to one tracking server may run on other machines (a SLURM sweep):
+    their artifacts go where the server keeps them, not into one machine's folder."""
+
+    class Client:
+        def __init__(self):
+            self.created = {}
+
+        def get_experiment_by_name(self, name):
+            return None
+
+        def create_experiment(self, name, artifact_location=None):
+            self.created[name] = artifact_location
+            return "7"
+
+    client = Client()
+    assert tracking._experiment_id(client, "local", tmp_path, f"sqlite:///{tmp_path}/mlflow.db") == "7"
+    assert tracking._experiment_id(client, "served", tmp_path, "http://mlflow.cluster:5000") == "7"
+    assert client.created == {"local": (tmp_path.resolve() / "mlartifacts" / "local").as_uri(), "served": None}
+
+
 def test_train_stage_logs_a_complete_run_and_resumes_into_it(tmp_path, monkeypatch):
     root = tmp_path / "repo"
     make_store(root)
@@ -277,6 +298,7 @@ def test_an_interrupted_training_is_killed_and_resumes_without_repeating_steps(t
     assert [m.step for m in client.get_metric_history(run_id, "loss/g_gan")] == [1, 2, 3, 4]
     assert run.data.params["runtime.num_threads"] == "1"
     assert run.data.params["runtime.threads_source"] == "train.num_threads"
+    assert run.data.params["runtime.gpus"] == "none"  # started without pipeline/launch.py: nothing claimed
 
 
 def test_sigterm_marks_the_run_killed_and_exits_143(tmp_path):

@@ -114,8 +114,8 @@ class OASISDiscriminator(nn.Module):
         self.num_classes = num_classes
         init_weights(self)
 
-    def forward(self, image: Tensor) -> Tensor:
-        height, width = image.shape[-2:]
+    def check_image_size(self, height: int, width: int) -> None:
+        """Six (``num_res_blocks``) halvings and back: the sides must be multiples of ``2**n``."""
         factor = 2 ** len(self.body_down)
         if height % factor or width % factor:
             raise ConfigError(
@@ -123,6 +123,9 @@ class OASISDiscriminator(nn.Module):
                 f"that are multiples of {factor}, got {height}x{width}; lower discriminator.num_res_blocks or change "
                 f"data.crop_size / data.aspect_ratio"
             )
+
+    def forward(self, image: Tensor) -> Tensor:
+        self.check_image_size(*image.shape[-2:])
         skips = []
         x = image
         for block in self.body_down:

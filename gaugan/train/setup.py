@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from gaugan import losses
 from gaugan.config import Config
 from gaugan.data.registry import DatasetSpec
-from gaugan.models import build_discriminator, build_encoder, build_generator
+from gaugan.models import OASISDiscriminator, build_discriminator, build_encoder, build_generator
 from gaugan.models.spade import SPADE
 from gaugan.seeding import seed_everything
 from gaugan.train.distributed import DistributedContext, wrap_ddp
@@ -39,6 +39,8 @@ def build_training_models(cfg: Config, spec: DatasetSpec) -> tuple[nn.Module, nn
     z_dim = cfg.encoder.z_dim if cfg.encoder.use_vae else None
     G = build_generator(cfg.generator, spec.label_channels, spec.image_size, z_dim)
     D = build_discriminator(cfg.discriminator, spec.label_channels, spec.num_label_values)
+    if isinstance(D, OASISDiscriminator):  # its depth fits the image size: said before training, not in the first step
+        D.check_image_size(*spec.image_size)
     E = build_encoder(cfg.encoder) if cfg.encoder.use_vae else None
     return G, D, E
 

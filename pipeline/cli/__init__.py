@@ -6,7 +6,7 @@ happen inside the commands, so that ``gaugan --help`` stays instant. One module 
 registered in the order ``gaugan --help`` lists them: :mod:`.networks` (synthesize,
 params, import-checkpoint, classes), :mod:`.data` (check-data, bench-loader),
 :mod:`.training` (bench), :mod:`.evaluation` (evaluate), :mod:`.experiments` (preset, ui,
-link-experiments), :mod:`.studio` (studio, bench-studio).
+link-experiments, sweep), :mod:`.studio` (studio, bench-studio).
 """
 
 # isort: off
