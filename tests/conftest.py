@@ -13,9 +13,10 @@ import torch
 from gaugan.config import Config, replace
 from gaugan.data.registry import DatasetSpec
 from gaugan.data.store import read_manifest, spec_from_manifest
+from pipeline.params import load_config
 from stages import download as download_stage
 from stages import preprocess as preprocess_stage
-from tests.support import make_store, tiny_config, write_checkpoint
+from tests.support import ROOT, make_store, tiny_config, write_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +37,12 @@ def empty_torch_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     downloaded weights never change a result, and nothing a test verifies or writes there
     (weights, gaugan.pinned's hash cache) reaches the user's."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+
+
+@pytest.fixture
+def params_config() -> Config:
+    """params.yaml as shipped."""
+    return load_config(ROOT / "params.yaml")
 
 
 @pytest.fixture(scope="module")

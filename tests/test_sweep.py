@@ -252,7 +252,7 @@ class FakeQueue:
             self.states[name] = "Failed"
 
 
-class FakeServer:
+class FakeTrackingServer:
     database = Path("/repo/mlflow.db")
     log_path = Path("/repo/.dvc/tmp/gaugan-sweep/mlflow.log")
 
@@ -263,7 +263,7 @@ class FakeServer:
         self.queue.calls.append("server start")
         return "http://127.0.0.1:1"
 
-    def __enter__(self) -> FakeServer:
+    def __enter__(self) -> FakeTrackingServer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -277,7 +277,7 @@ SERVED = TrackingPlan(Path("/repo/mlflow.db"), None, "sqlite:////repo/mlflow.db"
 
 def sweep_with(queue: FakeQueue, planned=PLANNED, said=None):
     said = [] if said is None else said
-    return run_sweep(queue, planned, 2, SERVED, GpuPlan(("0", "1"), 1), FakeServer(queue), said.append,
+    return run_sweep(queue, planned, 2, SERVED, GpuPlan(("0", "1"), 1), FakeTrackingServer(queue), said.append,
                      lambda tasks, elapsed: None, environ={"PATH": "/bin"}, cores=2, poll_interval_s=0.001)
 
 
