@@ -365,7 +365,8 @@ def per_class_html(rows: Sequence[dict[str, str]]) -> str:
 def methods_html(comparison: dict) -> str:
     """``reports/compare_methods.json`` (scripts/compare_methods.py) as tables: per method and
     budget, the mean (and spread) over the seeds of mIoU, the generated/real mIoU ratio,
-    accuracy, steps, training seconds and images/s; then each method's per-class IoU."""
+    accuracy and steps, with training seconds and images/s (from the method's run alone on the
+    machine when it was timed so); then each method's per-class IoU."""
     def stat(entry: dict | None, digits: int, spread: bool = True) -> str:
         if not entry:
             return "-"
@@ -378,7 +379,7 @@ def methods_html(comparison: dict) -> str:
             "<th>FID</th></tr>")
     rows = []
     for row in comparison.get("summary", []):
-        cells = [row["method"], "equal " + row["budget"], ", ".join(str(s) for s in row["seeds"]),
+        cells = [row.get("label") or row["method"], "equal " + row["budget"], ", ".join(str(s) for s in row["seeds"]),
                  stat(row["steps"], 0, spread=False), stat(row["train_seconds"], 0), stat(row["images_per_s"], 1),
                  stat(row["miou"], 1), "-" if judge is None else f"{judge:.1f}", stat(row["miou_ratio"], 3),
                  stat(row["accuracy"], 1), stat(row.get("fid"), 1)]
@@ -390,7 +391,8 @@ def methods_html(comparison: dict) -> str:
             continue
         for name, value in (run.get("per_class_iou") or {}).items():
             if value not in ("", None):
-                per_class.setdefault(run["method"], {}).setdefault(name, []).append(100 * float(value))
+                per_class.setdefault(run.get("label") or run["method"], {}).setdefault(name, []).append(
+                    100 * float(value))
     classes = sorted({name for values in per_class.values() for name in values})
     class_rows = "".join(
         f"<tr><td>{html.escape(method)}</td>" + "".join(

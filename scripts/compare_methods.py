@@ -25,7 +25,9 @@ count and the load averages before and after each run are recorded beside every 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -69,7 +71,10 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "oasis": ("OASIS: its generator with 64 channels of 3D noise, its discriminator, LabelMix, its optimiser, EMA",
               SPADE + OASIS_D + OASIS_OPTIM + ["generator.arch=oasis", "generator.noise_channels=64",
                                                "train.use_ema=true", "train.ema_decay=0.99"]),
+    "spade_ema": ("SPADE with OASIS's EMA generator (decay 0.99 for the short run; batch-norm statistics "
+                  "recomputed on 51 batches)", SPADE + ["train.use_ema=true", "train.ema_decay=0.99"]),
 }
+LABELS = {"spade": "SPADE", "spade_g_oasis_d": "SPADE G + OASIS D", "oasis": "OASIS", "spade_ema": "SPADE + EMA"}
 
 
 def cpu_model() -> str:
@@ -122,7 +127,10 @@ def run_one(cfg: Config, root: Path, name: str) -> dict[str, Any]:
     }
 
 
-def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize(runs: list[dict[str, Any]], speed: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Per candidate and budget: mean, spread and values over the seeds; speed (images/s, seconds
+    per step) from the candidate's undisturbed timing run when there is one."""
+    speed = speed or {}
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault((run["candidate"], run["budget"]), []).append(run)
@@ -135,12 +143,41 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return {"mean": round(statistics.fmean(values), 4),
                     "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
                     "values": values}
-        rows.append({"candidate": candidate, "method": members[0]["method"], "budget": budget,
-                     "seeds": [m["seed"] for m in members], "steps": stats("steps"),
-                     "train_seconds": stats("train_seconds"), "images_per_s": stats("images_per_s"),
-                     "miou": stats("miou"), "accuracy": stats("accuracy"), "miou_ratio": stats("miou_ratio"),
-                     "fid": stats("fid")})
+        row = {"candidate": candidate, "label": LABELS.get(candidate, candidate), "method": members[0]["method"],
+               "budget": budget, "seeds": [m["seed"] for m in members], "steps": stats("steps"),
+               "train_seconds": stats("train_seconds"), "images_per_s": stats("images_per_s"),
+               "miou": stats("miou"), "accuracy": stats("accuracy"), "miou_ratio": stats("miou_ratio"),
+               "fid": stats("fid"), "timed_alone": False}
+        timing = speed.get(candidate)
+        if timing:  # the undisturbed speed, and the wall time these steps take at it
+            per_step = timing["train_seconds"] / timing["steps"]
+            steps_mean = row["steps"]["mean"]
+            row.update({"images_per_s": {"mean": timing["images_per_s"], "std": 0.0, "values": [timing["images_per_s"]]},
+                        "train_seconds": {"mean": round(per_step * steps_mean, 1), "std": 0.0,
+                                          "values": [round(per_step * steps_mean, 1)]},
+                        "timed_alone": True})
+        rows.append(row)
     return rows
+
+
+def training_config(params: str, overrides: list[str], candidate: str, budget: str, seed: int, steps: int,
+                    threads: int | None) -> tuple[Config, str]:
+    """The configuration of one run and its tag (its checkpoint and output folders)."""
+    tag = f"{candidate}-{budget}-s{seed}"
+    extra = [f"train.num_threads={threads}"] if threads else []
+    cfg = load_config(params, overrides + CANDIDATES[candidate][1] + extra + [
+        "tracking.enabled=false", "train.resume=false", f"train.seed={seed}", f"train.max_steps={steps}",
+        f"train.checkpoint_dir=checkpoints/compare/{tag}", f"evaluate.output_dir=outputs/compare/{tag}",
+    ])
+    return cfg, tag
+
+
+def run_in_worker(params: str, root: str, overrides: list[str], candidate: str, budget: str, seed: int, steps: int,
+                  threads: int | None) -> dict[str, Any]:
+    """One run in a worker process (its own torch threads)."""
+    cfg, tag = training_config(params, overrides, candidate, budget, seed, steps, threads)
+    configure_threads(cfg.train.num_threads, cfg.data.num_workers)
+    return run_one(cfg, Path(root), tag)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budgets", nargs="+", default=["steps", "time"], choices=["steps", "time"])
     parser.add_argument("--steps", type=int, default=None, help="the equal-steps budget (default: the planned steps)")
+    parser.add_argument("--speed", action="store_true",
+                        help="first time every candidate alone (one run at equal steps, seed 0, all threads): the "
+                             "equal-time budgets and the reported speed come from these runs")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="quality runs at a time, each with cores / workers threads (their times are then "
+                             "measured under each other's load; --speed gives the undisturbed ones)")
     parser.add_argument("-S", dest="overrides", action="append", default=[],
                         help="a setting for every candidate, e.g. -S train.num_threads=2")
     args = parser.parse_args(argv)
@@ -164,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or planned_steps(base, num_train)
     previous = json.loads(out.read_text()) if out.is_file() else {}
     runs: list[dict[str, Any]] = previous.get("runs", [])
+    speed: dict[str, dict[str, Any]] = previous.get("speed", {})
     reference = args.candidates[0]
+    worker_threads = max(1, threads.num_threads // args.workers) if args.workers > 1 else None
 
     def record() -> None:
         atomic_write_json(out, {
@@ -173,50 +218,70 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_count": os.cpu_count(), "dataset": f"landscapes {base.data.builtin.size}x{base.data.builtin.size}, "
             f"{num_train} train / {base.data.builtin.num_val} val images",
             "equal_steps": steps, "reference_candidate": reference,
-            "candidates": {name: {"description": CANDIDATES[name][0], "overrides": CANDIDATES[name][1]}
-                           for name in args.candidates},
-            "common_overrides": args.overrides, "runs": runs, "summary": summarize(runs),
+            "candidates": {name: {"label": LABELS[name], "description": CANDIDATES[name][0],
+                                  "overrides": CANDIDATES[name][1]} for name in args.candidates},
+            "common_overrides": args.overrides, "speed": speed, "runs": runs,
+            "summary": summarize(runs, speed),
         })
 
     def step_seconds(candidate: str) -> float | None:
+        if candidate in speed:
+            return speed[candidate]["train_seconds"] / speed[candidate]["steps"]
         times = [r["train_seconds"] / r["steps"] for r in runs if r["candidate"] == candidate and r["budget"] == "steps"]
         return statistics.median(times) if times else None
 
+    if args.speed:  # every candidate alone on the machine, with all its threads, one after the other
+        for candidate in args.candidates:
+            cfg, tag = training_config(args.params, args.overrides, candidate, "speed", 0, steps, None)
+            if speed.get(candidate, {}).get("settings") == flatten(config_to_dict(cfg)):
+                continue
+            print(f"{tag}: timing {steps} steps alone", flush=True)
+            result = run_one(cfg, root, tag)
+            speed[candidate] = {key: result[key] for key in ("steps", "train_seconds", "images_per_s",
+                                                            "load_average_before", "load_average_after")}
+            speed[candidate]["num_threads"] = threads.num_threads
+            speed[candidate]["settings"] = flatten(config_to_dict(cfg))
+            record()
+
+    jobs = []
     for budget in args.budgets:
         for candidate in args.candidates:
-            for seed in args.seeds:
-                overrides = args.overrides + CANDIDATES[candidate][1] + ["tracking.enabled=false", "train.resume=false"]
-                budget_steps = steps
-                if budget == "time":
-                    reference_time, own_time = step_seconds(reference), step_seconds(candidate)
-                    if reference_time is None or own_time is None:
-                        print(f"{candidate}: no equal-steps runs to time it by; run --budgets steps first")
-                        continue
-                    budget_steps = max(1, round(steps * reference_time / own_time))
-                cfg = load_config(args.params, overrides)
-                # Epochs cover the budget; max_steps stops at it (at equal time: within the last epoch).
-                per_epoch = num_train // cfg.train.batch_size
-                epochs = cfg.optim.num_epochs_constant + cfg.optim.num_epochs_decay
-                tag = f"{candidate}-{budget}-s{seed}"
-                cfg = load_config(args.params, overrides + [
-                    f"train.seed={seed}", f"train.max_steps={budget_steps}",
-                    f"train.checkpoint_dir=checkpoints/compare/{tag}", f"evaluate.output_dir=outputs/compare/{tag}",
-                ])
-                settings = flatten(config_to_dict(cfg))
-                if any(r["candidate"] == candidate and r["budget"] == budget and r["seed"] == seed
-                       and r["settings"] == settings for r in runs):
+            budget_steps = steps
+            if budget == "time":
+                reference_time, own_time = step_seconds(reference), step_seconds(candidate)
+                if reference_time is None or own_time is None:
+                    print(f"{candidate}: nothing to time it by; run with --speed or --budgets steps first")
                     continue
-                if budget_steps > epochs * per_epoch:
-                    print(f"{tag}: {budget_steps} steps exceed the {epochs} epochs of the schedule; capped")
-                print(f"{tag}: training {min(budget_steps, epochs * per_epoch)} steps", flush=True)
-                result = run_one(cfg, root, candidate)
-                runs = [r for r in runs if not (r["candidate"] == candidate and r["budget"] == budget
-                                               and r["seed"] == seed)]
-                runs.append({"candidate": candidate, "method": method_name(cfg), "budget": budget, "seed": seed,
-                             **result, "settings": settings})
-                record()
-                print(f"{tag}: mIoU {result['miou']} / judge {result['real_miou']} = ratio {result['miou_ratio']}, "
-                      f"{result['train_seconds']} s, {result['images_per_s']} images/s", flush=True)
+                budget_steps = max(1, round(steps * reference_time / own_time))
+            for seed in args.seeds:
+                cfg, tag = training_config(args.params, args.overrides, candidate, budget, seed, budget_steps,
+                                           worker_threads)
+                settings = flatten(config_to_dict(cfg))
+                if not any(r["candidate"] == candidate and r["budget"] == budget and r["seed"] == seed
+                           and r["settings"] == settings for r in runs):
+                    jobs.append((candidate, budget, seed, budget_steps, cfg, settings))
+
+    def finished(candidate: str, budget: str, seed: int, cfg: Config, settings: dict, result: dict) -> None:
+        nonlocal runs
+        runs = [r for r in runs if not (r["candidate"] == candidate and r["budget"] == budget and r["seed"] == seed)]
+        runs.append({"candidate": candidate, "label": LABELS[candidate], "method": method_name(cfg), "budget": budget,
+                     "seed": seed, "concurrent_runs": args.workers, **result, "settings": settings})
+        record()
+        print(f"{candidate}-{budget}-s{seed}: mIoU {result['miou']} / judge {result['real_miou']} = ratio "
+              f"{result['miou_ratio']}, {result['train_seconds']} s", flush=True)
+
+    if args.workers > 1 and len(jobs) > 1:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+            futures = {pool.submit(run_in_worker, args.params, str(root), args.overrides, candidate, budget, seed,
+                                   budget_steps, worker_threads): (candidate, budget, seed, cfg, settings)
+                       for candidate, budget, seed, budget_steps, cfg, settings in jobs}
+            for future in concurrent.futures.as_completed(futures):
+                finished(*futures[future], future.result())
+    else:
+        for candidate, budget, seed, budget_steps, cfg, settings in jobs:
+            print(f"{candidate}-{budget}-s{seed}: training {budget_steps} steps", flush=True)
+            finished(candidate, budget, seed, cfg, settings, run_one(cfg, root, candidate))
     record()
     return 0
 
