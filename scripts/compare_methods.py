@@ -29,7 +29,6 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import time
@@ -45,7 +44,7 @@ from gaugan.config import Config, config_to_dict, flatten  # noqa: E402
 from gaugan.data.store import read_manifest  # noqa: E402
 from gaugan.data.io import atomic_write_json  # noqa: E402
 from gaugan.segmenters.trained import SEGMENTER_FILE  # noqa: E402
-from gaugan.threads import configure_threads  # noqa: E402
+from gaugan.threads import configure_threads, cpu_model  # noqa: E402
 from gaugan.train.loop import planned_steps, train  # noqa: E402
 from pipeline.evaluation import evaluate_generated  # noqa: E402
 from pipeline.generation import generate  # noqa: E402
@@ -76,15 +75,6 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
 }
 LABELS = {"spade": "SPADE", "spade_g_oasis_d": "SPADE G + OASIS D", "oasis": "OASIS", "spade_ema": "SPADE + EMA"}
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def prepare(cfg: Config, root: Path) -> None:
@@ -127,6 +117,14 @@ def run_one(cfg: Config, root: Path, name: str) -> dict[str, Any]:
     }
 
 
+def spread(values: list[float]) -> dict[str, Any] | None:
+    """Mean, standard deviation and the values themselves (None when there are none)."""
+    if not values:
+        return None
+    return {"mean": round(statistics.fmean(values), 4),
+            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, "values": values}
+
+
 def summarize(runs: list[dict[str, Any]], speed: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Per candidate and budget: mean, spread and values over the seeds; speed (images/s, seconds
     per step) from the candidate's undisturbed timing run when there is one."""
@@ -136,18 +134,10 @@ def summarize(runs: list[dict[str, Any]], speed: dict[str, dict[str, Any]] | Non
         groups.setdefault((run["candidate"], run["budget"]), []).append(run)
     rows = []
     for (candidate, budget), members in groups.items():
-        def stats(key: str) -> dict[str, float] | None:
-            values = [m[key] for m in members if m.get(key) is not None]
-            if not values:
-                return None
-            return {"mean": round(statistics.fmean(values), 4),
-                    "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
-                    "values": values}
+        stats = {key: spread([m[key] for m in members if m.get(key) is not None])
+                 for key in ("steps", "train_seconds", "images_per_s", "miou", "accuracy", "miou_ratio", "fid")}
         row = {"candidate": candidate, "label": LABELS.get(candidate, candidate), "method": members[0]["method"],
-               "budget": budget, "seeds": [m["seed"] for m in members], "steps": stats("steps"),
-               "train_seconds": stats("train_seconds"), "images_per_s": stats("images_per_s"),
-               "miou": stats("miou"), "accuracy": stats("accuracy"), "miou_ratio": stats("miou_ratio"),
-               "fid": stats("fid"), "timed_alone": False}
+               "budget": budget, "seeds": [m["seed"] for m in members], **stats, "timed_alone": False}
         timing = speed.get(candidate)
         if timing:  # the undisturbed speed, and the wall time these steps take at it
             per_step = timing["train_seconds"] / timing["steps"]
