@@ -244,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 budget_steps = max(1, round(steps * reference_time / own_time))
             for seed in args.seeds:
+                if budget == "time" and budget_steps == steps:  # the reference: its equal-steps run is this run
+                    same = next((r for r in runs if r["candidate"] == candidate and r["budget"] == "steps"
+                                 and r["seed"] == seed and r["steps"] == steps), None)
+                    if same is not None:
+                        runs = [r for r in runs if not (r["candidate"] == candidate and r["budget"] == "time"
+                                                        and r["seed"] == seed)]
+                        runs.append({**same, "budget": "time", "same_run_as": "steps"})
+                        continue
                 cfg, tag = training_config(args.params, args.overrides, candidate, budget, seed, budget_steps,
                                            worker_threads)
                 settings = flatten(config_to_dict(cfg))
