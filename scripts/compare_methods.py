@@ -96,8 +96,10 @@ def run_one(cfg: Config, root: Path, name: str) -> dict[str, Any]:
     started = time.perf_counter()
     result = train(cfg, root / cfg.data.processed_dir, out_dir, show_progress=False)
     train_seconds = time.perf_counter() - started
-    generation = generate(cfg, root, root / cfg.evaluate.output_dir, grid_path=out_dir / "grid.png")
-    report = evaluate_generated(cfg, root, root / cfg.evaluate.output_dir, generation)
+    # The grid goes beside the generated images: the checkpoint folder holds only what training writes.
+    output_dir = root / cfg.evaluate.output_dir
+    generation = generate(cfg, root, output_dir, grid_path=output_dir.with_name(f"{name}-grid.png"))
+    report = evaluate_generated(cfg, root, output_dir, generation)
     metrics = report.metrics
     ratio = metrics["miou"] / metrics["real_miou"] if metrics.get("miou") and metrics.get("real_miou") else None
     return {
@@ -268,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{candidate}-{budget}-s{seed}: mIoU {result['miou']} / judge {result['real_miou']} = ratio "
               f"{result['miou_ratio']}, {result['train_seconds']} s", flush=True)
 
+    failed: list[str] = []  # one run's error does not lose the others' results
+
+    def failure(candidate: str, budget: str, seed: int, error: BaseException) -> None:
+        failed.append(f"{candidate}-{budget}-s{seed}")
+        print(f"{candidate}-{budget}-s{seed}: FAILED: {type(error).__name__}: {error}", flush=True)
+
     if args.workers > 1 and len(jobs) > 1:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
@@ -275,14 +283,26 @@ def main(argv: list[str] | None = None) -> int:
                                    budget_steps, worker_threads): (candidate, budget, seed, cfg, settings)
                        for candidate, budget, seed, budget_steps, cfg, settings in jobs}
             for future in concurrent.futures.as_completed(futures):
-                finished(*futures[future], future.result())
+                candidate, budget, seed, cfg, settings = futures[future]
+                try:
+                    result = future.result()
+                except Exception as error:
+                    failure(candidate, budget, seed, error)
+                else:
+                    finished(candidate, budget, seed, cfg, settings, result)
     else:
         for candidate, budget, seed, budget_steps, cfg, settings in jobs:
             print(f"{candidate}-{budget}-s{seed}: training {budget_steps} steps", flush=True)
-            finished(candidate, budget, seed, cfg, settings, run_one(cfg, root, candidate))
+            try:
+                result = run_one(cfg, root, f"{candidate}-{budget}-s{seed}")
+            except Exception as error:
+                failure(candidate, budget, seed, error)
+            else:
+                finished(candidate, budget, seed, cfg, settings, result)
     record()
-    return 0
-
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)}; the others are in {out}", flush=True)
+    return 1 if failed else 0
 
 if __name__ == "__main__":
     raise SystemExit(main())
