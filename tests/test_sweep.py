@@ -534,8 +534,8 @@ def run_task(stubs: Path, tmp_path: Path, task: int, tasks: int, **extra: str) -
 
 def test_the_ablation_list_is_valid() -> None:
     planned = read_experiment_file(ROOT / "scripts" / "ablations.txt")
-    assert len(planned) == 12 and planned[0].name == "norm-instance" and planned[-1].name == "arch-clade"
-    assert len(check_overrides(planned, PARAMS)) == 12
+    assert len(planned) == 17 and planned[0].name == "norm-instance" and planned[-1].name == "oasis"
+    assert len(check_overrides(planned, PARAMS)) == 17
 
 
 def test_slurm_tasks_split_the_list_and_push_what_they_ran(stubs: Path, tmp_path: Path) -> None:
@@ -555,11 +555,11 @@ def test_slurm_tasks_split_the_list_and_push_what_they_ran(stubs: Path, tmp_path
 
 
 def test_slurm_task_edge_cases(stubs: Path, tmp_path: Path) -> None:
-    result, record, ran = run_task(stubs, tmp_path, 13, 14)  # more tasks than experiments
-    assert result.returncode == 0 and "task 13 of 14: no experiment in its slice" in result.stdout
+    result, record, ran = run_task(stubs, tmp_path, 19, 20)  # more tasks than experiments
+    assert result.returncode == 0 and "task 19 of 20: no experiment in its slice" in result.stdout
     assert ran == [] and "pipeline.cli sweep" not in record and "dvc exp push" not in record
     result, record, ran = run_task(stubs, tmp_path, 0, 1, SWEEP_EXIT="1")  # an experiment failed
-    assert result.returncode == 1 and len(ran) == 12 and "dvc exp push --rev 0123abc origin" in record
+    assert result.returncode == 1 and len(ran) == 17 and "dvc exp push --rev 0123abc origin" in record
     result, _, _ = run_task(stubs, tmp_path, 0, 1, GAUGAN_TRACKING_URI="")
     assert result.returncode != 0 and "set GAUGAN_TRACKING_URI to the MLflow server" in result.stderr
 
