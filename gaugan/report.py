@@ -362,6 +362,10 @@ def per_class_html(rows: Sequence[dict[str, str]]) -> str:
     return f'<table class="per-class"><thead>{header}</thead><tbody>{"".join(body)}</tbody></table>'
 
 
+# scripts/compare_methods.py's budgets as the table says them.
+BUDGETS = {"steps": "equal steps", "time": "equal time", "planned": "full schedule"}
+
+
 def methods_html(comparison: dict) -> str:
     """``reports/compare_methods.json`` (scripts/compare_methods.py) as tables: per method and
     budget, the mean (and spread) over the seeds of mIoU, the generated/real mIoU ratio,
@@ -379,7 +383,7 @@ def methods_html(comparison: dict) -> str:
             "<th>FID</th></tr>")
     rows = []
     for row in comparison.get("summary", []):
-        cells = [row.get("label") or row["method"], "equal " + row["budget"], ", ".join(str(s) for s in row["seeds"]),
+        cells = [row.get("label") or row["method"], BUDGETS.get(row["budget"], row["budget"]), ", ".join(str(s) for s in row["seeds"]),
                  stat(row["steps"], 0, spread=False), stat(row["train_seconds"], 0), stat(row["images_per_s"], 1),
                  stat(row["miou"], 1), "-" if judge is None else f"{judge:.1f}", stat(row["miou_ratio"], 3),
                  stat(row["accuracy"], 1), stat(row.get("fid"), 1)]

@@ -9,7 +9,9 @@ differences between runs are the candidate's settings and the seed. Two budgets:
   configuration's planned steps);
 - ``time``: every candidate trains for the wall time that the reference candidate (the
   first one) needs at ``steps``, i.e. ``steps x reference step time / candidate step time``
-  steps, with the step times measured by the ``steps`` runs (median over the seeds).
+  steps, with the step times measured by the ``steps`` runs (median over the seeds);
+- ``planned``: every candidate trains its own schedule (its epochs' steps, whatever ``--steps``
+  says): what the pipeline's train stage would run with its settings.
 
 Results go to ``--out`` (default reports/compare_methods.json) after every run, and a run
 already there (same candidate, budget, seed and settings) is not repeated, so an interrupted
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "reports" / "compare_methods.json"))
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--budgets", nargs="+", default=["steps", "time"], choices=["steps", "time"])
+    parser.add_argument("--budgets", nargs="+", default=["steps", "time"], choices=["steps", "time", "planned"])
     parser.add_argument("--steps", type=int, default=None, help="the equal-steps budget (default: the planned steps)")
     parser.add_argument("--speed", action="store_true",
                         help="first time every candidate alone (one run at equal steps, seed 0, all threads): the "
@@ -196,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = configure_threads(base.train.num_threads, base.data.num_workers)
     prepare(base, root)
     num_train = read_manifest(root / base.data.processed_dir)["splits"]["train"]["count"]
+    planned = {name: planned_steps(load_config(args.params, args.overrides + CANDIDATES[name][1]), num_train)
+               for name in args.candidates}
     steps = args.steps or planned_steps(base, num_train)
     previous = json.loads(out.read_text()) if out.is_file() else {}
     runs: list[dict[str, Any]] = previous.get("runs", [])
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": cpu_model(), "torch": torch.__version__, "num_threads": threads.num_threads,
             "cpu_count": os.cpu_count(), "dataset": f"landscapes {base.data.builtin.size}x{base.data.builtin.size}, "
             f"{num_train} train / {base.data.builtin.num_val} val images",
-            "equal_steps": steps, "reference_candidate": reference,
+            "equal_steps": steps, "planned_steps": planned, "reference_candidate": reference,
             "candidates": {name: {"label": LABELS[name], "description": CANDIDATES[name][0],
                                   "overrides": CANDIDATES[name][1]} for name in args.candidates},
             "common_overrides": args.overrides, "speed": speed, "runs": runs,
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for budget in args.budgets:
         for candidate in args.candidates:
-            budget_steps = steps
+            budget_steps = planned[candidate] if budget == "planned" else steps
             if budget == "time":
                 reference_time, own_time = step_seconds(reference), step_seconds(candidate)
                 if reference_time is None or own_time is None:

@@ -188,7 +188,8 @@ def page_sections(cfg: Config, root: Path, metrics: dict, training: dict, table:
         sections.append(report.Section("Methods compared on one protocol", report.methods_html(results) + report.text_html(
             f"{results.get('what', '')}: every method trained on the same store with the same judge, "
             f"{results.get('equal_steps', '?')} steps each (equal steps) or for the wall time "
-            f"{results.get('reference_candidate', 'the first method')} needs for them (equal time). Mean ± standard "
+            f"{results.get('reference_candidate', 'the first method')} needs for them (equal time), or the steps of "
+            "the method's own schedule, as the train stage runs it (full schedule). Mean ± standard "
             f"deviation over the seeds; CPU: {results.get('cpu', '?')}, {results.get('num_threads', '?')} threads, "
             f"torch {results.get('torch', '?')}. From {COMPARISON.name} (scripts/compare_methods.py)."),
             anchor="methods"))

@@ -62,6 +62,14 @@ def test_compare_records_every_run_reuses_the_reference_and_survives_a_failed_ru
     result = json.loads(out.read_text())
     runs = {(run["candidate"], run["budget"], run["seed"]): run for run in result["runs"]}
     assert len(runs) == 8
+
+    # The configuration's own schedule, whatever --steps says.
+    assert script.main(common + ["--budgets", "planned", "--seeds", "0"]) == 0
+    result = json.loads(out.read_text())
+    planned = {run["candidate"]: run for run in result["runs"] if run["budget"] == "planned"}
+    assert set(planned) == {"spade", "spade_g_oasis_d"} and len(result["runs"]) == 10
+    assert {name: run["steps"] for name, run in planned.items()} == result["planned_steps"]
+    assert planned["spade"]["steps"] > 2
     for seed in (0, 1):
         reused = runs["spade", "time", seed]
         assert reused["same_run_as"] == "steps"
