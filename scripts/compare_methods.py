@@ -213,9 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": cpu_model(), "torch": torch.__version__, "num_threads": threads.num_threads,
             "cpu_count": os.cpu_count(), "dataset": f"landscapes {base.data.builtin.size}x{base.data.builtin.size}, "
             f"{num_train} train / {base.data.builtin.num_val} val images",
-            "equal_steps": steps, "planned_steps": planned, "reference_candidate": reference,
+            "equal_steps": steps, "planned_steps": {**previous.get("planned_steps", {}), **planned},
+            "reference_candidate": reference if "time" in args.budgets else previous.get("reference_candidate", reference),
             "candidates": {name: {"label": LABELS[name], "description": CANDIDATES[name][0],
-                                  "overrides": CANDIDATES[name][1]} for name in args.candidates},
+                                  "overrides": CANDIDATES[name][1]}
+                           for name in sorted({run["candidate"] for run in runs} | set(args.candidates))},
             "common_overrides": args.overrides, "speed": speed, "runs": runs,
             "summary": summarize(runs, speed),
         })

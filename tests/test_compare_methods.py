@@ -64,8 +64,11 @@ def test_compare_records_every_run_reuses_the_reference_and_survives_a_failed_ru
     assert len(runs) == 8
 
     # The configuration's own schedule, whatever --steps says.
-    assert script.main(common + ["--budgets", "planned", "--seeds", "0"]) == 0
+    assert script.main(common + ["--budgets", "planned", "--seeds", "0", "--candidates", "spade"]) == 0
+    assert script.main(common + ["--budgets", "planned", "--seeds", "0", "--candidates", "spade_g_oasis_d"]) == 0
     result = json.loads(out.read_text())
+    assert set(result["candidates"]) == {"spade", "spade_g_oasis_d"}  # a later call keeps the earlier ones
+    assert result["reference_candidate"] == "spade"
     planned = {run["candidate"]: run for run in result["runs"] if run["budget"] == "planned"}
     assert set(planned) == {"spade", "spade_g_oasis_d"} and len(result["runs"]) == 10
     assert {name: run["steps"] for name, run in planned.items()} == result["planned_steps"]
