@@ -74,8 +74,11 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
                                                "train.use_ema=true", "train.ema_decay=0.99"]),
     "spade_ema": ("SPADE with OASIS's EMA generator (decay 0.99 for the short run; batch-norm statistics "
                   "recomputed on 51 batches)", SPADE + ["train.use_ema=true", "train.ema_decay=0.99"]),
+    "spade_ema_b4": ("SPADE with the EMA generator at batch 4: the same epochs in twice the steps",
+                     SPADE + ["train.use_ema=true", "train.ema_decay=0.99", "train.batch_size=4"]),
 }
-LABELS = {"spade": "SPADE", "spade_g_oasis_d": "SPADE G + OASIS D", "oasis": "OASIS", "spade_ema": "SPADE + EMA"}
+LABELS = {"spade": "SPADE", "spade_g_oasis_d": "SPADE G + OASIS D", "oasis": "OASIS", "spade_ema": "SPADE + EMA",
+          "spade_ema_b4": "SPADE + EMA, batch 4"}
 
 
 
