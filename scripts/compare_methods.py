@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(out, {
             "what": "SPADE and OASIS on the built-in landscapes: same store, splits, judge and metrics",
             "cpu": cpu_model(), "torch": torch.__version__, "num_threads": threads.num_threads,
+            "runs_at_a_time": args.workers, "threads_per_run": worker_threads or threads.num_threads,
             "cpu_count": os.cpu_count(), "dataset": f"landscapes {base.data.builtin.size}x{base.data.builtin.size}, "
             f"{num_train} train / {base.data.builtin.num_val} val images",
             "equal_steps": steps, "planned_steps": {**previous.get("planned_steps", {}), **planned},

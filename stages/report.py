@@ -190,7 +190,7 @@ def page_sections(cfg: Config, root: Path, metrics: dict, training: dict, table:
             f"{results.get('equal_steps', '?')} steps each (equal steps) or for the wall time "
             f"{results.get('reference_candidate', 'the first method')} needs for them (equal time), or the steps of "
             "the method's own schedule, as the train stage runs it (full schedule). Mean ± standard "
-            f"deviation over the seeds; CPU: {results.get('cpu', '?')}, {results.get('num_threads', '?')} threads, "
+            f"deviation over the seeds; CPU: {results.get('cpu', '?')}, {parallel_runs(results)}, "
             f"torch {results.get('torch', '?')}. From {COMPARISON.name} (scripts/compare_methods.py)."),
             anchor="methods"))
     sections.append(report.Section("Plots", "".join([
@@ -210,6 +210,13 @@ def page_sections(cfg: Config, root: Path, metrics: dict, training: dict, table:
     sections.append(report.Section("Protocol", protocol_html(metrics, training, current_id), collapsed=True,
                                    anchor="protocol"))
     return sections
+
+
+def parallel_runs(comparison: dict) -> str:
+    """How the comparison's runs shared the machine, as the report says it."""
+    runs, threads = comparison.get("runs_at_a_time", 1), comparison.get("threads_per_run", comparison.get("num_threads"))
+    each = f"{threads} thread{'s' if threads != 1 else ''}"
+    return f"{runs} runs at a time, {each} each" if runs > 1 else f"one run at a time, {each}"
 
 
 def context_lines(protocol: dict) -> list[str]:

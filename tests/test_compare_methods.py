@@ -48,6 +48,7 @@ def test_compare_records_every_run_reuses_the_reference_and_survives_a_failed_ru
         assert not (tmp_path / run["checkpoint"] / "grid.png").exists()  # only training's files there
     assert {run["method"] for run in result["runs"]} == {"SPADE", "SPADE G + OASIS D"}
     assert result["cpu"] and result["equal_steps"] == 2 and result["reference_candidate"] == "spade"
+    assert result["runs_at_a_time"] == 1 and result["threads_per_run"] >= 1
     rows = {(row["candidate"], row["budget"]): row for row in result["summary"]}
     assert rows["spade", "steps"]["seeds"] == [0, 1] and rows["spade", "steps"]["miou_ratio"]["values"]
 

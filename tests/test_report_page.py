@@ -53,9 +53,14 @@ def write_run_outputs(root: Path) -> None:
                 "accuracy": stat(85.0, 86.0), "miou_ratio": stat(0.605, 0.629), "fid": None},
                {"candidate": "oasis", "method": "OASIS", "budget": "time", "seeds": [0, 1], "steps": stat(400, 400),
                 "train_seconds": stat(305, 300), "images_per_s": stat(10.5, 10.7), "miou": stat(66.0, 67.0),
-                "accuracy": stat(90.0, 91.0), "miou_ratio": stat(0.798, 0.810), "fid": None}]
+                "accuracy": stat(90.0, 91.0), "miou_ratio": stat(0.798, 0.810), "fid": None},
+               {"candidate": "spade_ema_b4", "label": "SPADE + EMA, batch 4", "method": "SPADE", "budget": "planned",
+                "seeds": [0, 1], "steps": stat(1000, 1000), "train_seconds": stat(600, 610),
+                "images_per_s": stat(6.6, 6.5), "miou": stat(64.0, 65.0), "accuracy": stat(90.0, 91.0),
+                "miou_ratio": stat(0.774, 0.786), "fid": None}]
     atomic_write_json(reports / "compare_methods.json", {
         "what": "SPADE and OASIS on the built-in landscapes", "cpu": "AMD EPYC", "num_threads": 2, "torch": "2.14.1",
+        "runs_at_a_time": 2, "threads_per_run": 1,
         "equal_steps": 500, "reference_candidate": "spade", "runs": runs, "summary": summary})
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (8 * 64, 3 * 64, 3), dtype=np.uint8)).save(reports / "generated_grid.png")
@@ -88,7 +93,8 @@ def test_page_order_and_content(tmp_path):
     for cell in ("<td>SPADE</td><td>equal steps</td><td>0, 1</td><td>500</td>", "<td>0.617 ± 0.017</td>",
                  "<td>OASIS</td><td>equal time</td>", "<td>82.7</td>", "<th>sky</th>", "<td>50.0</td>", "<td>80.0</td>"):
         assert cell in methods, cell
-    assert "AMD EPYC" in methods and "-" in methods
+    assert "<td>SPADE + EMA, batch 4</td><td>full schedule</td><td>0, 1</td><td>1000</td>" in methods
+    assert "AMD EPYC, 2 runs at a time, 1 thread each" in methods and "-" in methods
     curves = Image.open(tmp_path / "run" / "reports" / "plots" / "training_metrics.png")
     assert curves.width > 500  # the curves from reports/train.json, not the one-line placeholder
     assert json.loads((tmp_path / "run" / "reports" / "headline.json").read_text())["miou"] == 61.02
