@@ -50,7 +50,7 @@ BUILTIN = {
     "discriminator": {"ndf": 16},
     "encoder": {"nef": 16},
     "loss": {"use_vgg_loss": False},
-    "train": {"batch_size": 8},
+    "train": {"batch_size": 4, "use_ema": True, "ema_decay": 0.99},
 }
 # The GPU targets' ADE20K configuration: the official defaults (gaugan.config) on ADE20K.
 ADE20K = {"data": {"dataset": "ade20k"}, "train": {"batch_size": 16}}

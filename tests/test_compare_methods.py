@@ -3,24 +3,17 @@ one failing run loses no other run's result."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 from tests.dvc_support import TINY
+from tests.support import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("compare_methods", ROOT / "scripts" / "compare_methods.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_compare_records_every_run_reuses_the_reference_and_survives_a_failed_run(tmp_path: Path, capsys) -> None:
-    script = load_script()
+    script = load_script("compare_methods")
     out = tmp_path / "compare.json"
     common = ["--params", str(ROOT / "params.yaml"), "--root", str(tmp_path), "--out", str(out), "--steps", "2",
               "--candidates", "spade", "spade_g_oasis_d", "--seeds", "0", "1",

@@ -4,7 +4,6 @@ configurations against params.yaml, and its message when a module is missing."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,25 +12,18 @@ from pathlib import Path
 
 from gaugan.config import Config, replace
 from pipeline.params import load_config
+from tests.support import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "scripts" / "gpu_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_bench"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_builtin_configuration_is_params_yaml_for_everything_a_step_depends_on():
-    gpu_bench = load_script()
+    gpu_bench = load_script("gpu_bench")
     written_out = replace(Config(), **gpu_bench.BUILTIN)
     shipped = load_config(ROOT / "params.yaml")
     for section in ("generator", "discriminator", "encoder", "loss"):
         assert getattr(written_out, section) == getattr(shipped, section), section
-    step_keys = ("batch_size", "precision", "channels_last", "compile", "cuda_graph", "label_conv", "cudnn_benchmark")
+    step_keys = ("batch_size", "use_ema", "ema_decay", "precision", "channels_last", "compile", "cuda_graph", "label_conv", "cudnn_benchmark")
     for key in step_keys:
         assert getattr(written_out.train, key) == getattr(shipped.train, key), f"train.{key}"
     assert written_out.optim.fused == shipped.optim.fused and written_out.optim.use_ttur == shipped.optim.use_ttur
@@ -68,7 +60,7 @@ def test_dry_run_on_the_cpu_writes_the_report_and_its_copy(tmp_path):
 
 
 def test_missing_modules_are_named_before_anything_runs(monkeypatch, capsys):
-    gpu_bench = load_script()
+    gpu_bench = load_script("gpu_bench")
     monkeypatch.setattr(gpu_bench, "REQUIRED_MODULES", ("torch", "no_such_module_here"))
     assert gpu_bench.main(["--device", "cpu", "--tiny"]) == 2
     assert "missing Python modules: no_such_module_here" in capsys.readouterr().err
