@@ -157,10 +157,15 @@ def summarize(runs: list[dict[str, Any]], speed: dict[str, dict[str, Any]] | Non
     return rows
 
 
+def run_tag(candidate: str, budget: str, seed: int) -> str:
+    """A run's name: its checkpoint and output folders, and what the progress lines call it."""
+    return f"{candidate}-{budget}-s{seed}"
+
+
 def training_config(params: str, overrides: list[str], candidate: str, budget: str, seed: int, steps: int,
                     threads: int | None) -> tuple[Config, str]:
     """The configuration of one run and its tag (its checkpoint and output folders)."""
-    tag = f"{candidate}-{budget}-s{seed}"
+    tag = run_tag(candidate, budget, seed)
     extra = [f"train.num_threads={threads}"] if threads else []
     cfg = load_config(params, overrides + CANDIDATES[candidate][1] + extra + [
         "tracking.enabled=false", "train.resume=false", f"train.seed={seed}", f"train.max_steps={steps}",
@@ -226,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summarize(runs, speed),
         })
 
+    def put(run: dict[str, Any]) -> None:
+        """Record ``run``, in place of an earlier one of the same candidate, budget and seed."""
+        nonlocal runs
+        runs = [r for r in runs if (r["candidate"], r["budget"], r["seed"]) != (run["candidate"], run["budget"],
+                                                                                 run["seed"])]
+        runs.append(run)
+
     def step_seconds(candidate: str) -> float | None:
         if candidate in speed:
             return speed[candidate]["train_seconds"] / speed[candidate]["steps"]
@@ -260,9 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                     same = next((r for r in runs if r["candidate"] == candidate and r["budget"] == "steps"
                                  and r["seed"] == seed and r["steps"] == steps), None)
                     if same is not None:
-                        runs = [r for r in runs if not (r["candidate"] == candidate and r["budget"] == "time"
-                                                        and r["seed"] == seed)]
-                        runs.append({**same, "budget": "time", "same_run_as": "steps"})
+                        put({**same, "budget": "time", "same_run_as": "steps"})
                         continue
                 cfg, tag = training_config(args.params, args.overrides, candidate, budget, seed, budget_steps,
                                            worker_threads)
@@ -272,19 +282,17 @@ def main(argv: list[str] | None = None) -> int:
                     jobs.append((candidate, budget, seed, budget_steps, cfg, settings))
 
     def finished(candidate: str, budget: str, seed: int, cfg: Config, settings: dict, result: dict) -> None:
-        nonlocal runs
-        runs = [r for r in runs if not (r["candidate"] == candidate and r["budget"] == budget and r["seed"] == seed)]
-        runs.append({"candidate": candidate, "label": LABELS[candidate], "method": method_name(cfg), "budget": budget,
-                     "seed": seed, "concurrent_runs": args.workers, **result, "settings": settings})
+        put({"candidate": candidate, "label": LABELS[candidate], "method": method_name(cfg), "budget": budget,
+             "seed": seed, "concurrent_runs": args.workers, **result, "settings": settings})
         record()
-        print(f"{candidate}-{budget}-s{seed}: mIoU {result['miou']} / judge {result['real_miou']} = ratio "
+        print(f"{run_tag(candidate, budget, seed)}: mIoU {result['miou']} / judge {result['real_miou']} = ratio "
               f"{result['miou_ratio']}, {result['train_seconds']} s", flush=True)
 
     failed: list[str] = []  # one run's error does not lose the others' results
 
     def failure(candidate: str, budget: str, seed: int, error: BaseException) -> None:
-        failed.append(f"{candidate}-{budget}-s{seed}")
-        print(f"{candidate}-{budget}-s{seed}: FAILED: {type(error).__name__}: {error}", flush=True)
+        failed.append(run_tag(candidate, budget, seed))
+        print(f"{failed[-1]}: FAILED: {type(error).__name__}: {error}", flush=True)
 
     if args.workers > 1 and len(jobs) > 1:
         context = multiprocessing.get_context("spawn")
@@ -302,9 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                     finished(candidate, budget, seed, cfg, settings, result)
     else:
         for candidate, budget, seed, budget_steps, cfg, settings in jobs:
-            print(f"{candidate}-{budget}-s{seed}: training {budget_steps} steps", flush=True)
+            print(f"{run_tag(candidate, budget, seed)}: training {budget_steps} steps", flush=True)
             try:
-                result = run_one(cfg, root, f"{candidate}-{budget}-s{seed}")
+                result = run_one(cfg, root, run_tag(candidate, budget, seed))
             except Exception as error:
                 failure(candidate, budget, seed, error)
             else:
