@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import io
 import os
 import sys
 import threading
@@ -94,6 +95,13 @@ def stage_environment() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DVC_", "MLFLOW_"))}
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+def write_truncated_torch_file(path: Path) -> None:
+    """The first half of a ``torch.save`` archive: a download or copy cut short."""
+    buffer = io.BytesIO()
+    torch.save({"weights": torch.zeros(1000)}, buffer)
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
 
 
 def landscapes_spec(size: int = 32) -> DatasetSpec:

@@ -25,6 +25,7 @@ from gaugan import seeding
 from gaugan.config import Config, config_to_dict, replace
 from gaugan.data.registry import published_spec
 from gaugan.train.progress import Progress, restore_training
+from tests.support import write_truncated_torch_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = published_spec("landscapes")
@@ -55,12 +56,6 @@ def test_a_pickle_that_runs_a_command_is_refused_without_running_it(tmp_path, wr
     assert "disallowed Python object" in message and "could run code" in message
 
 
-def _truncated(path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save({"weights": torch.zeros(1000)}, buffer)
-    path.write_bytes(buffer.getvalue()[:2000])
-
-
 def _zip_without_torch(path: Path) -> None:
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("notes.txt", "hello")
@@ -69,7 +64,7 @@ def _zip_without_torch(path: Path) -> None:
 NOT_CHECKPOINTS = {
     "empty": (lambda path: path.write_bytes(b""), "the file is empty"),
     "text": (lambda path: path.write_text("epoch: 1\nloss: 0.5\n"), "a text file, beginning 'epoch: 1'"),
-    "truncated": (_truncated, "a truncated or damaged zip archive"),
+    "truncated": (write_truncated_torch_file, "a truncated or damaged zip archive"),
     "zip": (_zip_without_torch, "a zip archive, but not one written by torch.save"),
     "plain pickle": (lambda path: path.write_bytes(pickle.dumps({"a": 1}, protocol=4)), "the weights-only reader"),
     "binary": (lambda path: path.write_bytes(bytes([0x89, 0x50, 0x4E, 0x47, 0xFF, 0xFE, 0x00, 0x01])),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ import torchvision
 
 from gaugan import losses
 from gaugan.pinned import Pin
+from tests.support import write_truncated_torch_file
 
 
 def scale(final: list[float], feature: float = 0.0) -> list[torch.Tensor]:
@@ -176,17 +176,11 @@ def test_vgg_wrong_or_broken_file_is_refused(tmp_path):
         losses.VGGLoss(tmp_path / "missing.pth")
 
 
-def _truncated_torch_file(path) -> None:
-    buffer = io.BytesIO()
-    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, buffer)
-    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-
-
 UNUSABLE_VGG_FILES = {
     "random bytes": (lambda path: path.write_bytes(bytes(range(256)) * 8), "unrecognised binary content"),
     "text": (lambda path: path.write_text("<html>Not Found</html>\n"), "a text file, beginning '<html>Not Found"),
     "empty": (lambda path: path.write_bytes(b""), "the file is empty"),
-    "truncated zip": (_truncated_torch_file, "a truncated or damaged zip archive"),
+    "truncated zip": (write_truncated_torch_file, "a truncated or damaged zip archive"),
 }
 
 
